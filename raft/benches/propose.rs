@@ -1,0 +1,2 @@
+//! Benchmarks: committed proposals per second through an in-memory cluster.
+fn main() {}

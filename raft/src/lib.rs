@@ -1,0 +1,111 @@
+//! A Raft consensus core, modelled on etcd's raft library: pure, deterministic and driven.
+//!
+//! The core has no sockets, files, threads or clocks. The application owns those and drives a
+//! [`RawNode`]: it calls [`RawNode::tick`] on a timer, [`RawNode::step`] with every message
+//! from a peer, [`RawNode::propose`] with client writes, and then handles a [`Ready`]: persist
+//! entries and hard state, send messages, apply committed entries, [`RawNode::advance`]. The
+//! names are etcd's, in snake_case: `term`, `vote`, `lead`, `lead_transferee`,
+//! `pending_conf_index`, `election_elapsed`, `randomized_election_timeout`,
+//! `become_pre_candidate`, and so on.
+//!
+//! # Usage
+//!
+//! A single-node cluster that elects itself, commits a proposal, and applies it:
+//!
+//! ```
+//! use raft::{Config, MemoryStorage, RawNode, StateType, Storage};
+//!
+//! let config = Config { peers: vec![1], ..Config::new(1) };
+//! config.validate().expect("valid config");
+//! let mut node = RawNode::new(&config, MemoryStorage::new()).expect("new node");
+//!
+//! // Tick until the election timeout fires; a single voter wins at once.
+//! while node.raft.state != StateType::Leader {
+//!     node.tick();
+//! }
+//! node.propose(vec![], b"x=1".to_vec()).expect("accepted");
+//!
+//! let mut applied = Vec::new();
+//! while node.has_ready() {
+//!     let rd = node.ready();
+//!     // 1. Persist: snapshot, entries, hard state (fsync when rd.must_sync).
+//!     if let Some(snapshot) = &rd.snapshot {
+//!         node.store_mut().apply_snapshot(snapshot.clone()).expect("newer snapshot");
+//!     }
+//!     node.store_mut().append(&rd.entries).expect("append");
+//!     if let Some(hs) = rd.hard_state {
+//!         node.store_mut().set_hard_state(hs);
+//!     }
+//!     // 2. Send rd.messages to the peers named in `to` (none in a one-node cluster).
+//!     // 3. Apply committed entries; the leader's first entry is its empty no-op.
+//!     for entry in &rd.committed_entries {
+//!         if !entry.data.is_empty() {
+//!             applied.push(entry.data.clone());
+//!         }
+//!     }
+//!     // 4. Serve rd.read_states whose index is applied. 5. Advance.
+//!     node.advance(rd);
+//! }
+//! assert_eq!(applied, vec![b"x=1".to_vec()]);
+//! assert_eq!(node.store().last_index(), Ok(2));
+//! ```
+//!
+//! # Linearizable reads
+//!
+//! Call [`RawNode::read_index`] with a context identifying the read (batch all reads that
+//! arrived since the last call into one). When leadership is confirmed, a [`ReadState`] with
+//! that context and the commit index appears in `Ready::read_states`; serve the read once the
+//! applied index reaches it. With [`ReadOnlyOption::LeaseBased`] (which requires
+//! `check_quorum`), the leader answers from its lease without a heartbeat round.
+//!
+//! # Membership changes
+//!
+//! Propose a [`ConfChange`] (one node) or a [`ConfChangeV2`] (several, through joint
+//! consensus) with [`RawNode::propose_conf_change`]. When its entry is committed, the
+//! application decodes it (`ConfChangeV2::decode(&entry.data)`) and calls
+//! [`RawNode::apply_conf_change`], persisting the returned [`ConfState`] with its state. A
+//! joint change with automatic leave is left by the leader itself once applied.
+//!
+//! # Snapshots and compaction
+//!
+//! The application snapshots its state machine at an applied index with
+//! [`MemoryStorage::create_snapshot`] and drops the log before it with
+//! [`MemoryStorage::compact`]. A follower that needs compacted entries receives the snapshot
+//! in `Ready::snapshot`; the leader's transport reports its delivery with
+//! [`RawNode::report_snapshot`].
+//!
+//! # Safety of the Ready contract
+//!
+//! See [`Ready`]: a message must not leave before the state it acknowledges is durable,
+//! except a leader's, which may be sent while it writes (Raft thesis §10.2.1).
+
+#![warn(clippy::unwrap_used)]
+
+mod confchange;
+mod config;
+mod errors;
+mod log_unstable;
+mod message;
+pub mod quorum;
+mod raft;
+mod raft_log;
+mod raw_node;
+mod read_only;
+mod rng;
+mod storage;
+pub mod tracker;
+
+pub use crate::config::{Config, ReadOnlyOption};
+pub use crate::errors::{ConfChangeError, ConfigError, Error, Result, StorageError};
+pub use crate::log_unstable::Unstable;
+pub use crate::message::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    DecodeError, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};
+pub use crate::raft::{CampaignType, Raft, SoftState, StateType, CAMPAIGN_TRANSFER, INVALID_ID};
+pub use crate::raft_log::RaftLog;
+pub use crate::raw_node::{
+    ConfChangeI, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,
+};
+pub use crate::read_only::{ReadIndexStatus, ReadOnly, ReadState};
+pub use crate::storage::{limit_size, MemoryStorage, RaftState, Storage, NO_LIMIT};
