@@ -1,0 +1,198 @@
+//! A cluster of `RawNode`s that handles every `Ready` as the contract says: persist to
+//! `MemoryStorage`, send, apply (configuration changes included), advance. Shared by the
+//! scenario tests and the benchmarks.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use raft::{
+    ConfChange, ConfChangeV2, Config, ConfState, Entry, EntryType, MemoryStorage, Message,
+    RawNode, ReadState, StateType,
+};
+
+/// One node and what it applied.
+pub struct Node {
+    /// The node.
+    pub raw: RawNode<MemoryStorage>,
+    /// Data of the normal, non-empty entries it applied, in order.
+    pub applied: Vec<Vec<u8>>,
+    /// Reads it was answered.
+    pub read_states: Vec<ReadState>,
+    /// The configuration after the last applied change.
+    pub conf_state: Option<ConfState>,
+    /// Snapshot images it restored (their data).
+    pub restored: Vec<Vec<u8>>,
+}
+
+/// Nodes exchanging messages through an in-memory queue.
+pub struct Cluster {
+    /// The nodes, by id.
+    pub nodes: BTreeMap<u64, Node>,
+    /// Messages sent and not yet delivered.
+    pub in_flight: VecDeque<Message>,
+    /// Links that drop messages, as (from, to).
+    pub cut: HashSet<(u64, u64)>,
+}
+
+/// Test defaults for a cluster node.
+pub fn cluster_config(id: u64, peers: &[u64]) -> Config {
+    Config {
+        id,
+        peers: peers.to_vec(),
+        election_tick: 10,
+        heartbeat_tick: 1,
+        check_quorum: false,
+        pre_vote: false,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    /// Voters `ids`, each configured by `configure`.
+    pub fn new(ids: &[u64], configure: impl Fn(&mut Config)) -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let mut config = cluster_config(id, ids);
+            configure(&mut config);
+            nodes.insert(id, Node::new(&config, MemoryStorage::new()));
+        }
+        Cluster { nodes, in_flight: VecDeque::new(), cut: HashSet::new() }
+    }
+
+    /// Adds a node that starts empty and waits to be added by a configuration change.
+    pub fn add_empty_node(&mut self, id: u64, configure: impl Fn(&mut Config)) {
+        let mut config = cluster_config(id, &[]);
+        configure(&mut config);
+        self.nodes.insert(id, Node::new(&config, MemoryStorage::new()));
+    }
+
+    /// The node `id`.
+    pub fn node(&mut self, id: u64) -> &mut RawNode<MemoryStorage> {
+        &mut self.nodes.get_mut(&id).expect("node exists").raw
+    }
+
+    /// Handles every node's Ready and delivers messages until nothing moves.
+    pub fn stabilize(&mut self) {
+        loop {
+            let mut moved = false;
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                moved |= self.handle_ready(id);
+            }
+            while let Some(m) = self.in_flight.pop_front() {
+                moved = true;
+                if self.cut.contains(&(m.from, m.to)) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&m.to) {
+                    let _ = node.raw.step(m);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Handles one Ready of node `id`; false when it had none.
+    pub fn handle_ready(&mut self, id: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if !node.raw.has_ready() {
+            return false;
+        }
+        let messages = node.handle_ready();
+        self.in_flight.extend(messages);
+        true
+    }
+
+    /// Ticks every node once.
+    pub fn tick(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.raw.tick();
+        }
+    }
+
+    /// Makes `id` campaign and settles the election.
+    pub fn elect(&mut self, id: u64) {
+        self.node(id).campaign().expect("campaign");
+        self.stabilize();
+        assert_eq!(self.node(id).raft.state, StateType::Leader, "node {id} should lead");
+    }
+
+    /// Drops messages in both directions between `a` and `b`.
+    pub fn partition(&mut self, a: u64, b: u64) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+    }
+
+    /// Drops every message to and from `id`.
+    pub fn isolate(&mut self, id: u64) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != id {
+                self.partition(id, other);
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// The id of the node that believes it leads the highest term, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.raw.raft.state == StateType::Leader)
+            .max_by_key(|(_, n)| n.raw.raft.term)
+            .map(|(&id, _)| id)
+    }
+}
+
+impl Node {
+    /// A node over `storage`.
+    pub fn new(config: &Config, storage: MemoryStorage) -> Node {
+        let raw = RawNode::new(config, storage).expect("valid node");
+        Node { raw, applied: Vec::new(), read_states: Vec::new(), conf_state: None, restored: Vec::new() }
+    }
+
+    /// Persists, applies and advances one Ready; returns the messages to send.
+    pub fn handle_ready(&mut self) -> Vec<Message> {
+        let mut rd = self.raw.ready();
+        let store = self.raw.store_mut();
+        if let Some(snapshot) = &rd.snapshot {
+            store.apply_snapshot(snapshot.clone()).expect("newer snapshot");
+            self.restored.push(snapshot.data.clone());
+        }
+        store.append(&rd.entries).expect("append");
+        if let Some(hs) = rd.hard_state {
+            store.set_hard_state(hs);
+        }
+        let messages = std::mem::take(&mut rd.messages);
+        for entry in &rd.committed_entries {
+            self.apply(entry);
+        }
+        self.read_states.extend(rd.read_states.drain(..));
+        self.raw.advance(rd);
+        messages
+    }
+
+    fn apply(&mut self, entry: &Entry) {
+        let cc = match entry.entry_type {
+            EntryType::Normal => {
+                if !entry.data.is_empty() {
+                    self.applied.push(entry.data.clone());
+                }
+                return;
+            }
+            EntryType::ConfChange => ConfChange::decode(&entry.data).expect("decodes").into_v2(),
+            EntryType::ConfChangeV2 => ConfChangeV2::decode(&entry.data).expect("decodes"),
+        };
+        if let Ok(cs) = self.raw.apply_conf_change(&cc) {
+            self.raw.store_mut().set_conf_state(cs.clone());
+            self.conf_state = Some(cs);
+        }
+    }
+}
