@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use raft::{
-    ConfChange, ConfChangeV2, Config, ConfState, Entry, EntryType, MemoryStorage, Message,
-    RawNode, ReadState, StateType,
+    ConfChange, ConfChangeV2, ConfState, Config, Entry, EntryType, MemoryStorage, Message, RawNode,
+    ReadState, StateType,
 };
 
 /// One node and what it applied.
@@ -57,14 +57,19 @@ impl Cluster {
             configure(&mut config);
             nodes.insert(id, Node::new(&config, MemoryStorage::new()));
         }
-        Cluster { nodes, in_flight: VecDeque::new(), cut: HashSet::new() }
+        Cluster {
+            nodes,
+            in_flight: VecDeque::new(),
+            cut: HashSet::new(),
+        }
     }
 
     /// Adds a node that starts empty and waits to be added by a configuration change.
     pub fn add_empty_node(&mut self, id: u64, configure: impl Fn(&mut Config)) {
         let mut config = cluster_config(id, &[]);
         configure(&mut config);
-        self.nodes.insert(id, Node::new(&config, MemoryStorage::new()));
+        self.nodes
+            .insert(id, Node::new(&config, MemoryStorage::new()));
     }
 
     /// The node `id`.
@@ -117,7 +122,11 @@ impl Cluster {
     pub fn elect(&mut self, id: u64) {
         self.node(id).campaign().expect("campaign");
         self.stabilize();
-        assert_eq!(self.node(id).raft.state, StateType::Leader, "node {id} should lead");
+        assert_eq!(
+            self.node(id).raft.state,
+            StateType::Leader,
+            "node {id} should lead"
+        );
     }
 
     /// Drops messages in both directions between `a` and `b`.
@@ -155,7 +164,13 @@ impl Node {
     /// A node over `storage`.
     pub fn new(config: &Config, storage: MemoryStorage) -> Node {
         let raw = RawNode::new(config, storage).expect("valid node");
-        Node { raw, applied: Vec::new(), read_states: Vec::new(), conf_state: None, restored: Vec::new() }
+        Node {
+            raw,
+            applied: Vec::new(),
+            read_states: Vec::new(),
+            conf_state: None,
+            restored: Vec::new(),
+        }
     }
 
     /// Persists, applies and advances one Ready; returns the messages to send.
@@ -163,7 +178,9 @@ impl Node {
         let mut rd = self.raw.ready();
         let store = self.raw.store_mut();
         if let Some(snapshot) = &rd.snapshot {
-            store.apply_snapshot(snapshot.clone()).expect("newer snapshot");
+            store
+                .apply_snapshot(snapshot.clone())
+                .expect("newer snapshot");
             self.restored.push(snapshot.data.clone());
         }
         store.append(&rd.entries).expect("append");

@@ -8,7 +8,7 @@ pub mod cluster;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use raft::{
-    Config, ConfState, Entry, HardState, MemoryStorage, Message, MessageType, Raft, StateType,
+    ConfState, Config, Entry, HardState, MemoryStorage, Message, MessageType, Raft, StateType,
     NO_LIMIT,
 };
 
@@ -30,7 +30,10 @@ pub fn new_test_config(id: u64, election_tick: usize, heartbeat_tick: usize) -> 
 
 /// A storage bootstrapped with these voters.
 pub fn storage_with_peers(peers: &[u64]) -> MemoryStorage {
-    MemoryStorage::new_with_conf_state(ConfState { voters: peers.to_vec(), ..ConfState::default() })
+    MemoryStorage::new_with_conf_state(ConfState {
+        voters: peers.to_vec(),
+        ..ConfState::default()
+    })
 }
 
 /// A node over `storage`; if the storage holds no configuration, `peers` are the voters.
@@ -79,12 +82,22 @@ pub fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
 
 /// Empty entries with these terms at indexes 1, 2, ...
 pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
-    terms.iter().enumerate().map(|(i, &t)| Entry::new(t, i as u64 + 1, vec![])).collect()
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| Entry::new(t, i as u64 + 1, vec![]))
+        .collect()
 }
 
 /// A message of `msg_type` from `from` to `to` at `term`.
 pub fn new_message(from: u64, to: u64, msg_type: MessageType, term: u64) -> Message {
-    Message { from, to, msg_type, term, ..Message::default() }
+    Message {
+        from,
+        to,
+        msg_type,
+        term,
+        ..Message::default()
+    }
 }
 
 /// A proposal of `data` to node `to`.
@@ -103,27 +116,39 @@ pub fn hup(to: u64) -> Message {
     new_message(to, to, MessageType::Hup, 0)
 }
 
-/// A node whose log holds entries of these terms and whose term is the last of them.
-pub fn ents_with_config(terms: &[u64], configure: impl Fn(&mut Config)) -> Raft<MemoryStorage> {
-    let mut storage = MemoryStorage::new();
+/// Node `id` of voters `peers`, whose log holds entries of these terms and whose term is the
+/// last of them.
+pub fn ents_with_config(
+    id: u64,
+    peers: &[u64],
+    terms: &[u64],
+    configure: impl Fn(&mut Config),
+) -> Raft<MemoryStorage> {
+    let mut storage = storage_with_peers(peers);
     storage.append(&entries_with_terms(terms)).expect("append");
-    let mut config = new_test_config(1, 5, 1);
+    let mut config = new_test_config(id, 5, 1);
     configure(&mut config);
-    let mut r = new_test_raft_with_config(&Config { peers: vec![], ..config.clone() }, {
-        storage.set_conf_state(ConfState { voters: vec![1], ..ConfState::default() });
-        storage
-    });
+    let mut r = new_test_raft_with_config(&config, storage);
     let term = terms.last().copied().unwrap_or(0);
     r.reset(term);
     r
 }
 
-/// A node that voted for `vote` in `term`, with an empty log.
-pub fn voted_with_config(vote: u64, term: u64, configure: impl Fn(&mut Config)) -> Raft<MemoryStorage> {
-    let mut storage = MemoryStorage::new();
-    storage.set_hard_state(HardState { vote, term, commit: 0 });
-    storage.set_conf_state(ConfState { voters: vec![1], ..ConfState::default() });
-    let mut config = new_test_config(1, 5, 1);
+/// Node `id` of voters `peers` that voted for `vote` in `term`, with an empty log.
+pub fn voted_with_config(
+    id: u64,
+    peers: &[u64],
+    vote: u64,
+    term: u64,
+    configure: impl Fn(&mut Config),
+) -> Raft<MemoryStorage> {
+    let mut storage = storage_with_peers(peers);
+    storage.set_hard_state(HardState {
+        vote,
+        term,
+        commit: 0,
+    });
+    let mut config = new_test_config(id, 5, 1);
     configure(&mut config);
     let mut r = new_test_raft_with_config(&config, storage);
     r.reset(term);
@@ -224,7 +249,11 @@ impl Network {
     pub fn filter(&mut self, msgs: Vec<Message>) -> Vec<Message> {
         let mut kept = Vec::new();
         for m in msgs {
-            assert_ne!(m.msg_type, MessageType::Hup, "hups never go over the network");
+            assert_ne!(
+                m.msg_type,
+                MessageType::Hup,
+                "hups never go over the network"
+            );
             if self.ignorem.contains(&m.msg_type) || self.holes.contains(&m.to) {
                 continue;
             }
@@ -255,7 +284,12 @@ impl Network {
 
     /// Drops every message to and from `id`.
     pub fn isolate(&mut self, id: u64) {
-        let ids: Vec<u64> = self.peers.keys().chain(self.holes.iter()).copied().collect();
+        let ids: Vec<u64> = self
+            .peers
+            .keys()
+            .chain(self.holes.iter())
+            .copied()
+            .collect();
         for other in ids {
             if other != id {
                 self.drop(id, other, 1.0);
@@ -284,5 +318,9 @@ impl Network {
 
 /// The entries of a log, for comparisons.
 pub fn log_entries(r: &Raft<MemoryStorage>) -> Vec<(u64, u64, Vec<u8>)> {
-    r.raft_log.all_entries().into_iter().map(|e| (e.index, e.term, e.data)).collect()
+    r.raft_log
+        .all_entries()
+        .into_iter()
+        .map(|e| (e.index, e.term, e.data))
+        .collect()
 }
