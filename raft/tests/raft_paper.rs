@@ -207,7 +207,9 @@ fn candidate_start_new_election() {
 /// denials, and stays candidate otherwise; all within one round.
 #[test]
 fn leader_election_in_one_round_rpc() {
-    let cases: Vec<(usize, Vec<(u64, bool)>, StateType)> = vec![
+    // (cluster size, votes received, resulting state)
+    type Case = (usize, Vec<(u64, bool)>, StateType);
+    let cases: Vec<Case> = vec![
         (1, vec![], StateType::Leader),
         (3, vec![(2, true), (3, true)], StateType::Leader),
         (3, vec![(2, true)], StateType::Leader),
@@ -598,7 +600,9 @@ fn follower_check_append_consistency() {
 /// leader's.
 #[test]
 fn follower_append_entries() {
-    let cases: Vec<(u64, u64, Vec<Entry>, Vec<Entry>, Vec<Entry>)> = vec![
+    // (index, log term, entries) -> (whole log, unstable part)
+    type Case = (u64, u64, Vec<Entry>, Vec<Entry>, Vec<Entry>);
+    let cases: Vec<Case> = vec![
         (
             2,
             2,

@@ -155,7 +155,12 @@ pub fn voted_with_config(
     r
 }
 
+/// Called for every message on the network; false drops it.
+pub type MsgHook = Box<dyn Fn(&Message) -> bool>;
+
 /// What occupies a slot of the network.
+// Test-only and short-lived: boxing the large variant would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum NetPeer {
     /// A node with default test settings and every slot as a voter.
     Default,
@@ -173,7 +178,7 @@ pub struct Network {
     dropm: HashMap<(u64, u64), f64>,
     ignorem: HashSet<MessageType>,
     /// Called for every message; false drops it.
-    pub msg_hook: Option<Box<dyn Fn(&Message) -> bool>>,
+    pub msg_hook: Option<MsgHook>,
     rng_state: u64,
 }
 

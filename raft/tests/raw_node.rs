@@ -1,0 +1,372 @@
+//! The application's interface: `RawNode`, the `Ready` contract, restarts from storage, and
+//! input validation.
+
+mod common;
+
+use common::cluster::{cluster_config, Cluster, Node};
+use common::*;
+use raft::{
+    ConfState, Config, ConfigError, Error, HardState, MemoryStorage, Message, MessageType, RawNode,
+    SoftState, StateType, Storage,
+};
+
+fn single_node() -> RawNode<MemoryStorage> {
+    RawNode::new(&cluster_config(1, &[1]), MemoryStorage::new()).unwrap()
+}
+
+/// Persists a Ready to the node's own storage and advances, returning what it held.
+fn persist_and_advance(node: &mut RawNode<MemoryStorage>) -> raft::Ready {
+    let rd = node.ready();
+    node.store_mut().append(&rd.entries).unwrap();
+    if let Some(hs) = rd.hard_state {
+        node.store_mut().set_hard_state(hs);
+    }
+    let copy = raft::Ready {
+        soft_state: rd.soft_state,
+        hard_state: rd.hard_state,
+        read_states: rd.read_states.clone(),
+        entries: rd.entries.clone(),
+        snapshot: rd.snapshot.clone(),
+        committed_entries: rd.committed_entries.clone(),
+        messages: rd.messages.clone(),
+        must_sync: rd.must_sync,
+    };
+    node.advance(rd);
+    copy
+}
+
+/// A campaign's Ready carries the new role, the term and vote to persist (synced), the
+/// leader's no-op entry, and (single voter) its commitment.
+#[test]
+fn ready_after_campaign_holds_state_entries_and_commit() {
+    let mut node = single_node();
+    assert!(!node.has_ready(), "a new node has nothing to do");
+    node.campaign().unwrap();
+    assert!(node.has_ready());
+    let rd = persist_and_advance(&mut node);
+    assert_eq!(
+        rd.soft_state,
+        Some(SoftState {
+            lead: 1,
+            raft_state: StateType::Leader
+        })
+    );
+    assert_eq!(
+        rd.hard_state,
+        Some(HardState {
+            term: 1,
+            vote: 1,
+            commit: 1
+        })
+    );
+    assert_eq!(rd.entries.len(), 1);
+    assert_eq!(rd.committed_entries, rd.entries);
+    assert!(rd.must_sync);
+    assert!(!node.has_ready(), "advance consumed everything");
+}
+
+/// `must_sync` is false when only the commit index changed.
+#[test]
+fn must_sync_is_false_for_commit_only_changes() {
+    let mut cluster = Cluster::new(&[1, 2], |_| {});
+    cluster.elect(1);
+    cluster.node(1).propose(vec![], b"x".to_vec()).unwrap();
+    // Node 1 appends and sends; node 2 appends (synced) and acknowledges.
+    cluster.handle_ready(1);
+    cluster.stabilize_messages_only();
+    let follower = &mut cluster.nodes.get_mut(&2).unwrap().raw;
+    let mut rd = follower.ready();
+    assert!(rd.must_sync, "new entries must be synced");
+    assert_eq!(rd.entries.len(), 1);
+    let acks = std::mem::take(&mut rd.messages);
+    follower.store_mut().append(&rd.entries).unwrap();
+    follower.advance(rd);
+    cluster.in_flight.extend(acks);
+    // Node 1 commits and tells node 2, whose next Ready only moves the commit index.
+    cluster.stabilize_messages_only();
+    cluster.handle_ready(1);
+    cluster.stabilize_messages_only();
+    let rd = cluster.nodes.get_mut(&2).unwrap().raw.ready();
+    assert_eq!(rd.hard_state.map(|hs| hs.commit), Some(2));
+    assert!(rd.entries.is_empty());
+    assert!(!rd.must_sync, "a commit-only change need not be synced");
+}
+
+/// Proposals through a three-node cluster are applied on every node, in the same order.
+#[test]
+fn proposals_apply_in_order_on_every_node() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    for i in 0..20u8 {
+        let proposer = [1, 2, 3][i as usize % 3]; // Followers forward to the leader.
+        cluster.node(proposer).propose(vec![], vec![i]).unwrap();
+        cluster.stabilize();
+    }
+    let want: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i]).collect();
+    for (id, node) in &cluster.nodes {
+        assert_eq!(node.applied, want, "node {id}");
+    }
+}
+
+/// Committed entries per Ready are capped by `max_committed_size_per_ready`, but at least
+/// one entry is always delivered.
+#[test]
+fn committed_entries_per_ready_are_size_limited() {
+    let mut config = cluster_config(1, &[1]);
+    config.max_committed_size_per_ready = 1;
+    let mut node = RawNode::new(&config, MemoryStorage::new()).unwrap();
+    node.campaign().unwrap();
+    let rd = persist_and_advance(&mut node);
+    assert_eq!(rd.committed_entries.len(), 1);
+    for i in 0..5u8 {
+        node.propose(vec![], vec![i; 100]).unwrap();
+    }
+    let mut batches = Vec::new();
+    while node.has_ready() {
+        let rd = persist_and_advance(&mut node);
+        if !rd.committed_entries.is_empty() {
+            batches.push(rd.committed_entries.len());
+        }
+    }
+    assert_eq!(
+        batches,
+        vec![1, 1, 1, 1, 1],
+        "one entry per Ready under a tiny limit"
+    );
+    assert_eq!(node.raft.raft_log.applied, 6);
+}
+
+/// A restarted node reads its hard state from storage; `Config.applied` keeps entries already
+/// applied from being delivered again.
+#[test]
+fn restart_with_applied_does_not_redeliver_applied_entries() {
+    let mut node = single_node();
+    node.campaign().unwrap();
+    persist_and_advance(&mut node);
+    for i in 0..4u8 {
+        node.propose(vec![], vec![i]).unwrap();
+        persist_and_advance(&mut node);
+    }
+    let storage = node.store().clone();
+    assert_eq!(storage.hard_state().commit, 5);
+
+    // Restart with applied = 3: entries 4 and 5 come again, 1 to 3 do not.
+    let config = Config {
+        applied: 3,
+        ..cluster_config(1, &[])
+    };
+    let mut restarted = RawNode::new(&config, {
+        let mut s = storage.clone();
+        s.set_conf_state(ConfState {
+            voters: vec![1],
+            ..ConfState::default()
+        });
+        s
+    })
+    .unwrap();
+    assert_eq!(restarted.raft.term, 1);
+    assert_eq!(restarted.raft.vote, 1);
+    assert_eq!(restarted.raft.raft_log.committed, 5);
+    let rd = restarted.ready();
+    let indexes: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, vec![4, 5]);
+    assert!(rd.hard_state.is_none(), "nothing changed since the restart");
+    restarted.advance(rd);
+}
+
+/// Raft::new refuses configurations that contradict the storage.
+#[test]
+fn new_refuses_configs_that_contradict_storage() {
+    let storage = storage_with_peers(&[1, 2]);
+    let config = cluster_config(1, &[1, 2]);
+    assert!(matches!(
+        RawNode::new(&config, storage),
+        Err(Error::ConfigInvalid(
+            ConfigError::BootstrapOverExistingState
+        ))
+    ));
+    let config = Config {
+        applied: 5,
+        ..cluster_config(1, &[1])
+    };
+    assert!(matches!(
+        RawNode::new(&config, MemoryStorage::new()),
+        Err(Error::ConfigInvalid(ConfigError::AppliedBeyondCommit {
+            applied: 5,
+            committed: 0
+        }))
+    ));
+    let config = Config {
+        election_tick: 1,
+        ..cluster_config(1, &[1])
+    };
+    assert!(matches!(
+        RawNode::new(&config, MemoryStorage::new()),
+        Err(Error::ConfigInvalid(
+            ConfigError::ElectionTickTooSmall { .. }
+        ))
+    ));
+}
+
+/// Bad input from a peer gets a typed error and changes nothing: local message types, a
+/// response from an unknown node, a message without term or sender, a read without context.
+#[test]
+fn step_refuses_bad_input_from_peers() {
+    let mut node = RawNode::new(&cluster_config(1, &[1, 2, 3]), MemoryStorage::new()).unwrap();
+    for t in [
+        MessageType::Hup,
+        MessageType::Beat,
+        MessageType::CheckQuorum,
+    ] {
+        let m = new_message(2, 1, t, 1);
+        assert!(matches!(node.step(m), Err(Error::StepLocalMsg)), "{t:?}");
+    }
+    let unknown = new_message(9, 1, MessageType::AppendResponse, 1);
+    assert!(matches!(
+        node.step(unknown),
+        Err(Error::StepPeerNotFound { id: 9 })
+    ));
+    let no_term = new_message(2, 1, MessageType::Append, 0);
+    assert!(matches!(
+        node.step(no_term),
+        Err(Error::MalformedMessage { .. })
+    ));
+    let no_sender = new_message(0, 1, MessageType::Heartbeat, 1);
+    assert!(matches!(
+        node.step(no_sender),
+        Err(Error::MalformedMessage { .. })
+    ));
+    let read = Message {
+        from: 2,
+        to: 1,
+        msg_type: MessageType::ReadIndex,
+        ..Message::default()
+    };
+    assert!(matches!(
+        node.step(read),
+        Err(Error::MalformedMessage { .. })
+    ));
+    assert_eq!(node.raft.term, 0);
+    assert!(!node.has_ready());
+}
+
+/// A node that crashes loses what it had not persisted and recovers from what it had: after
+/// a restart from its storage it rejoins and catches up.
+#[test]
+fn crashed_follower_restarts_from_storage_and_catches_up() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    for i in 0..5u8 {
+        cluster.node(1).propose(vec![], vec![i]).unwrap();
+        cluster.stabilize();
+    }
+    // Node 3 crashes: keep only its storage. Meanwhile the others commit more.
+    let old = cluster.nodes.remove(&3).unwrap();
+    let storage = old.raw.store().clone();
+    let applied = old.raw.raft.raft_log.applied;
+    for i in 5..10u8 {
+        cluster.node(1).propose(vec![], vec![i]).unwrap();
+        cluster.stabilize();
+    }
+    let config = Config {
+        applied,
+        ..cluster_config(3, &[])
+    };
+    let mut restarted = Node::new(&config, {
+        let mut s = storage;
+        s.set_conf_state(ConfState {
+            voters: vec![1, 2, 3],
+            ..ConfState::default()
+        });
+        s
+    });
+    restarted.applied = old.applied;
+    cluster.nodes.insert(3, restarted);
+    for _ in 0..3 {
+        cluster.tick();
+        cluster.stabilize();
+    }
+    let want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
+    assert_eq!(cluster.nodes[&3].applied, want);
+    assert_eq!(cluster.leader(), Some(1));
+}
+
+/// A partitioned leader cannot commit; the majority elects a new leader which commits; on
+/// healing the old leader's uncommitted entries are replaced.
+#[test]
+fn partitioned_leader_cannot_commit_and_is_replaced() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |c| {
+        c.check_quorum = true;
+        c.pre_vote = true;
+    });
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node(1).propose(vec![], b"lost".to_vec()).unwrap();
+    cluster.stabilize();
+    assert!(cluster.nodes[&1].applied.is_empty(), "no quorum, no commit");
+    // Once their leases expire, nodes 2 and 3 elect a leader between them.
+    let mut new_leader = None;
+    for _ in 0..100 {
+        cluster.tick();
+        cluster.stabilize();
+        new_leader = [2, 3]
+            .into_iter()
+            .find(|&id| cluster.node(id).raft.state == StateType::Leader);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("the majority elects a leader");
+    cluster
+        .node(new_leader)
+        .propose(vec![], b"kept".to_vec())
+        .unwrap();
+    cluster.stabilize();
+    // The isolated leader steps down once it misses a quorum for an election timeout.
+    for _ in 0..20 {
+        cluster.tick();
+        cluster.stabilize();
+    }
+    assert_ne!(cluster.node(1).raft.state, StateType::Leader);
+    cluster.heal();
+    for _ in 0..5 {
+        cluster.tick();
+        cluster.stabilize();
+    }
+    for (id, node) in &cluster.nodes {
+        assert_eq!(node.applied, vec![b"kept".to_vec()], "node {id}");
+    }
+}
+
+/// The leader's status reports every member's progress; a follower's reports none.
+#[test]
+fn status_reports_progress_on_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let status = cluster.node(1).status();
+    assert_eq!(status.soft_state.raft_state, StateType::Leader);
+    assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(status.progress.len(), 3);
+    let last = cluster.node(1).raft.raft_log.last_index();
+    assert!(status.progress.values().all(|p| p.matched == last));
+    assert!(cluster.node(2).status().progress.is_empty());
+    assert_eq!(cluster.node(2).status().soft_state.lead, 1);
+}
+
+/// Uncommitted bytes are released as the leader applies: a steady stream of proposals never
+/// hits the limit.
+#[test]
+fn uncommitted_size_is_released_on_apply() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |c| c.max_uncommitted_entries_size = 1000);
+    cluster.elect(1);
+    for i in 0..100u32 {
+        cluster
+            .node(1)
+            .propose(vec![], vec![0; 300])
+            .unwrap_or_else(|e| panic!("{i}: {e}"));
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(1).raft.uncommitted_size, 0);
+    assert_eq!(cluster.nodes[&3].applied.len(), 100);
+    assert_eq!(cluster.node(3).store().last_index(), Ok(101));
+}
