@@ -216,26 +216,14 @@ impl<T: Storage> RawNode<T> {
         self.raft.apply_conf_change(&cc.as_v2())
     }
 
-    /// Steps a message received from a peer.
+    /// Steps a message received from a peer. Malformed messages are refused with a typed
+    /// error and change nothing.
     pub fn step(&mut self, m: Message) -> Result<()> {
         if m.msg_type.is_local() {
             return Err(Error::StepLocalMsg);
         }
-        let forwarded = matches!(m.msg_type, MessageType::Propose | MessageType::ReadIndex);
-        if m.term == 0 && !forwarded {
-            return Err(Error::MalformedMessage {
-                reason: "a peer message without a term",
-            });
-        }
-        if m.from == INVALID_ID {
-            return Err(Error::MalformedMessage {
-                reason: "a peer message without a sender",
-            });
-        }
-        if m.msg_type == MessageType::ReadIndex && m.entries.len() != 1 {
-            return Err(Error::MalformedMessage {
-                reason: "a read index without one context",
-            });
+        if let Err(reason) = check_peer_message(&m) {
+            return Err(Error::MalformedMessage { reason });
         }
         if m.msg_type.is_response() && !self.raft.prs.progress.contains_key(&m.from) {
             return Err(Error::StepPeerNotFound { id: m.from });
@@ -387,4 +375,41 @@ impl<T: Storage> RawNode<T> {
     pub fn store_mut(&mut self) -> &mut T {
         &mut self.raft.raft_log.store
     }
+}
+
+/// The structural checks on a message from a peer, so that no bytes off a socket can break
+/// an invariant of the core.
+fn check_peer_message(m: &Message) -> std::result::Result<(), &'static str> {
+    if m.from == INVALID_ID {
+        return Err("a peer message without a sender");
+    }
+    // Proposals and reads travel without a term (they are forwarded as if local); every other
+    // peer message carries its sender's term.
+    let forwarded = matches!(m.msg_type, MessageType::Propose | MessageType::ReadIndex);
+    if forwarded && m.term != 0 {
+        return Err("a forwarded request with a term");
+    }
+    if !forwarded && m.term == 0 {
+        return Err("a peer message without a term");
+    }
+    if m.msg_type == MessageType::ReadIndex && m.entries.len() != 1 {
+        return Err("a read index without exactly one context");
+    }
+    if m.msg_type == MessageType::Append {
+        let contiguous = m
+            .entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| Some(e.index) == m.index.checked_add(1 + i as u64));
+        if !contiguous {
+            return Err("append entries do not follow the index contiguously");
+        }
+        if m.entries.iter().any(|e| e.term > m.term) {
+            return Err("append entries from a term after the sender's");
+        }
+    }
+    if m.msg_type == MessageType::Snapshot && m.snapshot.is_none() {
+        return Err("a snapshot message without a snapshot");
+    }
+    Ok(())
 }

@@ -246,8 +246,53 @@ fn step_refuses_bad_input_from_peers() {
         node.step(read),
         Err(Error::MalformedMessage { .. })
     ));
+    let gap = Message {
+        index: 0,
+        entries: vec![entry(1, 2, b"gap")],
+        ..new_message(2, 1, MessageType::Append, 1)
+    };
+    assert!(matches!(
+        node.step(gap),
+        Err(Error::MalformedMessage { .. })
+    ));
+    let termed_proposal = Message {
+        term: 3,
+        ..propose(1, b"x")
+    };
+    assert!(matches!(
+        node.step(termed_proposal),
+        Err(Error::MalformedMessage { .. })
+    ));
     assert_eq!(node.raft.term, 0);
     assert!(!node.has_ready());
+}
+
+/// Odd but well-formed input does not crash the node: an acknowledgement past the leader's
+/// last index is ignored, a leader-transfer request forwarded to a follower goes on to the
+/// leader.
+#[test]
+fn odd_peer_input_is_ignored_or_forwarded_not_fatal() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    let term = cluster.node(1).raft.term;
+    let last = cluster.node(1).raft.raft_log.last_index();
+    let beyond = Message {
+        index: last + 100,
+        ..new_message(2, 1, MessageType::AppendResponse, term)
+    };
+    cluster.node(1).step(beyond).unwrap();
+    assert_eq!(cluster.node(1).raft.prs.progress[&2].matched, last);
+    assert_eq!(cluster.node(1).raft.raft_log.committed, last);
+
+    // Node 3 asks node 2 (a follower) for a transfer to 3, with its term set.
+    let transfer = new_message(3, 2, MessageType::TransferLeader, term);
+    cluster.node(2).step(transfer).unwrap();
+    cluster.stabilize();
+    assert_eq!(
+        cluster.leader(),
+        Some(3),
+        "forwarded to the leader, which handed over"
+    );
 }
 
 /// A node that crashes loses what it had not persisted and recovers from what it had: after
