@@ -690,55 +690,36 @@ impl<T: Storage> Raft<T> {
         let can_vote = self.vote == m.from
             || (self.vote == INVALID_ID && self.lead == INVALID_ID)
             || (m.msg_type == MessageType::RequestPreVote && m.term > self.term);
-        let up_to_date = self.raft_log.is_up_to_date(m.index, m.log_term);
+        let granted = can_vote && self.raft_log.is_up_to_date(m.index, m.log_term);
+        info!(
+            "{:x} [log_term: {}, index: {}, vote: {:x}] {} {:?} from {:x} [log_term: {}, index: \
+             {}] at term {}",
+            self.id,
+            self.raft_log.last_term(),
+            self.raft_log.last_index(),
+            self.vote,
+            if granted { "granted" } else { "rejected" },
+            m.msg_type,
+            m.from,
+            m.log_term,
+            m.index,
+            self.term
+        );
+        // A grant carries the candidate's term: for a pre-vote that is a future term, which the
+        // pre-candidate recognises as its own. A rejection carries ours, so that a candidate
+        // behind us learns the term.
+        let term = if granted { m.term } else { self.term };
         let response = m.msg_type.vote_response();
-        if can_vote && up_to_date {
-            info!(
-                "{:x} [log_term: {}, index: {}, vote: {:x}] cast {:?} for {:x} [log_term: {}, \
-                 index: {}] at term {}",
-                self.id,
-                self.raft_log.last_term(),
-                self.raft_log.last_index(),
-                self.vote,
-                m.msg_type,
-                m.from,
-                m.log_term,
-                m.index,
-                self.term
-            );
-            // The response carries the candidate's term: for a pre-vote that is a future term,
-            // which the pre-candidate recognises as its own.
-            self.send(Message {
-                msg_type: response,
-                to: m.from,
-                term: m.term,
-                ..Message::default()
-            });
-            if m.msg_type == MessageType::RequestVote {
-                self.election_elapsed = 0;
-                self.vote = m.from;
-            }
-        } else {
-            info!(
-                "{:x} [log_term: {}, index: {}, vote: {:x}] rejected {:?} from {:x} [log_term: \
-                 {}, index: {}] at term {}",
-                self.id,
-                self.raft_log.last_term(),
-                self.raft_log.last_index(),
-                self.vote,
-                m.msg_type,
-                m.from,
-                m.log_term,
-                m.index,
-                self.term
-            );
-            self.send(Message {
-                msg_type: response,
-                to: m.from,
-                term: self.term,
-                reject: true,
-                ..Message::default()
-            });
+        self.send(Message {
+            msg_type: response,
+            to: m.from,
+            term,
+            reject: !granted,
+            ..Message::default()
+        });
+        if granted && m.msg_type == MessageType::RequestVote {
+            self.election_elapsed = 0;
+            self.vote = m.from;
         }
     }
 
