@@ -21,19 +21,11 @@ const PAYLOAD_SIZE_BYTES: usize = 256;
 const COMPACT_EVERY_ENTRIES: u64 = 10_000;
 
 fn compact_all(cluster: &mut Cluster) {
-    let applied = cluster
-        .nodes
-        .values()
-        .map(|n| n.raw.raft.raft_log.applied)
-        .min()
-        .unwrap_or(0);
+    let applied = cluster.nodes.values().map(|n| n.raw.raft.raft_log.applied).min().unwrap_or(0);
     for node in cluster.nodes.values_mut() {
         let first = node.raw.store().first_index().expect("first index");
         if applied > first + COMPACT_EVERY_ENTRIES {
-            node.raw
-                .store_mut()
-                .compact(applied)
-                .expect("compact applied prefix");
+            node.raw.store_mut().compact(applied).expect("compact applied prefix");
         }
         node.applied.clear();
     }
@@ -51,10 +43,7 @@ fn bench_propose(c: &mut Criterion) {
             let mut proposed = 0u64;
             b.iter(|| {
                 for _ in 0..batch {
-                    cluster
-                        .node(1)
-                        .propose(Vec::new(), payload.clone())
-                        .expect("proposal");
+                    cluster.node(1).propose(Vec::new(), payload.clone()).expect("proposal");
                 }
                 cluster.stabilize();
                 proposed += batch;

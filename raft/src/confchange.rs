@@ -191,8 +191,7 @@ fn remove(cfg: &mut TrackerConfig, prs: &mut ProgressMap, id: u64) {
 }
 
 fn progress_of(prs: &mut ProgressMap, id: u64) -> Result<&mut Progress, ConfChangeError> {
-    prs.get_mut(&id)
-        .ok_or_else(|| ConfChangeError::Invalid(format!("no progress for {id}")))
+    prs.get_mut(&id).ok_or_else(|| ConfChangeError::Invalid(format!("no progress for {id}")))
 }
 
 fn check_and_return(cfg: TrackerConfig, prs: ProgressMap) -> Outcome {
@@ -211,9 +210,7 @@ fn check_invariants(cfg: &TrackerConfig, prs: &ProgressMap) -> Result<(), ConfCh
     }
     for id in &cfg.learners_next {
         if !cfg.voters.outgoing.contains(*id) {
-            return invalid(format!(
-                "{id} is in learners_next but not an outgoing voter"
-            ));
+            return invalid(format!("{id} is in learners_next but not an outgoing voter"));
         }
         if prs[id].is_learner {
             return invalid(format!("{id} is in learners_next but already a learner"));
@@ -284,10 +281,7 @@ mod tests {
     }
 
     fn cc(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {
-        ConfChangeSingle {
-            change_type,
-            node_id,
-        }
+        ConfChangeSingle { change_type, node_id }
     }
 
     fn apply(tracker: &mut ProgressTracker, outcome: Outcome) {
@@ -299,14 +293,9 @@ mod tests {
     #[test]
     fn simple_change_refuses_more_than_one_voter() {
         let tracker = tracker_with(&[1, 2, 3], &[]);
-        let ch = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        };
+        let ch = Changer { tracker: &tracker, last_index: 10 };
         assert!(ch.simple(&[cc(AddNode, 4)]).is_ok());
-        assert!(ch
-            .simple(&[cc(AddLearnerNode, 4), cc(AddLearnerNode, 5)])
-            .is_ok());
+        assert!(ch.simple(&[cc(AddLearnerNode, 4), cc(AddLearnerNode, 5)]).is_ok());
         assert_eq!(
             ch.simple(&[cc(AddNode, 4), cc(RemoveNode, 1)]).unwrap_err(),
             ConfChangeError::TooManyVoterChanges { count: 2 }
@@ -316,10 +305,7 @@ mod tests {
     #[test]
     fn malformed_changes_are_refused_with_typed_errors() {
         let tracker = tracker_with(&[1, 2], &[3]);
-        let ch = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        };
+        let ch = Changer { tracker: &tracker, last_index: 10 };
         assert_eq!(
             ch.simple(&[cc(RemoveNode, 9)]).unwrap_err(),
             ConfChangeError::RemoveNonMember { id: 9 }
@@ -332,30 +318,18 @@ mod tests {
             ch.simple(&[cc(AddLearnerNode, 3)]).unwrap_err(),
             ConfChangeError::AlreadyLearner { id: 3 }
         );
-        assert_eq!(
-            ch.simple(&[cc(AddNode, 0)]).unwrap_err(),
-            ConfChangeError::NodeIdZero
-        );
+        assert_eq!(ch.simple(&[cc(AddNode, 0)]).unwrap_err(), ConfChangeError::NodeIdZero);
         let single = tracker_with(&[1], &[]);
-        let ch = Changer {
-            tracker: &single,
-            last_index: 10,
-        };
-        assert_eq!(
-            ch.simple(&[cc(RemoveNode, 1)]).unwrap_err(),
-            ConfChangeError::NoVoters
-        );
+        let ch = Changer { tracker: &single, last_index: 10 };
+        assert_eq!(ch.simple(&[cc(RemoveNode, 1)]).unwrap_err(), ConfChangeError::NoVoters);
         assert_eq!(ch.leave_joint().unwrap_err(), ConfChangeError::NotJoint);
     }
 
     #[test]
     fn joint_change_demotes_through_learners_next_and_leaves() {
         let mut tracker = tracker_with(&[1, 2, 3], &[]);
-        let outcome = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        }
-        .enter_joint(true, &[cc(AddNode, 4), cc(AddLearnerNode, 3)]);
+        let outcome = Changer { tracker: &tracker, last_index: 10 }
+            .enter_joint(true, &[cc(AddNode, 4), cc(AddLearnerNode, 3)]);
         apply(&mut tracker, outcome);
         assert_eq!(
             tracker.conf_state(),
@@ -367,25 +341,13 @@ mod tests {
                 auto_leave: true,
             }
         );
-        let again = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        }
-        .enter_joint(false, &[]);
+        let again = Changer { tracker: &tracker, last_index: 10 }.enter_joint(false, &[]);
         assert_eq!(again.unwrap_err(), ConfChangeError::AlreadyJoint);
-        let outcome = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        }
-        .leave_joint();
+        let outcome = Changer { tracker: &tracker, last_index: 10 }.leave_joint();
         apply(&mut tracker, outcome);
         assert_eq!(
             tracker.conf_state(),
-            ConfState {
-                voters: vec![1, 2, 4],
-                learners: vec![3],
-                ..ConfState::default()
-            }
+            ConfState { voters: vec![1, 2, 4], learners: vec![3], ..ConfState::default() }
         );
         assert!(tracker.progress[&3].is_learner);
     }
@@ -393,21 +355,11 @@ mod tests {
     #[test]
     fn leaving_joint_drops_removed_voters_progress() {
         let mut tracker = tracker_with(&[1, 2, 3], &[]);
-        let outcome = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        }
-        .enter_joint(false, &[cc(RemoveNode, 3), cc(AddNode, 5)]);
+        let outcome = Changer { tracker: &tracker, last_index: 10 }
+            .enter_joint(false, &[cc(RemoveNode, 3), cc(AddNode, 5)]);
         apply(&mut tracker, outcome);
-        assert!(
-            tracker.progress.contains_key(&3),
-            "outgoing voter keeps its progress"
-        );
-        let outcome = Changer {
-            tracker: &tracker,
-            last_index: 10,
-        }
-        .leave_joint();
+        assert!(tracker.progress.contains_key(&3), "outgoing voter keeps its progress");
+        let outcome = Changer { tracker: &tracker, last_index: 10 }.leave_joint();
         apply(&mut tracker, outcome);
         assert!(!tracker.progress.contains_key(&3));
         assert_eq!(tracker.conf_state().voters, vec![1, 2, 5]);

@@ -79,10 +79,7 @@ impl Default for Config {
 impl Config {
     /// A default configuration for node `id`.
     pub fn new(id: u64) -> Config {
-        Config {
-            id,
-            ..Config::default()
-        }
+        Config { id, ..Config::default() }
     }
 
     /// Checks every parameter, naming the first mistake found.
@@ -127,44 +124,16 @@ mod tests {
 
     #[test]
     fn validate_names_each_mistake() {
-        let ok = Config {
-            peers: vec![1, 2, 3],
-            ..Config::new(1)
-        };
+        let ok = Config { peers: vec![1, 2, 3], ..Config::new(1) };
         assert_eq!(ok.validate(), Ok(()));
         let cases: Vec<(Config, ConfigError)> = vec![
+            (Config { id: 0, ..ok.clone() }, ConfigError::IdZero),
+            (Config { heartbeat_tick: 0, ..ok.clone() }, ConfigError::HeartbeatTickZero),
             (
-                Config {
-                    id: 0,
-                    ..ok.clone()
-                },
-                ConfigError::IdZero,
+                Config { election_tick: 3, heartbeat_tick: 3, ..ok.clone() },
+                ConfigError::ElectionTickTooSmall { election_tick: 3, heartbeat_tick: 3 },
             ),
-            (
-                Config {
-                    heartbeat_tick: 0,
-                    ..ok.clone()
-                },
-                ConfigError::HeartbeatTickZero,
-            ),
-            (
-                Config {
-                    election_tick: 3,
-                    heartbeat_tick: 3,
-                    ..ok.clone()
-                },
-                ConfigError::ElectionTickTooSmall {
-                    election_tick: 3,
-                    heartbeat_tick: 3,
-                },
-            ),
-            (
-                Config {
-                    max_inflight_msgs: 0,
-                    ..ok.clone()
-                },
-                ConfigError::MaxInflightMsgsZero,
-            ),
+            (Config { max_inflight_msgs: 0, ..ok.clone() }, ConfigError::MaxInflightMsgsZero),
             (
                 Config {
                     read_only_option: ReadOnlyOption::LeaseBased,
@@ -173,27 +142,9 @@ mod tests {
                 },
                 ConfigError::LeaseBasedWithoutCheckQuorum,
             ),
-            (
-                Config {
-                    learners: vec![2],
-                    ..ok.clone()
-                },
-                ConfigError::PeerIsLearner { id: 2 },
-            ),
-            (
-                Config {
-                    peers: vec![1, 0],
-                    ..ok.clone()
-                },
-                ConfigError::MemberIdZero,
-            ),
-            (
-                Config {
-                    peers: vec![1, 2, 1],
-                    ..ok.clone()
-                },
-                ConfigError::DuplicateMember { id: 1 },
-            ),
+            (Config { learners: vec![2], ..ok.clone() }, ConfigError::PeerIsLearner { id: 2 }),
+            (Config { peers: vec![1, 0], ..ok.clone() }, ConfigError::MemberIdZero),
+            (Config { peers: vec![1, 2, 1], ..ok.clone() }, ConfigError::DuplicateMember { id: 1 }),
         ];
         for (config, want) in cases {
             assert_eq!(config.validate(), Err(want));

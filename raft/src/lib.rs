@@ -10,23 +10,17 @@
 //!
 //! # Usage
 //!
-//! A single-node cluster that elects itself, commits a proposal, and applies it:
+//! A single-node cluster, bootstrapped from `Config.peers`, that elects itself, commits a
+//! proposal and applies it. The same loop drives a node of any cluster: only the sending of
+//! messages (step 2) is left out here.
 //!
 //! ```
-//! use raft::{Config, MemoryStorage, RawNode, StateType, Storage};
+//! use raft::{
+//!     ConfChange, ConfChangeV2, Config, EntryType, MemoryStorage, RawNode, StateType, Storage,
+//! };
 //!
-//! let config = Config { peers: vec![1], ..Config::new(1) };
-//! config.validate().expect("valid config");
-//! let mut node = RawNode::new(&config, MemoryStorage::new()).expect("new node");
-//!
-//! // Tick until the election timeout fires; a single voter wins at once.
-//! while node.raft.state != StateType::Leader {
-//!     node.tick();
-//! }
-//! node.propose(vec![], b"x=1".to_vec()).expect("accepted");
-//!
-//! let mut applied = Vec::new();
-//! while node.has_ready() {
+//! /// Handles one Ready: persist, (send), apply, advance. Returns the applied data.
+//! fn handle_ready(node: &mut RawNode<MemoryStorage>) -> Vec<Vec<u8>> {
 //!     let rd = node.ready();
 //!     // 1. Persist: snapshot, entries, hard state (fsync when rd.must_sync).
 //!     if let Some(snapshot) = &rd.snapshot {
@@ -37,17 +31,48 @@
 //!         node.store_mut().set_hard_state(hs);
 //!     }
 //!     // 2. Send rd.messages to the peers named in `to` (none in a one-node cluster).
-//!     // 3. Apply committed entries; the leader's first entry is its empty no-op.
+//!     // 3. Apply committed entries: configuration changes to the node, data to the state
+//!     //    machine. The leader's first entry of its term is empty.
+//!     let mut applied = Vec::new();
 //!     for entry in &rd.committed_entries {
-//!         if !entry.data.is_empty() {
-//!             applied.push(entry.data.clone());
-//!         }
+//!         let change = match entry.entry_type {
+//!             EntryType::Normal if entry.data.is_empty() => continue,
+//!             EntryType::Normal => {
+//!                 applied.push(entry.data.clone());
+//!                 continue;
+//!             }
+//!             EntryType::ConfChange => ConfChange::decode(&entry.data).expect("valid").into_v2(),
+//!             EntryType::ConfChangeV2 => ConfChangeV2::decode(&entry.data).expect("valid"),
+//!         };
+//!         let conf_state = node.apply_conf_change(&change).expect("valid change");
+//!         node.store_mut().set_conf_state(conf_state);
 //!     }
 //!     // 4. Serve rd.read_states whose index is applied. 5. Advance.
 //!     node.advance(rd);
+//!     applied
+//! }
+//!
+//! let config = Config { peers: vec![1], ..Config::new(1) };
+//! config.validate().expect("valid config");
+//! let mut node = RawNode::new(&config, MemoryStorage::new()).expect("new node");
+//!
+//! // The first Ready persists and applies the bootstrap configuration.
+//! let mut applied = Vec::new();
+//! while node.has_ready() {
+//!     applied.extend(handle_ready(&mut node));
+//! }
+//! // Tick until the election timeout fires; a single voter wins on its own vote.
+//! for _ in 0..2 * config.election_tick {
+//!     node.tick();
+//! }
+//! assert_eq!(node.raft.state, StateType::Leader);
+//! node.propose(vec![], b"x=1".to_vec()).expect("accepted");
+//! while node.has_ready() {
+//!     applied.extend(handle_ready(&mut node));
 //! }
 //! assert_eq!(applied, vec![b"x=1".to_vec()]);
-//! assert_eq!(node.store().last_index(), Ok(2));
+//! // The log: the bootstrap configuration change, the leader's empty entry, the proposal.
+//! assert_eq!(node.store().last_index(), Ok(3));
 //! ```
 //!
 //! # Linearizable reads

@@ -23,11 +23,7 @@ const ENTRIES_CAPACITY_RETAINED_MAX: usize = 1024;
 impl Unstable {
     /// An empty tail starting after `last_stable_index`.
     pub fn new(offset: u64) -> Unstable {
-        Unstable {
-            snapshot: None,
-            entries: Vec::new(),
-            offset,
-        }
+        Unstable { snapshot: None, entries: Vec::new(), offset }
     }
 
     /// The first index, if the tail holds a snapshot.
@@ -79,11 +75,7 @@ impl Unstable {
 
     /// The application persisted the snapshot at `index`.
     pub fn stable_snap_to(&mut self, index: u64) {
-        if self
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.metadata.index == index)
-        {
+        if self.snapshot.as_ref().is_some_and(|s| s.metadata.index == index) {
             self.snapshot = None;
         }
     }
@@ -131,53 +123,33 @@ mod tests {
     use crate::message::SnapshotMetadata;
 
     fn ents(first: u64, terms: &[u64]) -> Vec<Entry> {
-        terms
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| Entry::new(t, first + i as u64, vec![]))
-            .collect()
+        terms.iter().enumerate().map(|(i, &t)| Entry::new(t, first + i as u64, vec![])).collect()
     }
 
     fn snap(index: u64, term: u64) -> Snapshot {
         Snapshot {
             data: vec![],
-            metadata: SnapshotMetadata {
-                index,
-                term,
-                ..SnapshotMetadata::default()
-            },
+            metadata: SnapshotMetadata { index, term, ..SnapshotMetadata::default() },
         }
     }
 
     #[test]
     fn stable_to_drops_only_matching_entries() {
-        let mut u = Unstable {
-            entries: ents(5, &[1, 1, 2]),
-            offset: 5,
-            snapshot: None,
-        };
+        let mut u = Unstable { entries: ents(5, &[1, 1, 2]), offset: 5, snapshot: None };
         u.stable_to(6, 2); // Term mismatch: the entry at 6 has term 1.
         assert_eq!(u.entries.len(), 3);
         u.stable_to(6, 1);
         assert_eq!((u.offset, u.entries.len()), (7, 1));
         u.stable_to(4, 1); // Below offset, no snapshot: ignored.
         assert_eq!(u.offset, 7);
-        let mut u = Unstable {
-            entries: ents(6, &[2]),
-            offset: 6,
-            snapshot: Some(snap(5, 1)),
-        };
+        let mut u = Unstable { entries: ents(6, &[2]), offset: 6, snapshot: Some(snap(5, 1)) };
         u.stable_to(5, 1); // The snapshot's index: entries stay.
         assert_eq!(u.entries.len(), 1);
     }
 
     #[test]
     fn truncate_and_append_handles_append_replace_and_truncate() {
-        let mut u = Unstable {
-            entries: ents(5, &[1]),
-            offset: 5,
-            snapshot: None,
-        };
+        let mut u = Unstable { entries: ents(5, &[1]), offset: 5, snapshot: None };
         u.truncate_and_append(&ents(6, &[1, 1]));
         assert_eq!(u.entries, ents(5, &[1, 1, 1]));
         u.truncate_and_append(&ents(6, &[2, 2]));
@@ -188,11 +160,7 @@ mod tests {
 
     #[test]
     fn terms_come_from_entries_or_the_snapshot() {
-        let u = Unstable {
-            entries: ents(6, &[2, 3]),
-            offset: 6,
-            snapshot: Some(snap(5, 1)),
-        };
+        let u = Unstable { entries: ents(6, &[2, 3]), offset: 6, snapshot: Some(snap(5, 1)) };
         assert_eq!(u.maybe_term(5), Some(1));
         assert_eq!(u.maybe_term(7), Some(3));
         assert_eq!(u.maybe_term(8), None);

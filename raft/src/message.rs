@@ -122,13 +122,7 @@ const ENTRY_OVERHEAD_BYTES: u64 = 24;
 impl Entry {
     /// A normal entry with the given payload.
     pub fn new(term: u64, index: u64, data: Vec<u8>) -> Entry {
-        Entry {
-            entry_type: EntryType::Normal,
-            term,
-            index,
-            data,
-            context: Vec::new(),
-        }
+        Entry { entry_type: EntryType::Normal, term, index, data, context: Vec::new() }
     }
 
     /// The size counted against `max_size_per_msg` and `max_committed_size_per_ready`.
@@ -237,10 +231,7 @@ pub struct Message {
 impl Message {
     /// A message of the given kind with every other field zero.
     pub fn new(msg_type: MessageType) -> Message {
-        Message {
-            msg_type,
-            ..Message::default()
-        }
+        Message { msg_type, ..Message::default() }
     }
 }
 
@@ -328,11 +319,7 @@ impl ConfChange {
         let node_id = r.u64()?;
         let context = r.bytes()?;
         r.finish()?;
-        Ok(ConfChange {
-            change_type,
-            node_id,
-            context,
-        })
+        Ok(ConfChange { change_type, node_id, context })
     }
 }
 
@@ -397,26 +384,16 @@ impl ConfChangeV2 {
         let count = r.u32()? as usize;
         // Each change takes 9 bytes: refuse a count the input cannot hold before allocating.
         if count > r.remaining() / 9 {
-            return Err(DecodeError::Truncated {
-                needed: count * 9,
-                available: r.remaining(),
-            });
+            return Err(DecodeError::Truncated { needed: count * 9, available: r.remaining() });
         }
         let mut changes = Vec::with_capacity(count);
         for _ in 0..count {
             let change_type = change_type_from_tag(r.u8()?)?;
-            changes.push(ConfChangeSingle {
-                change_type,
-                node_id: r.u64()?,
-            });
+            changes.push(ConfChangeSingle { change_type, node_id: r.u64()? });
         }
         let context = r.bytes()?;
         r.finish()?;
-        Ok(ConfChangeV2 {
-            transition,
-            changes,
-            context,
-        })
+        Ok(ConfChangeV2 { transition, changes, context })
     }
 }
 
@@ -479,10 +456,7 @@ impl Reader<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         if self.remaining() < n {
-            return Err(DecodeError::Truncated {
-                needed: n,
-                available: self.remaining(),
-            });
+            return Err(DecodeError::Truncated { needed: n, available: self.remaining() });
         }
         let out = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
@@ -527,14 +501,8 @@ mod tests {
         let cc = ConfChangeV2 {
             transition: ConfChangeTransition::Explicit,
             changes: vec![
-                ConfChangeSingle {
-                    change_type: ConfChangeType::AddNode,
-                    node_id: 4,
-                },
-                ConfChangeSingle {
-                    change_type: ConfChangeType::RemoveNode,
-                    node_id: 1,
-                },
+                ConfChangeSingle { change_type: ConfChangeType::AddNode, node_id: 4 },
+                ConfChangeSingle { change_type: ConfChangeType::RemoveNode, node_id: 1 },
             ],
             context: b"127.0.0.1:7004".to_vec(),
         };
@@ -545,23 +513,14 @@ mod tests {
         }
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(
-            ConfChangeV2::decode(&long),
-            Err(DecodeError::TrailingBytes { extra: 1 })
-        );
+        assert_eq!(ConfChangeV2::decode(&long), Err(DecodeError::TrailingBytes { extra: 1 }));
     }
 
     #[test]
     fn conf_change_decode_rejects_unknown_tags_and_huge_counts() {
-        assert_eq!(
-            ConfChange::decode(&[9]),
-            Err(DecodeError::UnknownTag { tag: 9 })
-        );
+        assert_eq!(ConfChange::decode(&[9]), Err(DecodeError::UnknownTag { tag: 9 }));
         let huge = [0u8, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            ConfChangeV2::decode(&huge),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(ConfChangeV2::decode(&huge), Err(DecodeError::Truncated { .. })));
         let cc = ConfChange {
             change_type: ConfChangeType::AddLearnerNode,
             node_id: 7,
@@ -578,14 +537,8 @@ mod tests {
             context: vec![],
         };
         assert_eq!(one(ConfChangeTransition::Auto).enter_joint(), None);
-        assert_eq!(
-            one(ConfChangeTransition::Implicit).enter_joint(),
-            Some(true)
-        );
-        assert_eq!(
-            one(ConfChangeTransition::Explicit).enter_joint(),
-            Some(false)
-        );
+        assert_eq!(one(ConfChangeTransition::Implicit).enter_joint(), Some(true));
+        assert_eq!(one(ConfChangeTransition::Explicit).enter_joint(), Some(false));
         let mut two = one(ConfChangeTransition::Auto);
         two.changes.push(ConfChangeSingle::default());
         assert_eq!(two.enter_joint(), Some(true));

@@ -12,8 +12,8 @@ use crate::confchange::{self, Changer};
 use crate::config::{Config, ReadOnlyOption};
 use crate::errors::{ConfigError, Error, Result, StorageError};
 use crate::message::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message, MessageType,
-    Snapshot,
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    MessageType, Snapshot,
 };
 use crate::quorum::VoteResult;
 use crate::raft_log::RaftLog;
@@ -141,14 +141,15 @@ impl<T: Storage> Raft<T> {
         config.validate()?;
         let raft_state = store.initial_state()?;
         let raft_log = RaftLog::new(store, config.max_committed_size_per_ready);
-        let mut conf_state = raft_state.conf_state;
-        if !config.peers.is_empty() || !config.learners.is_empty() {
-            let existing = !conf_state.voters.is_empty() || !conf_state.learners.is_empty();
-            if existing {
+        let conf_state = raft_state.conf_state;
+        let bootstrap = !config.peers.is_empty() || !config.learners.is_empty();
+        if bootstrap {
+            let empty = conf_state == ConfState::default()
+                && raft_state.hard_state.is_empty()
+                && raft_log.last_index() == 0;
+            if !empty {
                 return Err(ConfigError::BootstrapOverExistingState.into());
             }
-            conf_state.voters = config.peers.clone();
-            conf_state.learners = config.learners.clone();
         }
         let max_uncommitted_size = match config.max_uncommitted_entries_size {
             0 => u64::MAX,
@@ -188,6 +189,9 @@ impl<T: Storage> Raft<T> {
         if !raft_state.hard_state.is_empty() {
             raft.load_state(&raft_state.hard_state)?;
         }
+        if bootstrap {
+            raft.bootstrap(&config.peers, &config.learners);
+        }
         if config.applied > 0 {
             if config.applied > raft.raft_log.committed {
                 return Err(ConfigError::AppliedBeyondCommit {
@@ -214,6 +218,31 @@ impl<T: Storage> Raft<T> {
         Ok(raft)
     }
 
+    /// Writes the initial configuration into the log: one committed configuration-change
+    /// entry per member, at term 1 (etcd `Bootstrap`). The application persists and applies
+    /// them from the first Ready like any other entries, so the configuration has one source,
+    /// the log, and a node that joins later learns every member by replaying it. Until they
+    /// are applied the node has no configuration and cannot campaign.
+    fn bootstrap(&mut self, peers: &[u64], learners: &[u64]) {
+        self.become_follower(1, INVALID_ID);
+        let changes = peers
+            .iter()
+            .map(|&id| (ConfChangeType::AddNode, id))
+            .chain(learners.iter().map(|&id| (ConfChangeType::AddLearnerNode, id)));
+        let entries: Vec<Entry> = changes
+            .enumerate()
+            .map(|(i, (change_type, node_id))| Entry {
+                entry_type: EntryType::ConfChange,
+                term: 1,
+                index: i as u64 + 1,
+                data: ConfChange { change_type, node_id, context: Vec::new() }.encode(),
+                context: Vec::new(),
+            })
+            .collect();
+        self.raft_log.append(&entries);
+        self.raft_log.commit_to(entries.len() as u64);
+    }
+
     /// Reseeds the generator of randomized election timeouts (for simulation, or to decorrelate
     /// restarts), and redraws the current timeout.
     pub fn seed_election_rng(&mut self, seed: u64) {
@@ -237,19 +266,12 @@ impl<T: Storage> Raft<T> {
 
     /// The volatile state.
     pub fn soft_state(&self) -> SoftState {
-        SoftState {
-            lead: self.lead,
-            raft_state: self.state,
-        }
+        SoftState { lead: self.lead, raft_state: self.state }
     }
 
     /// The state to persist.
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.raft_log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.raft_log.committed }
     }
 
     /// Queues a message, stamping sender and term (etcd `send`).
@@ -263,18 +285,10 @@ impl<T: Storage> Raft<T> {
             | MessageType::RequestPreVote
             | MessageType::RequestPreVoteResponse => {
                 // Vote messages carry the term they are about, which is not always ours.
-                assert!(
-                    m.term != 0,
-                    "term should be set when sending {:?}",
-                    m.msg_type
-                );
+                assert!(m.term != 0, "term should be set when sending {:?}", m.msg_type);
             }
             _ => {
-                assert!(
-                    m.term == 0,
-                    "term should not be set when sending {:?}",
-                    m.msg_type
-                );
+                assert!(m.term == 0, "term should not be set when sending {:?}", m.msg_type);
                 // Proposals and read requests are forwarded as if local: no term.
                 if m.msg_type != MessageType::Propose && m.msg_type != MessageType::ReadIndex {
                     m.term = self.term;
@@ -325,10 +339,7 @@ impl<T: Storage> Raft<T> {
         self.election_elapsed += 1;
         if self.promotable() && self.past_election_timeout() {
             self.election_elapsed = 0;
-            let m = Message {
-                from: self.id,
-                ..Message::new(MessageType::Hup)
-            };
+            let m = Message { from: self.id, ..Message::new(MessageType::Hup) };
             if let Err(e) = self.step(m) {
                 debug!("{:x} error occurred during election: {e}", self.id);
             }
@@ -342,10 +353,7 @@ impl<T: Storage> Raft<T> {
         if self.election_elapsed >= self.election_timeout {
             self.election_elapsed = 0;
             if self.check_quorum {
-                let m = Message {
-                    from: self.id,
-                    ..Message::new(MessageType::CheckQuorum)
-                };
+                let m = Message { from: self.id, ..Message::new(MessageType::CheckQuorum) };
                 if let Err(e) = self.step(m) {
                     debug!("{:x} error occurred during checking quorum: {e}", self.id);
                 }
@@ -364,10 +372,7 @@ impl<T: Storage> Raft<T> {
         }
         if self.heartbeat_elapsed >= self.heartbeat_timeout {
             self.heartbeat_elapsed = 0;
-            let m = Message {
-                from: self.id,
-                ..Message::new(MessageType::Beat)
-            };
+            let m = Message { from: self.id, ..Message::new(MessageType::Beat) };
             if let Err(e) = self.step(m) {
                 debug!("{:x} error occurred during heartbeat: {e}", self.id);
             }
@@ -384,11 +389,7 @@ impl<T: Storage> Raft<T> {
 
     /// Becomes a candidate: bumps the term and votes for itself (Raft §5.2).
     pub fn become_candidate(&mut self) {
-        assert_ne!(
-            self.state,
-            StateType::Leader,
-            "invalid transition [leader -> candidate]"
-        );
+        assert_ne!(self.state, StateType::Leader, "invalid transition [leader -> candidate]");
         let term = self.term + 1;
         self.reset(term);
         self.vote = self.id;
@@ -399,11 +400,7 @@ impl<T: Storage> Raft<T> {
     /// Becomes a pre-candidate: asks for pre-votes without changing term or vote, so a node
     /// cut off from the cluster cannot inflate the term (Raft thesis §9.6).
     pub fn become_pre_candidate(&mut self) {
-        assert_ne!(
-            self.state,
-            StateType::Leader,
-            "invalid transition [leader -> pre-candidate]"
-        );
+        assert_ne!(self.state, StateType::Leader, "invalid transition [leader -> pre-candidate]");
         self.prs.reset_votes();
         self.lead = INVALID_ID;
         self.state = StateType::PreCandidate;
@@ -413,21 +410,13 @@ impl<T: Storage> Raft<T> {
     /// Becomes leader: tracks every follower afresh and appends an empty entry of its term,
     /// whose commit also commits every entry before it (Raft §5.4.2, thesis §6.4).
     pub fn become_leader(&mut self) {
-        assert_ne!(
-            self.state,
-            StateType::Follower,
-            "invalid transition [follower -> leader]"
-        );
+        assert_ne!(self.state, StateType::Follower, "invalid transition [follower -> leader]");
         let term = self.term;
         self.reset(term);
         self.lead = self.id;
         self.state = StateType::Leader;
         let last_index = self.raft_log.last_index();
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&self.id)
-            .expect("a new leader tracks itself");
+        let pr = self.prs.progress.get_mut(&self.id).expect("a new leader tracks itself");
         pr.become_replicate();
         pr.recent_active = true;
         // There may be a configuration change in the uncommitted tail. Rather than scanning the
@@ -439,10 +428,7 @@ impl<T: Storage> Raft<T> {
     }
 
     fn promotable_progress(&self) -> bool {
-        self.prs
-            .progress
-            .get(&self.id)
-            .is_some_and(|pr| !pr.is_learner)
+        self.prs.progress.get(&self.id).is_some_and(|pr| !pr.is_learner)
     }
 
     /// True when this node may campaign: it is a voter and has no snapshot to persist.
@@ -458,9 +444,7 @@ impl<T: Storage> Raft<T> {
     /// Draws a new timeout in `[election_timeout, 2 * election_timeout - 1]`.
     pub fn reset_randomized_election_timeout(&mut self) {
         let prev = self.randomized_election_timeout;
-        let timeout = self
-            .rng
-            .gen_range(self.election_timeout, 2 * self.election_timeout);
+        let timeout = self.rng.gen_range(self.election_timeout, 2 * self.election_timeout);
         debug!("{:x} reset election timeout {prev} -> {timeout}", self.id);
         self.randomized_election_timeout = timeout;
     }
@@ -482,10 +466,7 @@ impl<T: Storage> Raft<T> {
             );
             return;
         }
-        info!(
-            "{:x} is starting a new election at term {}",
-            self.id, self.term
-        );
+        info!("{:x} is starting a new election at term {}", self.id, self.term);
         self.campaign(campaign_type);
     }
 
@@ -550,10 +531,7 @@ impl<T: Storage> Raft<T> {
 
     fn poll(&mut self, id: u64, msg_type: MessageType, granted: bool) -> VoteResult {
         if granted {
-            info!(
-                "{:x} received {msg_type:?} from {id:x} at term {}",
-                self.id, self.term
-            );
+            info!("{:x} received {msg_type:?} from {id:x} at term {}", self.id, self.term);
         } else {
             info!(
                 "{:x} received {msg_type:?} rejection from {id:x} at term {}",
@@ -575,10 +553,7 @@ impl<T: Storage> Raft<T> {
         if m.term == 0 {
             // Local message, or a proposal or read forwarded without a term.
         } else if m.term > self.term {
-            if matches!(
-                m.msg_type,
-                MessageType::RequestVote | MessageType::RequestPreVote
-            ) {
+            if matches!(m.msg_type, MessageType::RequestVote | MessageType::RequestPreVote) {
                 let force = m.context == CAMPAIGN_TRANSFER;
                 let in_lease = self.check_quorum
                     && self.lead != INVALID_ID
@@ -631,11 +606,8 @@ impl<T: Storage> Raft<T> {
 
         match m.msg_type {
             MessageType::Hup => {
-                let campaign_type = if self.pre_vote {
-                    CampaignType::PreElection
-                } else {
-                    CampaignType::Election
-                };
+                let campaign_type =
+                    if self.pre_vote { CampaignType::PreElection } else { CampaignType::Election };
                 self.hup(campaign_type);
                 Ok(())
             }
@@ -730,10 +702,7 @@ impl<T: Storage> Raft<T> {
 
     /// Applies a committed configuration change and returns the new configuration.
     pub fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> Result<ConfState> {
-        let changer = Changer {
-            tracker: &self.prs,
-            last_index: self.raft_log.last_index(),
-        };
+        let changer = Changer { tracker: &self.prs, last_index: self.raft_log.last_index() };
         let outcome = if cc.leave_joint_requested() {
             changer.leave_joint()
         } else if let Some(auto_leave) = cc.enter_joint() {
@@ -757,10 +726,7 @@ impl<T: Storage> Raft<T> {
         if (own.is_none() || self.is_learner) && self.state == StateType::Leader {
             // A leader that is no longer a voter steps down (etcd#11038): it would otherwise
             // keep leading a configuration it is not part of.
-            info!(
-                "{:x} is removed or demoted and steps down as leader",
-                self.id
-            );
+            info!("{:x} is removed or demoted and steps down as leader", self.id);
             let term = self.term;
             self.become_follower(term, INVALID_ID);
             return cs;

@@ -33,22 +33,14 @@ fn fatal(err: StorageError, what: &str) -> ! {
 impl<T: Storage> RaftLog<T> {
     /// The log over `store`, with commit and applied at the storage's compaction point.
     pub fn new(store: T, max_next_ents_size: u64) -> RaftLog<T> {
-        let first_index = store
-            .first_index()
-            .unwrap_or_else(|e| fatal(e, "first_index"));
-        let last_index = store
-            .last_index()
-            .unwrap_or_else(|e| fatal(e, "last_index"));
+        let first_index = store.first_index().unwrap_or_else(|e| fatal(e, "first_index"));
+        let last_index = store.last_index().unwrap_or_else(|e| fatal(e, "last_index"));
         RaftLog {
             store,
             unstable: Unstable::new(last_index + 1),
             committed: first_index - 1,
             applied: first_index - 1,
-            max_next_ents_size: if max_next_ents_size == 0 {
-                NO_LIMIT
-            } else {
-                max_next_ents_size
-            },
+            max_next_ents_size: if max_next_ents_size == 0 { NO_LIMIT } else { max_next_ents_size },
         }
     }
 
@@ -56,10 +48,7 @@ impl<T: Storage> RaftLog<T> {
     pub fn first_index(&self) -> u64 {
         match self.unstable.maybe_first_index() {
             Some(index) => index,
-            None => self
-                .store
-                .first_index()
-                .unwrap_or_else(|e| fatal(e, "first_index")),
+            None => self.store.first_index().unwrap_or_else(|e| fatal(e, "first_index")),
         }
     }
 
@@ -67,10 +56,7 @@ impl<T: Storage> RaftLog<T> {
     pub fn last_index(&self) -> u64 {
         match self.unstable.maybe_last_index() {
             Some(index) => index,
-            None => self
-                .store
-                .last_index()
-                .unwrap_or_else(|e| fatal(e, "last_index")),
+            None => self.store.last_index().unwrap_or_else(|e| fatal(e, "last_index")),
         }
     }
 
@@ -94,8 +80,7 @@ impl<T: Storage> RaftLog<T> {
     /// The term of the last entry.
     pub fn last_term(&self) -> u64 {
         let last = self.last_index();
-        self.term(last)
-            .unwrap_or_else(|e| panic!("term of the last index {last}: {e}"))
+        self.term(last).unwrap_or_else(|e| panic!("term of the last index {last}: {e}"))
     }
 
     /// True when entry `index` exists with `term`.
@@ -207,10 +192,7 @@ impl<T: Storage> RaftLog<T> {
 
     /// True when a received snapshot waits to be persisted.
     pub fn has_pending_snapshot(&self) -> bool {
-        self.unstable
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| !s.is_empty())
+        self.unstable.snapshot.as_ref().is_some_and(|s| !s.is_empty())
     }
 
     /// The newest snapshot: the unstable one, else the storage's.
@@ -269,8 +251,7 @@ impl<T: Storage> RaftLog<T> {
     /// Every entry, for tests and debugging.
     pub fn all_entries(&self) -> Vec<Entry> {
         let first = self.first_index();
-        self.entries(first, NO_LIMIT)
-            .unwrap_or_else(|e| panic!("all_entries from {first}: {e}"))
+        self.entries(first, NO_LIMIT).unwrap_or_else(|e| panic!("all_entries from {first}: {e}"))
     }
 
     /// True when a log ending at (`last_index`, `term`) is at least as up to date as this one
@@ -344,10 +325,7 @@ impl<T: Storage> RaftLog<T> {
             return Err(StorageError::Compacted);
         }
         let last = self.last_index();
-        assert!(
-            hi <= last + 1,
-            "slice[{lo},{hi}) out of bound [{first},{last}]"
-        );
+        assert!(hi <= last + 1, "slice[{lo},{hi}) out of bound [{first},{last}]");
         Ok(())
     }
 }
@@ -359,10 +337,7 @@ mod tests {
     use crate::storage::MemoryStorage;
 
     fn ents(pairs: &[(u64, u64)]) -> Vec<Entry> {
-        pairs
-            .iter()
-            .map(|&(index, term)| Entry::new(term, index, vec![]))
-            .collect()
+        pairs.iter().map(|&(index, term)| Entry::new(term, index, vec![])).collect()
     }
 
     fn log_with(pairs: &[(u64, u64)]) -> RaftLog<MemoryStorage> {
@@ -415,15 +390,8 @@ mod tests {
         for (index, log_term, committed, entries, want, want_commit, want_last) in cases {
             let mut log = log_with(&base);
             log.commit_to(1);
-            assert_eq!(
-                log.maybe_append(index, log_term, committed, &ents(&entries)),
-                want
-            );
-            assert_eq!(
-                (log.committed, log.last_index()),
-                (want_commit, want_last),
-                "{entries:?}"
-            );
+            assert_eq!(log.maybe_append(index, log_term, committed, &ents(&entries)), want);
+            assert_eq!((log.committed, log.last_index()), (want_commit, want_last), "{entries:?}");
         }
     }
 
@@ -454,11 +422,7 @@ mod tests {
         log.applied_to(1);
         assert_eq!(log.next_entries(), ents(&[(2, 1), (3, 1)]));
         log.max_next_ents_size = 1;
-        assert_eq!(
-            log.next_entries(),
-            ents(&[(2, 1)]),
-            "always at least one entry"
-        );
+        assert_eq!(log.next_entries(), ents(&[(2, 1)]), "always at least one entry");
         log.applied_to(3);
         assert!(!log.has_next_entries());
     }
@@ -469,16 +433,10 @@ mod tests {
         store.append(&ents(&[(1, 1), (2, 1), (3, 2)])).unwrap();
         let mut log = RaftLog::new(store, 0);
         log.append(&ents(&[(4, 2), (5, 3)]));
-        assert_eq!(
-            log.slice(2, 6, NO_LIMIT).unwrap(),
-            ents(&[(2, 1), (3, 2), (4, 2), (5, 3)])
-        );
+        assert_eq!(log.slice(2, 6, NO_LIMIT).unwrap(), ents(&[(2, 1), (3, 2), (4, 2), (5, 3)]));
         assert_eq!(log.slice(4, 5, NO_LIMIT).unwrap(), ents(&[(4, 2)]));
         let one = ents(&[(1, 1)])[0].size_bytes();
-        assert_eq!(
-            log.slice(2, 6, one * 3).unwrap(),
-            ents(&[(2, 1), (3, 2), (4, 2)])
-        );
+        assert_eq!(log.slice(2, 6, one * 3).unwrap(), ents(&[(2, 1), (3, 2), (4, 2)]));
         assert_eq!(log.slice(2, 6, one).unwrap(), ents(&[(2, 1)]));
     }
 
@@ -487,17 +445,10 @@ mod tests {
         let mut log = log_with(&[(1, 1)]);
         let snap = Snapshot {
             data: vec![],
-            metadata: SnapshotMetadata {
-                index: 100,
-                term: 7,
-                ..SnapshotMetadata::default()
-            },
+            metadata: SnapshotMetadata { index: 100, term: 7, ..SnapshotMetadata::default() },
         };
         log.restore(snap);
-        assert_eq!(
-            (log.committed, log.first_index(), log.last_index()),
-            (100, 101, 100)
-        );
+        assert_eq!((log.committed, log.first_index(), log.last_index()), (100, 101, 100));
         assert_eq!(log.term(100), Ok(7));
         assert_eq!(log.last_term(), 7);
     }

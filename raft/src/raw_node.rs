@@ -142,13 +142,10 @@ impl<T: Storage> RawNode<T> {
     /// storage.
     pub fn new(config: &Config, store: T) -> Result<RawNode<T>> {
         let raft = Raft::new(config, store)?;
-        let prev_hard_state = raft.hard_state();
+        // What storage holds, so that a bootstrapped node's first Ready persists its state.
+        let prev_hard_state = raft.raft_log.store.initial_state()?.hard_state;
         let prev_soft_state = raft.soft_state();
-        Ok(RawNode {
-            raft,
-            prev_soft_state,
-            prev_hard_state,
-        })
+        Ok(RawNode { raft, prev_soft_state, prev_hard_state })
     }
 
     /// Advances the logical clock; call every tick interval.
@@ -165,11 +162,7 @@ impl<T: Storage> RawNode<T> {
     /// `committed_entries` for it. `ProposalDropped` when there is no leader, forwarding is
     /// disabled, a leader transfer is in progress, or the uncommitted-size limit is reached.
     pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<()> {
-        let entry = Entry {
-            data,
-            context,
-            ..Entry::default()
-        };
+        let entry = Entry { data, context, ..Entry::default() };
         self.propose_entries(vec![entry])
     }
 
@@ -177,11 +170,7 @@ impl<T: Storage> RawNode<T> {
     pub fn propose_batch(&mut self, batch: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         let entries = batch
             .into_iter()
-            .map(|(context, data)| Entry {
-                data,
-                context,
-                ..Entry::default()
-            })
+            .map(|(context, data)| Entry { data, context, ..Entry::default() })
             .collect();
         self.propose_entries(entries)
     }
@@ -200,12 +189,7 @@ impl<T: Storage> RawNode<T> {
     /// one invalid for the joint state, is replaced by an empty entry in the log.
     pub fn propose_conf_change(&mut self, context: Vec<u8>, cc: &impl ConfChangeI) -> Result<()> {
         let (entry_type, data) = cc.to_entry();
-        let entry = Entry {
-            entry_type,
-            data,
-            context,
-            ..Entry::default()
-        };
+        let entry = Entry { entry_type, data, context, ..Entry::default() };
         self.propose_entries(vec![entry])
     }
 
@@ -240,11 +224,7 @@ impl<T: Storage> RawNode<T> {
         if to == self.raft.id && self.raft.state == StateType::Leader {
             return Err(TransferLeaderError::AlreadyLeader { to }.into());
         }
-        let m = Message {
-            msg_type: MessageType::TransferLeader,
-            from: to,
-            ..Message::default()
-        };
+        let m = Message { msg_type: MessageType::TransferLeader, from: to, ..Message::default() };
         self.raft.step(m)
     }
 
@@ -253,10 +233,7 @@ impl<T: Storage> RawNode<T> {
     pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<()> {
         let m = Message {
             msg_type: MessageType::ReadIndex,
-            entries: vec![Entry {
-                data: ctx,
-                ..Entry::default()
-            }],
+            entries: vec![Entry { data: ctx, ..Entry::default() }],
             ..Message::default()
         };
         self.raft.step(m)
@@ -264,11 +241,7 @@ impl<T: Storage> RawNode<T> {
 
     /// Tells the leader that the last message to `id` could not be sent.
     pub fn report_unreachable(&mut self, id: u64) {
-        let m = Message {
-            msg_type: MessageType::Unreachable,
-            from: id,
-            ..Message::default()
-        };
+        let m = Message { msg_type: MessageType::Unreachable, from: id, ..Message::default() };
         // Local messages to a leader only touch the sender's progress: they cannot fail.
         let _ = self.raft.step(m);
     }

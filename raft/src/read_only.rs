@@ -41,10 +41,7 @@ pub struct ReadOnly {
 impl ReadOnly {
     /// No reads waiting.
     pub fn new(option: ReadOnlyOption) -> ReadOnly {
-        ReadOnly {
-            option,
-            ..ReadOnly::default()
-        }
+        ReadOnly { option, ..ReadOnly::default() }
     }
 
     /// Queues a read at commit index `index`. A context already waiting is not queued twice.
@@ -54,14 +51,7 @@ impl ReadOnly {
             return;
         }
         self.read_index_queue.push_back(ctx.clone());
-        self.pending_read_index.insert(
-            ctx,
-            ReadIndexStatus {
-                req,
-                index,
-                acks: HashSet::new(),
-            },
-        );
+        self.pending_read_index.insert(ctx, ReadIndexStatus { req, index, acks: HashSet::new() });
     }
 
     /// Records `id`'s heartbeat acknowledgement for `ctx`; returns the acks so far, or `None`
@@ -76,11 +66,7 @@ impl ReadOnly {
     /// they were all received before that heartbeat round was sent. Returns them in order and
     /// frees them.
     pub fn advance(&mut self, ctx: &[u8]) -> Vec<ReadIndexStatus> {
-        let Some(position) = self
-            .read_index_queue
-            .iter()
-            .position(|c| c.as_slice() == ctx)
-        else {
+        let Some(position) = self.read_index_queue.iter().position(|c| c.as_slice() == ctx) else {
             return Vec::new();
         };
         let confirmed: Vec<ReadIndexStatus> = self

@@ -97,10 +97,7 @@ impl MemoryStorage {
     /// An empty storage whose configuration is `conf_state` (bootstrapping a new cluster
     /// without `Config.peers`).
     pub fn new_with_conf_state(conf_state: ConfState) -> MemoryStorage {
-        MemoryStorage {
-            conf_state,
-            ..MemoryStorage::new()
-        }
+        MemoryStorage { conf_state, ..MemoryStorage::new() }
     }
 
     fn offset(&self) -> u64 {
@@ -137,11 +134,7 @@ impl MemoryStorage {
         if meta.index <= self.offset() {
             return Err(StorageError::SnapshotOutOfDate);
         }
-        self.entries = vec![Entry {
-            term: meta.term,
-            index: meta.index,
-            ..Entry::default()
-        }];
+        self.entries = vec![Entry { term: meta.term, index: meta.index, ..Entry::default() }];
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.conf_state = meta.conf_state.clone();
@@ -168,11 +161,8 @@ impl MemoryStorage {
         if let Some(cs) = conf_state {
             self.conf_state = cs;
         }
-        self.snapshot_metadata = SnapshotMetadata {
-            conf_state: self.conf_state.clone(),
-            index,
-            term,
-        };
+        self.snapshot_metadata =
+            SnapshotMetadata { conf_state: self.conf_state.clone(), index, term };
         self.snapshot_data = data;
         Ok(self.current_snapshot())
     }
@@ -207,11 +197,8 @@ impl MemoryStorage {
         if last_new < first {
             return Ok(());
         }
-        let entries = if first > first_new {
-            &entries[(first - first_new) as usize..]
-        } else {
-            entries
-        };
+        let entries =
+            if first > first_new { &entries[(first - first_new) as usize..] } else { entries };
         let start = entries[0].index;
         assert!(
             start <= self.last() + 1,
@@ -236,19 +223,13 @@ impl MemoryStorage {
     }
 
     fn current_snapshot(&self) -> Snapshot {
-        Snapshot {
-            data: self.snapshot_data.clone(),
-            metadata: self.snapshot_metadata.clone(),
-        }
+        Snapshot { data: self.snapshot_data.clone(), metadata: self.snapshot_metadata.clone() }
     }
 }
 
 impl Storage for MemoryStorage {
     fn initial_state(&self) -> Result<RaftState, StorageError> {
-        Ok(RaftState {
-            hard_state: self.hard_state,
-            conf_state: self.conf_state.clone(),
-        })
+        Ok(RaftState { hard_state: self.hard_state, conf_state: self.conf_state.clone() })
     }
 
     fn entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, StorageError> {
@@ -296,10 +277,7 @@ mod tests {
     use super::*;
 
     fn ents(terms: &[(u64, u64)]) -> Vec<Entry> {
-        terms
-            .iter()
-            .map(|&(i, t)| Entry::new(t, i, Vec::new()))
-            .collect()
+        terms.iter().map(|&(i, t)| Entry::new(t, i, Vec::new())).collect()
     }
 
     fn storage_with(terms: &[(u64, u64)]) -> MemoryStorage {
@@ -323,18 +301,12 @@ mod tests {
         assert_eq!(s.entries(2, 6, NO_LIMIT), Err(StorageError::Compacted));
         assert_eq!(s.entries(3, 4, NO_LIMIT), Err(StorageError::Compacted));
         assert_eq!(s.entries(4, 8, NO_LIMIT), Err(StorageError::Unavailable));
-        assert_eq!(
-            s.entries(4, 7, NO_LIMIT),
-            Ok(ents(&[(4, 4), (5, 5), (6, 6)]))
-        );
+        assert_eq!(s.entries(4, 7, NO_LIMIT), Ok(ents(&[(4, 4), (5, 5), (6, 6)])));
         assert_eq!(s.entries(4, 7, 0), Ok(ents(&[(4, 4)])));
         let one = ents(&[(4, 4)])[0].size_bytes();
         assert_eq!(s.entries(4, 7, one * 2), Ok(ents(&[(4, 4), (5, 5)])));
         assert_eq!(s.entries(4, 7, one * 2 + 1), Ok(ents(&[(4, 4), (5, 5)])));
-        assert_eq!(
-            s.entries(4, 7, one * 3),
-            Ok(ents(&[(4, 4), (5, 5), (6, 6)]))
-        );
+        assert_eq!(s.entries(4, 7, one * 3), Ok(ents(&[(4, 4), (5, 5), (6, 6)])));
     }
 
     #[test]
@@ -359,10 +331,7 @@ mod tests {
             (vec![(1, 1), (2, 2)], vec![(3, 3), (4, 4), (5, 5)]),
             (vec![(3, 3), (4, 4), (5, 5)], vec![(3, 3), (4, 4), (5, 5)]),
             (vec![(3, 3), (4, 6), (5, 6)], vec![(3, 3), (4, 6), (5, 6)]),
-            (
-                vec![(3, 3), (4, 4), (5, 5), (6, 5)],
-                vec![(3, 3), (4, 4), (5, 5), (6, 5)],
-            ),
+            (vec![(3, 3), (4, 4), (5, 5), (6, 5)], vec![(3, 3), (4, 4), (5, 5), (6, 5)]),
             (vec![(2, 3), (3, 3), (4, 5)], vec![(3, 3), (4, 5)]),
             (vec![(4, 5)], vec![(3, 3), (4, 5)]),
             (vec![(6, 5)], vec![(3, 3), (4, 4), (5, 5), (6, 5)]),
@@ -384,38 +353,17 @@ mod tests {
     #[test]
     fn create_snapshot_and_apply_snapshot_refuse_stale_indexes() {
         let mut s = storage_with(&[(3, 3), (4, 4), (5, 5)]);
-        let cs = ConfState {
-            voters: vec![1, 2, 3],
-            ..ConfState::default()
-        };
-        let snap = s
-            .create_snapshot(4, Some(cs.clone()), b"kv".to_vec())
-            .unwrap();
-        assert_eq!(
-            snap.metadata,
-            SnapshotMetadata {
-                conf_state: cs,
-                index: 4,
-                term: 4
-            }
-        );
-        assert_eq!(
-            s.create_snapshot(4, None, vec![]),
-            Err(StorageError::SnapshotOutOfDate)
-        );
-        assert_eq!(
-            s.create_snapshot(9, None, vec![]),
-            Err(StorageError::Unavailable)
-        );
+        let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+        let snap = s.create_snapshot(4, Some(cs.clone()), b"kv".to_vec()).unwrap();
+        assert_eq!(snap.metadata, SnapshotMetadata { conf_state: cs, index: 4, term: 4 });
+        assert_eq!(s.create_snapshot(4, None, vec![]), Err(StorageError::SnapshotOutOfDate));
+        assert_eq!(s.create_snapshot(9, None, vec![]), Err(StorageError::Unavailable));
 
         let mut fresh = MemoryStorage::new();
         fresh.apply_snapshot(snap.clone()).unwrap();
         assert_eq!(fresh.first_index(), Ok(5));
         assert_eq!(fresh.last_index(), Ok(4));
         assert_eq!(fresh.hard_state().commit, 4);
-        assert_eq!(
-            fresh.apply_snapshot(snap),
-            Err(StorageError::SnapshotOutOfDate)
-        );
+        assert_eq!(fresh.apply_snapshot(snap), Err(StorageError::SnapshotOutOfDate));
     }
 }

@@ -22,11 +22,8 @@ fn run_leader_election(configure: fn(&mut Config)) {
         configure(&mut c);
         c.pre_vote
     };
-    let (cand_state, cand_term) = if pre {
-        (StateType::PreCandidate, 0)
-    } else {
-        (StateType::Candidate, 1)
-    };
+    let (cand_state, cand_term) =
+        if pre { (StateType::PreCandidate, 0) } else { (StateType::Candidate, 1) };
     let ids5 = [1, 2, 3, 4, 5];
     let cases: Vec<(Network, StateType, u64)> = vec![
         (
@@ -55,12 +52,7 @@ fn run_leader_election(configure: fn(&mut Config)) {
         ),
         (
             Network::new_with_config(
-                vec![
-                    NetPeer::Default,
-                    NetPeer::Hole,
-                    NetPeer::Hole,
-                    NetPeer::Default,
-                ],
+                vec![NetPeer::Default, NetPeer::Hole, NetPeer::Hole, NetPeer::Default],
                 configure,
             ),
             cand_state,
@@ -128,11 +120,7 @@ fn run_leader_cycle(configure: fn(&mut Config)) {
             if id == campaigner {
                 assert_eq!(r.state, StateType::Leader, "campaigner {campaigner}");
             } else {
-                assert_eq!(
-                    r.state,
-                    StateType::Follower,
-                    "campaigner {campaigner}, peer {id}"
-                );
+                assert_eq!(r.state, StateType::Follower, "campaigner {campaigner}, peer {id}");
             }
         }
     }
@@ -180,12 +168,9 @@ fn leader_election_overwrite_newer_logs() {
 }
 
 fn vote_from_any_state(vote: MessageType) {
-    for state in [
-        StateType::Follower,
-        StateType::PreCandidate,
-        StateType::Candidate,
-        StateType::Leader,
-    ] {
+    for state in
+        [StateType::Follower, StateType::PreCandidate, StateType::Candidate, StateType::Leader]
+    {
         let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage_with_peers(&[1, 2, 3]));
         r.term = 1;
         match state {
@@ -199,22 +184,14 @@ fn vote_from_any_state(vote: MessageType) {
         }
         let orig_term = r.term;
         let new_term = r.term + 1;
-        let m = Message {
-            log_term: new_term,
-            index: 42,
-            ..new_message(2, 1, vote, new_term)
-        };
+        let m = Message { log_term: new_term, index: 42, ..new_message(2, 1, vote, new_term) };
         r.step(m).unwrap();
         let msgs = read_messages(&mut r);
         assert_eq!(msgs.len(), 1, "{state}");
         assert_eq!(msgs[0].msg_type, vote.vote_response());
         assert!(!msgs[0].reject, "{state}: {vote:?} granted");
         if vote == MessageType::RequestVote {
-            assert_eq!(
-                (r.state, r.term, r.vote),
-                (StateType::Follower, new_term, 2),
-                "{state}"
-            );
+            assert_eq!((r.state, r.term, r.vote), (StateType::Follower, new_term, 2), "{state}");
         } else {
             // A pre-vote changes nothing.
             assert_eq!((r.state, r.term), (state, orig_term), "{state}");
@@ -279,11 +256,7 @@ fn dueling_pre_candidates() {
     assert_eq!((n.peer(1).state, n.peer(1).term), (StateType::Leader, 1));
     assert_eq!((n.peer(2).state, n.peer(2).term), (StateType::Follower, 1));
     assert_eq!((n.peer(3).state, n.peer(3).term), (StateType::Follower, 1));
-    assert_eq!(
-        log_entries(n.peer(3)),
-        vec![],
-        "node 3's log is not yet repaired"
-    );
+    assert_eq!(log_entries(n.peer(3)), vec![], "node 3's log is not yet repaired");
 }
 
 /// §5.2: a candidate concedes to a leader of its term and takes its log.
@@ -325,18 +298,11 @@ fn old_messages_are_ignored() {
     n.send(vec![hup(2)]);
     n.send(vec![hup(1)]);
     // Leader 1 is at term 3; an append from term 2 arrives late.
-    let stale = Message {
-        entries: vec![entry(2, 3, b"")],
-        ..new_message(2, 1, MessageType::Append, 2)
-    };
+    let stale =
+        Message { entries: vec![entry(2, 3, b"")], ..new_message(2, 1, MessageType::Append, 2) };
     n.send(vec![stale]);
     n.send(vec![propose(1, b"somedata")]);
-    let want = vec![
-        (1, 1, vec![]),
-        (2, 2, vec![]),
-        (3, 3, vec![]),
-        (4, 3, b"somedata".to_vec()),
-    ];
+    let want = vec![(1, 1, vec![]), (2, 2, vec![]), (3, 3, vec![]), (4, 3, b"somedata".to_vec())];
     for id in 1..=3 {
         assert_eq!(log_entries(n.peer(id)), want, "node {id}");
         assert_eq!(n.peer(id).raft_log.committed, 4, "node {id}");
@@ -352,13 +318,7 @@ fn disruptive_follower_without_pre_vote() {
         check_quorum,
     );
     n.send(vec![hup(1)]);
-    assert_eq!(
-        n.states()
-            .values()
-            .filter(|s| **s == StateType::Leader)
-            .count(),
-        1
-    );
+    assert_eq!(n.states().values().filter(|s| **s == StateType::Leader).count(), 1);
     let n3 = n.peer_mut(3);
     n3.randomized_election_timeout = n3.election_timeout + 2;
     for _ in 0..n3.randomized_election_timeout {
@@ -399,11 +359,7 @@ fn disruptive_follower_with_pre_vote_cannot_disrupt() {
     assert!(n.peers.values().all(|r| r.term == 1));
     let term = n.peer(1).term;
     n.send(vec![new_message(1, 3, MessageType::Heartbeat, term)]);
-    assert_eq!(
-        n.peer(1).state,
-        StateType::Leader,
-        "a delayed heartbeat deposes nobody"
-    );
+    assert_eq!(n.peer(1).state, StateType::Leader, "a delayed heartbeat deposes nobody");
 }
 
 /// Thesis §9.6: a node cut off from the cluster does not inflate its term with pre-vote, and
@@ -438,16 +394,8 @@ fn pre_vote_prevents_term_inflation_by_a_partitioned_node() {
     assert_eq!(n.peer(3).term, 11);
     n.recover();
     n.send(vec![hup(3)]);
-    assert_eq!(
-        n.peer(1).state,
-        StateType::Follower,
-        "the leader is deposed"
-    );
-    assert_eq!(
-        n.peer(1).term,
-        12,
-        "and the cluster adopts the inflated term"
-    );
+    assert_eq!(n.peer(1).state, StateType::Follower, "the leader is deposed");
+    assert_eq!(n.peer(1).term, 12, "and the cluster adopts the inflated term");
 }
 
 /// A node with a smaller term whose pre-vote was rejected can still complete a later
@@ -472,10 +420,7 @@ fn node_with_smaller_term_can_complete_election() {
     n.isolate(2);
     n.send(vec![hup(3)]);
     n.send(vec![hup(1)]);
-    let leaders = [1, 3]
-        .iter()
-        .filter(|&&id| n.peer(id).state == StateType::Leader)
-        .count();
+    let leaders = [1, 3].iter().filter(|&&id| n.peer(id).state == StateType::Leader).count();
     assert_eq!(leaders, 1, "a new leader is elected");
 }
 
@@ -488,8 +433,7 @@ fn leader_stays_when_quorum_active() {
     r.become_leader();
     for _ in 0..=r.election_timeout {
         let term = r.term;
-        r.step(new_message(2, 1, MessageType::HeartbeatResponse, term))
-            .unwrap();
+        r.step(new_message(2, 1, MessageType::HeartbeatResponse, term)).unwrap();
         r.tick();
     }
     assert_eq!(r.state, StateType::Leader);
@@ -526,11 +470,7 @@ fn leader_superseding_with_check_quorum() {
     assert_eq!(n.peer(1).state, StateType::Leader);
     assert_eq!(n.peer(3).state, StateType::Follower);
     n.send(vec![hup(3)]);
-    assert_eq!(
-        n.peer(3).state,
-        StateType::Candidate,
-        "node 2 is in its lease and ignores 3"
-    );
+    assert_eq!(n.peer(3).state, StateType::Candidate, "node 2 is in its lease and ignores 3");
     let b = n.peer_mut(2);
     for _ in 0..b.election_timeout {
         b.tick();
@@ -588,11 +528,7 @@ fn free_stuck_candidate_with_check_quorum() {
     n.recover();
     let term = n.peer(1).term;
     n.send(vec![new_message(1, 3, MessageType::Heartbeat, term)]);
-    assert_eq!(
-        n.peer(1).state,
-        StateType::Follower,
-        "the stuck candidate's term deposes 1"
-    );
+    assert_eq!(n.peer(1).state, StateType::Follower, "the stuck candidate's term deposes 1");
     assert_eq!(n.peer(3).term, n.peer(1).term);
     n.send(vec![hup(3)]);
     assert_eq!(n.peer(3).state, StateType::Leader);
@@ -602,13 +538,12 @@ fn free_stuck_candidate_with_check_quorum() {
 #[test]
 fn non_promotable_voter_with_check_quorum() {
     let mut a_config = new_test_config(1, 10, 1);
-    a_config.peers = vec![1, 2];
     a_config.check_quorum = true;
-    let a = new_test_raft_with_config(&a_config, raft::MemoryStorage::new());
+    let a = new_test_raft_with_config(&a_config, storage_with_peers(&[1, 2]));
     let mut b_config = new_test_config(2, 10, 1);
-    b_config.peers = vec![1];
     b_config.check_quorum = true;
-    let b = new_test_raft_with_config(&b_config, raft::MemoryStorage::new());
+    // Node 2's configuration does not include itself.
+    let b = new_test_raft_with_config(&b_config, storage_with_peers(&[1]));
     let mut n = Network::new(vec![NetPeer::Raft(a), NetPeer::Raft(b)]);
     assert!(!n.peer(2).promotable());
     let b = n.peer_mut(2);
@@ -645,11 +580,7 @@ fn candidate_resets_term_on_heartbeat_or_append() {
         let term = n.peer(1).term;
         n.send(vec![new_message(1, 3, msg_type, term)]);
         assert_eq!(n.peer(3).state, StateType::Follower, "{msg_type:?}");
-        assert_eq!(
-            n.peer(3).term,
-            term,
-            "{msg_type:?}: the candidate takes the leader's term"
-        );
+        assert_eq!(n.peer(3).term, term, "{msg_type:?}: the candidate takes the leader's term");
     }
 }
 
@@ -668,21 +599,10 @@ fn all_server_stepdown() {
                     r.become_leader();
                 }
             }
-            let m = Message {
-                log_term: 3,
-                ..new_message(2, 1, msg_type, 3)
-            };
+            let m = Message { log_term: 3, ..new_message(2, 1, msg_type, 3) };
             r.step(m).unwrap();
-            assert_eq!(
-                (r.state, r.term),
-                (StateType::Follower, 3),
-                "{state} {msg_type:?}"
-            );
-            let want_lead = if msg_type == MessageType::Append {
-                2
-            } else {
-                0
-            };
+            assert_eq!((r.state, r.term), (StateType::Follower, 3), "{state} {msg_type:?}");
+            let want_lead = if msg_type == MessageType::Append { 2 } else { 0 };
             assert_eq!(r.lead, want_lead, "{state} {msg_type:?}");
         }
     }
@@ -710,14 +630,7 @@ fn state_transition_leader_to_candidate_panics() {
 /// by twice the configured timeout.
 #[test]
 fn past_election_timeout_is_randomized_within_bounds() {
-    let cases = [
-        (5, 0.0),
-        (10, 0.1),
-        (13, 0.4),
-        (15, 0.6),
-        (18, 0.9),
-        (20, 1.0),
-    ];
+    let cases = [(5, 0.0), (10, 0.1), (13, 0.4), (15, 0.6), (18, 0.9), (20, 1.0)];
     for (elapsed, want_p) in cases {
         let mut r = new_test_raft(1, &[1], 10, 1, storage_with_peers(&[1]));
         r.election_elapsed = elapsed;
@@ -730,9 +643,6 @@ fn past_election_timeout_is_randomized_within_bounds() {
             }
         }
         let p = (hits as f64 / rounds as f64 * 100.0).round() / 100.0;
-        assert!(
-            (p - want_p).abs() <= 0.02,
-            "elapsed {elapsed}: p = {p}, want {want_p}"
-        );
+        assert!((p - want_p).abs() <= 0.02, "elapsed {elapsed}: p = {p}, want {want_p}");
     }
 }

@@ -93,15 +93,7 @@ fn leader_update_term_from_message() {
 /// §5.1: a request with a stale term is rejected (ignored): nothing changes.
 #[test]
 fn reject_stale_term_message() {
-    let storage = storage_with(
-        &[1, 2, 3],
-        &[],
-        HardState {
-            term: 2,
-            vote: 0,
-            commit: 0,
-        },
-    );
+    let storage = storage_with(&[1, 2, 3], &[], HardState { term: 2, vote: 0, commit: 0 });
     let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
     let stale = Message {
         entries: vec![entry(1, 1, b"stale")],
@@ -115,26 +107,14 @@ fn reject_stale_term_message() {
 /// §5.1, with check-quorum: the stale leader is told the current term so that it steps down.
 #[test]
 fn reject_stale_term_message_answers_stale_leader_with_check_quorum() {
-    let storage = storage_with(
-        &[1, 2, 3],
-        &[],
-        HardState {
-            term: 2,
-            vote: 0,
-            commit: 0,
-        },
-    );
+    let storage = storage_with(&[1, 2, 3], &[], HardState { term: 2, vote: 0, commit: 0 });
     let mut config = new_test_config(1, 10, 1);
     config.check_quorum = true;
     let mut r = new_test_raft_with_config(&config, storage);
-    r.step(new_message(2, 1, MessageType::Heartbeat, 1))
-        .unwrap();
+    r.step(new_message(2, 1, MessageType::Heartbeat, 1)).unwrap();
     let msgs = read_messages(&mut r);
     assert_eq!(msgs.len(), 1);
-    assert_eq!(
-        (msgs[0].msg_type, msgs[0].term, msgs[0].to),
-        (MessageType::AppendResponse, 2, 2)
-    );
+    assert_eq!((msgs[0].msg_type, msgs[0].term, msgs[0].to), (MessageType::AppendResponse, 2, 2));
 }
 
 /// §5.2: servers start as followers.
@@ -159,10 +139,7 @@ fn leader_bcast_beat() {
     let msgs = sorted(read_messages(&mut r));
     let want: Vec<Message> = [2, 3]
         .iter()
-        .map(|&to| Message {
-            commit: 0,
-            ..new_message(1, to, MessageType::Heartbeat, 1)
-        })
+        .map(|&to| Message { commit: 0, ..new_message(1, to, MessageType::Heartbeat, 1) })
         .collect();
     assert_eq!(msgs, want);
 }
@@ -183,10 +160,8 @@ fn nonleader_start_election(state: StateType) {
     assert_eq!(r.vote, 1, "votes for itself");
     assert_eq!(r.prs.votes.get(&1), Some(&true));
     let msgs = sorted(read_messages(&mut r));
-    let want: Vec<Message> = [2, 3]
-        .iter()
-        .map(|&to| new_message(1, to, MessageType::RequestVote, 2))
-        .collect();
+    let want: Vec<Message> =
+        [2, 3].iter().map(|&to| new_message(1, to, MessageType::RequestVote, 2)).collect();
     assert_eq!(msgs, want);
 }
 
@@ -213,24 +188,12 @@ fn leader_election_in_one_round_rpc() {
         (1, vec![], StateType::Leader),
         (3, vec![(2, true), (3, true)], StateType::Leader),
         (3, vec![(2, true)], StateType::Leader),
-        (
-            5,
-            vec![(2, true), (3, true), (4, true), (5, true)],
-            StateType::Leader,
-        ),
+        (5, vec![(2, true), (3, true), (4, true), (5, true)], StateType::Leader),
         (5, vec![(2, true), (3, true), (4, true)], StateType::Leader),
         (5, vec![(2, true), (3, true)], StateType::Leader),
         (3, vec![(2, false), (3, false)], StateType::Follower),
-        (
-            5,
-            vec![(2, false), (3, false), (4, false), (5, false)],
-            StateType::Follower,
-        ),
-        (
-            5,
-            vec![(2, true), (3, false), (4, false), (5, false)],
-            StateType::Follower,
-        ),
+        (5, vec![(2, false), (3, false), (4, false), (5, false)], StateType::Follower),
+        (5, vec![(2, true), (3, false), (4, false), (5, false)], StateType::Follower),
         (3, vec![], StateType::Candidate),
         (5, vec![(2, true)], StateType::Candidate),
         (5, vec![(2, false), (3, false)], StateType::Candidate),
@@ -255,36 +218,17 @@ fn leader_election_in_one_round_rpc() {
 /// §5.2: each server votes for at most one candidate in a term, first come first served.
 #[test]
 fn follower_vote() {
-    let cases = [
-        (0, 2, false),
-        (0, 3, false),
-        (2, 2, false),
-        (3, 3, false),
-        (2, 3, true),
-        (3, 2, true),
-    ];
+    let cases =
+        [(0, 2, false), (0, 3, false), (2, 2, false), (3, 3, false), (2, 3, true), (3, 2, true)];
     for (vote, candidate, want_reject) in cases {
-        let storage = storage_with(
-            &[1, 2, 3],
-            &[],
-            HardState {
-                term: 1,
-                vote,
-                commit: 0,
-            },
-        );
+        let storage = storage_with(&[1, 2, 3], &[], HardState { term: 1, vote, commit: 0 });
         let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
-        r.step(new_message(candidate, 1, MessageType::RequestVote, 1))
-            .unwrap();
+        r.step(new_message(candidate, 1, MessageType::RequestVote, 1)).unwrap();
         let want = Message {
             reject: want_reject,
             ..new_message(1, candidate, MessageType::RequestVoteResponse, 1)
         };
-        assert_eq!(
-            read_messages(&mut r),
-            vec![want],
-            "vote {vote} candidate {candidate}"
-        );
+        assert_eq!(read_messages(&mut r), vec![want], "vote {vote} candidate {candidate}");
     }
 }
 
@@ -295,8 +239,7 @@ fn candidate_fallback() {
         let mut r = raft_123();
         r.step(hup(1)).unwrap();
         assert_eq!(r.state, StateType::Candidate);
-        r.step(new_message(2, 1, MessageType::Append, term))
-            .unwrap();
+        r.step(new_message(2, 1, MessageType::Append, term)).unwrap();
         assert_eq!((r.state, r.term, r.lead), (StateType::Follower, term, 2));
     }
 }
@@ -322,10 +265,7 @@ fn nonleader_election_timeout_randomized(state: StateType) {
         seen.insert(ticks);
     }
     let want: BTreeSet<usize> = (et..2 * et).collect();
-    assert_eq!(
-        seen, want,
-        "every timeout in [et, 2et-1] occurs, and no other"
-    );
+    assert_eq!(seen, want, "every timeout in [et, 2et-1] occurs, and no other");
 }
 
 /// §5.2: election timeouts are chosen randomly from a fixed interval, for followers.
@@ -343,10 +283,8 @@ fn candidate_election_timeout_randomized() {
 fn nonleaders_election_timeout_nonconflict(state: StateType) {
     let et = 10;
     let ids = [1, 2, 3, 4, 5];
-    let mut rs: Vec<Raft<MemoryStorage>> = ids
-        .iter()
-        .map(|&id| new_test_raft(id, &ids, et, 1, storage_with_peers(&ids)))
-        .collect();
+    let mut rs: Vec<Raft<MemoryStorage>> =
+        ids.iter().map(|&id| new_test_raft(id, &ids, et, 1, storage_with_peers(&ids))).collect();
     let rounds = 1000;
     let mut conflicts = 0;
     for _ in 0..rounds {
@@ -430,17 +368,11 @@ fn leader_commit_entry() {
         r.step(accept_and_reply(&m)).unwrap();
     }
     assert_eq!(r.raft_log.committed, li + 1);
-    assert_eq!(
-        r.raft_log.next_entries(),
-        vec![entry(1, li + 1, b"some data")]
-    );
+    assert_eq!(r.raft_log.next_entries(), vec![entry(1, li + 1, b"some data")]);
     let msgs = sorted(read_messages(&mut r));
     assert_eq!(msgs.len(), 2);
     for (i, m) in msgs.iter().enumerate() {
-        assert_eq!(
-            (m.to, m.msg_type, m.commit),
-            (i as u64 + 2, MessageType::Append, li + 1)
-        );
+        assert_eq!((m.to, m.msg_type, m.commit), (i as u64 + 2, MessageType::Append, li + 1));
     }
 }
 
@@ -472,11 +404,7 @@ fn leader_acknowledge_commit() {
                 r.step(accept_and_reply(&m)).unwrap();
             }
         }
-        assert_eq!(
-            r.raft_log.committed > li,
-            want_ack,
-            "size {size} acceptors {acceptors:?}"
-        );
+        assert_eq!(r.raft_log.committed > li, want_ack, "size {size} acceptors {acceptors:?}");
     }
 }
 
@@ -491,15 +419,8 @@ fn leader_commit_preceding_entries() {
         vec![entry(1, 1, b"")],
     ];
     for existing in cases {
-        let storage = storage_with(
-            &[1, 2, 3],
-            &existing,
-            HardState {
-                term: 2,
-                vote: 0,
-                commit: 0,
-            },
-        );
+        let storage =
+            storage_with(&[1, 2, 3], &existing, HardState { term: 2, vote: 0, commit: 0 });
         let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
         r.become_candidate();
         r.become_leader();
@@ -520,18 +441,9 @@ fn leader_commit_preceding_entries() {
 fn follower_commit_entry() {
     let cases: Vec<(Vec<Entry>, u64)> = vec![
         (vec![entry(1, 1, b"some data")], 1),
-        (
-            vec![entry(1, 1, b"some data"), entry(1, 2, b"some data2")],
-            2,
-        ),
-        (
-            vec![entry(1, 1, b"some data2"), entry(1, 2, b"some data")],
-            2,
-        ),
-        (
-            vec![entry(1, 1, b"some data"), entry(1, 2, b"some data2")],
-            1,
-        ),
+        (vec![entry(1, 1, b"some data"), entry(1, 2, b"some data2")], 2),
+        (vec![entry(1, 1, b"some data2"), entry(1, 2, b"some data")], 2),
+        (vec![entry(1, 1, b"some data"), entry(1, 2, b"some data2")], 1),
     ];
     for (entries, commit) in cases {
         let mut r = raft_123();
@@ -543,10 +455,7 @@ fn follower_commit_entry() {
         };
         r.step(m).unwrap();
         assert_eq!(r.raft_log.committed, commit);
-        assert_eq!(
-            r.raft_log.next_entries(),
-            entries[..commit as usize].to_vec()
-        );
+        assert_eq!(r.raft_log.next_entries(), entries[..commit as usize].to_vec());
     }
 }
 
@@ -564,22 +473,10 @@ fn follower_check_append_consistency() {
         ((3, 3), (3, true, 2, 2)),
     ];
     for ((log_term, index), (w_index, w_reject, w_hint, w_log_term)) in cases {
-        let storage = storage_with(
-            &[1, 2, 3],
-            &ents,
-            HardState {
-                term: 0,
-                vote: 0,
-                commit: 1,
-            },
-        );
+        let storage = storage_with(&[1, 2, 3], &ents, HardState { term: 0, vote: 0, commit: 1 });
         let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
         r.become_follower(2, 2);
-        let m = Message {
-            log_term,
-            index,
-            ..new_message(2, 1, MessageType::Append, 2)
-        };
+        let m = Message { log_term, index, ..new_message(2, 1, MessageType::Append, 2) };
         r.step(m).unwrap();
         let want = Message {
             index: w_index,
@@ -588,11 +485,7 @@ fn follower_check_append_consistency() {
             log_term: w_log_term,
             ..new_message(1, 2, MessageType::AppendResponse, 2)
         };
-        assert_eq!(
-            read_messages(&mut r),
-            vec![want],
-            "append after ({index}, {log_term})"
-        );
+        assert_eq!(read_messages(&mut r), vec![want], "append after ({index}, {log_term})");
     }
 }
 
@@ -617,20 +510,8 @@ fn follower_append_entries() {
             vec![entry(1, 1, b""), entry(3, 2, b""), entry(4, 3, b"")],
             vec![entry(3, 2, b""), entry(4, 3, b"")],
         ),
-        (
-            0,
-            0,
-            vec![entry(1, 1, b"")],
-            vec![entry(1, 1, b""), entry(2, 2, b"")],
-            vec![],
-        ),
-        (
-            0,
-            0,
-            vec![entry(3, 1, b"")],
-            vec![entry(3, 1, b"")],
-            vec![entry(3, 1, b"")],
-        ),
+        (0, 0, vec![entry(1, 1, b"")], vec![entry(1, 1, b""), entry(2, 2, b"")], vec![]),
+        (0, 0, vec![entry(3, 1, b"")], vec![entry(3, 1, b"")], vec![entry(3, 1, b"")]),
     ];
     for (index, log_term, entries, want_all, want_unstable) in cases {
         let stored = [entry(1, 1, b""), entry(2, 2, b"")];
@@ -645,11 +526,7 @@ fn follower_append_entries() {
         };
         r.step(m).unwrap();
         assert_eq!(r.raft_log.all_entries(), want_all, "append {entries:?}");
-        assert_eq!(
-            r.raft_log.unstable_entries(),
-            &want_unstable[..],
-            "append {entries:?}"
-        );
+        assert_eq!(r.raft_log.unstable_entries(), &want_unstable[..], "append {entries:?}");
     }
 }
 
@@ -668,61 +545,26 @@ fn leader_sync_follower_log() {
         vec![1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],    // (f) many entries of other terms
     ];
     for follower_terms in followers {
-        let lead_hs = HardState {
-            term,
-            vote: 0,
-            commit: leader_log.len() as u64,
-        };
-        let lead = new_test_raft(
-            1,
-            &[],
-            10,
-            1,
-            storage_with(&[1, 2, 3], &leader_log, lead_hs),
-        );
-        let follower_hs = HardState {
-            term: term - 1,
-            vote: 0,
-            commit: 0,
-        };
+        let lead_hs = HardState { term, vote: 0, commit: leader_log.len() as u64 };
+        let lead = new_test_raft(1, &[], 10, 1, storage_with(&[1, 2, 3], &leader_log, lead_hs));
+        let follower_hs = HardState { term: term - 1, vote: 0, commit: 0 };
         let follower_log = terms_to_entries(&follower_terms);
-        let follower = new_test_raft(
-            2,
-            &[],
-            10,
-            1,
-            storage_with(&[1, 2, 3], &follower_log, follower_hs),
-        );
+        let follower =
+            new_test_raft(2, &[], 10, 1, storage_with(&[1, 2, 3], &follower_log, follower_hs));
         // Three nodes: node 2 may have a longer log than node 1, which then needs node 3's vote.
-        let mut n = Network::new(vec![
-            NetPeer::Raft(lead),
-            NetPeer::Raft(follower),
-            NetPeer::Hole,
-        ]);
+        let mut n = Network::new(vec![NetPeer::Raft(lead), NetPeer::Raft(follower), NetPeer::Hole]);
         n.send(vec![hup(1)]);
-        n.send(vec![new_message(
-            3,
-            1,
-            MessageType::RequestVoteResponse,
-            term + 1,
-        )]);
+        n.send(vec![new_message(3, 1, MessageType::RequestVoteResponse, term + 1)]);
         n.send(vec![propose(1, b"")]);
         assert_eq!(n.peer(1).state, StateType::Leader);
-        assert_eq!(
-            log_entries(n.peer(1)),
-            log_entries(n.peer(2)),
-            "follower {follower_terms:?}"
-        );
+        assert_eq!(log_entries(n.peer(1)), log_entries(n.peer(2)), "follower {follower_terms:?}");
     }
 }
 
 /// §5.4.1: a vote request carries the candidate's last log index and term.
 #[test]
 fn vote_request_carries_last_log_position() {
-    let cases = [
-        (vec![entry(1, 1, b"")], 2),
-        (vec![entry(1, 1, b""), entry(2, 2, b"")], 3),
-    ];
+    let cases = [(vec![entry(1, 1, b"")], 2), (vec![entry(1, 1, b""), entry(2, 2, b"")], 3)];
     for (entries, want_term) in cases {
         let mut r = raft_123();
         let m = Message {
@@ -765,19 +607,12 @@ fn voter_denies_less_up_to_date_candidate() {
     for (entries, log_term, index, want_reject) in cases {
         let storage = storage_with(&[1, 2], &entries, HardState::default());
         let mut r = new_test_raft(1, &[1, 2], 10, 1, storage);
-        let m = Message {
-            log_term,
-            index,
-            ..new_message(2, 1, MessageType::RequestVote, 3)
-        };
+        let m = Message { log_term, index, ..new_message(2, 1, MessageType::RequestVote, 3) };
         r.step(m).unwrap();
         let msgs = read_messages(&mut r);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].msg_type, MessageType::RequestVoteResponse);
-        assert_eq!(
-            msgs[0].reject, want_reject,
-            "log {entries:?} vs ({index}, {log_term})"
-        );
+        assert_eq!(msgs[0].reject, want_reject, "log {entries:?} vs ({index}, {log_term})");
     }
 }
 
@@ -786,25 +621,15 @@ fn voter_denies_less_up_to_date_candidate() {
 fn leader_only_commits_log_from_current_term() {
     let ents = [entry(1, 1, b""), entry(2, 2, b"")];
     for (ack_index, want_commit) in [(1, 0), (2, 0), (3, 3)] {
-        let storage = storage_with(
-            &[1, 2],
-            &ents,
-            HardState {
-                term: 2,
-                vote: 0,
-                commit: 0,
-            },
-        );
+        let storage = storage_with(&[1, 2], &ents, HardState { term: 2, vote: 0, commit: 0 });
         let mut r = new_test_raft(1, &[1, 2], 10, 1, storage);
         r.become_candidate();
         r.become_leader();
         read_messages(&mut r);
         r.step(propose(1, b"")).unwrap();
         let term = r.term;
-        let ack = Message {
-            index: ack_index,
-            ..new_message(2, 1, MessageType::AppendResponse, term)
-        };
+        let ack =
+            Message { index: ack_index, ..new_message(2, 1, MessageType::AppendResponse, term) };
         r.step(ack).unwrap();
         assert_eq!(r.raft_log.committed, want_commit, "ack of {ack_index}");
     }
@@ -828,32 +653,18 @@ fn cannot_commit_without_new_term_entry() {
     tt.ignore(MessageType::Append);
     tt.send(vec![hup(2)]);
     assert_eq!(tt.peer(2).state, StateType::Leader);
-    assert_eq!(
-        tt.peer(2).raft_log.committed,
-        1,
-        "entries of term 1 are not committed yet"
-    );
+    assert_eq!(tt.peer(2).raft_log.committed, 1, "entries of term 1 are not committed yet");
     tt.recover();
     tt.send(vec![new_message(2, 2, MessageType::Beat, 0)]);
     tt.send(vec![propose(2, b"some data")]);
-    assert_eq!(
-        tt.peer(2).raft_log.committed,
-        5,
-        "a term-2 entry commits everything before it"
-    );
+    assert_eq!(tt.peer(2).raft_log.committed, 5, "a term-2 entry commits everything before it");
 }
 
 /// The configuration of a bootstrapped node comes from `peers` when the storage has none.
 #[test]
 fn peers_bootstrap_an_empty_storage() {
     let r = new_test_raft(1, &[1, 2, 3], 10, 1, MemoryStorage::new());
-    assert_eq!(
-        r.prs.conf_state(),
-        ConfState {
-            voters: vec![1, 2, 3],
-            ..ConfState::default()
-        }
-    );
+    assert_eq!(r.prs.conf_state(), ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
     let votes: BTreeMap<u64, bool> = BTreeMap::new();
     assert_eq!(r.prs.votes, votes);
 }

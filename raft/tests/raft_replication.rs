@@ -12,9 +12,8 @@ use raft::{Config, Entry, Error, HardState, MemoryStorage, Message, MessageType,
 
 fn leader_of(peers: &[u64], configure: impl Fn(&mut Config)) -> Raft<MemoryStorage> {
     let mut config = new_test_config(1, 5, 1);
-    config.peers = peers.to_vec();
     configure(&mut config);
-    let mut r = new_test_raft_with_config(&config, MemoryStorage::new());
+    let mut r = new_test_raft_with_config(&config, storage_with_peers(peers));
     r.become_candidate();
     r.become_leader();
     read_messages(&mut r);
@@ -22,10 +21,7 @@ fn leader_of(peers: &[u64], configure: impl Fn(&mut Config)) -> Raft<MemoryStora
 }
 
 fn ack(from: u64, index: u64) -> Message {
-    Message {
-        index,
-        ..new_message(from, 1, MessageType::AppendResponse, 0)
-    }
+    Message { index, ..new_message(from, 1, MessageType::AppendResponse, 0) }
 }
 
 /// §5.3: proposals replicate to every node and commit with a quorum; with a quorum down
@@ -33,24 +29,10 @@ fn ack(from: u64, index: u64) -> Message {
 #[test]
 fn proposal_commits_with_quorum_only() {
     let cases: Vec<(Vec<NetPeer>, bool)> = vec![
-        (
-            vec![NetPeer::Default, NetPeer::Default, NetPeer::Default],
-            true,
-        ),
-        (
-            vec![NetPeer::Default, NetPeer::Default, NetPeer::Hole],
-            true,
-        ),
+        (vec![NetPeer::Default, NetPeer::Default, NetPeer::Default], true),
+        (vec![NetPeer::Default, NetPeer::Default, NetPeer::Hole], true),
         (vec![NetPeer::Default, NetPeer::Hole, NetPeer::Hole], false),
-        (
-            vec![
-                NetPeer::Default,
-                NetPeer::Hole,
-                NetPeer::Hole,
-                NetPeer::Default,
-            ],
-            false,
-        ),
+        (vec![NetPeer::Default, NetPeer::Hole, NetPeer::Hole, NetPeer::Default], false),
         (
             vec![
                 NetPeer::Default,
@@ -66,18 +48,11 @@ fn proposal_commits_with_quorum_only() {
         let mut n = Network::new(peers);
         n.send(vec![hup(1)]);
         n.send(vec![propose(1, b"somedata")]);
-        let want: Vec<(u64, u64, Vec<u8>)> = if success {
-            vec![(1, 1, vec![]), (2, 1, b"somedata".to_vec())]
-        } else {
-            vec![]
-        };
+        let want: Vec<(u64, u64, Vec<u8>)> =
+            if success { vec![(1, 1, vec![]), (2, 1, b"somedata".to_vec())] } else { vec![] };
         for (&id, r) in &n.peers {
             assert_eq!(log_entries(r), want, "case {i}, node {id}");
-            assert_eq!(
-                r.raft_log.committed,
-                want.len() as u64,
-                "case {i}, node {id}"
-            );
+            assert_eq!(r.raft_log.committed, want.len() as u64, "case {i}, node {id}");
         }
         assert_eq!(n.peer(1).term, 1);
     }
@@ -105,10 +80,10 @@ fn proposal_by_proxy_is_forwarded_to_the_leader() {
 /// of forwarding them.
 #[test]
 fn proposal_dropped_by_follower_when_forwarding_disabled() {
-    let mut n = Network::new_with_config(
-        vec![NetPeer::Default, NetPeer::Default, NetPeer::Default],
-        |c| c.disable_proposal_forwarding = true,
-    );
+    let mut n =
+        Network::new_with_config(vec![NetPeer::Default, NetPeer::Default, NetPeer::Default], |c| {
+            c.disable_proposal_forwarding = true
+        });
     n.send(vec![hup(1)]);
     let result = n.peer_mut(2).step(propose(2, b"somedata"));
     assert!(matches!(result, Err(Error::ProposalDropped)), "{result:?}");
@@ -122,15 +97,9 @@ fn proposal_dropped_by_follower_when_forwarding_disabled() {
 #[test]
 fn proposal_dropped_without_leader() {
     let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage_with_peers(&[1, 2, 3]));
-    assert!(matches!(
-        r.step(propose(1, b"x")),
-        Err(Error::ProposalDropped)
-    ));
+    assert!(matches!(r.step(propose(1, b"x")), Err(Error::ProposalDropped)));
     r.become_candidate();
-    assert!(matches!(
-        r.step(propose(1, b"x")),
-        Err(Error::ProposalDropped)
-    ));
+    assert!(matches!(r.step(propose(1, b"x")), Err(Error::ProposalDropped)));
     assert!(r.msgs.is_empty());
 }
 
@@ -152,12 +121,7 @@ fn log_replication_across_leader_changes() {
     n.send(vec![propose(1, b"a")]);
     n.send(vec![hup(2)]);
     n.send(vec![propose(1, b"b")]); // Forwarded by node 1, now a follower, to leader 2.
-    let want = vec![
-        (1, 1, vec![]),
-        (2, 1, b"a".to_vec()),
-        (3, 2, vec![]),
-        (4, 2, b"b".to_vec()),
-    ];
+    let want = vec![(1, 1, vec![]), (2, 1, b"a".to_vec()), (3, 2, vec![]), (4, 2, b"b".to_vec())];
     for (&id, r) in &n.peers {
         assert_eq!(log_entries(r), want, "node {id}");
         assert_eq!(r.raft_log.committed, 4, "node {id}");
@@ -189,11 +153,7 @@ fn commit_index_follows_quorum_match_of_current_term() {
         let ids: Vec<u64> = (1..=matches.len() as u64).collect();
         let mut storage = storage_with_peers(&ids);
         storage.append(&entries_with_terms(&terms)).unwrap();
-        storage.set_hard_state(HardState {
-            term,
-            vote: 0,
-            commit: 0,
-        });
+        storage.set_hard_state(HardState { term, vote: 0, commit: 0 });
         let mut r = new_test_raft(1, &ids, 10, 2, storage);
         for (i, &m) in matches.iter().enumerate() {
             let pr = r.prs.progress.get_mut(&(i as u64 + 1)).unwrap();
@@ -201,10 +161,7 @@ fn commit_index_follows_quorum_match_of_current_term() {
             pr.next_idx = m + 1;
         }
         r.maybe_commit();
-        assert_eq!(
-            r.raft_log.committed, want,
-            "matches {matches:?} terms {terms:?} term {term}"
-        );
+        assert_eq!(r.raft_log.committed, want, "matches {matches:?} terms {terms:?} term {term}");
     }
 }
 
@@ -221,9 +178,7 @@ fn leader_handles_append_responses() {
     ];
     for ((index, reject), (w_match, w_next, w_msgs, w_index, w_commit)) in cases {
         let mut storage = storage_with_peers(&[1, 2, 3]);
-        storage
-            .append(&[entry(0, 1, b""), entry(1, 2, b"")])
-            .unwrap();
+        storage.append(&[entry(0, 1, b""), entry(1, 2, b"")]).unwrap();
         let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
         r.become_candidate();
         r.become_leader();
@@ -237,19 +192,11 @@ fn leader_handles_append_responses() {
         };
         r.step(m).unwrap();
         let pr = &r.prs.progress[&2];
-        assert_eq!(
-            (pr.matched, pr.next_idx),
-            (w_match, w_next),
-            "({index}, {reject})"
-        );
+        assert_eq!((pr.matched, pr.next_idx), (w_match, w_next), "({index}, {reject})");
         let msgs = read_messages(&mut r);
         assert_eq!(msgs.len(), w_msgs, "({index}, {reject})");
         for m in msgs {
-            assert_eq!(
-                (m.index, m.commit),
-                (w_index, w_commit),
-                "({index}, {reject})"
-            );
+            assert_eq!((m.index, m.commit), (w_index, w_commit), "({index}, {reject})");
         }
     }
 }
@@ -263,28 +210,16 @@ fn fast_log_rejection_skips_whole_terms() {
     let lead = new_test_raft(1, &[], 10, 1, {
         let mut s = storage_with_peers(&[1, 2, 3]);
         s.append(&entries_with_terms(&leader_terms)).unwrap();
-        s.set_hard_state(HardState {
-            term: 4,
-            vote: 0,
-            commit: 3,
-        });
+        s.set_hard_state(HardState { term: 4, vote: 0, commit: 3 });
         s
     });
     let follower = new_test_raft(2, &[], 10, 1, {
         let mut s = storage_with_peers(&[1, 2, 3]);
         s.append(&entries_with_terms(&follower_terms)).unwrap();
-        s.set_hard_state(HardState {
-            term: 3,
-            vote: 0,
-            commit: 3,
-        });
+        s.set_hard_state(HardState { term: 3, vote: 0, commit: 3 });
         s
     });
-    let mut n = Network::new(vec![
-        NetPeer::Raft(lead),
-        NetPeer::Raft(follower),
-        NetPeer::Hole,
-    ]);
+    let mut n = Network::new(vec![NetPeer::Raft(lead), NetPeer::Raft(follower), NetPeer::Hole]);
     let rejections = Rc::new(Cell::new(0));
     let counter = rejections.clone();
     n.msg_hook = Some(Box::new(move |m: &Message| {
@@ -300,11 +235,7 @@ fn fast_log_rejection_skips_whole_terms() {
     // The first probe (after index 8) is rejected with the hint (8, term 2); the leader skips
     // its whole term 4 and the second probe lands after index 3, the last entry both logs
     // share. One entry at a time would take five rejections.
-    assert_eq!(
-        rejections.get(),
-        1,
-        "rejections needed to repair the follower"
-    );
+    assert_eq!(rejections.get(), 1, "rejections needed to repair the follower");
 }
 
 /// Flow control: in Probe state one append is outstanding at a time.
@@ -323,25 +254,15 @@ fn progress_resumed_by_heartbeat_response() {
     let mut r = leader_of(&[1, 2], |_| {});
     r.prs.progress.get_mut(&2).unwrap().probe_sent = true;
     r.step(propose(1, b"somedata")).unwrap();
-    assert!(
-        read_messages(&mut r).is_empty(),
-        "paused: the proposal is not sent"
-    );
+    assert!(read_messages(&mut r).is_empty(), "paused: the proposal is not sent");
     r.step(new_message(1, 1, MessageType::Beat, 0)).unwrap();
-    assert!(
-        r.prs.progress[&2].probe_sent,
-        "a heartbeat does not unpause"
-    );
+    assert!(r.prs.progress[&2].probe_sent, "a heartbeat does not unpause");
     let msgs = read_messages(&mut r);
     assert!(msgs.iter().all(|m| m.msg_type == MessageType::Heartbeat));
-    r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0))
-        .unwrap();
+    r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0)).unwrap();
     let msgs = read_messages(&mut r);
     assert_eq!(msgs.len(), 1, "its response does: one probe goes out");
-    assert_eq!(
-        (msgs[0].msg_type, msgs[0].entries.len()),
-        (MessageType::Append, 2)
-    );
+    assert_eq!((msgs[0].msg_type, msgs[0].entries.len()), (MessageType::Append, 2));
     assert!(r.prs.progress[&2].probe_sent, "and the probe pauses again");
 }
 
@@ -362,24 +283,16 @@ fn progress_flow_control_batches_and_pipelines() {
     // Probe: one message, with the no-op and the first proposal (2048 bytes fit two).
     assert_eq!(ms.len(), 1);
     assert_eq!(ms[0].entries.len(), 2);
-    assert_eq!(
-        (ms[0].entries[0].data.len(), ms[0].entries[1].data.len()),
-        (0, 1000)
-    );
+    assert_eq!((ms[0].entries[0].data.len(), ms[0].entries[1].data.len()), (0, 1000));
     // Acknowledged: Replicate state, three messages of two entries in flight.
     r.step(ack(2, ms[0].entries[1].index)).unwrap();
     let ms = read_messages(&mut r);
     assert_eq!(ms.len(), 3);
-    assert!(ms
-        .iter()
-        .all(|m| m.msg_type == MessageType::Append && m.entries.len() == 2));
+    assert!(ms.iter().all(|m| m.msg_type == MessageType::Append && m.entries.len() == 2));
     // All three acknowledged at once: the last three entries go in two messages.
     r.step(ack(2, ms[2].entries[1].index)).unwrap();
     let ms = read_messages(&mut r);
-    assert_eq!(
-        ms.iter().map(|m| m.entries.len()).collect::<Vec<_>>(),
-        vec![2, 1]
-    );
+    assert_eq!(ms.iter().map(|m| m.entries.len()).collect::<Vec<_>>(), vec![2, 1]);
 }
 
 fn leader_with_full_window() -> Raft<MemoryStorage> {
@@ -418,10 +331,7 @@ fn flow_control_resumes_on_acks() {
         assert!(r.prs.progress[&2].ins.full());
         for stale in 0..acked {
             r.step(ack(2, stale)).unwrap();
-            assert!(
-                r.prs.progress[&2].ins.full(),
-                "stale ack {stale} frees nothing"
-            );
+            assert!(r.prs.progress[&2].ins.full(), "stale ack {stale} frees nothing");
         }
     }
 }
@@ -434,8 +344,7 @@ fn flow_control_frees_one_slot_per_heartbeat_response() {
     for round in 1..5 {
         assert!(r.prs.progress[&2].ins.full());
         for _ in 0..round {
-            r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0))
-                .unwrap();
+            r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0)).unwrap();
             read_messages(&mut r);
             assert!(!r.prs.progress[&2].ins.full(), "round {round}");
         }
@@ -445,8 +354,7 @@ fn flow_control_frees_one_slot_per_heartbeat_response() {
             r.step(propose(1, b"somedata")).unwrap();
             assert!(read_messages(&mut r).is_empty(), "and only one");
         }
-        r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0))
-            .unwrap();
+        r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0)).unwrap();
         read_messages(&mut r);
     }
 }
@@ -468,28 +376,18 @@ fn uncommitted_entry_size_limit() {
     r.prs.progress.get_mut(&2).unwrap().become_replicate();
     r.prs.progress.get_mut(&3).unwrap().become_replicate();
     for i in 0..max_entries {
-        r.step(propose(1, b"testdata"))
-            .unwrap_or_else(|e| panic!("proposal {i}: {e}"));
+        r.step(propose(1, b"testdata")).unwrap_or_else(|e| panic!("proposal {i}: {e}"));
     }
-    assert!(matches!(
-        r.step(propose(1, b"testdata")),
-        Err(Error::ProposalDropped)
-    ));
+    assert!(matches!(r.step(propose(1, b"testdata")), Err(Error::ProposalDropped)));
     assert_eq!(read_messages(&mut r).len() as u64, max_entries * 2);
     let proposed = vec![test_entry.clone(); max_entries as usize];
     r.reduce_uncommitted_size(&proposed);
     assert_eq!(r.uncommitted_size, 0);
 
-    let large = Message {
-        entries: vec![test_entry.clone(); 2 * max_entries as usize],
-        ..propose(1, b"")
-    };
-    r.step(large)
-        .expect("one large proposal fits when nothing is uncommitted");
-    assert!(matches!(
-        r.step(propose(1, b"testdata")),
-        Err(Error::ProposalDropped)
-    ));
+    let large =
+        Message { entries: vec![test_entry.clone(); 2 * max_entries as usize], ..propose(1, b"") };
+    r.step(large).expect("one large proposal fits when nothing is uncommitted");
+    assert!(matches!(r.step(propose(1, b"testdata")), Err(Error::ProposalDropped)));
     r.step(propose(1, b"")).expect("an empty entry always fits");
     assert_eq!(read_messages(&mut r).len(), 4);
     r.reduce_uncommitted_size(&vec![test_entry; 2 * max_entries as usize]);
@@ -506,10 +404,8 @@ fn handle_heartbeat_commits_forward_only() {
         let mut r = new_test_raft(1, &[1, 2], 5, 1, storage);
         r.become_follower(2, 2);
         r.raft_log.commit_to(commit);
-        let m = Message {
-            commit: heartbeat_commit,
-            ..new_message(2, 1, MessageType::Heartbeat, 2)
-        };
+        let m =
+            Message { commit: heartbeat_commit, ..new_message(2, 1, MessageType::Heartbeat, 2) };
         r.step(m).unwrap();
         assert_eq!(r.raft_log.committed, want);
         let msgs = read_messages(&mut r);
@@ -530,8 +426,7 @@ fn heartbeat_response_resends_to_lagging_follower() {
     r.raft_log.commit_to(committed);
     read_messages(&mut r);
     for _ in 0..2 {
-        r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0))
-            .unwrap();
+        r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0)).unwrap();
         let msgs = read_messages(&mut r);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].msg_type, MessageType::Append);
@@ -540,8 +435,7 @@ fn heartbeat_response_resends_to_lagging_follower() {
     let last = r.raft_log.last_index();
     r.step(ack(2, last)).unwrap();
     read_messages(&mut r);
-    r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0))
-        .unwrap();
+    r.step(new_message(2, 1, MessageType::HeartbeatResponse, 0)).unwrap();
     assert!(read_messages(&mut r).is_empty());
 }
 
@@ -560,19 +454,12 @@ fn append_response_wait_reset() {
     read_messages(&mut r);
     r.step(propose(1, b"")).unwrap();
     let msgs = read_messages(&mut r);
-    assert_eq!(
-        msgs.len(),
-        1,
-        "only node 2 (replicating) gets the entry; node 3 is probing"
-    );
+    assert_eq!(msgs.len(), 1, "only node 2 (replicating) gets the entry; node 3 is probing");
     assert_eq!((msgs[0].to, msgs[0].entries[0].index), (2, 2));
     r.step(ack(3, 1)).unwrap();
     let msgs = read_messages(&mut r);
     assert_eq!(msgs.len(), 1);
-    assert_eq!(
-        (msgs[0].to, msgs[0].entries.len(), msgs[0].entries[0].index),
-        (3, 1, 2)
-    );
+    assert_eq!((msgs[0].to, msgs[0].entries.len(), msgs[0].entries[0].index), (3, 1, 2));
 }
 
 /// A leader in Replicate state that is told a follower is unreachable falls back to probing.
@@ -581,8 +468,7 @@ fn unreachable_follower_drops_to_probe() {
     let mut r = leader_of(&[1, 2], |_| {});
     r.step(ack(2, 1)).unwrap();
     assert_eq!(r.prs.progress[&2].state, ProgressState::Replicate);
-    r.step(new_message(2, 1, MessageType::Unreachable, 0))
-        .unwrap();
+    r.step(new_message(2, 1, MessageType::Unreachable, 0)).unwrap();
     let pr = &r.prs.progress[&2];
     assert_eq!(pr.state, ProgressState::Probe);
     assert_eq!(pr.next_idx, pr.matched + 1);
@@ -592,10 +478,9 @@ fn unreachable_follower_drops_to_probe() {
 #[test]
 fn leader_increases_next_optimistically_when_replicating() {
     let previous = entries_with_terms(&[1, 2, 3]);
-    for (state, next, want_next) in [
-        (ProgressState::Replicate, 2, previous.len() as u64 + 2 + 1),
-        (ProgressState::Probe, 2, 2),
-    ] {
+    for (state, next, want_next) in
+        [(ProgressState::Replicate, 2, previous.len() as u64 + 2 + 1), (ProgressState::Probe, 2, 2)]
+    {
         let mut storage = storage_with_peers(&[1, 2]);
         storage.append(&previous).unwrap();
         let mut r = new_test_raft(1, &[1, 2], 10, 1, storage);
@@ -615,11 +500,7 @@ fn leader_increases_next_optimistically_when_replicating() {
 fn stale_append_below_commit_is_acknowledged_not_applied() {
     let mut storage = storage_with_peers(&[1, 2]);
     storage.append(&entries_with_terms(&[1, 1, 1])).unwrap();
-    storage.set_hard_state(HardState {
-        term: 1,
-        vote: 0,
-        commit: 3,
-    });
+    storage.set_hard_state(HardState { term: 1, vote: 0, commit: 3 });
     let mut r = new_test_raft(2, &[1, 2], 10, 1, storage);
     let m = Message {
         index: 1,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cluster::{cluster_config, Cluster, Node};
+use common::cluster::{cluster_config, voters_storage, Cluster, Node};
 use common::*;
 use raft::{
     ConfState, Config, ConfigError, Error, HardState, MemoryStorage, Message, MessageType, RawNode,
@@ -11,7 +11,7 @@ use raft::{
 };
 
 fn single_node() -> RawNode<MemoryStorage> {
-    RawNode::new(&cluster_config(1, &[1]), MemoryStorage::new()).unwrap()
+    RawNode::new(&cluster_config(1), voters_storage(&[1])).unwrap()
 }
 
 /// Persists a Ready to the node's own storage and advances, returning what it held.
@@ -44,21 +44,8 @@ fn ready_after_campaign_holds_state_entries_and_commit() {
     node.campaign().unwrap();
     assert!(node.has_ready());
     let rd = persist_and_advance(&mut node);
-    assert_eq!(
-        rd.soft_state,
-        Some(SoftState {
-            lead: 1,
-            raft_state: StateType::Leader
-        })
-    );
-    assert_eq!(
-        rd.hard_state,
-        Some(HardState {
-            term: 1,
-            vote: 1,
-            commit: 1
-        })
-    );
+    assert_eq!(rd.soft_state, Some(SoftState { lead: 1, raft_state: StateType::Leader }));
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 1, commit: 1 }));
     assert_eq!(rd.entries.len(), 1);
     assert_eq!(rd.committed_entries, rd.entries);
     assert!(rd.must_sync);
@@ -112,9 +99,9 @@ fn proposals_apply_in_order_on_every_node() {
 /// one entry is always delivered.
 #[test]
 fn committed_entries_per_ready_are_size_limited() {
-    let mut config = cluster_config(1, &[1]);
+    let mut config = cluster_config(1);
     config.max_committed_size_per_ready = 1;
-    let mut node = RawNode::new(&config, MemoryStorage::new()).unwrap();
+    let mut node = RawNode::new(&config, voters_storage(&[1])).unwrap();
     node.campaign().unwrap();
     let rd = persist_and_advance(&mut node);
     assert_eq!(rd.committed_entries.len(), 1);
@@ -128,11 +115,7 @@ fn committed_entries_per_ready_are_size_limited() {
             batches.push(rd.committed_entries.len());
         }
     }
-    assert_eq!(
-        batches,
-        vec![1, 1, 1, 1, 1],
-        "one entry per Ready under a tiny limit"
-    );
+    assert_eq!(batches, vec![1, 1, 1, 1, 1], "one entry per Ready under a tiny limit");
     assert_eq!(node.raft.raft_log.applied, 6);
 }
 
@@ -151,16 +134,10 @@ fn restart_with_applied_does_not_redeliver_applied_entries() {
     assert_eq!(storage.hard_state().commit, 5);
 
     // Restart with applied = 3: entries 4 and 5 come again, 1 to 3 do not.
-    let config = Config {
-        applied: 3,
-        ..cluster_config(1, &[])
-    };
+    let config = Config { applied: 3, ..cluster_config(1) };
     let mut restarted = RawNode::new(&config, {
         let mut s = storage.clone();
-        s.set_conf_state(ConfState {
-            voters: vec![1],
-            ..ConfState::default()
-        });
+        s.set_conf_state(ConfState { voters: vec![1], ..ConfState::default() });
         s
     })
     .unwrap();
@@ -178,33 +155,20 @@ fn restart_with_applied_does_not_redeliver_applied_entries() {
 #[test]
 fn new_refuses_configs_that_contradict_storage() {
     let storage = storage_with_peers(&[1, 2]);
-    let config = cluster_config(1, &[1, 2]);
+    let config = Config { peers: vec![1, 2], ..cluster_config(1) };
     assert!(matches!(
         RawNode::new(&config, storage),
-        Err(Error::ConfigInvalid(
-            ConfigError::BootstrapOverExistingState
-        ))
+        Err(Error::ConfigInvalid(ConfigError::BootstrapOverExistingState))
     ));
-    let config = Config {
-        applied: 5,
-        ..cluster_config(1, &[1])
-    };
+    let config = Config { applied: 5, ..cluster_config(1) };
+    assert!(matches!(
+        RawNode::new(&config, voters_storage(&[1])),
+        Err(Error::ConfigInvalid(ConfigError::AppliedBeyondCommit { applied: 5, committed: 0 }))
+    ));
+    let config = Config { election_tick: 1, ..cluster_config(1) };
     assert!(matches!(
         RawNode::new(&config, MemoryStorage::new()),
-        Err(Error::ConfigInvalid(ConfigError::AppliedBeyondCommit {
-            applied: 5,
-            committed: 0
-        }))
-    ));
-    let config = Config {
-        election_tick: 1,
-        ..cluster_config(1, &[1])
-    };
-    assert!(matches!(
-        RawNode::new(&config, MemoryStorage::new()),
-        Err(Error::ConfigInvalid(
-            ConfigError::ElectionTickTooSmall { .. }
-        ))
+        Err(Error::ConfigInvalid(ConfigError::ElectionTickTooSmall { .. }))
     ));
 }
 
@@ -212,57 +176,27 @@ fn new_refuses_configs_that_contradict_storage() {
 /// response from an unknown node, a message without term or sender, a read without context.
 #[test]
 fn step_refuses_bad_input_from_peers() {
-    let mut node = RawNode::new(&cluster_config(1, &[1, 2, 3]), MemoryStorage::new()).unwrap();
-    for t in [
-        MessageType::Hup,
-        MessageType::Beat,
-        MessageType::CheckQuorum,
-    ] {
+    let mut node = RawNode::new(&cluster_config(1), voters_storage(&[1, 2, 3])).unwrap();
+    for t in [MessageType::Hup, MessageType::Beat, MessageType::CheckQuorum] {
         let m = new_message(2, 1, t, 1);
         assert!(matches!(node.step(m), Err(Error::StepLocalMsg)), "{t:?}");
     }
     let unknown = new_message(9, 1, MessageType::AppendResponse, 1);
-    assert!(matches!(
-        node.step(unknown),
-        Err(Error::StepPeerNotFound { id: 9 })
-    ));
+    assert!(matches!(node.step(unknown), Err(Error::StepPeerNotFound { id: 9 })));
     let no_term = new_message(2, 1, MessageType::Append, 0);
-    assert!(matches!(
-        node.step(no_term),
-        Err(Error::MalformedMessage { .. })
-    ));
+    assert!(matches!(node.step(no_term), Err(Error::MalformedMessage { .. })));
     let no_sender = new_message(0, 1, MessageType::Heartbeat, 1);
-    assert!(matches!(
-        node.step(no_sender),
-        Err(Error::MalformedMessage { .. })
-    ));
-    let read = Message {
-        from: 2,
-        to: 1,
-        msg_type: MessageType::ReadIndex,
-        ..Message::default()
-    };
-    assert!(matches!(
-        node.step(read),
-        Err(Error::MalformedMessage { .. })
-    ));
+    assert!(matches!(node.step(no_sender), Err(Error::MalformedMessage { .. })));
+    let read = Message { from: 2, to: 1, msg_type: MessageType::ReadIndex, ..Message::default() };
+    assert!(matches!(node.step(read), Err(Error::MalformedMessage { .. })));
     let gap = Message {
         index: 0,
         entries: vec![entry(1, 2, b"gap")],
         ..new_message(2, 1, MessageType::Append, 1)
     };
-    assert!(matches!(
-        node.step(gap),
-        Err(Error::MalformedMessage { .. })
-    ));
-    let termed_proposal = Message {
-        term: 3,
-        ..propose(1, b"x")
-    };
-    assert!(matches!(
-        node.step(termed_proposal),
-        Err(Error::MalformedMessage { .. })
-    ));
+    assert!(matches!(node.step(gap), Err(Error::MalformedMessage { .. })));
+    let termed_proposal = Message { term: 3, ..propose(1, b"x") };
+    assert!(matches!(node.step(termed_proposal), Err(Error::MalformedMessage { .. })));
     assert_eq!(node.raft.term, 0);
     assert!(!node.has_ready());
 }
@@ -276,10 +210,8 @@ fn odd_peer_input_is_ignored_or_forwarded_not_fatal() {
     cluster.elect(1);
     let term = cluster.node(1).raft.term;
     let last = cluster.node(1).raft.raft_log.last_index();
-    let beyond = Message {
-        index: last + 100,
-        ..new_message(2, 1, MessageType::AppendResponse, term)
-    };
+    let beyond =
+        Message { index: last + 100, ..new_message(2, 1, MessageType::AppendResponse, term) };
     cluster.node(1).step(beyond).unwrap();
     assert_eq!(cluster.node(1).raft.prs.progress[&2].matched, last);
     assert_eq!(cluster.node(1).raft.raft_log.committed, last);
@@ -288,11 +220,7 @@ fn odd_peer_input_is_ignored_or_forwarded_not_fatal() {
     let transfer = new_message(3, 2, MessageType::TransferLeader, term);
     cluster.node(2).step(transfer).unwrap();
     cluster.stabilize();
-    assert_eq!(
-        cluster.leader(),
-        Some(3),
-        "forwarded to the leader, which handed over"
-    );
+    assert_eq!(cluster.leader(), Some(3), "forwarded to the leader, which handed over");
 }
 
 /// A node that crashes loses what it had not persisted and recovers from what it had: after
@@ -313,16 +241,10 @@ fn crashed_follower_restarts_from_storage_and_catches_up() {
         cluster.node(1).propose(vec![], vec![i]).unwrap();
         cluster.stabilize();
     }
-    let config = Config {
-        applied,
-        ..cluster_config(3, &[])
-    };
+    let config = Config { applied, ..cluster_config(3) };
     let mut restarted = Node::new(&config, {
         let mut s = storage;
-        s.set_conf_state(ConfState {
-            voters: vec![1, 2, 3],
-            ..ConfState::default()
-        });
+        s.set_conf_state(ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
         s
     });
     restarted.applied = old.applied;
@@ -354,18 +276,14 @@ fn partitioned_leader_cannot_commit_and_is_replaced() {
     for _ in 0..100 {
         cluster.tick();
         cluster.stabilize();
-        new_leader = [2, 3]
-            .into_iter()
-            .find(|&id| cluster.node(id).raft.state == StateType::Leader);
+        new_leader =
+            [2, 3].into_iter().find(|&id| cluster.node(id).raft.state == StateType::Leader);
         if new_leader.is_some() {
             break;
         }
     }
     let new_leader = new_leader.expect("the majority elects a leader");
-    cluster
-        .node(new_leader)
-        .propose(vec![], b"kept".to_vec())
-        .unwrap();
+    cluster.node(new_leader).propose(vec![], b"kept".to_vec()).unwrap();
     cluster.stabilize();
     // The isolated leader steps down once it misses a quorum for an election timeout.
     for _ in 0..20 {
@@ -405,13 +323,102 @@ fn uncommitted_size_is_released_on_apply() {
     let mut cluster = Cluster::new(&[1, 2, 3], |c| c.max_uncommitted_entries_size = 1000);
     cluster.elect(1);
     for i in 0..100u32 {
-        cluster
-            .node(1)
-            .propose(vec![], vec![0; 300])
-            .unwrap_or_else(|e| panic!("{i}: {e}"));
+        cluster.node(1).propose(vec![], vec![0; 300]).unwrap_or_else(|e| panic!("{i}: {e}"));
         cluster.stabilize();
     }
     assert_eq!(cluster.node(1).raft.uncommitted_size, 0);
     assert_eq!(cluster.nodes[&3].applied.len(), 100);
     assert_eq!(cluster.node(3).store().last_index(), Ok(101));
+}
+
+/// `Config.peers` writes the configuration into the log as committed configuration changes;
+/// the node has no configuration, and cannot campaign, until the application applies them.
+#[test]
+fn bootstrap_writes_the_configuration_into_the_log() {
+    let config = Config { peers: vec![1, 2, 3], ..cluster_config(1) };
+    let mut node = RawNode::new(&config, MemoryStorage::new()).unwrap();
+    node.campaign().unwrap();
+    assert_eq!(node.raft.state, StateType::Follower, "no configuration yet");
+    let rd = node.ready();
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 0, commit: 3 }));
+    assert!(rd.must_sync);
+    assert_eq!(rd.entries.len(), 3);
+    assert_eq!(rd.committed_entries, rd.entries);
+    let added: Vec<u64> = rd
+        .entries
+        .iter()
+        .map(|e| {
+            assert_eq!((e.entry_type, e.term), (raft::EntryType::ConfChange, 1));
+            raft::ConfChange::decode(&e.data).unwrap().node_id
+        })
+        .collect();
+    assert_eq!(added, vec![1, 2, 3]);
+    assert!(rd.messages.is_empty());
+    // Applying them gives the configuration.
+    let mut conf_state = ConfState::default();
+    for e in &rd.committed_entries {
+        conf_state = node.apply_conf_change(&raft::ConfChange::decode(&e.data).unwrap()).unwrap();
+    }
+    assert_eq!(conf_state.voters, vec![1, 2, 3]);
+    node.advance(rd);
+    node.campaign().unwrap();
+    assert_eq!(node.raft.state, StateType::Candidate);
+}
+
+/// A bootstrapped node refuses to bootstrap again over existing state.
+#[test]
+fn bootstrap_refuses_existing_state() {
+    let mut storage = MemoryStorage::new();
+    storage.append(&[entry(1, 1, b"")]).unwrap();
+    let config = Config { peers: vec![1], ..cluster_config(1) };
+    assert!(matches!(
+        RawNode::new(&config, storage),
+        Err(Error::ConfigInvalid(ConfigError::BootstrapOverExistingState))
+    ));
+}
+
+/// A cluster bootstrapped through `Config.peers` elects a leader and commits.
+#[test]
+fn bootstrapped_cluster_elects_and_commits() {
+    let mut cluster = common::cluster::Cluster::bootstrap(&[1, 2, 3], |_| {});
+    for node in cluster.nodes.values() {
+        assert_eq!(node.conf_state.as_ref().map(|cs| cs.voters.clone()), Some(vec![1, 2, 3]));
+    }
+    cluster.elect(2);
+    cluster.node(2).propose(vec![], b"x".to_vec()).unwrap();
+    cluster.stabilize();
+    for (id, node) in &cluster.nodes {
+        assert_eq!(node.applied, vec![b"x".to_vec()], "node {id}");
+    }
+}
+
+/// A node that joins empty learns every member by replaying the log from the bootstrap
+/// entries on; it never adopts a configuration of its own and never campaigns alone.
+#[test]
+fn joining_node_learns_members_by_replaying_the_log() {
+    let mut cluster = common::cluster::Cluster::bootstrap(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    for i in 0..5u8 {
+        cluster.node(1).propose(vec![], vec![i]).unwrap();
+        cluster.stabilize();
+    }
+    cluster.add_empty_node(4, |_| {});
+    for _ in 0..50 {
+        cluster.node(4).tick();
+    }
+    assert_eq!(cluster.node(4).raft.state, StateType::Follower, "an empty node never campaigns");
+    let add = raft::ConfChange {
+        change_type: raft::ConfChangeType::AddNode,
+        node_id: 4,
+        context: vec![],
+    };
+    cluster.node(1).propose_conf_change(vec![], &add).unwrap();
+    for _ in 0..5 {
+        cluster.tick();
+        cluster.stabilize();
+    }
+    let joined = &cluster.nodes[&4];
+    assert_eq!(joined.applied, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+    assert_eq!(joined.conf_state.as_ref().map(|cs| cs.voters.clone()), Some(vec![1, 2, 3, 4]));
+    assert_eq!(cluster.leader(), Some(1));
 }

@@ -16,10 +16,7 @@ pub struct JointConfig {
 impl JointConfig {
     /// A non-joint configuration of these voters.
     pub fn new(voters: BTreeSet<u64>) -> JointConfig {
-        JointConfig {
-            incoming: MajorityConfig::new(voters),
-            outgoing: MajorityConfig::default(),
-        }
+        JointConfig { incoming: MajorityConfig::new(voters), outgoing: MajorityConfig::default() }
     }
 
     /// True while a joint change is in progress.
@@ -29,11 +26,7 @@ impl JointConfig {
 
     /// Every voter of either half.
     pub fn ids(&self) -> BTreeSet<u64> {
-        self.incoming
-            .ids()
-            .union(self.outgoing.ids())
-            .copied()
-            .collect()
+        self.incoming.ids().union(self.outgoing.ids()).copied().collect()
     }
 
     /// True when `id` votes in either half.
@@ -43,9 +36,7 @@ impl JointConfig {
 
     /// The largest index both halves have committed.
     pub fn committed_index(&self, acked: impl Fn(u64) -> Option<u64>) -> u64 {
-        self.incoming
-            .committed_index(&acked)
-            .min(self.outgoing.committed_index(&acked))
+        self.incoming.committed_index(&acked).min(self.outgoing.committed_index(&acked))
     }
 
     /// Won when both halves won, lost when either lost, pending otherwise.

@@ -117,10 +117,7 @@ mod tests {
         assert_eq!(cfg(&[1, 2]).committed_index(acked(&[(1, 5), (2, 3)])), 3);
         assert_eq!(cfg(&[1, 2, 3]).committed_index(acked(&[(1, 5), (2, 3)])), 3);
         assert_eq!(cfg(&[1, 2, 3]).committed_index(acked(&[(1, 5)])), 0);
-        assert_eq!(
-            cfg(&[1, 2, 3, 4]).committed_index(acked(&[(1, 9), (2, 8), (3, 7)])),
-            7
-        );
+        assert_eq!(cfg(&[1, 2, 3, 4]).committed_index(acked(&[(1, 9), (2, 8), (3, 7)])), 7);
         let nine: Vec<u64> = (1..=9).collect();
         assert_eq!(cfg(&nine).committed_index(|id| Some(id * 10)), 50);
     }
@@ -131,14 +128,8 @@ mod tests {
             move |id: u64| pairs.iter().find(|p| p.0 == id).map(|p| p.1)
         };
         assert_eq!(cfg(&[]).vote_result(votes(&[])), VoteResult::Won);
-        assert_eq!(
-            cfg(&[1, 2, 3]).vote_result(votes(&[(1, true)])),
-            VoteResult::Pending
-        );
-        assert_eq!(
-            cfg(&[1, 2, 3]).vote_result(votes(&[(1, true), (2, true)])),
-            VoteResult::Won
-        );
+        assert_eq!(cfg(&[1, 2, 3]).vote_result(votes(&[(1, true)])), VoteResult::Pending);
+        assert_eq!(cfg(&[1, 2, 3]).vote_result(votes(&[(1, true), (2, true)])), VoteResult::Won);
         assert_eq!(
             cfg(&[1, 2, 3]).vote_result(votes(&[(1, true), (2, false), (3, false)])),
             VoteResult::Lost

@@ -14,17 +14,11 @@ impl<T: Storage> Raft<T> {
         };
         match m.msg_type {
             MessageType::Propose => {
-                info!(
-                    "{:x} no leader at term {}; dropping proposal",
-                    self.id, self.term
-                );
+                info!("{:x} no leader at term {}; dropping proposal", self.id, self.term);
                 return Err(Error::ProposalDropped);
             }
             MessageType::ReadIndex => {
-                info!(
-                    "{:x} no leader at term {}; dropping read index",
-                    self.id, self.term
-                );
+                info!("{:x} no leader at term {}; dropping read index", self.id, self.term);
                 return Err(Error::ProposalDropped);
             }
             // A leader of our term exists (the term check has run): follow it.
@@ -73,10 +67,7 @@ impl<T: Storage> Raft<T> {
         match m.msg_type {
             MessageType::Propose => {
                 if self.lead == INVALID_ID {
-                    info!(
-                        "{:x} no leader at term {}; dropping proposal",
-                        self.id, self.term
-                    );
+                    info!("{:x} no leader at term {}; dropping proposal", self.id, self.term);
                     return Err(Error::ProposalDropped);
                 }
                 if self.disable_proposal_forwarding {
@@ -150,10 +141,7 @@ impl<T: Storage> Raft<T> {
                     return Ok(());
                 }
                 let request_ctx = m.entries.pop().map(|e| e.data).unwrap_or_default();
-                self.read_states.push(ReadState {
-                    index: m.index,
-                    request_ctx,
-                });
+                self.read_states.push(ReadState { index: m.index, request_ctx });
             }
             _ => {}
         }
@@ -172,9 +160,8 @@ impl<T: Storage> Raft<T> {
             });
             return;
         }
-        if let Some(last_new_index) = self
-            .raft_log
-            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
+        if let Some(last_new_index) =
+            self.raft_log.maybe_append(m.index, m.log_term, m.commit, &m.entries)
         {
             self.send(Message {
                 msg_type: MessageType::AppendResponse,
@@ -222,10 +209,7 @@ impl<T: Storage> Raft<T> {
     /// Restores the leader's snapshot if it is newer than our commit index.
     pub fn handle_snapshot(&mut self, m: Message) {
         let Some(snapshot) = m.snapshot else {
-            warn!(
-                "{:x} ignored a snapshot message without a snapshot from {:x}",
-                self.id, m.from
-            );
+            warn!("{:x} ignored a snapshot message without a snapshot from {:x}", self.id, m.from);
             return;
         };
         let (index, term) = (snapshot.metadata.index, snapshot.metadata.term);
@@ -279,7 +263,11 @@ impl<T: Storage> Raft<T> {
             .chain(&cs.learners)
             .chain(&cs.voters_outgoing)
             .any(|&id| id == self.id);
-        if !member {
+        // A node with no configuration at all is joining: the snapshot may predate its own
+        // addition, which it will learn from the entries that follow. Any other node must be
+        // in the configuration it restores.
+        let joining = self.prs.progress.is_empty();
+        if !member && !joining {
             warn!("{:x} attempted to restore snapshot but it is not in the ConfState {cs:?}; should never happen", self.id);
             return false;
         }
@@ -304,13 +292,10 @@ impl<T: Storage> Raft<T> {
             .unwrap_or_else(|e| panic!("{:x} unable to restore config {cs:?}: {e}", self.id));
         let restored = self.switch_to_config(cfg, prs);
         assert_conf_states_equivalent(&cs, &restored);
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&self.id)
-            .expect("member checked above");
-        let next = pr.next_idx;
-        pr.maybe_update(next - 1);
+        if let Some(pr) = self.prs.progress.get_mut(&self.id) {
+            let next = pr.next_idx;
+            pr.maybe_update(next - 1);
+        }
         true
     }
 }
@@ -326,8 +311,5 @@ fn assert_conf_states_equivalent(want: &ConfState, got: &ConfState) {
         && norm(&want.voters_outgoing) == norm(&got.voters_outgoing)
         && norm(&want.learners_next) == norm(&got.learners_next)
         && want.auto_leave == got.auto_leave;
-    assert!(
-        same,
-        "conf states differ after restore: want {want:?}, got {got:?}"
-    );
+    assert!(same, "conf states differ after restore: want {want:?}, got {got:?}");
 }

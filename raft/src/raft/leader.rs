@@ -28,11 +28,7 @@ impl<T: Storage> Raft<T> {
         match (prev_term, entries) {
             (Ok(log_term), Ok(entries)) => {
                 let last_sent = entries.last().map(|e| e.index);
-                let pr = self
-                    .prs
-                    .progress
-                    .get_mut(&to)
-                    .expect("progress checked above");
+                let pr = self.prs.progress.get_mut(&to).expect("progress checked above");
                 if let Some(last) = last_sent {
                     match pr.state {
                         ProgressState::Replicate => {
@@ -65,37 +61,20 @@ impl<T: Storage> Raft<T> {
     pub(super) fn send_snapshot(&mut self, to: u64) -> bool {
         let pr = &self.prs.progress[&to];
         if !pr.recent_active {
-            debug!(
-                "{:x} ignored sending snapshot to {to:x}: not recently active",
-                self.id
-            );
+            debug!("{:x} ignored sending snapshot to {to:x}: not recently active", self.id);
             return false;
         }
         let snapshot = match self.raft_log.snapshot(pr.next_idx - 1) {
             Ok(snapshot) => snapshot,
             Err(StorageError::SnapshotTemporarilyUnavailable) => {
-                debug!(
-                    "{:x} failed to send snapshot to {to:x}: temporarily unavailable",
-                    self.id
-                );
+                debug!("{:x} failed to send snapshot to {to:x}: temporarily unavailable", self.id);
                 return false;
             }
-            Err(e) => panic!(
-                "{:x} needs a snapshot for {to:x} but storage failed: {e}",
-                self.id
-            ),
+            Err(e) => panic!("{:x} needs a snapshot for {to:x} but storage failed: {e}", self.id),
         };
-        assert!(
-            !snapshot.is_empty(),
-            "{:x} needs a non-empty snapshot for {to:x}",
-            self.id
-        );
+        assert!(!snapshot.is_empty(), "{:x} needs a non-empty snapshot for {to:x}", self.id);
         let (index, term) = (snapshot.metadata.index, snapshot.metadata.term);
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&to)
-            .expect("progress checked above");
+        let pr = self.prs.progress.get_mut(&to).expect("progress checked above");
         debug!(
             "{:x} [first_index: {}, commit: {}] sent snapshot [index: {index}, term: {term}] to \
              {to:x} [matched: {}, next: {}]",
@@ -128,12 +107,7 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn peer_ids(&self) -> Vec<u64> {
-        self.prs
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect()
+        self.prs.progress.keys().copied().filter(|&id| id != self.id).collect()
     }
 
     /// Sends appends to every follower and learner.
@@ -145,10 +119,7 @@ impl<T: Storage> Raft<T> {
 
     /// Sends heartbeats carrying the newest waiting read's context.
     pub fn bcast_heartbeat(&mut self) {
-        let ctx = self
-            .read_only
-            .last_pending_request_ctx()
-            .map(<[u8]>::to_vec);
+        let ctx = self.read_only.last_pending_request_ctx().map(<[u8]>::to_vec);
         self.bcast_heartbeat_with_ctx(ctx.unwrap_or_default());
     }
 
@@ -223,10 +194,7 @@ impl<T: Storage> Raft<T> {
             }
             MessageType::CheckQuorum => {
                 if !self.prs.quorum_active(self.id) {
-                    warn!(
-                        "{:x} stepped down to follower since quorum is not active",
-                        self.id
-                    );
+                    warn!("{:x} stepped down to follower since quorum is not active", self.id);
                     let term = self.term;
                     self.become_follower(term, INVALID_ID);
                 }
@@ -265,10 +233,7 @@ impl<T: Storage> Raft<T> {
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
                 }
-                debug!(
-                    "{:x} failed to send message to {:x}: unreachable",
-                    self.id, m.from
-                );
+                debug!("{:x} failed to send message to {:x}: unreachable", self.id, m.from);
             }
             MessageType::TransferLeader => self.handle_transfer_leader(&m),
             _ => {}
@@ -404,11 +369,7 @@ impl<T: Storage> Raft<T> {
 
     pub(super) fn handle_append_response(&mut self, m: &Message) {
         let last_index = self.raft_log.last_index();
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&m.from)
-            .expect("checked by step_leader");
+        let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
         pr.recent_active = true;
         if m.reject {
             debug!(
@@ -419,21 +380,11 @@ impl<T: Storage> Raft<T> {
             // entry's term; skip every entry of ours with a higher term in one step.
             let mut next_probe_idx = m.reject_hint;
             if m.log_term > 0 {
-                next_probe_idx = self
-                    .raft_log
-                    .find_conflict_by_term(m.reject_hint, m.log_term)
-                    .0;
+                next_probe_idx = self.raft_log.find_conflict_by_term(m.reject_hint, m.log_term).0;
             }
-            let pr = self
-                .prs
-                .progress
-                .get_mut(&m.from)
-                .expect("checked by step_leader");
+            let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
             if pr.maybe_decr_to(m.index, next_probe_idx) {
-                debug!(
-                    "{:x} decreased progress of {:x} to next {}",
-                    self.id, m.from, pr.next_idx
-                );
+                debug!("{:x} decreased progress of {:x} to next {}", self.id, m.from, pr.next_idx);
                 if pr.state == ProgressState::Replicate {
                     pr.become_probe();
                 }
@@ -455,10 +406,7 @@ impl<T: Storage> Raft<T> {
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
             ProgressState::Snapshot if pr.matched >= pr.pending_snapshot => {
-                debug!(
-                    "{:x} snapshot to {:x} done, resuming replication",
-                    self.id, m.from
-                );
+                debug!("{:x} snapshot to {:x} done, resuming replication", self.id, m.from);
                 // Probe first: become_probe moves next past the snapshot.
                 pr.become_probe();
                 pr.become_replicate();
@@ -479,21 +427,14 @@ impl<T: Storage> Raft<T> {
         // sending empty ones.
         while m.from != self.id && self.maybe_send_append(m.from, false) {}
         if m.from == self.lead_transferee && matched == last_index {
-            info!(
-                "{:x} sent TimeoutNow to {:x} after its log caught up",
-                self.id, m.from
-            );
+            info!("{:x} sent TimeoutNow to {:x} after its log caught up", self.id, m.from);
             self.send_timeout_now(m.from);
         }
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, m: &Message) {
         let last_index = self.raft_log.last_index();
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&m.from)
-            .expect("checked by step_leader");
+        let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
         pr.recent_active = true;
         pr.probe_sent = false;
         // A full pipeline whose acknowledgements were all lost would stall forever: free one
@@ -510,11 +451,7 @@ impl<T: Storage> Raft<T> {
         let Some(acks) = self.read_only.recv_ack(m.from, &m.context) else {
             return;
         };
-        let result = self
-            .prs
-            .conf
-            .voters
-            .vote_result(|id| acks.contains(&id).then_some(true));
+        let result = self.prs.conf.voters.vote_result(|id| acks.contains(&id).then_some(true));
         if result != VoteResult::Won {
             return;
         }
@@ -524,11 +461,7 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn handle_snapshot_status(&mut self, m: &Message) {
-        let pr = self
-            .prs
-            .progress
-            .get_mut(&m.from)
-            .expect("checked by step_leader");
+        let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
         if pr.state != ProgressState::Snapshot {
             return;
         }
@@ -537,10 +470,7 @@ impl<T: Storage> Raft<T> {
             // matched + 1 instead of assuming the snapshot landed.
             pr.pending_snapshot = 0;
             pr.become_probe();
-            debug!(
-                "{:x} snapshot to {:x} failed, probing again",
-                self.id, m.from
-            );
+            debug!("{:x} snapshot to {:x} failed, probing again", self.id, m.from);
         } else {
             pr.become_probe();
             debug!(
@@ -556,10 +486,7 @@ impl<T: Storage> Raft<T> {
     pub(super) fn handle_transfer_leader(&mut self, m: &Message) {
         let transferee = m.from;
         if self.prs.progress[&transferee].is_learner {
-            debug!(
-                "{:x} is a learner; ignored transferring leadership",
-                transferee
-            );
+            debug!("{:x} is a learner; ignored transferring leadership", transferee);
             return;
         }
         if self.lead_transferee != INVALID_ID {
@@ -572,16 +499,10 @@ impl<T: Storage> Raft<T> {
                 return;
             }
             self.abort_leader_transfer();
-            info!(
-                "{:x} [term {}] abort previous transfer leadership",
-                self.id, self.term
-            );
+            info!("{:x} [term {}] abort previous transfer leadership", self.id, self.term);
         }
         if transferee == self.id {
-            debug!(
-                "{:x} is already leader; ignored transferring leadership to self",
-                self.id
-            );
+            debug!("{:x} is already leader; ignored transferring leadership to self", self.id);
             return;
         }
         info!(
@@ -603,11 +524,7 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn send_timeout_now(&mut self, to: u64) {
-        self.send(Message {
-            msg_type: MessageType::TimeoutNow,
-            to,
-            ..Message::default()
-        });
+        self.send(Message { msg_type: MessageType::TimeoutNow, to, ..Message::default() });
     }
 
     /// After the application applied up to `applied`: a leader in a joint configuration with
@@ -621,10 +538,7 @@ impl<T: Storage> Raft<T> {
         {
             // Empty data decodes to the leave-joint change and counts zero bytes, so the size
             // limit can never refuse it.
-            let mut leave = [Entry {
-                entry_type: EntryType::ConfChangeV2,
-                ..Entry::default()
-            }];
+            let mut leave = [Entry { entry_type: EntryType::ConfChangeV2, ..Entry::default() }];
             assert!(
                 self.append_entry(&mut leave),
                 "refused un-refusable auto-leaving ConfChangeV2"

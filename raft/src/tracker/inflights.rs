@@ -17,12 +17,7 @@ impl Inflights {
     /// An empty ring holding at most `cap` messages.
     pub fn new(cap: usize) -> Inflights {
         assert!(cap > 0, "inflight capacity must be positive");
-        Inflights {
-            start: 0,
-            count: 0,
-            buffer: Vec::new(),
-            cap,
-        }
+        Inflights { start: 0, count: 0, buffer: Vec::new(), cap }
     }
 
     /// The capacity.
@@ -32,11 +27,7 @@ impl Inflights {
 
     /// Records an append whose last entry is `inflight`.
     pub fn add(&mut self, inflight: u64) {
-        assert!(
-            !self.full(),
-            "cannot add into a full inflights ring (cap {})",
-            self.cap
-        );
+        assert!(!self.full(), "cannot add into a full inflights ring (cap {})", self.cap);
         if let Some(last) = self.last() {
             assert!(inflight >= last, "inflight {inflight} added after {last}");
         }

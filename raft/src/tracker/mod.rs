@@ -95,17 +95,13 @@ impl ProgressTracker {
 
     /// The highest index a quorum of voters has replicated.
     pub fn committed(&self) -> u64 {
-        self.conf
-            .voters
-            .committed_index(|id| self.progress.get(&id).map(|p| p.matched))
+        self.conf.voters.committed_index(|id| self.progress.get(&id).map(|p| p.matched))
     }
 
     /// True when a quorum of voters was recently active; the leader counts itself.
     pub fn quorum_active(&self, self_id: u64) -> bool {
         let result = self.conf.voters.vote_result(|id| {
-            self.progress
-                .get(&id)
-                .map(|p| p.is_learner || id == self_id || p.recent_active)
+            self.progress.get(&id).map(|p| p.is_learner || id == self_id || p.recent_active)
         });
         result == VoteResult::Won
     }
@@ -138,10 +134,7 @@ impl ProgressTracker {
                 None => {}
             }
         }
-        let result = self
-            .conf
-            .voters
-            .vote_result(|id| self.votes.get(&id).copied());
+        let result = self.conf.voters.vote_result(|id| self.votes.get(&id).copied());
         (granted, rejected, result)
     }
 }

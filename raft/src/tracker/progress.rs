@@ -128,9 +128,7 @@ impl Progress {
         if self.next_idx == 0 || self.next_idx - 1 != rejected {
             return false;
         }
-        self.next_idx = rejected
-            .min(match_hint.saturating_add(1))
-            .max(self.matched + 1);
+        self.next_idx = rejected.min(match_hint.saturating_add(1)).max(self.matched + 1);
         self.probe_sent = false;
         true
     }
@@ -160,12 +158,7 @@ mod tests {
     use super::*;
 
     fn progress(state: ProgressState, matched: u64, next_idx: u64) -> Progress {
-        Progress {
-            state,
-            matched,
-            next_idx,
-            ..Progress::new(next_idx, 256)
-        }
+        Progress { state, matched, next_idx, ..Progress::new(next_idx, 256) }
     }
 
     #[test]

@@ -35,11 +35,11 @@ pub struct Cluster {
     pub cut: HashSet<(u64, u64)>,
 }
 
-/// Test defaults for a cluster node.
-pub fn cluster_config(id: u64, peers: &[u64]) -> Config {
+/// Test defaults for a cluster node. The members come from the storage (see
+/// [`voters_storage`]); `Config.peers` is exercised through [`Cluster::bootstrap`].
+pub fn cluster_config(id: u64) -> Config {
     Config {
         id,
-        peers: peers.to_vec(),
         election_tick: 10,
         heartbeat_tick: 1,
         check_quorum: false,
@@ -48,28 +48,43 @@ pub fn cluster_config(id: u64, peers: &[u64]) -> Config {
     }
 }
 
+/// A storage whose configuration is these voters.
+pub fn voters_storage(ids: &[u64]) -> MemoryStorage {
+    MemoryStorage::new_with_conf_state(ConfState { voters: ids.to_vec(), ..ConfState::default() })
+}
+
 impl Cluster {
-    /// Voters `ids`, each configured by `configure`.
+    /// Voters `ids`, each configured by `configure`, over storages holding that
+    /// configuration.
     pub fn new(ids: &[u64], configure: impl Fn(&mut Config)) -> Cluster {
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            let mut config = cluster_config(id, ids);
+            let mut config = cluster_config(id);
+            configure(&mut config);
+            nodes.insert(id, Node::new(&config, voters_storage(ids)));
+        }
+        Cluster { nodes, in_flight: VecDeque::new(), cut: HashSet::new() }
+    }
+
+    /// Voters `ids` bootstrapped through `Config.peers`: the configuration is written into
+    /// the log and applied from the first Ready.
+    pub fn bootstrap(ids: &[u64], configure: impl Fn(&mut Config)) -> Cluster {
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let mut config = Config { peers: ids.to_vec(), ..cluster_config(id) };
             configure(&mut config);
             nodes.insert(id, Node::new(&config, MemoryStorage::new()));
         }
-        Cluster {
-            nodes,
-            in_flight: VecDeque::new(),
-            cut: HashSet::new(),
-        }
+        let mut cluster = Cluster { nodes, in_flight: VecDeque::new(), cut: HashSet::new() };
+        cluster.stabilize();
+        cluster
     }
 
     /// Adds a node that starts empty and waits to be added by a configuration change.
     pub fn add_empty_node(&mut self, id: u64, configure: impl Fn(&mut Config)) {
-        let mut config = cluster_config(id, &[]);
+        let mut config = cluster_config(id);
         configure(&mut config);
-        self.nodes
-            .insert(id, Node::new(&config, MemoryStorage::new()));
+        self.nodes.insert(id, Node::new(&config, MemoryStorage::new()));
     }
 
     /// The node `id`.
@@ -134,11 +149,7 @@ impl Cluster {
     pub fn elect(&mut self, id: u64) {
         self.node(id).campaign().expect("campaign");
         self.stabilize();
-        assert_eq!(
-            self.node(id).raft.state,
-            StateType::Leader,
-            "node {id} should lead"
-        );
+        assert_eq!(self.node(id).raft.state, StateType::Leader, "node {id} should lead");
     }
 
     /// Drops messages in both directions between `a` and `b`.
@@ -190,9 +201,7 @@ impl Node {
         let mut rd = self.raw.ready();
         let store = self.raw.store_mut();
         if let Some(snapshot) = &rd.snapshot {
-            store
-                .apply_snapshot(snapshot.clone())
-                .expect("newer snapshot");
+            store.apply_snapshot(snapshot.clone()).expect("newer snapshot");
             self.restored.push(snapshot.data.clone());
         }
         store.append(&rd.entries).expect("append");

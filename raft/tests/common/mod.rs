@@ -28,12 +28,10 @@ pub fn new_test_config(id: u64, election_tick: usize, heartbeat_tick: usize) -> 
     }
 }
 
-/// A storage bootstrapped with these voters.
+/// A storage whose configuration is these voters, with an empty log (as etcd's tests build
+/// them; `Config.peers` instead writes the configuration into the log).
 pub fn storage_with_peers(peers: &[u64]) -> MemoryStorage {
-    MemoryStorage::new_with_conf_state(ConfState {
-        voters: peers.to_vec(),
-        ..ConfState::default()
-    })
+    MemoryStorage::new_with_conf_state(ConfState { voters: peers.to_vec(), ..ConfState::default() })
 }
 
 /// A node over `storage`; if the storage holds no configuration, `peers` are the voters.
@@ -44,9 +42,10 @@ pub fn new_test_raft(
     heartbeat_tick: usize,
     storage: MemoryStorage,
 ) -> Raft<MemoryStorage> {
-    let mut config = new_test_config(id, election_tick, heartbeat_tick);
+    let config = new_test_config(id, election_tick, heartbeat_tick);
+    let mut storage = storage;
     if storage.conf_state().voters.is_empty() && storage.conf_state().learners.is_empty() {
-        config.peers = peers.to_vec();
+        storage.set_conf_state(ConfState { voters: peers.to_vec(), ..ConfState::default() });
     }
     Raft::new(&config, storage).expect("valid test raft")
 }
@@ -64,10 +63,13 @@ pub fn new_test_learner_raft(
     election_tick: usize,
     heartbeat_tick: usize,
 ) -> Raft<MemoryStorage> {
-    let mut config = new_test_config(id, election_tick, heartbeat_tick);
-    config.peers = peers.to_vec();
-    config.learners = learners.to_vec();
-    Raft::new(&config, MemoryStorage::new()).expect("valid test raft")
+    let config = new_test_config(id, election_tick, heartbeat_tick);
+    let storage = MemoryStorage::new_with_conf_state(ConfState {
+        voters: peers.to_vec(),
+        learners: learners.to_vec(),
+        ..ConfState::default()
+    });
+    Raft::new(&config, storage).expect("valid test raft")
 }
 
 /// Takes the node's outgoing messages.
@@ -82,22 +84,12 @@ pub fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
 
 /// Empty entries with these terms at indexes 1, 2, ...
 pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
-    terms
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| Entry::new(t, i as u64 + 1, vec![]))
-        .collect()
+    terms.iter().enumerate().map(|(i, &t)| Entry::new(t, i as u64 + 1, vec![])).collect()
 }
 
 /// A message of `msg_type` from `from` to `to` at `term`.
 pub fn new_message(from: u64, to: u64, msg_type: MessageType, term: u64) -> Message {
-    Message {
-        from,
-        to,
-        msg_type,
-        term,
-        ..Message::default()
-    }
+    Message { from, to, msg_type, term, ..Message::default() }
 }
 
 /// A proposal of `data` to node `to`.
@@ -143,11 +135,7 @@ pub fn voted_with_config(
     configure: impl Fn(&mut Config),
 ) -> Raft<MemoryStorage> {
     let mut storage = storage_with_peers(peers);
-    storage.set_hard_state(HardState {
-        vote,
-        term,
-        commit: 0,
-    });
+    storage.set_hard_state(HardState { vote, term, commit: 0 });
     let mut config = new_test_config(id, 5, 1);
     configure(&mut config);
     let mut r = new_test_raft_with_config(&config, storage);
@@ -203,9 +191,8 @@ impl Network {
             match peer {
                 NetPeer::Default => {
                     let mut config = new_test_config(id, 10, 1);
-                    config.peers = ids.clone();
                     configure(&mut config);
-                    let r = Raft::new(&config, MemoryStorage::new()).expect("valid raft");
+                    let r = Raft::new(&config, storage_with_peers(&ids)).expect("valid raft");
                     network.peers.insert(id, r);
                 }
                 NetPeer::Raft(r) => {
@@ -254,11 +241,7 @@ impl Network {
     pub fn filter(&mut self, msgs: Vec<Message>) -> Vec<Message> {
         let mut kept = Vec::new();
         for m in msgs {
-            assert_ne!(
-                m.msg_type,
-                MessageType::Hup,
-                "hups never go over the network"
-            );
+            assert_ne!(m.msg_type, MessageType::Hup, "hups never go over the network");
             if self.ignorem.contains(&m.msg_type) || self.holes.contains(&m.to) {
                 continue;
             }
@@ -289,12 +272,7 @@ impl Network {
 
     /// Drops every message to and from `id`.
     pub fn isolate(&mut self, id: u64) {
-        let ids: Vec<u64> = self
-            .peers
-            .keys()
-            .chain(self.holes.iter())
-            .copied()
-            .collect();
+        let ids: Vec<u64> = self.peers.keys().chain(self.holes.iter()).copied().collect();
         for other in ids {
             if other != id {
                 self.drop(id, other, 1.0);
@@ -323,9 +301,5 @@ impl Network {
 
 /// The entries of a log, for comparisons.
 pub fn log_entries(r: &Raft<MemoryStorage>) -> Vec<(u64, u64, Vec<u8>)> {
-    r.raft_log
-        .all_entries()
-        .into_iter()
-        .map(|e| (e.index, e.term, e.data))
-        .collect()
+    r.raft_log.all_entries().into_iter().map(|e| (e.index, e.term, e.data)).collect()
 }
