@@ -216,12 +216,16 @@ impl<T: Storage> RawNode<T> {
     }
 
     /// Asks for leadership to move to `to` (Raft thesis §3.10). On the leader it starts the
-    /// transfer; a follower forwards it to the leader.
+    /// transfer; a follower forwards it to the leader. Refused for a target that is not a
+    /// voter, and for the leader itself unless a transfer is in progress, which it cancels.
     pub fn transfer_leader(&mut self, to: u64) -> Result<()> {
         if !self.raft.prs.conf.voters.contains(to) {
             return Err(TransferLeaderError::NotVoter { to }.into());
         }
-        if to == self.raft.id && self.raft.state == StateType::Leader {
+        // To self on the leader is only meaningful as "transfer back": it cancels a transfer
+        // in progress.
+        let leading = self.raft.state == StateType::Leader;
+        if to == self.raft.id && leading && self.raft.lead_transferee == INVALID_ID {
             return Err(TransferLeaderError::AlreadyLeader { to }.into());
         }
         let m = Message { msg_type: MessageType::TransferLeader, from: to, ..Message::default() };

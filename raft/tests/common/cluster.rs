@@ -203,6 +203,8 @@ impl Node {
         if let Some(snapshot) = &rd.snapshot {
             store.apply_snapshot(snapshot.clone()).expect("newer snapshot");
             self.restored.push(snapshot.data.clone());
+            self.applied = decode_applied(&snapshot.data);
+            self.conf_state = Some(snapshot.metadata.conf_state.clone());
         }
         store.append(&rd.entries).expect("append");
         if let Some(hs) = rd.hard_state {
@@ -215,6 +217,17 @@ impl Node {
         self.read_states.append(&mut rd.read_states);
         self.raw.advance(rd);
         messages
+    }
+
+    /// Snapshots the state machine (the applied data) at the applied index and compacts the
+    /// log up to it.
+    pub fn snapshot_and_compact(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let data = encode_applied(&self.applied);
+        let cs = self.raw.raft.prs.conf_state();
+        let store = self.raw.store_mut();
+        store.create_snapshot(applied, Some(cs), data).expect("snapshot at applied index");
+        store.compact(applied).expect("compact to applied index");
     }
 
     fn apply(&mut self, entry: &Entry) {
@@ -233,4 +246,25 @@ impl Node {
             self.conf_state = Some(cs);
         }
     }
+}
+
+/// The state machine image: each applied datum as a u32 length and its bytes.
+pub fn encode_applied(applied: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for data in applied {
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// The inverse of [`encode_applied`].
+pub fn decode_applied(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        out.push(bytes[4..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    out
 }
