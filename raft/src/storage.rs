@@ -94,8 +94,10 @@ impl MemoryStorage {
         }
     }
 
-    /// An empty storage whose configuration is `conf_state` (bootstrapping a new cluster
-    /// without `Config.peers`).
+    /// An empty storage whose configuration is `conf_state`: a cluster bootstrapped this way
+    /// has its initial configuration outside the log, so a node added later cannot learn it by
+    /// replaying the log and must first receive a snapshot. Prefer `Config.peers`, which
+    /// writes the configuration into the log.
     pub fn new_with_conf_state(conf_state: ConfState) -> MemoryStorage {
         MemoryStorage { conf_state, ..MemoryStorage::new() }
     }

@@ -132,7 +132,7 @@ fn transfer_to_non_member_or_learner_is_refused() {
     n.send(vec![transfer(4, 1)]);
     check_transfer_state(n.peer(1), StateType::Leader, 1);
 
-    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    let mut cluster = Cluster::bootstrap(&[1, 2, 3], |_| {});
     cluster.elect(1);
     let result = cluster.node(1).transfer_leader(4);
     assert!(matches!(result, Err(Error::TransferLeader(TransferLeaderError::NotVoter { to: 4 }))));
