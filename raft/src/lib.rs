@@ -130,7 +130,7 @@ pub use crate::message::{
 pub use crate::raft::{CampaignType, Raft, SoftState, StateType, CAMPAIGN_TRANSFER, INVALID_ID};
 pub use crate::raft_log::RaftLog;
 pub use crate::raw_node::{
-    ConfChangeI, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,
+    ConfChangeI, ProgressStatus, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,
 };
 pub use crate::read_only::{ReadIndexStatus, ReadOnly, ReadState};
 pub use crate::storage::{limit_size, MemoryStorage, RaftState, Storage, NO_LIMIT};

@@ -11,7 +11,7 @@ use crate::message::{
 use crate::raft::{Raft, SoftState, StateType, INVALID_ID};
 use crate::read_only::ReadState;
 use crate::storage::Storage;
-use crate::tracker::Progress;
+use crate::tracker::{Progress, ProgressState};
 
 /// Everything the application must do after the state machine moved: persist, send, apply.
 ///
@@ -76,9 +76,45 @@ pub struct Status {
     /// The configuration.
     pub conf_state: ConfState,
     /// On the leader, every member's progress; empty otherwise.
-    pub progress: BTreeMap<u64, Progress>,
+    pub progress: BTreeMap<u64, ProgressStatus>,
     /// The target of a leadership transfer in progress, or 0.
     pub lead_transferee: u64,
+}
+
+/// The leader's view of one member, as reported by [`RawNode::status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgressStatus {
+    /// The highest index known to be replicated on the member.
+    pub matched: u64,
+    /// The next index the leader will send.
+    pub next_idx: u64,
+    /// Probe, Replicate or Snapshot.
+    pub state: ProgressState,
+    /// True when the leader is not sending to the member now (flow control).
+    pub paused: bool,
+    /// Append messages sent and not yet acknowledged.
+    pub inflight_count: usize,
+    /// In Snapshot state, the index of the snapshot in flight.
+    pub pending_snapshot: u64,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// The member is a learner.
+    pub is_learner: bool,
+}
+
+impl From<&Progress> for ProgressStatus {
+    fn from(pr: &Progress) -> ProgressStatus {
+        ProgressStatus {
+            matched: pr.matched,
+            next_idx: pr.next_idx,
+            state: pr.state,
+            paused: pr.is_paused(),
+            inflight_count: pr.ins.count(),
+            pending_snapshot: pr.pending_snapshot,
+            recent_active: pr.recent_active,
+            is_learner: pr.is_learner,
+        }
+    }
 }
 
 /// Either kind of configuration change, for proposing and applying.
@@ -328,7 +364,7 @@ impl<T: Storage> RawNode<T> {
     pub fn status(&self) -> Status {
         let raft = &self.raft;
         let progress = if raft.state == StateType::Leader {
-            raft.prs.progress.clone()
+            raft.prs.progress.iter().map(|(&id, pr)| (id, ProgressStatus::from(pr))).collect()
         } else {
             BTreeMap::new()
         };

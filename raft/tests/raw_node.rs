@@ -422,3 +422,44 @@ fn joining_node_learns_members_by_replaying_the_log() {
     assert_eq!(joined.conf_state.as_ref().map(|cs| cs.voters.clone()), Some(vec![1, 2, 3, 4]));
     assert_eq!(cluster.leader(), Some(1));
 }
+
+/// Status reports the configuration (voters, outgoing voters, learners), each member's
+/// progress with its flow-control state, and the transfer in progress.
+#[test]
+fn status_reports_configuration_progress_and_transferee() {
+    let mut cluster = common::cluster::Cluster::bootstrap(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.add_empty_node(4, |_| {});
+    let learner = raft::ConfChange {
+        change_type: raft::ConfChangeType::AddLearnerNode,
+        node_id: 4,
+        context: vec![],
+    };
+    cluster.node(1).propose_conf_change(vec![], &learner).unwrap();
+    for _ in 0..3 {
+        cluster.tick();
+        cluster.stabilize();
+    }
+    cluster.isolate(3);
+    cluster.node(1).propose(vec![], b"x".to_vec()).unwrap();
+    cluster.stabilize();
+    cluster.node(1).transfer_leader(3).unwrap();
+    let status = cluster.node(1).status();
+    assert_eq!(status.id, 1);
+    assert_eq!(
+        (status.conf_state.voters.clone(), status.conf_state.learners.clone()),
+        (vec![1, 2, 3], vec![4])
+    );
+    assert!(status.conf_state.voters_outgoing.is_empty());
+    assert_eq!(status.lead_transferee, 3);
+    assert_eq!(status.applied, status.hard_state.commit);
+    let last = cluster.node(1).raft.raft_log.last_index();
+    let p2 = status.progress[&2];
+    assert_eq!(
+        (p2.matched, p2.state, p2.paused, p2.inflight_count),
+        (last, raft::tracker::ProgressState::Replicate, false, 0)
+    );
+    let p3 = status.progress[&3];
+    assert!(p3.matched < last && p3.inflight_count > 0, "{p3:?}");
+    assert!(status.progress[&4].is_learner);
+}

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use raft::{
-    ConfChange, ConfChangeV2, ConfState, Config, Entry, EntryType, MemoryStorage, Message, RawNode,
-    ReadState, StateType,
+    ConfChange, ConfChangeV2, ConfState, Config, Entry, EntryType, MemoryStorage, Message,
+    MessageType, RawNode, ReadState, SnapshotStatus, StateType,
 };
 
 /// One node and what it applied.
@@ -102,12 +102,7 @@ impl Cluster {
             }
             while let Some(m) = self.in_flight.pop_front() {
                 moved = true;
-                if self.cut.contains(&(m.from, m.to)) {
-                    continue;
-                }
-                if let Some(node) = self.nodes.get_mut(&m.to) {
-                    let _ = node.raw.step(m);
-                }
+                self.deliver(m);
             }
             if !moved {
                 return;
@@ -118,11 +113,22 @@ impl Cluster {
     /// Delivers the messages in flight, without handling any Ready.
     pub fn stabilize_messages_only(&mut self) {
         while let Some(m) = self.in_flight.pop_front() {
-            if self.cut.contains(&(m.from, m.to)) {
-                continue;
-            }
-            if let Some(node) = self.nodes.get_mut(&m.to) {
-                let _ = node.raw.step(m);
+            self.deliver(m);
+        }
+    }
+
+    /// Delivers one message unless its link is cut; the sender of a snapshot learns whether
+    /// it arrived, as a transport reports it.
+    fn deliver(&mut self, m: Message) {
+        let (from, to, is_snapshot) = (m.from, m.to, m.msg_type == MessageType::Snapshot);
+        let delivered = !self.cut.contains(&(from, to)) && self.nodes.contains_key(&to);
+        if delivered {
+            let _ = self.node(to).step(m);
+        }
+        if is_snapshot {
+            let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+            if let Some(sender) = self.nodes.get_mut(&from) {
+                sender.raw.report_snapshot(to, status);
             }
         }
     }
