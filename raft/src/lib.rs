@@ -78,26 +78,67 @@
 //! # Linearizable reads
 //!
 //! Call [`RawNode::read_index`] with a context identifying the read (batch all reads that
-//! arrived since the last call into one). When leadership is confirmed, a [`ReadState`] with
-//! that context and the commit index appears in `Ready::read_states`; serve the read once the
-//! applied index reaches it. With [`ReadOnlyOption::LeaseBased`] (which requires
-//! `check_quorum`), the leader answers from its lease without a heartbeat round.
+//! arrived since the last call into one: each call costs a heartbeat round). When leadership
+//! is confirmed, a [`ReadState`] with that context and the commit index appears in
+//! `Ready::read_states`; serve the read once the applied index reaches it. A follower's call
+//! is forwarded to the leader and answered the same way. With
+//! [`ReadOnlyOption::LeaseBased`] (which requires `check_quorum`), the leader answers from its
+//! lease without a heartbeat round.
+//!
+//! ```
+//! # use raft::{Config, ConfState, MemoryStorage, RawNode, StateType};
+//! let storage = MemoryStorage::new_with_conf_state(ConfState { voters: vec![1], ..Default::default() });
+//! let mut node = RawNode::new(&Config::new(1), storage).expect("new node");
+//! node.campaign().expect("campaign");
+//! let rd = node.ready();
+//! node.store_mut().append(&rd.entries).expect("append");
+//! node.advance(rd);
+//!
+//! node.read_index(b"read-42".to_vec()).expect("a leader is known");
+//! let rd = node.ready();
+//! let read = &rd.read_states[0];
+//! assert_eq!(read.request_ctx, b"read-42");
+//! // Serve the read once node.raft.raft_log.applied >= read.index.
+//! assert!(node.raft.raft_log.applied >= read.index);
+//! node.advance(rd);
+//! ```
 //!
 //! # Membership changes
 //!
 //! Propose a [`ConfChange`] (one node) or a [`ConfChangeV2`] (several, through joint
 //! consensus) with [`RawNode::propose_conf_change`]. When its entry is committed, the
-//! application decodes it (`ConfChangeV2::decode(&entry.data)`) and calls
+//! application decodes it (as `handle_ready` above does) and calls
 //! [`RawNode::apply_conf_change`], persisting the returned [`ConfState`] with its state. A
-//! joint change with automatic leave is left by the leader itself once applied.
+//! joint change with automatic leave is left by the leader itself once applied; with
+//! [`ConfChangeTransition::Explicit`], propose [`ConfChangeV2::leave_joint`] when ready. One
+//! change may be pending at a time; a change that is invalid for the configuration is refused
+//! by every node alike with [`ConfChangeError`].
+//!
+//! ```text
+//! let add = ConfChange { change_type: ConfChangeType::AddNode, node_id: 4, context: addr };
+//! node.propose_conf_change(vec![], &add)?;
+//! ```
+//!
+//! A cluster bootstrapped from `Config.peers` has its configuration in the log, so a node
+//! that starts empty and is then added learns every member by replaying it.
 //!
 //! # Snapshots and compaction
 //!
-//! The application snapshots its state machine at an applied index with
-//! [`MemoryStorage::create_snapshot`] and drops the log before it with
-//! [`MemoryStorage::compact`]. A follower that needs compacted entries receives the snapshot
-//! in `Ready::snapshot`; the leader's transport reports its delivery with
-//! [`RawNode::report_snapshot`].
+//! The application snapshots its state machine at an applied index and drops the log before
+//! it. A follower that needs compacted entries receives the snapshot in `Ready::snapshot`,
+//! loads it into its state machine and persists it; the leader's transport reports delivery
+//! with [`RawNode::report_snapshot`], so a lost snapshot is sent again.
+//!
+//! ```
+//! # use raft::{ConfState, MemoryStorage, Storage, Entry};
+//! let mut storage = MemoryStorage::new_with_conf_state(ConfState { voters: vec![1], ..Default::default() });
+//! storage.append(&[Entry::new(1, 1, b"a".to_vec()), Entry::new(1, 2, b"b".to_vec())]).expect("append");
+//! // After applying index 2, image the state machine there and compact.
+//! let snapshot = storage.create_snapshot(2, None, b"state at 2".to_vec()).expect("snapshot");
+//! storage.compact(2).expect("compact");
+//! assert_eq!(snapshot.metadata.index, 2);
+//! assert_eq!(storage.first_index(), Ok(3));
+//! ```
 //!
 //! # Safety of the Ready contract
 //!

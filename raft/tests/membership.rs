@@ -427,3 +427,37 @@ fn malformed_changes_are_refused_at_apply_time() {
         assert_eq!(cluster.nodes[&id].applied, vec![b"x".to_vec()]);
     }
 }
+
+/// Check-quorum in a joint configuration needs both halves active: a leader that hears only
+/// from the incoming half steps down.
+#[test]
+fn check_quorum_in_joint_configuration_needs_both_halves() {
+    let joint =
+        ConfState { voters: vec![1, 2, 3], voters_outgoing: vec![1, 4, 5], ..ConfState::default() };
+    let mut r = new_test_raft(1, &[], 5, 1, MemoryStorage::new_with_conf_state(joint));
+    r.check_quorum = true;
+    r.become_candidate();
+    r.become_leader();
+    for _ in 0..=r.election_timeout {
+        let term = r.term;
+        for from in [2, 3] {
+            r.step(new_message(from, 1, MessageType::HeartbeatResponse, term)).unwrap();
+        }
+        r.tick();
+    }
+    assert_eq!(r.state, StateType::Follower);
+}
+
+/// A learner asked for its vote grants it (the candidate's newer configuration may already
+/// count it as a voter, etcd's TestLearnerCanVote), but in a configuration where it is a
+/// learner its vote is never asked for and never counted (see `learner_vote_never_counts`).
+#[test]
+fn learner_answers_a_vote_request_from_a_newer_configuration() {
+    let mut learner = new_test_learner_raft(2, &[1], &[2], 10, 1);
+    learner.become_follower(1, 0);
+    let m = Message { log_term: 11, index: 11, ..new_message(1, 2, MessageType::RequestVote, 2) };
+    learner.step(m).unwrap();
+    let msgs = read_messages(&mut learner);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].msg_type, msgs[0].reject), (MessageType::RequestVoteResponse, false));
+}
