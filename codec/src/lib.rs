@@ -359,12 +359,7 @@ mod tests {
             }
             let mut decoder = FrameDecoder::new(1024);
             decoder.feed(&garbage);
-            loop {
-                match decoder.next_frame::<Msg>() {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = decoder.next_frame::<Msg>() {}
         }
     }
 
