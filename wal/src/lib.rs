@@ -1,1 +1,919 @@
-//! x
+//! A CRC-checked, memory-mapped, segmented write-ahead log for a Raft node.
+//!
+//! The log knows of Raft only that an entry has an index, a term and bytes, that there is a
+//! hard state (term, vote, commit), and that a snapshot covers the log up to an index. It
+//! keeps a directory of segment files, each preallocated and memory-mapped; records are
+//! written into the mapping and made durable by [`Wal::sync`], once per batch (group
+//! commit). Reads are served from the mappings through a small in-memory index (one slot per
+//! appended batch), so entry payloads never occupy the heap.
+//!
+//! # Files
+//!
+//! ```text
+//! <dir>/IDENTITY                   node id and cluster id; checked on every open
+//! <dir>/LOCK                       flock'ed while open: one process per data dir
+//! <dir>/00000000000000000001.wal   segments, named by sequence number
+//! ```
+//!
+//! # Segment layout
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "RAFTWALS"
+//! 8       4     format version (1)
+//! 12      4     reserved, zero
+//! 16      8     segment sequence number
+//! 24      4     crc32 of bytes 0..24
+//! 28      4     reserved, zero
+//! 32      ...   records, each starting at a multiple of 8; zeros after the last
+//! ```
+//!
+//! # Record layout
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     payload length N
+//! 4       4     crc32 over: segment sequence (u64), kind (u8), payload
+//! 8       1     kind: 1 entries, 2 hard state, 3 snapshot marker
+//! 9       7     reserved, zero
+//! 16      N     payload
+//! 16+N    ...   zero padding to a multiple of 8
+//!
+//! entries payload:   first index u64, count u32, reserved u32,
+//!                    count x (term u64, data offset u32, data length u32), data...
+//! hard state:        term u64, vote u64, commit u64
+//! snapshot marker:   index u64, term u64, conf state length u32, conf state bytes
+//! ```
+//!
+//! Because the checksum covers the segment's sequence number, a record left over from an
+//! older file cannot verify in a newer one. An all-zero header marks the end of a segment.
+//!
+//! # Recovery
+//!
+//! [`Wal::open`] scans every segment and verifies every record. Damage at the end of the last
+//! segment with nothing valid after it is a torn write: it is truncated and reported in
+//! [`Recovery::torn_tail`]. Damage followed by valid records, or in a segment that is not the
+//! last, is corruption: open fails naming the segment, offset and reason, unless the log is
+//! opened with [`RecoveryMode::Repair`], which truncates there and reports what it dropped.
+//!
+//! # Use
+//!
+//! ```
+//! use wal::{EntryRef, HardState, Identity, Options, Wal};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let identity = Identity { node_id: 1, cluster_id: "demo".into() };
+//! let options = Options { segment_size_bytes: 1 << 20, ..Options::default() };
+//! let (mut wal, recovery) = Wal::open(dir.path(), &identity, options.clone()).unwrap();
+//! assert_eq!((recovery.first_index, recovery.last_index), (1, 0));
+//!
+//! wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"x=1" }]).unwrap();
+//! wal.set_hard_state(HardState { term: 1, vote: 1, commit: 1 }).unwrap();
+//! wal.sync().unwrap(); // Durable from here on.
+//! drop(wal);
+//!
+//! let (wal, recovery) = Wal::open(dir.path(), &identity, options).unwrap();
+//! assert_eq!(recovery.hard_state, Some(HardState { term: 1, vote: 1, commit: 1 }));
+//! assert_eq!(wal.entries(1, 2, u64::MAX).unwrap()[0].data, b"x=1");
+//! ```
+
+#![warn(clippy::unwrap_used)]
+
+mod errors;
+mod identity;
+mod record;
+mod segment;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+
+pub use crate::errors::{Error, Result};
+pub use crate::identity::Identity;
+use crate::record::*;
+use crate::segment::{lock_exclusive, parse_segment_name, sync_dir, Segment};
+
+/// The default size of a segment file: 64 MiB.
+pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The smallest segment size accepted.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4096;
+const LOCK_FILE: &str = "LOCK";
+
+/// What to do with corruption found on open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Truncate a torn tail; fail on anything else.
+    #[default]
+    TruncateTornTail,
+    /// Also truncate at corruption, dropping everything after it, and report what was lost.
+    Repair,
+}
+
+/// How to open a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Bytes per segment file, preallocated.
+    pub segment_size_bytes: u64,
+    /// What to do with corruption found on open.
+    pub recovery_mode: RecoveryMode,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
+            recovery_mode: RecoveryMode::TruncateTornTail,
+        }
+    }
+}
+
+/// Raft's persistent state: term, vote, commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// Current term.
+    pub term: u64,
+    /// Vote in the current term, or 0.
+    pub vote: u64,
+    /// Commit index.
+    pub commit: u64,
+}
+
+/// A snapshot covering the log up to `index`; `conf_state` is opaque to the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMarker {
+    /// The last index the snapshot covers.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    /// The configuration as of `index`, encoded by the caller.
+    pub conf_state: Vec<u8>,
+}
+
+/// An entry to append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// Its index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// Its bytes.
+    pub data: &'a [u8],
+}
+
+/// An entry read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// Damage truncated on open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment.
+    pub segment: PathBuf,
+    /// Where the first bad byte is.
+    pub offset: u64,
+    /// Bytes dropped from that segment.
+    pub bytes_dropped: u64,
+    /// Later segments deleted (repair only).
+    pub segments_dropped: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// What [`Wal::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The last hard state written.
+    pub hard_state: Option<HardState>,
+    /// The last snapshot marker written.
+    pub snapshot: Option<SnapshotMarker>,
+    /// The first index with an entry.
+    pub first_index: u64,
+    /// The last index (the snapshot's index when no entry follows it).
+    pub last_index: u64,
+    /// Records that verified.
+    pub records: u64,
+    /// A torn write at the end of the log, truncated.
+    pub torn_tail: Option<Damage>,
+    /// Corruption truncated in [`RecoveryMode::Repair`].
+    pub repaired: Option<Damage>,
+}
+
+/// One appended batch of entries, as the in-memory index holds it.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    first_index: u64,
+    /// Entries of the batch still in the log (a later conflict may cut the batch short).
+    count: u64,
+    sequence: u64,
+    /// Offset of the batch's payload in its segment.
+    payload: usize,
+}
+
+/// The write-ahead log. See the crate documentation.
+///
+/// Invariant: `batches` cover `first_index..=last_index` contiguously, in order.
+pub struct Wal {
+    dir: PathBuf,
+    options: Options,
+    segments: BTreeMap<u64, Segment>,
+    batches: VecDeque<Batch>,
+    first_index: u64,
+    last_index: u64,
+    /// False while recovering until the first entries or snapshot record sets the position.
+    position_known: bool,
+    hard_state: Option<HardState>,
+    snapshot: Option<SnapshotMarker>,
+    active: u64,
+    write_offset: usize,
+    /// Byte ranges written since the last sync, per segment.
+    dirty: BTreeMap<u64, (usize, usize)>,
+    dir_dirty: bool,
+    poisoned: bool,
+    _lock: fs::File,
+}
+
+fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> usize {
+    entries.map(|e| ENTRY_SLOT_SIZE + e.data.len()).sum::<usize>() + ENTRIES_HEADER_SIZE
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing) for the node `identity`, recovering what
+    /// it holds.
+    pub fn open(dir: &Path, identity: &Identity, options: Options) -> Result<(Wal, Recovery)> {
+        if options.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN {
+            return Err(Error::Invalid(format!(
+                "segment_size_bytes {} is below the minimum {SEGMENT_SIZE_BYTES_MIN}",
+                options.segment_size_bytes
+            )));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io("create data dir", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open (is the data dir writable?)", &lock_path, e))?;
+        lock_exclusive(&lock, &lock_path)?;
+        let sequences = list_segments(dir)?;
+        let new_dir = !dir.join(identity::IDENTITY_FILE).exists();
+        if new_dir && !sequences.is_empty() {
+            return Err(Error::UnknownFormat {
+                path: dir.to_path_buf(),
+                reason: "segments without an IDENTITY file".to_string(),
+            });
+        }
+        identity::check_or_create(dir, identity, new_dir)?;
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            segments: BTreeMap::new(),
+            batches: VecDeque::new(),
+            first_index: 1,
+            last_index: 0,
+            position_known: sequences.is_empty(),
+            hard_state: None,
+            snapshot: None,
+            active: 0,
+            write_offset: SEGMENT_HEADER_SIZE,
+            dirty: BTreeMap::new(),
+            dir_dirty: false,
+            poisoned: false,
+            _lock: lock,
+        };
+        let mut recovery = Recovery::default();
+        if sequences.is_empty() {
+            wal.create_segment(1, wal.options.segment_size_bytes)?;
+            sync_dir(dir)?;
+            wal.dir_dirty = false;
+        } else {
+            wal.recover(&sequences, &mut recovery)?;
+        }
+        wal.position_known = true;
+        recovery.hard_state = wal.hard_state;
+        recovery.snapshot = wal.snapshot.clone();
+        recovery.first_index = wal.first_index;
+        recovery.last_index = wal.last_index;
+        info!(
+            "wal {}: recovered {} records, entries [{}, {}], hard state {:?}, snapshot at {:?}",
+            dir.display(),
+            recovery.records,
+            wal.first_index,
+            wal.last_index,
+            wal.hard_state,
+            wal.snapshot.as_ref().map(|s| s.index)
+        );
+        Ok((wal, recovery))
+    }
+
+    fn recover(&mut self, sequences: &[u64], recovery: &mut Recovery) -> Result<()> {
+        let repair = self.options.recovery_mode == RecoveryMode::Repair;
+        for (i, &sequence) in sequences.iter().enumerate() {
+            let is_last = i + 1 == sequences.len();
+            let path = self.dir.join(segment::segment_name(sequence));
+            let mut segment = Segment::open(path.clone())?;
+            if let Err(reason) = check_segment_header(&segment.map, sequence) {
+                let blank = segment.map.iter().all(|&b| b == 0);
+                if !(is_last && blank) {
+                    return Err(Error::Corruption { segment: path, offset: 0, reason });
+                }
+                // Created but never written: finish its creation.
+                warn!("wal: segment {} was never initialized; initializing it", path.display());
+                write_segment_header(&mut segment.map, sequence);
+                segment.sync_range(0, SEGMENT_HEADER_SIZE)?;
+            }
+            self.segments.insert(sequence, segment);
+            self.active = sequence;
+            match self.replay_segment(sequence, recovery) {
+                Ok(end) => self.write_offset = end,
+                Err(bad) => {
+                    let later = &sequences[i + 1..];
+                    let torn = is_last && !bad.valid_after;
+                    if !torn && !repair {
+                        return Err(Error::Corruption {
+                            segment: path,
+                            offset: bad.offset as u64,
+                            reason: bad.reason(),
+                        });
+                    }
+                    let bytes_dropped = self.zero_from(sequence, bad.offset)?;
+                    for &dropped in later {
+                        let p = self.dir.join(segment::segment_name(dropped));
+                        fs::remove_file(&p).map_err(|e| Error::io("delete segment", &p, e))?;
+                    }
+                    sync_dir(&self.dir)?;
+                    let damage = Damage {
+                        segment: path,
+                        offset: bad.offset as u64,
+                        bytes_dropped,
+                        segments_dropped: later.len() as u64,
+                        reason: bad.reason(),
+                    };
+                    warn!("wal: truncated {damage:?}");
+                    if torn {
+                        recovery.torn_tail = Some(damage);
+                    } else {
+                        recovery.repaired = Some(damage);
+                    }
+                    self.write_offset = bad.offset;
+                    break;
+                }
+            }
+        }
+        let size = self.options.segment_size_bytes;
+        let active = self.segments.get_mut(&self.active).expect("recovered at least one segment");
+        active.extend(size)?;
+        Ok(())
+    }
+
+    /// Verifies and replays every record of segment `sequence`. Returns where writing may
+    /// continue, or where the first bad record is.
+    fn replay_segment(
+        &mut self,
+        sequence: u64,
+        recovery: &mut Recovery,
+    ) -> std::result::Result<usize, BadRecord> {
+        let (found, end) = scan_segment(&self.segments[&sequence].map, sequence);
+        for record in found {
+            let decoded = {
+                let map = &self.segments[&sequence].map;
+                decode_record(
+                    record.kind,
+                    &map[record.payload_start..record.payload_start + record.payload_len],
+                )
+            };
+            let applied =
+                decoded.and_then(|d| self.apply_decoded(d, sequence, record.payload_start));
+            if let Err(why) = applied {
+                let map = &self.segments[&sequence].map;
+                let valid_after = valid_record_after(map, record.offset + record.size, sequence);
+                return Err(BadRecord { offset: record.offset, why, valid_after });
+            }
+            recovery.records += 1;
+        }
+        end
+    }
+
+    fn apply_decoded(
+        &mut self,
+        decoded: Decoded,
+        sequence: u64,
+        payload: usize,
+    ) -> std::result::Result<(), String> {
+        match decoded {
+            Decoded::Entries { first_index, count } => self
+                .apply_batch(Batch { first_index, count, sequence, payload })
+                .map_err(|e| e.to_string()),
+            Decoded::HardState(hs) => {
+                self.hard_state = Some(hs);
+                Ok(())
+            }
+            Decoded::Snapshot(marker) => {
+                self.apply_snapshot_marker(marker);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a batch to the index, replacing any suffix it overlaps (a Raft log conflict).
+    fn apply_batch(&mut self, batch: Batch) -> Result<()> {
+        let first = batch.first_index;
+        if !self.position_known {
+            self.first_index = first;
+            self.last_index = first - 1;
+            self.position_known = true;
+        }
+        if first > self.last_index + 1 {
+            return Err(Error::NonContiguous { first, last: self.last_index });
+        }
+        if first < self.first_index {
+            return Err(Error::Compacted { index: first, first_index: self.first_index });
+        }
+        self.truncate_after(first - 1);
+        self.last_index = first + batch.count - 1;
+        self.batches.push_back(batch);
+        Ok(())
+    }
+
+    /// Drops entries after `index` from the index.
+    fn truncate_after(&mut self, index: u64) {
+        while let Some(last) = self.batches.back_mut() {
+            if last.first_index > index {
+                self.batches.pop_back();
+            } else {
+                last.count = last.count.min(index + 1 - last.first_index);
+                break;
+            }
+        }
+        self.last_index = self.last_index.min(index);
+    }
+
+    /// A snapshot at `marker.index`: the entries after it stay when the log agrees with the
+    /// snapshot there (Log Matching); otherwise the log restarts after the snapshot.
+    fn apply_snapshot_marker(&mut self, marker: SnapshotMarker) {
+        let matches = self.position_known
+            && marker.index >= self.first_index
+            && marker.index <= self.last_index
+            && self.term(marker.index).is_ok_and(|t| t == marker.term);
+        if !matches {
+            self.batches.clear();
+            self.first_index = marker.index + 1;
+            self.last_index = marker.index;
+            self.position_known = true;
+        }
+        self.snapshot = Some(marker);
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn create_segment(&mut self, sequence: u64, size: u64) -> Result<()> {
+        let segment = Segment::create(&self.dir, sequence, size)?;
+        self.segments.insert(sequence, segment);
+        self.active = sequence;
+        self.write_offset = SEGMENT_HEADER_SIZE;
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Writes a record into the active segment, rotating to a new one when it does not fit.
+    /// Returns the sequence and payload offset written.
+    fn write_record(
+        &mut self,
+        kind: RecordKind,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(u64, usize)> {
+        let size = record_size(payload_len);
+        let active_len = self.segments[&self.active].map.len();
+        if self.write_offset + size > active_len {
+            let needed = (SEGMENT_HEADER_SIZE + size) as u64;
+            let segment_size = self.options.segment_size_bytes.max(needed.div_ceil(4096) * 4096);
+            self.create_segment(self.active + 1, segment_size)?;
+        }
+        let (sequence, offset) = (self.active, self.write_offset);
+        let segment = self.segments.get_mut(&sequence).expect("active segment exists");
+        write_record(&mut segment.map[offset..], sequence, kind, payload_len, fill);
+        self.write_offset += size;
+        let range = self.dirty.entry(sequence).or_insert((offset, offset + size));
+        range.0 = range.0.min(offset);
+        range.1 = range.1.max(offset + size);
+        Ok((sequence, offset + RECORD_HEADER_SIZE))
+    }
+
+    /// Appends entries with contiguous indexes. If the first is at or below the last index,
+    /// the log's suffix from there is replaced. Not durable until [`Wal::sync`].
+    pub fn append_entries(&mut self, entries: &[EntryRef<'_>]) -> Result<()> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != first.index + i as u64 {
+                return Err(Error::Invalid(format!(
+                    "entry {} at position {i} after {}",
+                    e.index, first.index
+                )));
+            }
+        }
+        if first.index > self.last_index + 1 {
+            return Err(Error::NonContiguous { first: first.index, last: self.last_index });
+        }
+        if first.index < self.first_index {
+            return Err(Error::Compacted { index: first.index, first_index: self.first_index });
+        }
+        let capacity =
+            self.options.segment_size_bytes as usize - SEGMENT_HEADER_SIZE - RECORD_HEADER_SIZE;
+        let mut start = 0;
+        while start < entries.len() {
+            // The largest chunk that fits a segment (at least one entry).
+            let mut end = start + 1;
+            let mut len = entries_payload_len(entries[start..end].iter());
+            while end < entries.len() && len + ENTRY_SLOT_SIZE + entries[end].data.len() <= capacity
+            {
+                len += ENTRY_SLOT_SIZE + entries[end].data.len();
+                end += 1;
+            }
+            self.append_chunk(&entries[start..end], len)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn append_chunk(&mut self, chunk: &[EntryRef<'_>], payload_len: usize) -> Result<()> {
+        let first_index = chunk[0].index;
+        let (sequence, payload) = self.write_record(RecordKind::Entries, payload_len, |p| {
+            p[0..8].copy_from_slice(&first_index.to_le_bytes());
+            p[8..12].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+            p[12..16].fill(0);
+            let mut data_at = ENTRIES_HEADER_SIZE + chunk.len() * ENTRY_SLOT_SIZE;
+            for (k, e) in chunk.iter().enumerate() {
+                let slot = ENTRIES_HEADER_SIZE + k * ENTRY_SLOT_SIZE;
+                p[slot..slot + 8].copy_from_slice(&e.term.to_le_bytes());
+                p[slot + 8..slot + 12].copy_from_slice(&(data_at as u32).to_le_bytes());
+                p[slot + 12..slot + 16].copy_from_slice(&(e.data.len() as u32).to_le_bytes());
+                p[data_at..data_at + e.data.len()].copy_from_slice(e.data);
+                data_at += e.data.len();
+            }
+        })?;
+        self.apply_batch(Batch { first_index, count: chunk.len() as u64, sequence, payload })
+    }
+
+    /// Records the hard state. Not durable until [`Wal::sync`].
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<()> {
+        self.check_usable()?;
+        self.write_hard_state(hs)
+    }
+
+    fn write_hard_state(&mut self, hs: HardState) -> Result<()> {
+        self.write_record(RecordKind::HardState, HARD_STATE_SIZE, |p| {
+            p[0..8].copy_from_slice(&hs.term.to_le_bytes());
+            p[8..16].copy_from_slice(&hs.vote.to_le_bytes());
+            p[16..24].copy_from_slice(&hs.commit.to_le_bytes());
+        })?;
+        self.hard_state = Some(hs);
+        Ok(())
+    }
+
+    /// Records a snapshot covering the log up to `marker.index`. If the log holds that entry
+    /// with the same term, the entries after it stay; otherwise the log restarts empty after
+    /// the snapshot (a follower installing its leader's snapshot). Not durable until
+    /// [`Wal::sync`].
+    pub fn mark_snapshot(&mut self, marker: SnapshotMarker) -> Result<()> {
+        self.check_usable()?;
+        self.write_snapshot_marker(&marker)?;
+        self.apply_snapshot_marker(marker);
+        Ok(())
+    }
+
+    fn write_snapshot_marker(&mut self, marker: &SnapshotMarker) -> Result<()> {
+        let len = SNAPSHOT_MARKER_HEADER_SIZE + marker.conf_state.len();
+        self.write_record(RecordKind::Snapshot, len, |p| {
+            p[0..8].copy_from_slice(&marker.index.to_le_bytes());
+            p[8..16].copy_from_slice(&marker.term.to_le_bytes());
+            p[16..20].copy_from_slice(&(marker.conf_state.len() as u32).to_le_bytes());
+            p[20..].copy_from_slice(&marker.conf_state);
+        })?;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable. A failure is fatal: the log refuses all
+    /// further work and the caller must exit.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let dirty = std::mem::take(&mut self.dirty);
+        for (sequence, (start, end)) in dirty {
+            let Some(segment) = self.segments.get(&sequence) else {
+                continue;
+            };
+            if let Err(e) = segment.sync_range(start, end - start) {
+                self.poisoned = true;
+                return Err(e);
+            }
+        }
+        if self.dir_dirty {
+            if let Err(e) = sync_dir(&self.dir) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Drops the entries before `index` and deletes the segments that hold nothing else. The
+    /// entries must be covered by a snapshot: `index <= snapshot index + 1`. Durable on return.
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        self.check_usable()?;
+        let snapshot_index = self.snapshot.as_ref().map_or(0, |s| s.index);
+        if index > snapshot_index + 1 || self.snapshot.is_none() {
+            return Err(Error::CompactBeyondSnapshot { index, snapshot_index });
+        }
+        if index <= self.first_index {
+            return Ok(());
+        }
+        // Keep the latest hard state and snapshot marker in a segment that stays.
+        if let Some(hs) = self.hard_state {
+            self.write_hard_state(hs)?;
+        }
+        if let Some(marker) = self.snapshot.clone() {
+            self.write_snapshot_marker(&marker)?;
+        }
+        self.sync()?;
+        while let Some(front) = self.batches.front_mut() {
+            let end = front.first_index + front.count;
+            if end <= index {
+                self.batches.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.first_index = index.min(self.last_index + 1).max(self.first_index);
+        let keep_from = self.batches.front().map_or(self.active, |b| b.sequence).min(self.active);
+        let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(&s, _)| s).collect();
+        for sequence in &doomed {
+            let segment = self.segments.remove(sequence).expect("listed above");
+            fs::remove_file(&segment.path)
+                .map_err(|e| Error::io("delete segment", &segment.path, e))?;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The first index with an entry.
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// The last index (the snapshot's index when no entry follows it).
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The last hard state recorded.
+    pub fn hard_state(&self) -> Option<HardState> {
+        self.hard_state
+    }
+
+    /// The last snapshot marker recorded.
+    pub fn snapshot(&self) -> Option<&SnapshotMarker> {
+        self.snapshot.as_ref()
+    }
+
+    /// The segment files currently in use, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    fn batch_of(&self, index: u64) -> Option<&Batch> {
+        let at = self.batches.partition_point(|b| b.first_index + b.count <= index);
+        self.batches.get(at).filter(|b| b.first_index <= index)
+    }
+
+    /// Term, data offset and data length of entry `index`, which must be in the log.
+    fn slot(&self, index: u64) -> (u64, &[u8]) {
+        let batch = self.batch_of(index).expect("index within [first_index, last_index]");
+        let map = &self.segments[&batch.sequence].map;
+        let slot = batch.payload
+            + ENTRIES_HEADER_SIZE
+            + (index - batch.first_index) as usize * ENTRY_SLOT_SIZE;
+        let term = read_u64(map, slot);
+        let data_offset = read_u32(map, slot + 8) as usize;
+        let data_len = read_u32(map, slot + 12) as usize;
+        let data_at = batch.payload + data_offset;
+        (term, &map[data_at..data_at + data_len])
+    }
+
+    /// The term of entry `index`; also of the snapshot's index just before the first entry.
+    pub fn term(&self, index: u64) -> Result<u64> {
+        if index > self.last_index {
+            return Err(Error::Unavailable { index, last_index: self.last_index });
+        }
+        if index + 1 == self.first_index {
+            return match &self.snapshot {
+                Some(s) if s.index == index => Ok(s.term),
+                _ if index == 0 => Ok(0),
+                _ => Err(Error::Compacted { index, first_index: self.first_index }),
+            };
+        }
+        if index < self.first_index {
+            return Err(Error::Compacted { index, first_index: self.first_index });
+        }
+        Ok(self.slot(index).0)
+    }
+
+    /// Entries `[lo, hi)`, at most `max_bytes` of data but always at least one.
+    pub fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
+        if lo < self.first_index {
+            return Err(Error::Compacted { index: lo, first_index: self.first_index });
+        }
+        if hi > self.last_index + 1 {
+            return Err(Error::Unavailable { index: hi - 1, last_index: self.last_index });
+        }
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1024) as usize);
+        let mut bytes = 0u64;
+        for index in lo..hi {
+            let (term, data) = self.slot(index);
+            bytes = bytes.saturating_add(data.len() as u64);
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(Entry { index, term, data: data.to_vec() });
+        }
+        Ok(out)
+    }
+
+    /// Zeroes a segment from `offset` through its last non-zero byte; returns the bytes zeroed.
+    fn zero_from(&mut self, sequence: u64, offset: usize) -> Result<u64> {
+        let segment = self.segments.get_mut(&sequence).expect("segment is open");
+        let end = segment.map.iter().rposition(|&b| b != 0).map_or(offset, |p| p + 1).max(offset);
+        segment.map[offset..end].fill(0);
+        segment.sync_range(offset, end - offset)?;
+        Ok((end - offset) as u64)
+    }
+}
+
+/// A record that failed to verify or replay.
+struct BadRecord {
+    offset: usize,
+    why: String,
+    valid_after: bool,
+}
+
+impl BadRecord {
+    fn reason(&self) -> String {
+        if self.valid_after {
+            format!("{}, followed by valid records", self.why)
+        } else {
+            self.why.clone()
+        }
+    }
+}
+
+/// A record that verified, found by a scan.
+struct Found {
+    offset: usize,
+    kind: RecordKind,
+    payload_start: usize,
+    payload_len: usize,
+    size: usize,
+}
+
+/// Finds the records of a segment that verify, in order, and where they end: the offset
+/// after the last one, or the first bad record.
+fn scan_segment(buf: &[u8], sequence: u64) -> (Vec<Found>, std::result::Result<usize, BadRecord>) {
+    let mut found = Vec::new();
+    let mut offset = SEGMENT_HEADER_SIZE;
+    loop {
+        if offset >= buf.len() {
+            return (found, Ok(buf.len()));
+        }
+        match parse_record(buf, offset, sequence) {
+            Parsed::Record { kind, payload_start, payload_len, size } => {
+                found.push(Found { offset, kind, payload_start, payload_len, size });
+                offset += size;
+            }
+            Parsed::End => {
+                if let Some(at) = valid_record_after_offset(buf, offset, sequence) {
+                    let why = format!("zeroed bytes hide a valid record at offset {at}");
+                    return (found, Err(BadRecord { offset, why, valid_after: true }));
+                }
+                return (found, Ok(offset));
+            }
+            Parsed::Bad(reason) => {
+                let valid_after = valid_record_after(buf, offset + RECORD_ALIGN, sequence);
+                return (found, Err(BadRecord { offset, why: reason.to_string(), valid_after }));
+            }
+        }
+    }
+}
+
+/// A verified record's content.
+enum Decoded {
+    Entries { first_index: u64, count: u64 },
+    HardState(HardState),
+    Snapshot(SnapshotMarker),
+}
+
+/// Decodes a verified record's payload, checking its structure.
+fn decode_record(kind: RecordKind, payload: &[u8]) -> std::result::Result<Decoded, String> {
+    match kind {
+        RecordKind::Entries => {
+            let (first_index, count) = check_entries_payload(payload)?;
+            Ok(Decoded::Entries { first_index, count })
+        }
+        RecordKind::HardState => {
+            if payload.len() != HARD_STATE_SIZE {
+                return Err(format!("hard state of {} bytes", payload.len()));
+            }
+            Ok(Decoded::HardState(HardState {
+                term: read_u64(payload, 0),
+                vote: read_u64(payload, 8),
+                commit: read_u64(payload, 16),
+            }))
+        }
+        RecordKind::Snapshot => {
+            if payload.len() < SNAPSHOT_MARKER_HEADER_SIZE
+                || payload.len() != SNAPSHOT_MARKER_HEADER_SIZE + read_u32(payload, 16) as usize
+            {
+                return Err(format!("snapshot marker of {} bytes", payload.len()));
+            }
+            Ok(Decoded::Snapshot(SnapshotMarker {
+                index: read_u64(payload, 0),
+                term: read_u64(payload, 8),
+                conf_state: payload[SNAPSHOT_MARKER_HEADER_SIZE..].to_vec(),
+            }))
+        }
+    }
+}
+
+/// True when a record that verifies starts at an aligned offset at or after `from`.
+fn valid_record_after(buf: &[u8], from: usize, sequence: u64) -> bool {
+    valid_record_after_offset(buf, from, sequence).is_some()
+}
+
+fn valid_record_after_offset(buf: &[u8], from: usize, sequence: u64) -> Option<usize> {
+    let start = from.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+    (start..buf.len().saturating_sub(RECORD_HEADER_SIZE - 1))
+        .step_by(RECORD_ALIGN)
+        .find(|&p| matches!(parse_record(buf, p, sequence), Parsed::Record { .. }))
+}
+
+/// Checks an entries payload's structure; returns its first index and count.
+fn check_entries_payload(payload: &[u8]) -> std::result::Result<(u64, u64), String> {
+    if payload.len() < ENTRIES_HEADER_SIZE {
+        return Err("entries record shorter than its header".to_string());
+    }
+    let first_index = read_u64(payload, 0);
+    let count = read_u32(payload, 8) as usize;
+    let table_end = ENTRIES_HEADER_SIZE + count * ENTRY_SLOT_SIZE;
+    if count == 0 || first_index == 0 || table_end > payload.len() {
+        return Err(format!("entries record with count {count} and first index {first_index}"));
+    }
+    for k in 0..count {
+        let slot = ENTRIES_HEADER_SIZE + k * ENTRY_SLOT_SIZE;
+        let offset = read_u32(payload, slot + 8) as usize;
+        let len = read_u32(payload, slot + 12) as usize;
+        if offset < table_end || offset + len > payload.len() {
+            return Err(format!("entry {k} data [{offset}, +{len}) outside the record"));
+        }
+    }
+    Ok((first_index, count as u64))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut sequences = Vec::new();
+    let read = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in read {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(sequence) = entry.file_name().to_str().and_then(parse_segment_name) {
+            sequences.push(sequence);
+        }
+    }
+    sequences.sort_unstable();
+    for pair in sequences.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(Error::Corruption {
+                segment: dir.join(segment::segment_name(pair[1])),
+                offset: 0,
+                reason: format!("segment {} is missing", pair[0] + 1),
+            });
+        }
+    }
+    Ok(sequences)
+}
