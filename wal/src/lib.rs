@@ -238,6 +238,9 @@ pub struct Wal {
     dirty: BTreeMap<u64, (usize, usize)>,
     dir_dirty: bool,
     poisoned: bool,
+    /// Test hook: the next sync fails as a failing disk would make it.
+    #[cfg(test)]
+    fail_next_sync: bool,
     _lock: fs::File,
 }
 
@@ -288,6 +291,8 @@ impl Wal {
             dirty: BTreeMap::new(),
             dir_dirty: false,
             poisoned: false,
+            #[cfg(test)]
+            fail_next_sync: false,
             _lock: lock,
         };
         let mut recovery = Recovery::default();
@@ -619,7 +624,17 @@ impl Wal {
             let Some(segment) = self.segments.get(&sequence) else {
                 continue;
             };
-            if let Err(e) = segment.sync_range(start, end - start) {
+            let synced = segment.sync_range(start, end - start);
+            #[cfg(test)]
+            let synced = if std::mem::take(&mut self.fail_next_sync) {
+                Err(Error::SyncFailed {
+                    path: segment.path.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                })
+            } else {
+                synced
+            };
+            if let Err(e) = synced {
                 self.poisoned = true;
                 return Err(e);
             }
@@ -916,4 +931,23 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(sequences)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_is_fatal_and_never_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = Identity { node_id: 1, cluster_id: "t".to_string() };
+        let (mut wal, _) = Wal::open(dir.path(), &identity, Options::default()).expect("open");
+        wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"x" }]).expect("append");
+        wal.fail_next_sync = true;
+        assert!(matches!(wal.sync(), Err(Error::SyncFailed { .. })));
+        assert!(matches!(wal.sync(), Err(Error::Poisoned)), "no retry");
+        let more = [EntryRef { index: 2, term: 1, data: b"y" }];
+        assert!(matches!(wal.append_entries(&more), Err(Error::Poisoned)));
+        assert!(matches!(wal.set_hard_state(HardState::default()), Err(Error::Poisoned)));
+    }
 }
