@@ -116,6 +116,13 @@ pub fn encode_into<T: Serialize>(
     Ok(())
 }
 
+/// Encodes one value without a length prefix (for values stored elsewhere than a stream,
+/// such as log entries).
+pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| Error::Encode { reason: e.to_string() })
+}
+
 /// Decodes exactly one value from a frame's payload.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(payload, bincode_config())

@@ -34,7 +34,7 @@
 //! offset  size  field
 //! 0       4     payload length N
 //! 4       4     crc32 over: segment sequence (u64), kind (u8), payload
-//! 8       1     kind: 1 entries, 2 hard state, 3 snapshot marker
+//! 8       1     kind: 1 entries, 2 hard state, 3 snapshot marker, 4 compaction
 //! 9       7     reserved, zero
 //! 16      N     payload
 //! 16+N    ...   zero padding to a multiple of 8
@@ -43,6 +43,7 @@
 //!                    count x (term u64, data offset u32, data length u32), data...
 //! hard state:        term u64, vote u64, commit u64
 //! snapshot marker:   index u64, term u64, conf state length u32, conf state bytes
+//! compaction:        the new first index u64
 //! ```
 //!
 //! Because the checksum covers the segment's sequence number, a record left over from an
@@ -422,6 +423,10 @@ impl Wal {
                 self.hard_state = Some(hs);
                 Ok(())
             }
+            Decoded::Compact(index) => {
+                self.drop_before(index);
+                Ok(())
+            }
             Decoded::Snapshot(marker) => {
                 self.apply_snapshot_marker(marker);
                 Ok(())
@@ -667,16 +672,11 @@ impl Wal {
         if let Some(marker) = self.snapshot.clone() {
             self.write_snapshot_marker(&marker)?;
         }
+        self.write_record(RecordKind::Compact, COMPACT_SIZE, |p| {
+            p.copy_from_slice(&index.to_le_bytes())
+        })?;
         self.sync()?;
-        while let Some(front) = self.batches.front_mut() {
-            let end = front.first_index + front.count;
-            if end <= index {
-                self.batches.pop_front();
-            } else {
-                break;
-            }
-        }
-        self.first_index = index.min(self.last_index + 1).max(self.first_index);
+        self.drop_before(index);
         let keep_from = self.batches.front().map_or(self.active, |b| b.sequence).min(self.active);
         let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(&s, _)| s).collect();
         for sequence in &doomed {
@@ -688,6 +688,21 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+
+    /// Drops the entries before `index` from the index.
+    fn drop_before(&mut self, index: u64) {
+        if !self.position_known {
+            return;
+        }
+        while let Some(front) = self.batches.front() {
+            if front.first_index + front.count <= index {
+                self.batches.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.first_index = index.min(self.last_index + 1).max(self.first_index);
     }
 
     /// The first index with an entry.
@@ -840,6 +855,7 @@ fn scan_segment(buf: &[u8], sequence: u64) -> (Vec<Found>, std::result::Result<u
 
 /// A verified record's content.
 enum Decoded {
+    Compact(u64),
     Entries { first_index: u64, count: u64 },
     HardState(HardState),
     Snapshot(SnapshotMarker),
@@ -851,6 +867,12 @@ fn decode_record(kind: RecordKind, payload: &[u8]) -> std::result::Result<Decode
         RecordKind::Entries => {
             let (first_index, count) = check_entries_payload(payload)?;
             Ok(Decoded::Entries { first_index, count })
+        }
+        RecordKind::Compact => {
+            if payload.len() != COMPACT_SIZE {
+                return Err(format!("compaction record of {} bytes", payload.len()));
+            }
+            Ok(Decoded::Compact(read_u64(payload, 0)))
         }
         RecordKind::HardState => {
             if payload.len() != HARD_STATE_SIZE {

@@ -34,6 +34,8 @@ pub const ENTRIES_HEADER_SIZE: usize = 16;
 pub const ENTRY_SLOT_SIZE: usize = 16;
 /// Hard state payload: term, vote, commit, each u64.
 pub const HARD_STATE_SIZE: usize = 24;
+/// Compact payload: the new first index, u64.
+pub const COMPACT_SIZE: usize = 8;
 /// Snapshot marker payload: index u64, term u64, conf state length u32, conf state bytes.
 pub const SNAPSHOT_MARKER_HEADER_SIZE: usize = 20;
 
@@ -46,6 +48,8 @@ pub enum RecordKind {
     HardState = 2,
     /// A snapshot marker.
     Snapshot = 3,
+    /// Entries before an index were compacted.
+    Compact = 4,
 }
 
 impl RecordKind {
@@ -54,6 +58,7 @@ impl RecordKind {
             1 => Some(RecordKind::Entries),
             2 => Some(RecordKind::HardState),
             3 => Some(RecordKind::Snapshot),
+            4 => Some(RecordKind::Compact),
             _ => None,
         }
     }

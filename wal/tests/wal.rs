@@ -187,7 +187,7 @@ fn compaction_deletes_whole_segments_below_the_snapshot() {
     let (wal, recovery) = open(dir.path());
     assert_eq!(recovery.hard_state, Some(HardState { term: 1, vote: 1, commit: 3000 }));
     assert_eq!(recovery.snapshot.map(|s| s.index), Some(2500));
-    assert!(recovery.first_index <= 2501 && recovery.last_index == 3000);
+    assert_eq!((recovery.first_index, recovery.last_index), (2501, 3000));
     let kept: Vec<(u64, u64)> = log_of(&wal).into_iter().filter(|(i, _)| *i >= 2501).collect();
     assert_eq!(kept, expected(&[(2501, 3000, 1)]));
 }

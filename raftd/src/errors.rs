@@ -1,0 +1,52 @@
+//! raftd's errors.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The result of a node operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What stops a node, or fails an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The write-ahead log failed.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] wal::Error),
+    /// Encoding or decoding failed.
+    #[error("codec: {0}")]
+    Codec(#[from] codec::Error),
+    /// The Raft core refused.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A file on disk is damaged.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Something the node cannot continue after (a failed fsync).
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), source }
+    }
+}

@@ -1,0 +1,231 @@
+//! The replicated state machine: a key-value map, the client session table that makes
+//! retried writes apply once, and the member address book.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ClientError, KvReply, Op, OpResult};
+
+/// Client sessions kept at most; past it the least recently used is forgotten.
+pub const SESSIONS_MAX: usize = 10_000;
+/// A session idle for this many applied entries is forgotten.
+pub const SESSION_IDLE_ENTRIES: u64 = 1_000_000;
+/// How often (in applied entries) idle sessions are swept.
+const SESSION_SWEEP_EVERY_ENTRIES: u64 = 1024;
+
+/// A write as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The client.
+    pub client_id: u64,
+    /// The client's write sequence number.
+    pub seq: u64,
+    /// The write.
+    pub op: Op,
+}
+
+/// What a configuration-change entry carries besides the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberContext {
+    /// The node's peer address.
+    pub peer_addr: Option<String>,
+    /// Identifies the admin request waiting for this change.
+    pub request_token: u64,
+}
+
+/// The last write of a client, and its reply, for deduplication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    seq: u64,
+    reply: KvReply,
+    last_index: u64,
+}
+
+/// The state machine. Everything in it is a function of the applied log, so every node
+/// holds the same state at the same index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kv {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    applied: u64,
+}
+
+impl Kv {
+    /// An empty state.
+    pub fn new() -> Kv {
+        Kv::default()
+    }
+
+    /// The index of the last entry applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Records that entry `index` (of any kind) was applied.
+    pub fn set_applied(&mut self, index: u64) {
+        assert!(index >= self.applied, "applied index moves back: {} -> {index}", self.applied);
+        let crossed =
+            index / SESSION_SWEEP_EVERY_ENTRIES != self.applied / SESSION_SWEEP_EVERY_ENTRIES;
+        self.applied = index;
+        if crossed {
+            self.sessions.retain(|_, s| s.last_index + SESSION_IDLE_ENTRIES >= index);
+        }
+    }
+
+    /// Applies the write at `index`. A write already applied for this `(client_id, seq)`
+    /// returns its first reply instead of applying again.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<KvReply, ClientError> {
+        if let Some(session) = self.sessions.get(&command.client_id) {
+            if command.seq == session.seq {
+                return Ok(session.reply.clone());
+            }
+            if command.seq < session.seq {
+                return Err(ClientError::Stale { seq: command.seq });
+            }
+        }
+        let result = match &command.op {
+            Op::Put { key, value } => {
+                self.data.insert(key.clone(), value.clone());
+                OpResult::Put
+            }
+            Op::Delete { key } => OpResult::Delete(self.data.remove(key).is_some()),
+            Op::Cas { key, expected, new } => {
+                let previous = self.data.get(key).cloned();
+                let swapped = previous == *expected;
+                if swapped {
+                    self.data.insert(key.clone(), new.clone());
+                }
+                OpResult::Cas { swapped, previous }
+            }
+            Op::Get { key, .. } => OpResult::Get(self.data.get(key).cloned()),
+        };
+        let reply = KvReply { index, result };
+        self.sessions.insert(
+            command.client_id,
+            Session { seq: command.seq, reply: reply.clone(), last_index: index },
+        );
+        if self.sessions.len() > SESSIONS_MAX {
+            let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last_index).map(|(&id, _)| id);
+            if let Some(id) = oldest {
+                self.sessions.remove(&id);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Reads a key.
+    pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.data.get(key)
+    }
+
+    /// Keys stored.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True with no keys.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Records a member's peer address.
+    pub fn set_member(&mut self, id: u64, peer_addr: String) {
+        self.members.insert(id, peer_addr);
+    }
+
+    /// Forgets a removed member.
+    pub fn remove_member(&mut self, id: u64) {
+        self.members.remove(&id);
+    }
+
+    /// The address book.
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// The state as snapshot bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        codec::encode_value(self).expect("the state machine always encodes")
+    }
+
+    /// The state from snapshot bytes.
+    pub fn restore(bytes: &[u8]) -> Result<Kv, codec::Error> {
+        codec::decode_payload(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(client_id: u64, seq: u64, key: &str, value: &str) -> Command {
+        Command { client_id, seq, op: Op::Put { key: key.into(), value: value.into() } }
+    }
+
+    #[test]
+    fn operations_apply_and_report_their_index() {
+        let mut kv = Kv::new();
+        assert_eq!(
+            kv.apply(1, &put(1, 1, "a", "1")).unwrap(),
+            KvReply { index: 1, result: OpResult::Put }
+        );
+        let cas = |seq, expected: Option<&str>, new: &str| Command {
+            client_id: 1,
+            seq,
+            op: Op::Cas { key: b"a".to_vec(), expected: expected.map(Into::into), new: new.into() },
+        };
+        assert_eq!(
+            kv.apply(2, &cas(2, Some("0"), "2")).unwrap().result,
+            OpResult::Cas { swapped: false, previous: Some(b"1".to_vec()) }
+        );
+        assert_eq!(
+            kv.apply(3, &cas(3, Some("1"), "2")).unwrap().result,
+            OpResult::Cas { swapped: true, previous: Some(b"1".to_vec()) }
+        );
+        assert_eq!(kv.get(b"a"), Some(&b"2".to_vec()));
+        let del = Command { client_id: 1, seq: 4, op: Op::Delete { key: b"a".to_vec() } };
+        assert_eq!(kv.apply(4, &del).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.get(b"a"), None);
+    }
+
+    #[test]
+    fn a_retried_write_applies_once_and_older_ones_are_stale() {
+        let mut kv = Kv::new();
+        let first = kv.apply(5, &put(7, 1, "k", "v1")).unwrap();
+        kv.apply(6, &put(8, 1, "k", "other")).unwrap();
+        // The same write again (a retry after a leader change) returns the first reply.
+        assert_eq!(kv.apply(9, &put(7, 1, "k", "v1")).unwrap(), first);
+        assert_eq!(kv.get(b"k"), Some(&b"other".to_vec()), "not applied twice");
+        kv.apply(10, &put(7, 2, "k", "v2")).unwrap();
+        assert_eq!(kv.apply(11, &put(7, 1, "k", "v1")), Err(ClientError::Stale { seq: 1 }));
+    }
+
+    #[test]
+    fn sessions_expire_deterministically() {
+        let mut a = Kv::new();
+        for client in 0..(SESSIONS_MAX as u64 + 5) {
+            a.apply(client + 1, &put(client, 1, "k", "v")).unwrap();
+        }
+        assert_eq!(a.sessions.len(), SESSIONS_MAX);
+        assert!(!a.sessions.contains_key(&0), "the least recently used went first");
+        let mut b = Kv::new();
+        b.apply(1, &put(1, 1, "k", "v")).unwrap();
+        b.set_applied(SESSION_IDLE_ENTRIES / 2);
+        assert_eq!(b.sessions.len(), 1, "not idle long enough");
+        b.set_applied(SESSION_IDLE_ENTRIES + SESSION_SWEEP_EVERY_ENTRIES * 2);
+        assert!(b.sessions.is_empty(), "idle sessions are swept at a fixed cadence");
+    }
+
+    #[test]
+    fn snapshot_round_trips_everything() {
+        let mut kv = Kv::new();
+        kv.apply(1, &put(1, 1, "a", "1")).unwrap();
+        kv.set_member(2, "127.0.0.1:7002".into());
+        kv.set_applied(1);
+        let restored = Kv::restore(&kv.snapshot()).unwrap();
+        assert_eq!(restored, kv);
+        assert!(Kv::restore(b"garbage").is_err());
+    }
+}

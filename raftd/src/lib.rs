@@ -1,0 +1,11 @@
+//! raftd: a node of the replicated key-value store. One `mio` event loop drives the Raft core
+//! (`raft`), persists through the write-ahead log (`wal`), speaks length-prefixed frames
+//! (`codec`) to peers and clients, and applies committed entries to a key-value map.
+
+#![warn(clippy::unwrap_used)]
+
+pub mod errors;
+pub mod kv;
+pub mod protocol;
+pub mod snapfile;
+pub mod storage;

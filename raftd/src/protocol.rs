@@ -1,0 +1,327 @@
+//! What travels over raftd's sockets, as frames (see the `codec` crate).
+//!
+//! Every connection opens with a [`Hello`] from the connecting side, answered by a
+//! [`HelloAck`] (or closed with one log line on a mismatch). Peers then send [`PeerFrame`]s
+//! one way; clients send [`ClientRequest`]s and receive [`ClientResponse`]s, matched by
+//! `request_id` so that one connection can carry many requests at once.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest snapshot piece in one frame.
+pub const SNAPSHOT_CHUNK_SIZE_BYTES: usize = 1024 * 1024;
+
+/// Who is connecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Another node, on the peer port.
+    Peer,
+    /// A client or an operator, on the client port.
+    Client,
+}
+
+/// The first frame on every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The cluster the connecting side belongs to (clients: the one they expect).
+    pub cluster_id: String,
+    /// The connecting node's id; 0 for clients.
+    pub node_id: u64,
+    /// Peer or client.
+    pub role: Role,
+    /// The shared secret, when the cluster uses one.
+    pub token: Option<String>,
+    /// A peer's client address, so that others can redirect clients to it.
+    pub client_addr: Option<String>,
+}
+
+/// The answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloAck {
+    /// Accepted: the answering node's id.
+    Welcome {
+        /// The node answering.
+        node_id: u64,
+    },
+    /// Refused, with the reason (the connection is then closed).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What one node sends another after the handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A Raft message; a `Snapshot` message never travels whole (see `SnapshotChunk`).
+    Raft(raft::Message),
+    /// A piece of a snapshot message. `message` carries everything but the snapshot's data,
+    /// which arrives in order in `data`, `total` bytes in all.
+    SnapshotChunk {
+        /// The Snapshot message without its data.
+        message: raft::Message,
+        /// Where this piece starts.
+        offset: u64,
+        /// The data's full length.
+        total: u64,
+        /// The piece.
+        data: Vec<u8>,
+    },
+}
+
+/// A key-value operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Read `key`: linearizable unless `serializable`.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+        /// Answer from this node's state without confirming leadership (may be stale).
+        serializable: bool,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Set `key` to `new` if its value is `expected` (`None`: absent).
+    Cas {
+        /// The key.
+        key: Vec<u8>,
+        /// The value it must have.
+        expected: Option<Vec<u8>>,
+        /// The value to set.
+        new: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// True for operations that go through the log.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get { .. })
+    }
+}
+
+/// An operator request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The node's view of itself and the cluster.
+    Status,
+    /// Hand leadership to `to`.
+    TransferLeader {
+        /// The target voter.
+        to: u64,
+    },
+    /// Add a voter.
+    AddVoter {
+        /// Its id.
+        id: u64,
+        /// Its peer address.
+        addr: String,
+    },
+    /// Add a learner.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// Its peer address.
+        addr: String,
+    },
+    /// Promote a learner to voter.
+    Promote {
+        /// Its id.
+        id: u64,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+    /// Snapshot and compact now.
+    Snapshot,
+    /// Drop Raft messages to and from these nodes (only with `--allow-fault-injection`).
+    Fault {
+        /// Drop messages to these.
+        drop_to: Vec<u64>,
+        /// Drop messages from these.
+        drop_from: Vec<u64>,
+    },
+    /// Undo every `Fault`.
+    Heal,
+}
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// A key-value operation. `(client_id, seq)` identifies a write across retries, so that
+    /// a retried write is applied once.
+    Kv {
+        /// Matches the response.
+        request_id: u64,
+        /// The client's id (random, chosen by the client).
+        client_id: u64,
+        /// Increases with each new write of this client.
+        seq: u64,
+        /// The operation.
+        op: Op,
+    },
+    /// An operator request.
+    Admin {
+        /// Matches the response.
+        request_id: u64,
+        /// The request.
+        request: AdminRequest,
+    },
+}
+
+/// The outcome of a key-value operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// A put applied.
+    Put,
+    /// A read: the value, if any.
+    Get(Option<Vec<u8>>),
+    /// A delete applied: whether the key existed.
+    Delete(bool),
+    /// A compare-and-swap applied: whether it swapped, and the value before.
+    Cas {
+        /// True when the value was `expected` and is now `new`.
+        swapped: bool,
+        /// The value before the operation.
+        previous: Option<Vec<u8>>,
+    },
+}
+
+/// A successful key-value reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvReply {
+    /// The applied index the answer reflects.
+    pub index: u64,
+    /// The outcome.
+    pub result: OpResult,
+}
+
+/// A member as the status reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its id.
+    pub id: u64,
+    /// Its peer address, if known.
+    pub peer_addr: Option<String>,
+    /// Its client address, if known.
+    pub client_addr: Option<String>,
+    /// Voter, learner, or outgoing voter (joint).
+    pub role: String,
+    /// On the leader: the highest index known replicated on it.
+    pub matched: Option<u64>,
+    /// On the leader: whether replication to it is recently active.
+    pub recent_active: Option<bool>,
+}
+
+/// A node's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: u64,
+    /// Its cluster.
+    pub cluster_id: String,
+    /// Follower, pre-candidate, candidate or leader.
+    pub role: String,
+    /// The current term.
+    pub term: u64,
+    /// The leader it knows of, or 0.
+    pub leader: u64,
+    /// The commit index.
+    pub commit: u64,
+    /// The applied index.
+    pub applied: u64,
+    /// The last log index.
+    pub last_index: u64,
+    /// The index of the last snapshot.
+    pub snapshot_index: u64,
+    /// True while a joint configuration change is in progress.
+    pub joint: bool,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
+    /// Seconds since the process started.
+    pub uptime_secs: u64,
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// This node is not the leader; here is who is, if known.
+    #[error("not the leader; the leader is node {leader_id} at {leader_addr:?}")]
+    NotLeader {
+        /// The leader's id.
+        leader_id: u64,
+        /// Its client address, if known.
+        leader_addr: Option<String>,
+    },
+    /// No leader is known now; retry later.
+    #[error("no leader is known")]
+    NoLeader,
+    /// The request did not complete in time; a write may or may not have applied.
+    #[error("timed out; the outcome is unknown")]
+    Timeout,
+    /// Raft refused the proposal (a transfer in progress, too much uncommitted data).
+    #[error("proposal dropped; retry")]
+    ProposalDropped,
+    /// The request is larger than this node accepts.
+    #[error("request too large: {len} bytes, limit {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request was refused, with the reason.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A write with this `(client_id, seq)` was superseded by a later one of the client.
+    #[error("stale request: seq {seq} is older than the client's last applied write")]
+    Stale {
+        /// The request's seq.
+        seq: u64,
+    },
+}
+
+/// An operator reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminReply {
+    /// The status.
+    Status(Box<NodeStatus>),
+    /// Done; with a description.
+    Done(String),
+    /// The configuration after a membership change: voters, learners.
+    Membership {
+        /// Voters.
+        voters: Vec<u64>,
+        /// Learners.
+        learners: Vec<u64>,
+    },
+}
+
+/// What a client receives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// The answer to a key-value request.
+    Kv {
+        /// The request's id.
+        request_id: u64,
+        /// The outcome.
+        result: Result<KvReply, ClientError>,
+    },
+    /// The answer to an operator request.
+    Admin {
+        /// The request's id.
+        request_id: u64,
+        /// The outcome.
+        result: Result<AdminReply, ClientError>,
+    },
+}

@@ -1,0 +1,169 @@
+//! Snapshot files: the state machine image at an index, written atomically and checked.
+//!
+//! Layout of `snap-{index:020}.snap`: magic `RAFTSNAP` (8), format version u32 (4), reserved
+//! (4), index u64 (8), term u64 (8), conf state length u32 (4), conf state (bincode), data
+//! length u64 (8), data, crc32 of everything before it (4).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use raft::{ConfState, Snapshot, SnapshotMetadata};
+
+use crate::errors::{Error, Result};
+
+const MAGIC: [u8; 8] = *b"RAFTSNAP";
+const VERSION: u32 = 1;
+const PREFIX: &str = "snap-";
+const SUFFIX: &str = ".snap";
+/// Snapshot files kept; older ones are deleted.
+pub const SNAPSHOT_FILES_KEPT: usize = 2;
+
+fn file_name(index: u64) -> String {
+    format!("{PREFIX}{index:020}{SUFFIX}")
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()
+}
+
+fn encode(snapshot: &Snapshot) -> Result<Vec<u8>> {
+    let meta = &snapshot.metadata;
+    let conf = codec::encode_value(&meta.conf_state)?;
+    let mut out = Vec::with_capacity(48 + conf.len() + snapshot.data.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&meta.index.to_le_bytes());
+    out.extend_from_slice(&meta.term.to_le_bytes());
+    out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
+    out.extend_from_slice(&conf);
+    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&snapshot.data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
+    let bad =
+        |reason: &str| Error::Corrupt { path: path.to_path_buf(), reason: reason.to_string() };
+    if bytes.len() < 48 || bytes[..8] != MAGIC {
+        return Err(bad("not a snapshot file"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) != crc32fast::hash(body) {
+        return Err(bad("checksum mismatch"));
+    }
+    let u32_at =
+        |at: usize| u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&body[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    if u32_at(8) != VERSION {
+        return Err(bad("unknown format version"));
+    }
+    let (index, term) = (u64_at(16), u64_at(24));
+    let conf_len = u32_at(32) as usize;
+    let conf_end = 36 + conf_len;
+    if conf_end + 8 > body.len() {
+        return Err(bad("conf state runs past the end"));
+    }
+    let conf_state: ConfState = codec::decode_payload(&body[36..conf_end])?;
+    let data_len = u64_at(conf_end) as usize;
+    if conf_end + 8 + data_len != body.len() {
+        return Err(bad("data length does not match the file"));
+    }
+    let data = body[conf_end + 8..].to_vec();
+    Ok(Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } })
+}
+
+/// Writes a snapshot file durably: temporary file, fsync, rename, directory fsync.
+pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot dir", dir, e))?;
+    let path = dir.join(file_name(snapshot.metadata.index));
+    let tmp = path.with_extension("tmp");
+    let bytes = encode(snapshot)?;
+    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
+    let d = fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+    d.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", dir.display())))?;
+    Ok(path)
+}
+
+/// Indexes of the snapshot files in `dir`, ascending.
+pub fn list(dir: &Path) -> Result<Vec<u64>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(index) = entry.file_name().to_str().and_then(parse_name) {
+            out.push(index);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads the snapshot at `index`.
+pub fn read(dir: &Path, index: u64) -> Result<Snapshot> {
+    let path = dir.join(file_name(index));
+    let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    decode(&path, &bytes)
+}
+
+/// Deletes every snapshot file but the newest `keep` at or below `upto`, and any above it.
+pub fn prune(dir: &Path, upto: u64, keep: usize) -> Result<()> {
+    let all = list(dir)?;
+    let (below, above): (Vec<u64>, Vec<u64>) = all.into_iter().partition(|&i| i <= upto);
+    let doomed = below.iter().take(below.len().saturating_sub(keep)).chain(above.iter());
+    for index in doomed {
+        let path = dir.join(file_name(*index));
+        fs::remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_files_round_trip_and_detect_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshot {
+            data: b"state".to_vec(),
+            metadata: SnapshotMetadata {
+                index: 42,
+                term: 3,
+                conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+            },
+        };
+        let path = write(dir.path(), &snap).unwrap();
+        assert_eq!(read(dir.path(), 42).unwrap(), snap);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read(dir.path(), 42), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_drops_unmarked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for index in [10, 20, 30, 40] {
+            let snap = Snapshot {
+                metadata: SnapshotMetadata { index, ..SnapshotMetadata::default() },
+                ..Snapshot::default()
+            };
+            write(dir.path(), &snap).unwrap();
+        }
+        prune(dir.path(), 30, 2).unwrap();
+        assert_eq!(list(dir.path()).unwrap(), vec![20, 30]);
+    }
+}

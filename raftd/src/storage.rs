@@ -1,0 +1,301 @@
+//! `raft::Storage` over the write-ahead log and snapshot files.
+//!
+//! Entries are stored in the WAL as bytes: entry type (u8), context length (u32 LE), context,
+//! data. Snapshots are files under `snap/`; the WAL's snapshot marker records the one in
+//! force, and is written only after its file is durable.
+
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+use raft::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError};
+
+use crate::errors::{Error, Result};
+use crate::snapfile;
+
+const ENTRY_PREFIX_SIZE: usize = 5;
+
+fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(match e.entry_type {
+        EntryType::Normal => 0,
+        EntryType::ConfChange => 1,
+        EntryType::ConfChangeV2 => 2,
+    });
+    out.extend_from_slice(&(e.context.len() as u32).to_le_bytes());
+    out.extend_from_slice(&e.context);
+    out.extend_from_slice(&e.data);
+}
+
+fn decode_entry(w: wal::Entry) -> std::result::Result<Entry, StorageError> {
+    let bytes = w.data;
+    let bad = |why: &str| {
+        StorageError::Other(format!("entry {} in the log is malformed: {why}", w.index))
+    };
+    if bytes.len() < ENTRY_PREFIX_SIZE {
+        return Err(bad("too short"));
+    }
+    let entry_type = match bytes[0] {
+        0 => EntryType::Normal,
+        1 => EntryType::ConfChange,
+        2 => EntryType::ConfChangeV2,
+        _ => return Err(bad("unknown entry type")),
+    };
+    let ctx_len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    if ENTRY_PREFIX_SIZE + ctx_len > bytes.len() {
+        return Err(bad("context runs past the end"));
+    }
+    let context = bytes[ENTRY_PREFIX_SIZE..ENTRY_PREFIX_SIZE + ctx_len].to_vec();
+    let data = bytes[ENTRY_PREFIX_SIZE + ctx_len..].to_vec();
+    Ok(Entry { entry_type, term: w.term, index: w.index, data, context })
+}
+
+fn storage_error(e: wal::Error) -> StorageError {
+    match e {
+        wal::Error::Compacted { .. } => StorageError::Compacted,
+        wal::Error::Unavailable { .. } => StorageError::Unavailable,
+        other => StorageError::Other(other.to_string()),
+    }
+}
+
+/// The node's durable state: the WAL and the latest snapshot.
+pub struct WalStorage {
+    wal: wal::Wal,
+    snapshot: Snapshot,
+    snap_dir: PathBuf,
+    scratch: Vec<Vec<u8>>,
+}
+
+impl WalStorage {
+    /// Opens (or creates) the state under `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        identity: &wal::Identity,
+        options: wal::Options,
+    ) -> Result<(WalStorage, wal::Recovery)> {
+        let (wal, recovery) = wal::Wal::open(&data_dir.join("wal"), identity, options)?;
+        let snap_dir = data_dir.join("snap");
+        let marked = recovery.snapshot.as_ref().map(|m| m.index);
+        let snapshot = match marked {
+            Some(index) => {
+                let snapshot = snapfile::read(&snap_dir, index)?;
+                let marker = recovery.snapshot.as_ref().expect("marked");
+                if snapshot.metadata.term != marker.term {
+                    return Err(Error::Corrupt {
+                        path: snap_dir.clone(),
+                        reason: format!(
+                            "snapshot {index} has term {}, the log says {}",
+                            snapshot.metadata.term, marker.term
+                        ),
+                    });
+                }
+                snapshot
+            }
+            None => Snapshot::default(),
+        };
+        // A snapshot file written but never marked (a crash in between) is not in force.
+        snapfile::prune(&snap_dir, marked.unwrap_or(0), snapfile::SNAPSHOT_FILES_KEPT)?;
+        if let Some(index) = marked {
+            info!("storage: snapshot at index {index} in force");
+        }
+        Ok((WalStorage { wal, snapshot, snap_dir, scratch: Vec::new() }, recovery))
+    }
+
+    /// True when the log has never been written (a new node).
+    pub fn is_empty(&self) -> bool {
+        self.wal.hard_state().is_none() && self.wal.last_index() == 0 && self.snapshot.is_empty()
+    }
+
+    /// The snapshot in force.
+    pub fn current_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Appends entries (replacing any conflicting suffix); durable after [`WalStorage::sync`].
+    pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize_with(entries.len().max(scratch.len()), Vec::new);
+        for (e, buf) in entries.iter().zip(scratch.iter_mut()) {
+            encode_entry(e, buf);
+        }
+        let refs: Vec<wal::EntryRef<'_>> = entries
+            .iter()
+            .zip(&scratch)
+            .map(|(e, data)| wal::EntryRef { index: e.index, term: e.term, data })
+            .collect();
+        let result = self.wal.append_entries(&refs);
+        drop(refs);
+        self.scratch = scratch;
+        result.map_err(Error::from)
+    }
+
+    /// Records the hard state; durable after [`WalStorage::sync`].
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        let hs = wal::HardState { term: hs.term, vote: hs.vote, commit: hs.commit };
+        Ok(self.wal.set_hard_state(hs)?)
+    }
+
+    /// Installs a snapshot: its file first (durable), then the log's marker.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+        snapfile::write(&self.snap_dir, snapshot)?;
+        let meta = &snapshot.metadata;
+        let conf_state = codec::encode_value(&meta.conf_state)?;
+        self.wal.mark_snapshot(wal::SnapshotMarker {
+            index: meta.index,
+            term: meta.term,
+            conf_state,
+        })?;
+        self.snapshot = snapshot.clone();
+        Ok(())
+    }
+
+    /// Snapshots the state machine image `data` at the applied `index`, then drops log
+    /// entries more than `keep_entries` behind it. Durable on return.
+    pub fn create_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+        keep_entries: u64,
+    ) -> Result<()> {
+        let term = self.wal.term(index)?;
+        let snapshot = Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } };
+        self.apply_snapshot(&snapshot)?;
+        self.sync()?;
+        let compact_to = index.saturating_sub(keep_entries) + 1;
+        if compact_to > self.wal.first_index() {
+            self.wal.compact(compact_to)?;
+        }
+        snapfile::prune(&self.snap_dir, index, snapfile::SNAPSHOT_FILES_KEPT)?;
+        Ok(())
+    }
+
+    /// Makes everything written durable. An error is fatal to the node.
+    pub fn sync(&mut self) -> Result<()> {
+        self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))
+    }
+
+    /// The last index in the log.
+    pub fn last_index_now(&self) -> u64 {
+        self.wal.last_index()
+    }
+}
+
+impl raft::Storage for WalStorage {
+    fn initial_state(&self) -> std::result::Result<raft::RaftState, StorageError> {
+        let hard_state = self
+            .wal
+            .hard_state()
+            .map(|h| HardState { term: h.term, vote: h.vote, commit: h.commit })
+            .unwrap_or_default();
+        Ok(raft::RaftState { hard_state, conf_state: self.snapshot.metadata.conf_state.clone() })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: u64,
+    ) -> std::result::Result<Vec<Entry>, StorageError> {
+        let entries = self.wal.entries(low, high, max_size).map_err(storage_error)?;
+        entries.into_iter().map(decode_entry).collect()
+    }
+
+    fn term(&self, index: u64) -> std::result::Result<u64, StorageError> {
+        if index == self.snapshot.metadata.index && index > 0 {
+            return Ok(self.snapshot.metadata.term);
+        }
+        self.wal.term(index).map_err(storage_error)
+    }
+
+    fn first_index(&self) -> std::result::Result<u64, StorageError> {
+        Ok(self.wal.first_index())
+    }
+
+    fn last_index(&self) -> std::result::Result<u64, StorageError> {
+        Ok(self.wal.last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64) -> std::result::Result<Snapshot, StorageError> {
+        if self.snapshot.is_empty() {
+            warn!("storage: a snapshot was asked for but none exists yet");
+            return Err(StorageError::SnapshotTemporarilyUnavailable);
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn identity() -> wal::Identity {
+        wal::Identity { node_id: 1, cluster_id: "t".into() }
+    }
+
+    fn entry(index: u64, term: u64, entry_type: EntryType, data: &[u8], context: &[u8]) -> Entry {
+        Entry { entry_type, term, index, data: data.to_vec(), context: context.to_vec() }
+    }
+
+    #[test]
+    fn entries_hard_state_and_snapshots_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = wal::Options { segment_size_bytes: 1 << 20, ..wal::Options::default() };
+        let (mut s, _) = WalStorage::open(dir.path(), &identity(), opts.clone()).unwrap();
+        assert!(s.is_empty());
+        let ents: Vec<Entry> = (1..=10)
+            .map(|i| {
+                entry(
+                    i,
+                    1,
+                    if i == 1 { EntryType::ConfChange } else { EntryType::Normal },
+                    &[i as u8],
+                    b"ctx",
+                )
+            })
+            .collect();
+        s.append(&ents).unwrap();
+        s.set_hard_state(&HardState { term: 1, vote: 1, commit: 10 }).unwrap();
+        s.sync().unwrap();
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        s.create_snapshot(8, cs.clone(), b"image".to_vec(), 2).unwrap();
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), &identity(), opts).unwrap();
+        assert!(!s.is_empty());
+        let state = s.initial_state().unwrap();
+        assert_eq!(state.hard_state, HardState { term: 1, vote: 1, commit: 10 });
+        assert_eq!(state.conf_state, cs);
+        assert_eq!(s.snapshot(0).unwrap().data, b"image");
+        assert_eq!(s.term(8), Ok(1));
+        assert_eq!(s.last_index(), Ok(10));
+        assert_eq!(s.entries(9, 11, u64::MAX).unwrap(), ents[8..].to_vec());
+        assert_eq!(s.first_index(), Ok(7), "two entries kept behind the snapshot");
+        assert_eq!(s.entries(1, 2, u64::MAX), Err(StorageError::Compacted));
+    }
+
+    #[test]
+    fn a_follower_snapshot_resets_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) =
+            WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        s.append(&[entry(1, 1, EntryType::Normal, b"a", b"")]).unwrap();
+        let snap = Snapshot {
+            data: b"leader image".to_vec(),
+            metadata: SnapshotMetadata {
+                index: 50,
+                term: 4,
+                conf_state: ConfState { voters: vec![1, 2], ..ConfState::default() },
+            },
+        };
+        s.apply_snapshot(&snap).unwrap();
+        s.sync().unwrap();
+        assert_eq!((s.first_index(), s.last_index(), s.term(50)), (Ok(51), Ok(50), Ok(4)));
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        assert_eq!(s.current_snapshot(), &snap);
+        assert_eq!(s.last_index(), Ok(50));
+    }
+}
