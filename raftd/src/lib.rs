@@ -4,8 +4,11 @@
 
 #![warn(clippy::unwrap_used)]
 
+pub mod args;
 pub mod errors;
 pub mod kv;
+pub mod node;
 pub mod protocol;
 pub mod snapfile;
 pub mod storage;
+pub mod transport;

@@ -32,6 +32,9 @@ pub struct Hello {
     pub token: Option<String>,
     /// A peer's client address, so that others can redirect clients to it.
     pub client_addr: Option<String>,
+    /// A peer's own peer address, so that a node that does not know it yet (one that just
+    /// joined) can answer.
+    pub peer_addr: Option<String>,
 }
 
 /// The answer to a [`Hello`].

@@ -1,0 +1,242 @@
+//! raftd's command line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::node::NodeConfig;
+
+/// How linearizable reads are confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadOnly {
+    /// A heartbeat round to a quorum per batch of reads.
+    Safe,
+    /// The leader's lease (requires --check-quorum).
+    LeaseBased,
+}
+
+/// A node of the replicated key-value store.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "raftd", version, about)]
+pub struct Args {
+    /// This node's id (not 0).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Directory of the write-ahead log and snapshots.
+    #[arg(long, default_value = "raftd-data")]
+    pub data_dir: PathBuf,
+    /// Address for connections from other nodes.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen_peer: SocketAddr,
+    /// Address for client and admin connections.
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    pub listen_client: SocketAddr,
+    /// Peer addresses of the initial members, as ID=HOST:PORT,... (used only when the data
+    /// dir is empty).
+    #[arg(long, default_value = "", value_parser = parse_cluster)]
+    pub initial_cluster: ClusterMap,
+    /// Start with an empty data dir and wait to be added by a membership change.
+    #[arg(long)]
+    pub join: bool,
+    /// The cluster's name; every node and the data dir must agree.
+    #[arg(long, default_value = "raft")]
+    pub cluster_id: String,
+    /// Ticks without a leader before an election.
+    #[arg(long, default_value_t = 10)]
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats.
+    #[arg(long, default_value_t = 1)]
+    pub heartbeat_tick: usize,
+    /// Milliseconds per tick.
+    #[arg(long, default_value_t = 100)]
+    pub tick_interval_ms: u64,
+    /// Bytes of entries per append message.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight_msgs: usize,
+    /// Bytes of uncommitted proposals the leader accepts (0: no limit).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_uncommitted_entries_size: u64,
+    /// Bytes of committed entries applied per loop iteration (0: no limit).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_committed_size_per_ready: u64,
+    /// A leader steps down without a quorum; followers ignore votes within a lease.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub check_quorum: bool,
+    /// Run a pre-vote before elections.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub pre_vote: bool,
+    /// How linearizable reads are confirmed.
+    #[arg(long, value_enum, default_value_t = ReadOnly::Safe)]
+    pub read_only_option: ReadOnly,
+    /// Followers refuse proposals instead of forwarding them.
+    #[arg(long)]
+    pub disable_proposal_forwarding: bool,
+    /// Snapshot and compact every this many applied entries (0: only on request).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+    /// File holding a shared secret required in every handshake.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Accept fault-injection admin requests (for tests).
+    #[arg(long)]
+    pub allow_fault_injection: bool,
+    /// Milliseconds a client request may wait before it is answered Timeout.
+    #[arg(long, default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Largest frame accepted from a socket, in bytes.
+    #[arg(long, default_value_t = codec::FRAME_SIZE_MAX_DEFAULT)]
+    pub frame_size_max: usize,
+    /// Size of each WAL segment file, in bytes.
+    #[arg(long, default_value_t = wal::SEGMENT_SIZE_BYTES_DEFAULT)]
+    pub segment_size_bytes: u64,
+}
+
+/// Node id to peer address.
+pub type ClusterMap = BTreeMap<u64, String>;
+
+fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) =
+            part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("node id 0 is reserved".into());
+        }
+        addr.parse::<SocketAddr>().map_err(|e| format!("{addr:?}: {e}"))?;
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    /// The node configuration, or a message naming the flag that is wrong.
+    pub fn to_config(&self) -> Result<NodeConfig, String> {
+        if self.id == 0 {
+            return Err("--id: node id 0 is reserved".into());
+        }
+        if self.join && !self.initial_cluster.is_empty() {
+            return Err("--join and --initial-cluster exclude each other".into());
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
+            return Err(format!("--initial-cluster must include this node's --id {}", self.id));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err("--tick-interval-ms must be greater than 0".into());
+        }
+        if self.frame_size_max > codec::FRAME_SIZE_MAX_CEILING || self.frame_size_max < 64 * 1024 {
+            return Err(format!(
+                "--frame-size-max must be within [65536, {}]",
+                codec::FRAME_SIZE_MAX_CEILING
+            ));
+        }
+        if self.segment_size_bytes < wal::SEGMENT_SIZE_BYTES_MIN {
+            return Err(format!(
+                "--segment-size-bytes must be at least {}",
+                wal::SEGMENT_SIZE_BYTES_MIN
+            ));
+        }
+        let token = match &self.token_file {
+            Some(path) => {
+                let t = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(format!("--token-file {} is empty", path.display()));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let raft = raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            max_uncommitted_entries_size: self.max_uncommitted_entries_size,
+            max_committed_size_per_ready: self.max_committed_size_per_ready,
+            check_quorum: self.check_quorum,
+            pre_vote: self.pre_vote,
+            read_only_option: match self.read_only_option {
+                ReadOnly::Safe => raft::ReadOnlyOption::Safe,
+                ReadOnly::LeaseBased => raft::ReadOnlyOption::LeaseBased,
+            },
+            disable_proposal_forwarding: self.disable_proposal_forwarding,
+            ..raft::Config::default()
+        };
+        raft.validate().map_err(|e| match e {
+            raft::ConfigError::HeartbeatTickZero => {
+                "--heartbeat-tick must be greater than 0".to_string()
+            }
+            raft::ConfigError::ElectionTickTooSmall { .. } => {
+                format!(
+                    "--election-tick ({}) must be greater than --heartbeat-tick ({})",
+                    self.election_tick, self.heartbeat_tick
+                )
+            }
+            raft::ConfigError::MaxInflightMsgsZero => {
+                "--max-inflight-msgs must be greater than 0".to_string()
+            }
+            raft::ConfigError::LeaseBasedWithoutCheckQuorum => {
+                "--read-only-option lease-based requires --check-quorum true".to_string()
+            }
+            other => other.to_string(),
+        })?;
+        Ok(NodeConfig {
+            id: self.id,
+            cluster_id: self.cluster_id.clone(),
+            data_dir: self.data_dir.clone(),
+            listen_peer: self.listen_peer,
+            listen_client: self.listen_client,
+            initial_cluster: self.initial_cluster.clone(),
+            join: self.join,
+            raft,
+            tick_interval: Duration::from_millis(self.tick_interval_ms),
+            snapshot_entries: self.snapshot_entries,
+            token,
+            allow_fault_injection: self.allow_fault_injection,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            frame_size_max: self.frame_size_max,
+            segment_size_bytes: self.segment_size_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, String> {
+        let mut all = vec!["raftd"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all).map_err(|e| e.to_string())?.to_config()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_flags_are_named_in_errors() {
+        let c = parse(&["--initial-cluster", "1=127.0.0.1:7001,2=127.0.0.1:7002"]).unwrap();
+        assert_eq!(c.initial_cluster.len(), 2);
+        assert!(c.raft.check_quorum && c.raft.pre_vote);
+        let err = parse(&["--election-tick", "1"]).unwrap_err();
+        assert!(err.contains("--election-tick"), "{err}");
+        let err = parse(&["--initial-cluster", "2=127.0.0.1:7002"]).unwrap_err();
+        assert!(err.contains("--initial-cluster"), "{err}");
+        let err = parse(&["--initial-cluster", "x=1"]).unwrap_err();
+        assert!(err.contains("--initial-cluster"), "{err}");
+        let err =
+            parse(&["--read-only-option", "lease-based", "--check-quorum", "false"]).unwrap_err();
+        assert!(err.contains("--check-quorum"), "{err}");
+        let err = parse(&["--join", "--initial-cluster", "1=127.0.0.1:7001"]).unwrap_err();
+        assert!(err.contains("--join"), "{err}");
+        assert!(parse(&["--id", "0"]).unwrap_err().contains("--id"));
+    }
+}

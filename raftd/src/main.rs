@@ -1,0 +1,41 @@
+//! The `raftd` binary: parses flags, starts a node, runs it until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use raftd::args::Args;
+use raftd::node::Node;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("raftd: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&shutdown)) {
+            eprintln!("raftd: cannot handle signal {signal}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let id = config.id;
+    let result = Node::new(config, shutdown).and_then(|mut node| node.run());
+    match result {
+        Ok(()) => {
+            log::info!("node {id} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("node {id} stopped: {e}");
+            eprintln!("raftd: node {id}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

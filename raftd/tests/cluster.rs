@@ -1,0 +1,297 @@
+//! Real raftd processes on 127.0.0.1: election, replication, crashes, restarts, bad input.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use raftd::protocol::*;
+
+#[test]
+fn three_nodes_elect_a_leader_and_replicate_puts() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_for_leader();
+    for i in 0..20 {
+        cluster.put(&format!("k{i}"), &format!("v{i}"));
+    }
+    for i in 0..20 {
+        assert_eq!(cluster.get(&format!("k{i}")), Some(format!("v{i}").into_bytes()));
+    }
+    // Every node applies the same writes: a serializable read on each eventually sees them.
+    for p in &cluster.procs {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut c = p.client().unwrap();
+            let got = c.kv(Op::Get { key: b"k19".to_vec(), serializable: true }).unwrap();
+            if let Ok(KvReply { result: OpResult::Get(Some(v)), .. }) = got {
+                assert_eq!(v, b"v19");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {} never applied k19", p.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_follower_answers_writes_with_the_leader_and_reads_linearizably() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let mut c = cluster.procs[follower as usize - 1].client().unwrap();
+    match c.kv(Op::Put { key: b"a".to_vec(), value: b"1".to_vec() }).unwrap() {
+        Err(ClientError::NotLeader { leader_id, leader_addr }) => {
+            assert_eq!(leader_id, leader);
+            assert_eq!(
+                leader_addr.as_deref(),
+                Some(cluster.procs[leader as usize - 1].client_addr.as_str())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.put("a", "1");
+    // A linearizable read through the follower sees the completed write.
+    let got = c.kv(Op::Get { key: b"a".to_vec(), serializable: false }).unwrap().unwrap();
+    assert_eq!(got.result, OpResult::Get(Some(b"1".to_vec())));
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let mut c = cluster.procs[leader as usize - 1].client().unwrap();
+    let incr = |expected: &str, new: &str| Op::Cas {
+        key: b"n".to_vec(),
+        expected: Some(expected.into()),
+        new: new.into(),
+    };
+    c.kv(Op::Put { key: b"n".to_vec(), value: b"0".to_vec() }).unwrap().unwrap();
+    let first = c.kv(incr("0", "1")).unwrap().unwrap();
+    let seq = 2;
+    // The same (client_id, seq) again, as after a lost reply: same answer, no second swap.
+    let retry = c.kv_with_seq(incr("0", "1"), seq).unwrap().unwrap();
+    assert_eq!(retry, first);
+    let now = c.kv(Op::Get { key: b"n".to_vec(), serializable: false }).unwrap().unwrap();
+    assert_eq!(now.result, OpResult::Get(Some(b"1".to_vec())));
+}
+
+#[test]
+fn a_follower_killed_and_restarted_catches_up() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.put("before", "1");
+    cluster.node(follower).kill();
+    for i in 0..50 {
+        cluster.put(&format!("while-down-{i}"), "x");
+    }
+    cluster.node(follower).start();
+    let mut c = cluster.node(follower).wait_client();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = c.status().unwrap();
+        let leader_commit =
+            cluster.procs[leader as usize - 1].client().unwrap().status().unwrap().commit;
+        if status.applied >= leader_commit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower stuck at {}: {}",
+            status.applied,
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got =
+        c.kv(Op::Get { key: b"while-down-49".to_vec(), serializable: true }).unwrap().unwrap();
+    assert_eq!(got.result, OpResult::Get(Some(b"x".to_vec())));
+}
+
+#[test]
+fn the_leader_killed_a_new_one_has_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    for i in 0..30 {
+        cluster.put(&format!("k{i}"), "acked");
+    }
+    cluster.node(leader).kill();
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, leader);
+    for i in 0..30 {
+        assert_eq!(cluster.get(&format!("k{i}")), Some(b"acked".to_vec()), "k{i} lost");
+    }
+    cluster.put("after", "1");
+    cluster.node(leader).start();
+    cluster.wait_for_leader();
+    assert_eq!(cluster.get("after"), Some(b"1".to_vec()));
+}
+
+#[test]
+fn a_node_restarted_after_snapshots_recovers_from_snapshot_and_wal() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-entries", "25"]);
+    cluster.wait_for_leader();
+    for i in 0..120 {
+        cluster.put(&format!("k{i}"), &format!("v{i}"));
+    }
+    for id in 1..=3 {
+        cluster.node(id).kill();
+    }
+    for id in 1..=3 {
+        cluster.node(id).start();
+    }
+    cluster.wait_for_leader();
+    for i in (0..120).step_by(7) {
+        assert_eq!(cluster.get(&format!("k{i}")), Some(format!("v{i}").into_bytes()));
+    }
+    let status = cluster.procs[0].client().unwrap().status().unwrap();
+    assert!(status.snapshot_index >= 100, "snapshots were taken: {status:?}");
+}
+
+#[test]
+fn a_follower_far_behind_is_sent_a_snapshot_in_chunks() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-entries", "50"]);
+    let leader = cluster.wait_for_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.node(follower).kill();
+    // Enough data to need several chunks, and enough entries to compact past the follower.
+    let big = "x".repeat(100_000);
+    for i in 0..1100 {
+        let value = if i % 100 == 0 { big.as_str() } else { "small" };
+        cluster.put(&format!("k{i}"), value);
+    }
+    cluster.procs[leader as usize - 1]
+        .client()
+        .unwrap()
+        .admin(AdminRequest::Snapshot)
+        .unwrap()
+        .unwrap();
+    cluster.node(follower).start();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut c = cluster.node(follower).wait_client();
+        let got = c.kv(Op::Get { key: b"k1099".to_vec(), serializable: true }).unwrap();
+        if let Ok(KvReply { result: OpResult::Get(Some(v)), .. }) = got {
+            assert_eq!(v, b"small");
+            let big_back =
+                c.kv(Op::Get { key: b"k500".to_vec(), serializable: true }).unwrap().unwrap();
+            assert_eq!(big_back.result, OpResult::Get(Some(big.clone().into_bytes())));
+            break;
+        }
+        assert!(Instant::now() < deadline, "follower never caught up: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&cluster.procs[follower as usize - 1].log).unwrap();
+    assert!(log.contains("installed snapshot"), "the follower caught up through a snapshot");
+}
+
+#[test]
+fn bad_bytes_on_each_port_leave_the_cluster_serving() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_for_leader();
+    for p in &cluster.procs {
+        for addr in [&p.peer_addr, &p.client_addr] {
+            // Garbage, an oversize frame header, and a hello for the wrong cluster.
+            let mut s = TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(b"\x05\x00\x00\x00garbage-garbage");
+            let mut s = TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(&u32::MAX.to_le_bytes());
+            let mut s = TcpStream::connect(addr).unwrap();
+            let hello = Hello {
+                cluster_id: "other".into(),
+                node_id: 9,
+                role: Role::Peer,
+                token: None,
+                client_addr: None,
+                peer_addr: None,
+            };
+            let _ = write_frame(&mut s, &hello);
+        }
+    }
+    cluster.put("still", "serving");
+    assert_eq!(cluster.get("still"), Some(b"serving".to_vec()));
+}
+
+#[test]
+fn sigterm_exits_zero_and_bad_flags_exit_two() {
+    let mut cluster = TestCluster::start(1, &[]);
+    cluster.wait_for_leader();
+    cluster.put("k", "v");
+    let status = cluster.node(1).terminate();
+    assert_eq!(status.code(), Some(0));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftd"))
+        .args([
+            "--election-tick",
+            "1",
+            "--data-dir",
+            cluster.dir.path().join("x").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--election-tick"));
+    // A restart after SIGTERM finds everything.
+    cluster.node(1).start();
+    cluster.wait_for_leader();
+    assert_eq!(cluster.get("k"), Some(b"v".to_vec()));
+}
+
+#[test]
+fn a_node_joins_through_a_membership_change() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("before-join", "1");
+    let ports = free_ports(2);
+    let peer_addr = format!("127.0.0.1:{}", ports[0]);
+    let data_dir = cluster.dir.path().join("node-4");
+    let mut joiner = Proc {
+        id: 4,
+        peer_addr: peer_addr.clone(),
+        client_addr: format!("127.0.0.1:{}", ports[1]),
+        data_dir: data_dir.clone(),
+        log: cluster.dir.path().join("node-4.log"),
+        child: None,
+        args: vec![
+            "--id".into(),
+            "4".into(),
+            "--join".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen-peer".into(),
+            peer_addr.clone(),
+            "--listen-client".into(),
+            format!("127.0.0.1:{}", ports[1]),
+            "--cluster-id".into(),
+            "test".into(),
+            "--tick-interval-ms".into(),
+            "20".into(),
+        ],
+    };
+    joiner.start();
+    let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
+    let reply = admin.admin(AdminRequest::AddLearner { id: 4, addr: peer_addr.clone() }).unwrap();
+    assert_eq!(reply, Ok(AdminReply::Membership { voters: vec![1, 2, 3], learners: vec![4] }));
+    let again = admin.admin(AdminRequest::AddLearner { id: 4, addr: peer_addr }).unwrap();
+    assert!(matches!(again, Err(ClientError::Refused(_))), "{again:?}");
+    let reply = admin.admin(AdminRequest::Promote { id: 4 }).unwrap();
+    assert_eq!(reply, Ok(AdminReply::Membership { voters: vec![1, 2, 3, 4], learners: vec![] }));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut c = joiner.wait_client();
+        let got = c.kv(Op::Get { key: b"before-join".to_vec(), serializable: true }).unwrap();
+        if matches!(got, Ok(KvReply { result: OpResult::Get(Some(_)), .. })) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the joiner never caught up: {}\n--- joiner ---\n{}",
+            cluster.logs(),
+            std::fs::read_to_string(&joiner.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = admin.admin(AdminRequest::Remove { id: 9 }).unwrap();
+    assert!(matches!(refused, Err(ClientError::Refused(_))));
+}

@@ -1,0 +1,346 @@
+//! Test support: real raftd processes on 127.0.0.1, and a blocking client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftd::protocol::*;
+
+/// A generous bound for conditions on a slow, loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Ports the OS says are free now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// A blocking client speaking raftd's client protocol.
+pub struct Client {
+    stream: TcpStream,
+    next_request_id: u64,
+    pub client_id: u64,
+    seq: u64,
+}
+
+impl Client {
+    /// Connects and greets.
+    pub fn connect(addr: &str) -> std::io::Result<Client> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        let hello = Hello {
+            cluster_id: String::new(),
+            node_id: 0,
+            role: Role::Client,
+            token: None,
+            client_addr: None,
+            peer_addr: None,
+        };
+        write_frame(&mut stream, &hello)?;
+        let ack: HelloAck = read_frame(&mut stream)?;
+        match ack {
+            HelloAck::Welcome { .. } => {}
+            HelloAck::Refused { reason } => return Err(std::io::Error::other(reason)),
+        }
+        let client_id = rand_u64();
+        Ok(Client { stream, next_request_id: 1, client_id, seq: 0 })
+    }
+
+    fn call(&mut self, request: ClientRequest) -> std::io::Result<ClientResponse> {
+        write_frame(&mut self.stream, &request)?;
+        read_frame(&mut self.stream)
+    }
+
+    /// A key-value operation; writes take the next seq.
+    pub fn kv(&mut self, op: Op) -> std::io::Result<Result<KvReply, ClientError>> {
+        if op.is_write() {
+            self.seq += 1;
+        }
+        self.kv_with_seq(op, self.seq)
+    }
+
+    /// A key-value operation with an explicit seq (a retry).
+    pub fn kv_with_seq(
+        &mut self,
+        op: Op,
+        seq: u64,
+    ) -> std::io::Result<Result<KvReply, ClientError>> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        match self.call(ClientRequest::Kv { request_id, client_id: self.client_id, seq, op })? {
+            ClientResponse::Kv { request_id: r, result } if r == request_id => Ok(result),
+            other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// An admin request.
+    pub fn admin(
+        &mut self,
+        request: AdminRequest,
+    ) -> std::io::Result<Result<AdminReply, ClientError>> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        match self.call(ClientRequest::Admin { request_id, request })? {
+            ClientResponse::Admin { request_id: r, result } if r == request_id => Ok(result),
+            other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The node's status.
+    pub fn status(&mut self) -> std::io::Result<NodeStatus> {
+        match self.admin(AdminRequest::Status)? {
+            Ok(AdminReply::Status(s)) => Ok(*s),
+            other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        as u64;
+    let mut x = t ^ (std::process::id() as u64).rotate_left(40) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
+pub fn write_frame<T: serde::Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    codec::encode_into(&mut buf, value, codec::FRAME_SIZE_MAX_DEFAULT)
+        .map_err(std::io::Error::other)?;
+    stream.write_all(&buf)
+}
+
+pub fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
+    stream.read_exact(&mut payload)?;
+    codec::decode_payload(&payload).map_err(std::io::Error::other)
+}
+
+/// One raftd process.
+pub struct Proc {
+    pub id: u64,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+}
+
+impl Proc {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftd"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {} did not exit on SIGTERM", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client(&self) -> std::io::Result<Client> {
+        Client::connect(&self.client_addr)
+    }
+
+    /// A client, once the process listens (it may have just started).
+    pub fn wait_client(&self) -> Client {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.client() {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "node {} never listened: {e}", self.id)
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local cluster of raftd processes with their own ports and data dirs.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub procs: Vec<Proc>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with `extra` flags.
+    pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2 * n);
+        let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+        let initial: Vec<String> =
+            peers.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let initial = initial.join(",");
+        let mut procs = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let client_addr = format!("127.0.0.1:{}", ports[n + i]);
+            let data_dir = dir.path().join(format!("node-{id}"));
+            let mut args: Vec<String> = vec![
+                "--id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen-peer".into(),
+                peers[i].clone(),
+                "--listen-client".into(),
+                client_addr.clone(),
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--cluster-id".into(),
+                "test".into(),
+                "--tick-interval-ms".into(),
+                "20".into(),
+                "--segment-size-bytes".into(),
+                (1 << 20).to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let log = dir.path().join(format!("node-{id}.log"));
+            let mut p = Proc {
+                id,
+                peer_addr: peers[i].clone(),
+                client_addr,
+                data_dir,
+                log,
+                child: None,
+                args,
+            };
+            p.start();
+            procs.push(p);
+        }
+        TestCluster { dir, procs }
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Proc {
+        &mut self.procs[id as usize - 1]
+    }
+
+    /// Waits until the running nodes agree on a leader; returns its id.
+    pub fn wait_for_leader(&self) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut leaders = Vec::new();
+            let mut running = 0;
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                running += 1;
+                if let Ok(s) = p.client().and_then(|mut c| c.status()) {
+                    if s.leader != 0 {
+                        leaders.push(s.leader);
+                    }
+                }
+            }
+            leaders.dedup();
+            if leaders.len() == 1 && running > 0 {
+                let leader = leaders[0];
+                if let Ok(s) = self.procs[leader as usize - 1].client().and_then(|mut c| c.status())
+                {
+                    if s.role == "leader" {
+                        return leader;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {DEADLINE:?}: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Puts through whichever node leads, retrying on redirects; returns the applied index.
+    pub fn put(&self, key: &str, value: &str) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        let mut client_id = None;
+        let seq = 1;
+        loop {
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                let Ok(mut c) = p.client() else { continue };
+                if let Some(id) = client_id {
+                    c.client_id = id;
+                }
+                client_id = Some(c.client_id);
+                let op = Op::Put { key: key.into(), value: value.into() };
+                if let Ok(Ok(reply)) = c.kv_with_seq(op, seq) {
+                    return reply.index;
+                }
+            }
+            assert!(Instant::now() < deadline, "put {key} did not succeed: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A linearizable get through any node that answers.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                let Ok(mut c) = p.client() else { continue };
+                if let Ok(Ok(KvReply { result: OpResult::Get(v), .. })) =
+                    c.kv(Op::Get { key: key.into(), serializable: false })
+                {
+                    return v;
+                }
+            }
+            assert!(Instant::now() < deadline, "get {key} did not succeed: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("\n--- node {} ---\n", p.id));
+            for line in tail.iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
