@@ -240,7 +240,7 @@ fn sigterm_exits_zero_and_bad_flags_exit_two() {
 
 #[test]
 fn a_node_joins_through_a_membership_change() {
-    let mut cluster = TestCluster::start(3, &[]);
+    let cluster = TestCluster::start(3, &[]);
     let leader = cluster.wait_for_leader();
     cluster.put("before-join", "1");
     let ports = free_ports(2);
