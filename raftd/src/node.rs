@@ -130,6 +130,8 @@ pub struct Node {
     next_conf_token: u64,
     drop_to: Vec<u64>,
     drop_from: Vec<u64>,
+    delay: Duration,
+    delayed: VecDeque<(Instant, Message)>,
     started: Instant,
     last_snapshot_index: u64,
     shutdown: Arc<AtomicBool>,
@@ -223,6 +225,8 @@ impl Node {
             next_conf_token: 1,
             drop_to: Vec::new(),
             drop_from: Vec::new(),
+            delay: Duration::ZERO,
+            delayed: VecDeque::new(),
             started: Instant::now(),
             last_snapshot_index: applied,
             shutdown,
@@ -276,6 +280,7 @@ impl Node {
             self.submit_batches();
             self.handle_readies()?;
             self.pump_snapshots();
+            self.release_delayed();
             self.flush_all();
         }
         info!("node {}: shutting down", self.config.id);
@@ -709,13 +714,15 @@ impl Node {
                 Ok(index) => Ok(AdminReply::Done(format!("snapshot at index {index}"))),
                 Err(e) => Err(refused(e.to_string())),
             },
-            AdminRequest::Fault { drop_to, drop_from } => {
+            AdminRequest::Fault { drop_to, drop_from, delay_ms } => {
                 if self.config.allow_fault_injection {
                     info!(
-                        "fault injection: dropping messages to {drop_to:?} and from {drop_from:?}"
+                        "fault injection: dropping messages to {drop_to:?} and from \
+                         {drop_from:?}, delaying by {delay_ms} ms"
                     );
                     self.drop_to = drop_to;
                     self.drop_from = drop_from;
+                    self.delay = Duration::from_millis(delay_ms);
                     Ok(AdminReply::Done("fault injected".into()))
                 } else {
                     Err(refused(
@@ -727,6 +734,7 @@ impl Node {
                 if self.config.allow_fault_injection {
                     self.drop_to.clear();
                     self.drop_from.clear();
+                    self.delay = Duration::ZERO;
                     Ok(AdminReply::Done("healed".into()))
                 } else {
                     Err(refused(
@@ -1010,6 +1018,10 @@ impl Node {
             if self.drop_to.contains(&to) {
                 continue;
             }
+            if !self.delay.is_zero() && m.msg_type != MessageType::Snapshot {
+                self.delayed.push_back((Instant::now() + self.delay, m));
+                continue;
+            }
             if m.msg_type == MessageType::Snapshot {
                 let mut header = m;
                 let data = header
@@ -1089,6 +1101,18 @@ impl Node {
                     self.raw.report_snapshot(to, SnapshotStatus::Finish);
                     break;
                 }
+            }
+        }
+    }
+
+    /// Sends the delayed messages that are due (fault injection).
+    fn release_delayed(&mut self) {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, m) = self.delayed.pop_front().expect("checked");
+            if !self.drop_to.contains(&m.to) {
+                let to = m.to;
+                self.send_peer(to, &PeerFrame::Raft(m));
             }
         }
     }
@@ -1187,6 +1211,14 @@ impl Node {
             }
             !timed_out
         });
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(_, b)| b.first().is_some_and(|r| r.waiter.deadline <= now))
+        {
+            let (_, batch) = self.reads_ready.pop_front().expect("checked");
+            expired.extend(batch.into_iter().map(|r| r.waiter));
+        }
         let conf_expired: Vec<u64> = self
             .conf_waiters
             .iter()

@@ -147,12 +147,15 @@ pub enum AdminRequest {
     },
     /// Snapshot and compact now.
     Snapshot,
-    /// Drop Raft messages to and from these nodes (only with `--allow-fault-injection`).
+    /// Drop Raft messages to and from these nodes, and delay every message this node sends
+    /// (only with `--allow-fault-injection`).
     Fault {
         /// Drop messages to these.
         drop_to: Vec<u64>,
         /// Drop messages from these.
         drop_from: Vec<u64>,
+        /// Hold every outgoing Raft message this long (0: no delay).
+        delay_ms: u64,
     },
     /// Undo every `Fault`.
     Heal,

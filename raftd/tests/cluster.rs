@@ -295,3 +295,78 @@ fn a_node_joins_through_a_membership_change() {
     let refused = admin.admin(AdminRequest::Remove { id: 9 }).unwrap();
     assert!(matches!(refused, Err(ClientError::Refused(_))));
 }
+
+#[test]
+fn a_token_is_required_when_configured_and_faults_need_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let cluster = TestCluster::start(1, &["--token-file", token_file.to_str().unwrap()]);
+    let addr = cluster.procs[0].client_addr.clone();
+    let deadline = Instant::now() + DEADLINE;
+    // Without the token the handshake is refused (the client retries until the node listens).
+    let refusal = loop {
+        match Client::connect(&addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    assert!(refusal.is_err_and(|e| e.to_string().contains("wrong token")));
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let hello = Hello {
+        cluster_id: String::new(),
+        node_id: 0,
+        role: Role::Client,
+        token: Some("s3cret".into()),
+        client_addr: None,
+        peer_addr: None,
+    };
+    write_frame(&mut s, &hello).unwrap();
+    assert_eq!(read_frame::<HelloAck>(&mut s).unwrap(), HelloAck::Welcome { node_id: 1 });
+    let fault = ClientRequest::Admin {
+        request_id: 1,
+        request: AdminRequest::Fault { drop_to: vec![2], drop_from: vec![], delay_ms: 0 },
+    };
+    write_frame(&mut s, &fault).unwrap();
+    match read_frame::<ClientResponse>(&mut s).unwrap() {
+        ClientResponse::Admin { result: Err(ClientError::Refused(reason)), .. } => {
+            assert!(reason.contains("--allow-fault-injection"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.flush().unwrap();
+}
+
+#[test]
+fn injected_partitions_stop_a_leader_and_heal() {
+    let cluster = TestCluster::start(3, &["--allow-fault-injection"]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("before", "1");
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
+    let fault =
+        AdminRequest::Fault { drop_to: others.clone(), drop_from: others.clone(), delay_ms: 0 };
+    assert!(admin.admin(fault).unwrap().is_ok());
+    // The majority elects another leader; the isolated one steps down (check-quorum).
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let new = others.iter().find_map(|&id| {
+            let s = cluster.procs[id as usize - 1].client().ok()?.status().ok()?;
+            (s.role == "leader").then_some(id)
+        });
+        let old_role = admin.status().unwrap().role;
+        if new.is_some() && old_role != "leader" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failover: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(admin.admin(AdminRequest::Heal).unwrap().is_ok());
+    cluster.put("after", "2");
+    cluster.wait_for_leader();
+    assert_eq!(cluster.get("before"), Some(b"1".to_vec()));
+    assert_eq!(cluster.get("after"), Some(b"2".to_vec()));
+}
