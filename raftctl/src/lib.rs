@@ -1,0 +1,351 @@
+//! The client side of raftd's protocol: connections to a cluster's endpoints that follow
+//! `NotLeader` redirects and retry writes with the same `(client_id, seq)`, so that a
+//! retried write is applied once.
+
+#![warn(clippy::unwrap_used)]
+
+pub mod bench;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use raftd::protocol::*;
+
+/// The default endpoints: the local cluster's client ports.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+/// Pause between retries while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What failed, and where.
+#[derive(Debug)]
+pub enum CtlError {
+    /// A connection-level failure at an endpoint.
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The cluster answered with an error.
+    Cluster(ClientError),
+    /// Nothing answered in time.
+    Timeout {
+        /// What was tried last.
+        last: String,
+    },
+}
+
+impl fmt::Display for CtlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtlError::Endpoint { endpoint, reason } => write!(f, "{endpoint}: {reason}"),
+            CtlError::Cluster(e) => write!(f, "{e}"),
+            CtlError::Timeout { last } => write!(f, "timed out; last attempt: {last}"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {}
+
+/// One greeted connection.
+pub struct Conn {
+    stream: TcpStream,
+    endpoint: String,
+    next_request_id: u64,
+}
+
+fn io_error(endpoint: &str, e: impl fmt::Display) -> CtlError {
+    CtlError::Endpoint { endpoint: endpoint.to_string(), reason: e.to_string() }
+}
+
+impl Conn {
+    /// Connects to `endpoint` and greets it.
+    pub fn open(endpoint: &str, token: Option<&str>, timeout: Duration) -> Result<Conn, CtlError> {
+        let addr: SocketAddr = endpoint
+            .to_socket_addrs()
+            .map_err(|e| io_error(endpoint, e))?
+            .next()
+            .ok_or_else(|| io_error(endpoint, "no address"))?;
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| io_error(endpoint, e))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn { stream, endpoint: endpoint.to_string(), next_request_id: 1 };
+        let hello = Hello {
+            cluster_id: String::new(),
+            node_id: 0,
+            role: Role::Client,
+            token: token.map(str::to_string),
+            client_addr: None,
+            peer_addr: None,
+        };
+        conn.send(&hello)?;
+        match conn.recv::<HelloAck>()? {
+            HelloAck::Welcome { .. } => Ok(conn),
+            HelloAck::Refused { reason } => Err(io_error(endpoint, format!("refused: {reason}"))),
+        }
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Writes one frame.
+    pub fn send<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CtlError> {
+        let mut buf = Vec::new();
+        codec::encode_into(&mut buf, value, codec::FRAME_SIZE_MAX_DEFAULT)
+            .map_err(|e| io_error(&self.endpoint, e))?;
+        self.stream.write_all(&buf).map_err(|e| io_error(&self.endpoint, e))
+    }
+
+    /// Reads one frame.
+    pub fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, CtlError> {
+        let mut len = [0u8; codec::FRAME_LEN_SIZE];
+        self.stream.read_exact(&mut len).map_err(|e| io_error(&self.endpoint, e))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > codec::FRAME_SIZE_MAX_DEFAULT {
+            return Err(io_error(&self.endpoint, format!("frame of {len} bytes")));
+        }
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).map_err(|e| io_error(&self.endpoint, e))?;
+        codec::decode_payload(&payload).map_err(|e| io_error(&self.endpoint, e))
+    }
+
+    /// A fresh request id.
+    pub fn request_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, request: ClientRequest) -> Result<ClientResponse, CtlError> {
+        self.send(&request)?;
+        self.recv()
+    }
+}
+
+/// A random id for this client.
+pub fn random_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (std::process::id() as u64).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x.max(1)
+}
+
+/// A client of a cluster: tries the endpoints, follows redirects to the leader, retries.
+pub struct Client {
+    /// The endpoints to try.
+    pub endpoints: Vec<String>,
+    /// The time budget of one operation.
+    pub timeout: Duration,
+    token: Option<String>,
+    conns: HashMap<String, Conn>,
+    leader: Option<String>,
+    client_id: u64,
+    seq: u64,
+}
+
+impl Client {
+    /// A client of these endpoints.
+    pub fn new(endpoints: Vec<String>, timeout: Duration, token: Option<String>) -> Client {
+        Client {
+            endpoints,
+            timeout,
+            token,
+            conns: HashMap::new(),
+            leader: None,
+            client_id: random_u64(),
+            seq: 0,
+        }
+    }
+
+    fn conn(&mut self, endpoint: &str) -> Result<&mut Conn, CtlError> {
+        if !self.conns.contains_key(endpoint) {
+            let conn = Conn::open(endpoint, self.token.as_deref(), self.timeout)?;
+            self.conns.insert(endpoint.to_string(), conn);
+        }
+        Ok(self.conns.get_mut(endpoint).expect("inserted above"))
+    }
+
+    /// Sends `request` to `endpoint`, dropping the connection on failure.
+    pub fn call_at(
+        &mut self,
+        endpoint: &str,
+        request: impl FnOnce(u64) -> ClientRequest,
+    ) -> Result<ClientResponse, CtlError> {
+        let conn = self.conn(endpoint)?;
+        let id = conn.request_id();
+        let result = conn.call(request(id));
+        if result.is_err() {
+            self.conns.remove(endpoint);
+        }
+        result
+    }
+
+    /// The order to try endpoints in: the known leader first.
+    fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.leader.iter().cloned().collect();
+        out.extend(self.endpoints.iter().filter(|e| Some(*e) != self.leader.as_ref()).cloned());
+        out
+    }
+
+    /// Runs an operation against the leader, following redirects and retrying until the
+    /// timeout. Writes keep their `(client_id, seq)` across retries.
+    pub fn kv(&mut self, op: Op) -> Result<KvReply, CtlError> {
+        if op.is_write() {
+            self.seq += 1;
+        }
+        let (client_id, seq) = (self.client_id, self.seq);
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::from("no endpoint tried");
+        loop {
+            for endpoint in self.candidates() {
+                let op = op.clone();
+                let response = self.call_at(&endpoint, |request_id| ClientRequest::Kv {
+                    request_id,
+                    client_id,
+                    seq,
+                    op,
+                });
+                match response {
+                    Ok(ClientResponse::Kv { result: Ok(reply), .. }) => {
+                        self.leader = Some(endpoint);
+                        return Ok(reply);
+                    }
+                    Ok(ClientResponse::Kv { result: Err(e), .. }) => match e {
+                        ClientError::NotLeader { leader_addr: Some(ref addr), .. } => {
+                            last = format!("{endpoint}: {e}");
+                            self.leader = Some(addr.clone());
+                            break;
+                        }
+                        ClientError::NotLeader { .. }
+                        | ClientError::NoLeader
+                        | ClientError::Timeout
+                        | ClientError::ProposalDropped => {
+                            last = format!("{endpoint}: {e}");
+                        }
+                        other => return Err(CtlError::Cluster(other)),
+                    },
+                    Ok(other) => last = format!("{endpoint}: unexpected response {other:?}"),
+                    Err(e) => {
+                        if self.leader.as_deref() == Some(endpoint.as_str()) {
+                            self.leader = None;
+                        }
+                        last = e.to_string();
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(CtlError::Timeout { last });
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// Sends an admin request to one endpoint.
+    pub fn admin_at(
+        &mut self,
+        endpoint: &str,
+        request: AdminRequest,
+    ) -> Result<AdminReply, CtlError> {
+        match self.call_at(endpoint, |request_id| ClientRequest::Admin { request_id, request })? {
+            ClientResponse::Admin { result, .. } => result.map_err(CtlError::Cluster),
+            other => Err(io_error(endpoint, format!("unexpected response {other:?}"))),
+        }
+    }
+
+    /// Sends an admin request to the leader, following redirects until the timeout.
+    pub fn admin_leader(&mut self, request: AdminRequest) -> Result<AdminReply, CtlError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::from("no endpoint tried");
+        loop {
+            for endpoint in self.candidates() {
+                match self.admin_at(&endpoint, request.clone()) {
+                    Ok(reply) => {
+                        self.leader = Some(endpoint);
+                        return Ok(reply);
+                    }
+                    Err(CtlError::Cluster(ClientError::NotLeader {
+                        leader_addr: Some(addr),
+                        ..
+                    })) => {
+                        last = format!("{endpoint}: not the leader");
+                        self.leader = Some(addr);
+                        break;
+                    }
+                    Err(CtlError::Cluster(
+                        e @ (ClientError::NoLeader | ClientError::NotLeader { .. }),
+                    )) => {
+                        last = format!("{endpoint}: {e}");
+                    }
+                    Err(e @ CtlError::Cluster(_)) => return Err(e),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(CtlError::Timeout { last });
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// Every endpoint's status (or why it did not answer).
+    pub fn statuses(&mut self) -> Vec<(String, Result<NodeStatus, CtlError>)> {
+        let endpoints = self.endpoints.clone();
+        endpoints
+            .into_iter()
+            .map(|e| {
+                let status = match self.admin_at(&e, AdminRequest::Status) {
+                    Ok(AdminReply::Status(s)) => Ok(*s),
+                    Ok(other) => Err(io_error(&e, format!("unexpected reply {other:?}"))),
+                    Err(err) => Err(err),
+                };
+                (e, status)
+            })
+            .collect()
+    }
+}
+
+/// Parses `2s`, `500ms`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) =
+        s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let value: f64 =
+        number.parse().map_err(|_| format!("{s:?} is not a duration like 2s or 500ms"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! `raftctl`: operate a raftd cluster from the shell.
+//!
+//! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use raftctl::bench::{self, BenchConfig, BenchOp};
+use raftctl::{parse_duration, Client, CtlError, DEFAULT_ENDPOINTS};
+use raftd::protocol::*;
+use serde_json::json;
+
+/// Operate a raftd cluster.
+#[derive(Parser, Debug)]
+#[command(name = "raftctl", version, about)]
+struct Cli {
+    /// Client endpoints of the cluster's nodes, HOST:PORT,...
+    #[arg(long, env = "RAFT_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
+    endpoints: String,
+    /// Time budget of one operation, e.g. 2s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
+    timeout: Duration,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// File holding the cluster's shared secret.
+    #[arg(long, global = true)]
+    token_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Every member's state, and the cluster's.
+    Status,
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Read KEY (linearizable unless --serializable).
+    Get {
+        key: String,
+        /// Answer from any node's state, possibly stale.
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete KEY.
+    Del { key: String },
+    /// Set KEY to NEW if its value is EXPECTED (exit 1 if not swapped).
+    Cas {
+        key: String,
+        expected: String,
+        new: String,
+        /// Expect the key to be absent (EXPECTED is then ignored).
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Hand leadership to voter ID.
+    TransferLeader { id: u64 },
+    /// Membership: list, add, add-learner, promote, remove.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Snapshot and compact now (on the leader, or --node).
+    Snapshot {
+        #[arg(long)]
+        node: Option<u64>,
+    },
+    /// Load the cluster and report throughput and latency.
+    Bench {
+        #[arg(long, value_enum, default_value_t = Workload::Put)]
+        op: Workload,
+        /// Concurrent closed-loop clients.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Connections the clients share.
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        /// Operations in all (ignored with --duration).
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+        /// Run for this long instead, e.g. 30s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Keys, chosen uniformly.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+    },
+    /// Exit 0 when every member knows one leader and their configurations agree.
+    Check,
+    /// Drop or delay a node's messages (nodes started with --allow-fault-injection).
+    Fault {
+        /// The node to change.
+        #[arg(long)]
+        node: u64,
+        /// Drop its messages to these nodes, ID,...
+        #[arg(long, value_delimiter = ',')]
+        drop_to: Vec<u64>,
+        /// Drop its messages from these nodes, ID,...
+        #[arg(long, value_delimiter = ',')]
+        drop_from: Vec<u64>,
+        /// Delay every message it sends.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+    /// Undo faults (on --node, or on every node).
+    Heal {
+        #[arg(long)]
+        node: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// The members and their addresses.
+    List,
+    /// Add a voter.
+    Add { id: u64, addr: String },
+    /// Add a learner.
+    AddLearner { id: u64, addr: String },
+    /// Promote a learner to voter.
+    Promote { id: u64 },
+    /// Remove a member (the leader hands over first).
+    Remove {
+        id: u64,
+        /// Remove even if fewer live voters than a quorum would remain.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Workload {
+    Put,
+    Get,
+    Mixed,
+}
+
+/// An operation's failure: the message and the exit code.
+struct Failure(String, u8);
+
+impl From<CtlError> for Failure {
+    fn from(e: CtlError) -> Failure {
+        Failure(e.to_string(), 1)
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure(message.into(), 1)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let token = match &cli.token_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("raftctl: --token-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let endpoints: Vec<String> = cli
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect();
+    if endpoints.is_empty() {
+        eprintln!("raftctl: --endpoints is empty");
+        return ExitCode::from(2);
+    }
+    let mut client = Client::new(endpoints, cli.timeout, token.clone());
+    match run(&cli, &mut client, token.as_deref()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message, code)) => {
+            eprintln!("raftctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failure> {
+    match &cli.command {
+        Cmd::Status => status(cli, client),
+        Cmd::Put { key, value } => {
+            let reply = client
+                .kv(Op::Put { key: key.clone().into_bytes(), value: value.clone().into_bytes() })?;
+            print(cli, json!({"index": reply.index}), || format!("OK (index {})", reply.index));
+            Ok(())
+        }
+        Cmd::Get { key, serializable } => {
+            let reply = client
+                .kv(Op::Get { key: key.clone().into_bytes(), serializable: *serializable })?;
+            let OpResult::Get(value) = reply.result else { return Err(fail("unexpected reply")) };
+            let text = value.as_deref().map(show);
+            print(cli, json!({"key": key, "value": text, "index": reply.index}), || {
+                text.clone().unwrap_or_default()
+            });
+            Ok(())
+        }
+        Cmd::Del { key } => {
+            let reply = client.kv(Op::Delete { key: key.clone().into_bytes() })?;
+            let existed = matches!(reply.result, OpResult::Delete(true));
+            print(cli, json!({"deleted": existed, "index": reply.index}), || {
+                if existed {
+                    format!("deleted (index {})", reply.index)
+                } else {
+                    format!("not found (index {})", reply.index)
+                }
+            });
+            Ok(())
+        }
+        Cmd::Cas { key, expected, new, absent } => {
+            let expected = if *absent { None } else { Some(expected.clone().into_bytes()) };
+            let op =
+                Op::Cas { key: key.clone().into_bytes(), expected, new: new.clone().into_bytes() };
+            let reply = client.kv(op)?;
+            let OpResult::Cas { swapped, previous } = reply.result else {
+                return Err(fail("unexpected reply"));
+            };
+            let previous = previous.as_deref().map(show);
+            print(
+                cli,
+                json!({"swapped": swapped, "previous": previous, "index": reply.index}),
+                || {
+                    if swapped {
+                        format!("swapped (index {})", reply.index)
+                    } else {
+                        format!("not swapped: the value is {previous:?}")
+                    }
+                },
+            );
+            if swapped {
+                Ok(())
+            } else {
+                Err(fail("compare failed: not swapped"))
+            }
+        }
+        Cmd::TransferLeader { id } => {
+            let reply = client.admin_leader(AdminRequest::TransferLeader { to: *id })?;
+            wait_for_leader(client, *id)?;
+            print(cli, json!({"leader": id}), || format!("{reply:?} -> node {id} leads"));
+            Ok(())
+        }
+        Cmd::Member(cmd) => member(cli, client, cmd),
+        Cmd::Snapshot { node } => {
+            let reply = match node {
+                Some(id) => {
+                    let endpoint = endpoint_of(client, *id)?;
+                    client.admin_at(&endpoint, AdminRequest::Snapshot)?
+                }
+                None => client.admin_leader(AdminRequest::Snapshot)?,
+            };
+            print(cli, json!({"result": format!("{reply:?}")}), || match &reply {
+                AdminReply::Done(s) => s.clone(),
+                other => format!("{other:?}"),
+            });
+            Ok(())
+        }
+        Cmd::Bench { op, clients, conns, ops, duration, value_size, keys } => {
+            if *clients == 0 {
+                return Err(Failure("--clients must be at least 1".into(), 2));
+            }
+            let cfg = BenchConfig {
+                op: match op {
+                    Workload::Put => BenchOp::Put,
+                    Workload::Get => BenchOp::Get,
+                    Workload::Mixed => BenchOp::Mixed,
+                },
+                clients: *clients,
+                conns: *conns,
+                ops: *ops,
+                duration: *duration,
+                value_size: *value_size,
+                keys: *keys,
+            };
+            let result = bench::run(client, &cfg, token)?;
+            let text = || {
+                format!(
+                    "{} ops in {:.2}s: {:.0} ops/s\nlatency p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us\nerrors: {} {:?}",
+                    result.ops, result.secs, result.ops_per_sec, result.p50_us, result.p90_us, result.p99_us, result.p999_us,
+                    result.max_us, result.errors, result.errors_by_kind
+                )
+            };
+            print(cli, serde_json::to_value(&result).unwrap_or_default(), text);
+            Ok(())
+        }
+        Cmd::Check => check(cli, client),
+        Cmd::Fault { node, drop_to, drop_from, delay_ms } => {
+            let endpoint = endpoint_of(client, *node)?;
+            let request = AdminRequest::Fault {
+                drop_to: drop_to.clone(),
+                drop_from: drop_from.clone(),
+                delay_ms: *delay_ms,
+            };
+            client.admin_at(&endpoint, request)?;
+            print(cli, json!({"node": node, "fault": true}), || {
+                format!("fault injected on node {node}")
+            });
+            Ok(())
+        }
+        Cmd::Heal { node } => {
+            let endpoints = match node {
+                Some(id) => vec![endpoint_of(client, *id)?],
+                None => client.endpoints.clone(),
+            };
+            for e in endpoints {
+                client.admin_at(&e, AdminRequest::Heal)?;
+            }
+            print(cli, json!({"healed": true}), || "healed".to_string());
+            Ok(())
+        }
+    }
+}
+
+fn print(cli: &Cli, value: serde_json::Value, text: impl FnOnce() -> String) {
+    if cli.json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+/// The endpoint of node `id`, from the members' statuses.
+fn endpoint_of(client: &mut Client, id: u64) -> Result<String, Failure> {
+    for (endpoint, status) in client.statuses() {
+        if status.is_ok_and(|s| s.id == id) {
+            return Ok(endpoint);
+        }
+    }
+    Err(fail(format!("no endpoint answers as node {id}")))
+}
+
+fn leader_status(client: &mut Client) -> Result<NodeStatus, Failure> {
+    match client.admin_leader(AdminRequest::Status)? {
+        AdminReply::Status(s) => Ok(*s),
+        other => Err(fail(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn wait_for_leader(client: &mut Client, id: u64) -> Result<(), Failure> {
+    let deadline = Instant::now() + client.timeout;
+    loop {
+        let leaders: Vec<u64> = client
+            .statuses()
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .filter(|s| s.role == "leader")
+            .map(|s| s.id)
+            .collect();
+        if leaders == [id] {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "node {id} did not become leader in time (leaders now: {leaders:?})"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
+    let statuses = client.statuses();
+    let leader =
+        statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).find(|s| s.role == "leader").cloned();
+    let leader_commit = leader.as_ref().map(|l| l.commit);
+    if cli.json {
+        let nodes: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|(endpoint, s)| match s {
+                Ok(s) => json!({
+                    "endpoint": endpoint, "id": s.id, "role": s.role, "term": s.term, "leader": s.leader,
+                    "commit": s.commit, "applied": s.applied, "lag": leader_commit.map(|c| c.saturating_sub(s.applied)),
+                    "last_index": s.last_index, "snapshot_index": s.snapshot_index, "health": "ok",
+                }),
+                Err(e) => json!({"endpoint": endpoint, "health": e.to_string()}),
+            })
+            .collect();
+        let cluster = leader.as_ref().map(cluster_json);
+        println!("{}", json!({"nodes": nodes, "cluster": cluster}));
+    } else {
+        println!(
+            "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  HEALTH",
+            "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG"
+        );
+        for (endpoint, s) in &statuses {
+            match s {
+                Ok(s) => println!(
+                    "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  ok",
+                    s.id,
+                    endpoint,
+                    s.role,
+                    s.term,
+                    s.leader,
+                    s.commit,
+                    s.applied,
+                    leader_commit
+                        .map_or("-".to_string(), |c| c.saturating_sub(s.applied).to_string())
+                ),
+                Err(e) => println!(
+                    "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  {e}",
+                    "?", endpoint, "-", "-", "-", "-", "-", "-"
+                ),
+            }
+        }
+        match &leader {
+            Some(l) => {
+                let (voters, learners, outgoing) = member_sets(l);
+                println!(
+                    "cluster: leader {}, term {}, voters {voters:?}, learners {learners:?}{}",
+                    l.id,
+                    l.term,
+                    if l.joint {
+                        format!(", joint with outgoing {outgoing:?}")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            None => println!("cluster: no leader known"),
+        }
+    }
+    if statuses.iter().all(|(_, s)| s.is_err()) {
+        return Err(fail("no endpoint answered"));
+    }
+    Ok(())
+}
+
+fn member_sets(s: &NodeStatus) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+    let pick = |role: &str| {
+        s.members.iter().filter(|m| m.role == role).map(|m| m.id).collect::<Vec<u64>>()
+    };
+    (pick("voter"), pick("learner"), pick("outgoing voter"))
+}
+
+fn cluster_json(l: &NodeStatus) -> serde_json::Value {
+    let (voters, learners, outgoing) = member_sets(l);
+    json!({"leader": l.id, "term": l.term, "voters": voters, "learners": learners, "outgoing_voters": outgoing, "joint": l.joint})
+}
+
+fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure> {
+    let request = match cmd {
+        MemberCmd::List => {
+            let l = leader_status(client)?;
+            if cli.json {
+                let members: Vec<serde_json::Value> = l
+                    .members
+                    .iter()
+                    .map(|m| json!({"id": m.id, "role": m.role, "peer_addr": m.peer_addr, "client_addr": m.client_addr}))
+                    .collect();
+                println!("{}", json!({"members": members}));
+            } else {
+                for m in &l.members {
+                    println!(
+                        "{:<4} {:<15} peer {:<22} client {}",
+                        m.id,
+                        m.role,
+                        m.peer_addr.clone().unwrap_or_else(|| "?".into()),
+                        m.client_addr.clone().unwrap_or_else(|| "?".into())
+                    );
+                }
+            }
+            return Ok(());
+        }
+        MemberCmd::Add { id, addr } => AdminRequest::AddVoter { id: *id, addr: addr.clone() },
+        MemberCmd::AddLearner { id, addr } => {
+            AdminRequest::AddLearner { id: *id, addr: addr.clone() }
+        }
+        MemberCmd::Promote { id } => AdminRequest::Promote { id: *id },
+        MemberCmd::Remove { id, force } => {
+            let l = leader_status(client)?;
+            let voters: Vec<&MemberStatus> =
+                l.members.iter().filter(|m| m.role == "voter").collect();
+            let remaining: Vec<&&MemberStatus> = voters.iter().filter(|m| m.id != *id).collect();
+            let live =
+                remaining.iter().filter(|m| m.id == l.id || m.recent_active == Some(true)).count();
+            let quorum = remaining.len() / 2 + 1;
+            if voters.iter().any(|m| m.id == *id) && live < quorum && !force {
+                return Err(fail(format!(
+                    "removing node {id} leaves {live} live voters of {}, fewer than a quorum ({quorum}); use --force",
+                    remaining.len()
+                )));
+            }
+            if l.id == *id {
+                let target = remaining
+                    .iter()
+                    .filter(|m| m.recent_active == Some(true))
+                    .max_by_key(|m| m.matched.unwrap_or(0))
+                    .map(|m| m.id)
+                    .ok_or_else(|| fail("no live voter to hand leadership to"))?;
+                client.admin_leader(AdminRequest::TransferLeader { to: target })?;
+                wait_for_leader(client, target)?;
+            }
+            AdminRequest::Remove { id: *id }
+        }
+    };
+    match client.admin_leader(request)? {
+        AdminReply::Membership { voters, learners } => {
+            print(cli, json!({"voters": voters, "learners": learners}), || {
+                format!("voters {voters:?}, learners {learners:?}")
+            });
+            Ok(())
+        }
+        other => Err(fail(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn check(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
+    let statuses = client.statuses();
+    let mut problems = Vec::new();
+    let mut leaders = Vec::new();
+    let mut configs = Vec::new();
+    for (endpoint, s) in &statuses {
+        match s {
+            Ok(s) => {
+                if s.leader == 0 {
+                    problems.push(format!("node {} at {endpoint} knows no leader", s.id));
+                }
+                leaders.push(s.leader);
+                let (v, l, o) = member_sets(s);
+                configs.push((v, l, o));
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    leaders.sort_unstable();
+    leaders.dedup();
+    if leaders.len() > 1 {
+        problems.push(format!("members disagree on the leader: {leaders:?}"));
+    }
+    configs.dedup();
+    if configs.len() > 1 {
+        problems.push(format!("members disagree on the configuration: {configs:?}"));
+    }
+    if problems.is_empty() {
+        print(cli, json!({"ok": true, "leader": leaders.first()}), || {
+            format!("ok: leader {}", leaders[0])
+        });
+        Ok(())
+    } else {
+        if cli.json {
+            println!("{}", json!({"ok": false, "problems": problems}));
+        }
+        Err(fail(problems.join("; ")))
+    }
+}

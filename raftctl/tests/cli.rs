@@ -1,0 +1,213 @@
+//! raftctl and scripts/cluster.sh end to end, against a real local cluster.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_raftctl")).parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("raftd").exists(),
+        "raftd is not built next to raftctl in {}: run `cargo build -p raftd` or `cargo test --workspace`",
+        dir.display()
+    );
+    dir
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+}
+
+/// A base port P such that P+1..P+9 and P+101..P+109 are free now.
+fn free_base_port() -> u16 {
+    let mut seed = std::process::id() as u64 * 7919 + Instant::now().elapsed().as_nanos() as u64;
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let base = 20_000 + (seed >> 33) as u16 % 40_000;
+        let free =
+            (1..10).chain(101..110).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    base: u16,
+}
+
+impl Cluster {
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(script())
+            .args(args)
+            .env("RAFT_BIN_DIR", bin_dir())
+            .env("CLUSTER_DIR", self.dir.path().join("c"))
+            .output()
+            .unwrap()
+    }
+
+    fn endpoints(&self) -> String {
+        (1..=3).map(|i| format!("127.0.0.1:{}", self.base + 100 + i)).collect::<Vec<_>>().join(",")
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &self.endpoints(), "--timeout", "10s"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "raftctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn eventually_ok(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let out = self.ctl(args);
+            if out.status.success() {
+                return String::from_utf8(out.stdout).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "raftctl {args:?} never succeeded: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]);
+    }
+}
+
+#[test]
+fn raftctl_operates_a_cluster_started_by_the_script() {
+    let cluster = Cluster { dir: tempfile::tempdir().unwrap(), base: free_base_port() };
+    let base = cluster.base.to_string();
+    let out = cluster.script(&[
+        "start",
+        "--nodes",
+        "3",
+        "--base-port",
+        &base,
+        "--",
+        "--tick-interval-ms",
+        "20",
+    ]);
+    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cluster: leader"));
+    let again = cluster.script(&["start", "--base-port", &base]);
+    assert!(!again.status.success(), "refuses to start over a running cluster");
+    assert_eq!(
+        String::from_utf8(cluster.script(&["endpoints"]).stdout).unwrap().trim(),
+        cluster.endpoints()
+    );
+
+    // Status, as a table and as JSON.
+    let table = cluster.ctl_ok(&["status"]);
+    assert!(
+        table.contains("ROLE") && table.contains("leader") && table.contains("voters [1, 2, 3]"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.ctl_ok(&["--json", "status"])).unwrap();
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+    let leader = json["cluster"]["leader"].as_u64().unwrap();
+
+    // Data commands.
+    assert!(cluster.ctl_ok(&["put", "k", "v1"]).starts_with("OK"));
+    assert_eq!(cluster.ctl_ok(&["get", "k"]).trim(), "v1");
+    // A serializable read may be stale on a follower, but every node applies the write.
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.ctl_ok(&["get", "k", "--serializable"]).trim() != "v1" {
+        assert!(Instant::now() < deadline, "serializable read never saw the write");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cluster.ctl_ok(&["cas", "k", "v1", "v2"]).starts_with("swapped"));
+    let failed = cluster.ctl(&["cas", "k", "v1", "v3"]);
+    assert_eq!(failed.status.code(), Some(1), "a failed compare exits 1");
+    let got: serde_json::Value =
+        serde_json::from_str(&cluster.ctl_ok(&["--json", "get", "k"])).unwrap();
+    assert_eq!(got["value"], "v2");
+    assert!(cluster.ctl_ok(&["del", "k"]).starts_with("deleted"));
+    assert_eq!(cluster.ctl_ok(&["get", "k"]).trim(), "");
+
+    // Leadership.
+    let target = if leader == 1 { 2 } else { 1 };
+    cluster.ctl_ok(&["transfer-leader", &target.to_string()]);
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.eventually_ok(&["--json", "status"])).unwrap();
+    assert_eq!(json["cluster"]["leader"].as_u64(), Some(target));
+
+    // Membership through the script (add) and raftctl (list, remove).
+    let out = cluster.script(&["add", "4"]);
+    assert!(out.status.success(), "add: {}", String::from_utf8_lossy(&out.stderr));
+    let list = cluster.ctl_ok(&["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(cluster.ctl_ok(&["member", "remove", "4"]).contains("voters [1, 2, 3]"));
+    let refused = cluster.ctl(&["member", "promote", "9"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a learner"));
+
+    // A small benchmark, as JSON.
+    let bench: serde_json::Value = serde_json::from_str(&cluster.ctl_ok(&[
+        "--json",
+        "bench",
+        "--op",
+        "mixed",
+        "--ops",
+        "500",
+        "--clients",
+        "8",
+    ]))
+    .unwrap();
+    for key in ["ops", "errors", "secs", "ops_per_sec", "p50_us", "p99_us", "p999_us"] {
+        assert!(bench.get(key).is_some(), "bench JSON has {key}: {bench}");
+    }
+    assert_eq!(bench["ops"].as_u64(), Some(500));
+
+    // check: ok, then failing with a node down, then ok after a restart.
+    cluster.ctl_ok(&["check"]);
+    assert!(cluster.script(&["kill", "3"]).status.success());
+    let check = cluster.ctl(&["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(&format!("{}", cluster.base + 103)),
+        "names the endpoint"
+    );
+    assert!(cluster.script(&["restart", "3"]).status.success());
+    cluster.eventually_ok(&["check"]);
+    assert_eq!(cluster.ctl_ok(&["get", "k"]).trim(), "");
+    let stop = cluster.script(&["stop"]);
+    assert!(stop.status.success());
+}
+
+#[test]
+fn usage_errors_exit_two_and_unreachable_endpoints_are_named() {
+    let out = Command::new(bin_dir().join("raftctl")).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin_dir().join("raftctl")).args(["put", "only-a-key"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let out = Command::new(bin_dir().join("raftctl"))
+        .args(["--endpoints", &endpoint, "--timeout", "300ms", "get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&endpoint) && stderr.contains("refused"), "{stderr}");
+}

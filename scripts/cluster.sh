@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Start, stop and operate a local raftd cluster.
+#
+#   scripts/cluster.sh start [--nodes N] [--dir DIR] [--base-port P] [-- extra raftd flags]
+#   scripts/cluster.sh stop | status | endpoints
+#   scripts/cluster.sh kill ID | restart ID | add ID
+#
+# Node ID listens for peers on P+ID and for clients on P+100+ID (default P=7000, so node 1 is
+# 127.0.0.1:7001 / 127.0.0.1:7101, raftctl's defaults). Logs, pid files and data live under
+# DIR (default ./.cluster). Binaries come from $RAFT_BIN_DIR if set, else target/release,
+# built (or rebuilt when stale) by cargo.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIR=${CLUSTER_DIR:-$ROOT/.cluster}
+NODES=3
+BASE_PORT=7000
+EXTRA=()
+LEADER_WAIT_SECS=${LEADER_WAIT_SECS:-30}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+parse_start_flags() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nodes) NODES=${2:?--nodes needs a number}; shift 2 ;;
+      --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
+      --base-port) BASE_PORT=${2:?--base-port needs a number}; shift 2 ;;
+      --) shift; EXTRA=("$@"); break ;;
+      *) echo "cluster.sh: unknown flag $1" >&2; usage ;;
+    esac
+  done
+  [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
+  [[ "$BASE_PORT" =~ ^[0-9]+$ ]] || die "--base-port must be a number"
+}
+
+# The cluster's settings, saved by start for the other subcommands.
+load_env() {
+  [ -f "$DIR/cluster.env" ] || die "no cluster under $DIR (run start first)"
+  # shellcheck disable=SC1091
+  . "$DIR/cluster.env"
+}
+
+bin_dir() {
+  if [ -n "${RAFT_BIN_DIR:-}" ]; then
+    echo "$RAFT_BIN_DIR"
+  else
+    echo "$ROOT/target/release"
+  fi
+}
+
+build() {
+  if [ -z "${RAFT_BIN_DIR:-}" ]; then
+    (cd "$ROOT" && cargo build --release -q -p raftd -p raftctl) || die "build failed"
+  fi
+  [ -x "$(bin_dir)/raftd" ] && [ -x "$(bin_dir)/raftctl" ] || die "no raftd/raftctl in $(bin_dir)"
+}
+
+peer_addr() { echo "127.0.0.1:$((BASE_PORT + $1))"; }
+client_addr() { echo "127.0.0.1:$((BASE_PORT + 100 + $1))"; }
+
+endpoints() {
+  local out="" id
+  for id in $(node_ids); do out="$out${out:+,}$(client_addr "$id")"; done
+  echo "$out"
+}
+
+node_ids() {
+  local f
+  for f in "$DIR"/node-*.args; do
+    [ -e "$f" ] || continue
+    basename "$f" .args | sed 's/node-//'
+  done | sort -n
+}
+
+alive() { [ -f "$DIR/node-$1.pid" ] && kill -0 "$(cat "$DIR/node-$1.pid")" 2>/dev/null; }
+
+launch() {
+  local id=$1
+  alive "$id" && die "node $id is already running"
+  # shellcheck disable=SC2046
+  nohup "$(bin_dir)/raftd" $(cat "$DIR/node-$id.args") >>"$DIR/node-$id.log" 2>&1 &
+  echo $! >"$DIR/node-$id.pid"
+}
+
+write_args() {
+  local id=$1; shift
+  {
+    echo "--id $id --data-dir $DIR/data-$id --listen-peer $(peer_addr "$id") --listen-client $(client_addr "$id")"
+    echo "$*"
+  } | tr '\n' ' ' >"$DIR/node-$id.args"
+}
+
+raftctl() { "$(bin_dir)/raftctl" --endpoints "$(endpoints)" "$@"; }
+
+wait_for_leader() {
+  local deadline=$((SECONDS + LEADER_WAIT_SECS))
+  until raftctl --timeout 1s check >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
+stop_all() {
+  local id pid
+  for id in $(node_ids); do
+    alive "$id" || continue
+    pid=$(cat "$DIR/node-$id.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for id in $(node_ids); do
+    [ -f "$DIR/node-$id.pid" ] || continue
+    pid=$(cat "$DIR/node-$id.pid")
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$DIR/node-$id.pid"
+  done
+}
+
+cmd=${1:-}; [ -n "$cmd" ] || usage; shift
+case "$cmd" in
+  start)
+    parse_start_flags "$@"
+    if [ -f "$DIR/cluster.env" ]; then
+      for id in $(node_ids); do alive "$id" && die "a cluster is already running under $DIR (stop it first)"; done
+    fi
+    build
+    mkdir -p "$DIR"
+    printf 'NODES=%q\nBASE_PORT=%q\nEXTRA_FLAGS=%q\n' "$NODES" "$BASE_PORT" "${EXTRA[*]:-}" >"$DIR/cluster.env"
+    initial=""
+    for id in $(seq 1 "$NODES"); do initial="$initial${initial:+,}$id=$(peer_addr "$id")"; done
+    for id in $(seq 1 "$NODES"); do
+      write_args "$id" "--initial-cluster $initial ${EXTRA[*]:-}"
+      launch "$id"
+    done
+    if ! wait_for_leader; then
+      echo "cluster.sh: no leader within ${LEADER_WAIT_SECS}s; stopping what was started (logs in $DIR)" >&2
+      stop_all
+      exit 1
+    fi
+    raftctl status
+    ;;
+  stop) load_env; stop_all; echo "stopped" ;;
+  status) load_env; raftctl status ;;
+  endpoints) load_env; endpoints ;;
+  kill)
+    load_env; id=${1:?kill needs a node id}
+    alive "$id" || die "node $id is not running"
+    kill -KILL "$(cat "$DIR/node-$id.pid")"; rm -f "$DIR/node-$id.pid"; echo "killed node $id"
+    ;;
+  restart)
+    load_env; id=${1:?restart needs a node id}
+    [ -f "$DIR/node-$id.args" ] || die "no node $id in this cluster"
+    if alive "$id"; then kill -KILL "$(cat "$DIR/node-$id.pid")"; fi
+    launch "$id"; echo "restarted node $id"
+    ;;
+  add)
+    load_env; id=${1:?add needs a node id}
+    [ -f "$DIR/node-$id.args" ] && die "node $id already exists"
+    write_args "$id" "--join ${EXTRA_FLAGS:-}"
+    launch "$id"
+    raftctl member add-learner "$id" "$(peer_addr "$id")"
+    raftctl member promote "$id"
+    ;;
+  *) usage ;;
+esac
