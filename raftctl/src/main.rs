@@ -340,9 +340,26 @@ fn endpoint_of(client: &mut Client, id: u64) -> Result<String, Failure> {
     Err(fail(format!("no endpoint answers as node {id}")))
 }
 
+/// The leader's own status (any node answers a status; ask the one it names as leader).
 fn leader_status(client: &mut Client) -> Result<NodeStatus, Failure> {
-    match client.admin_leader(AdminRequest::Status)? {
-        AdminReply::Status(s) => Ok(*s),
+    let any = match client.admin_leader(AdminRequest::Status)? {
+        AdminReply::Status(s) => *s,
+        other => return Err(fail(format!("unexpected reply {other:?}"))),
+    };
+    if any.role == "leader" {
+        return Ok(any);
+    }
+    let addr = any
+        .members
+        .iter()
+        .find(|m| m.id == any.leader && any.leader != 0)
+        .and_then(|m| m.client_addr.clone())
+        .ok_or_else(|| fail(format!("node {} knows no leader, or not its address", any.id)))?;
+    match client.admin_at(&addr, AdminRequest::Status)? {
+        AdminReply::Status(s) if s.role == "leader" => Ok(*s),
+        AdminReply::Status(s) => {
+            Err(fail(format!("node {} at {addr} is not the leader (it is {})", s.id, s.role)))
+        }
         other => Err(fail(format!("unexpected reply {other:?}"))),
     }
 }
@@ -482,8 +499,17 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
             let voters: Vec<&MemberStatus> =
                 l.members.iter().filter(|m| m.role == "voter").collect();
             let remaining: Vec<&&MemberStatus> = voters.iter().filter(|m| m.id != *id).collect();
-            let live =
-                remaining.iter().filter(|m| m.id == l.id || m.recent_active == Some(true)).count();
+            // A voter is live when it answers: the leader's view (recent_active) is reset
+            // every election timeout and would make this flap.
+            let live = remaining
+                .iter()
+                .filter(|m| {
+                    m.id == l.id
+                        || m.client_addr
+                            .as_ref()
+                            .is_some_and(|a| client.admin_at(a, AdminRequest::Status).is_ok())
+                })
+                .count();
             let quorum = remaining.len() / 2 + 1;
             if voters.iter().any(|m| m.id == *id) && live < quorum && !force {
                 return Err(fail(format!(
@@ -494,7 +520,11 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
             if l.id == *id {
                 let target = remaining
                     .iter()
-                    .filter(|m| m.recent_active == Some(true))
+                    .filter(|m| {
+                        m.client_addr
+                            .as_ref()
+                            .is_some_and(|a| client.admin_at(a, AdminRequest::Status).is_ok())
+                    })
                     .max_by_key(|m| m.matched.unwrap_or(0))
                     .map(|m| m.id)
                     .ok_or_else(|| fail("no live voter to hand leadership to"))?;
