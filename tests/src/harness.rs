@@ -1,0 +1,458 @@
+//! Real raftd processes on 127.0.0.1 for fault tests: start, kill, restart, pause, partition,
+//! and a concurrent workload that records a history for the checker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raftctl::{Client, CtlError};
+use raftd::protocol::*;
+
+use crate::checker::{Input, Operation, Output};
+
+/// A generous bound for conditions on a slow, loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(45);
+/// Milliseconds per tick in fault tests: elections take a few hundred milliseconds.
+pub const TICK_MS: u64 = 20;
+
+/// The directory holding `raftd`: next to the test binary's `target/<profile>/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf();
+    assert!(
+        dir.join("raftd").exists(),
+        "raftd is not built in {}: run `cargo build -p raftd` or `cargo test --workspace`",
+        dir.display()
+    );
+    dir
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+/// One raftd process.
+pub struct Node {
+    /// Its id.
+    pub id: u64,
+    /// Its peer address.
+    pub peer_addr: String,
+    /// Its client address.
+    pub client_addr: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its flags.
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(bin_dir().join("raftd"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftd");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill");
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "node {} did not exit", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A cluster of raftd processes with fault injection allowed.
+pub struct Cluster {
+    /// Data dirs and logs.
+    pub dir: tempfile::TempDir,
+    /// The nodes, by id.
+    pub nodes: BTreeMap<u64, Node>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `extra` flags.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(2 * n);
+        let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+        let initial: Vec<String> =
+            peers.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let mut cluster = Cluster { dir, nodes: BTreeMap::new() };
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let client_addr = format!("127.0.0.1:{}", ports[n + i]);
+            let mut args = vec![format!("--initial-cluster={}", initial.join(","))];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            cluster.add_node(id, peers[i].clone(), client_addr, args);
+        }
+        cluster
+    }
+
+    /// Creates and starts node `id` with these extra flags.
+    pub fn add_node(
+        &mut self,
+        id: u64,
+        peer_addr: String,
+        client_addr: String,
+        extra: Vec<String>,
+    ) {
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let mut args = vec![
+            format!("--id={id}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-peer={peer_addr}"),
+            format!("--listen-client={client_addr}"),
+            "--cluster-id=faults".to_string(),
+            format!("--tick-interval-ms={TICK_MS}"),
+            "--allow-fault-injection".to_string(),
+            "--request-timeout-ms=1500".to_string(),
+            format!("--segment-size-bytes={}", 1 << 20),
+        ];
+        args.extend(extra);
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let mut node = Node { id, peer_addr, client_addr, data_dir, log, args, child: None };
+        node.spawn();
+        self.nodes.insert(id, node);
+    }
+
+    /// Free peer and client addresses for a new node.
+    pub fn new_addrs() -> (String, String) {
+        let ports = free_ports(2);
+        (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]))
+    }
+
+    /// The node.
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        self.nodes.get_mut(&id).expect("node exists")
+    }
+
+    /// Every node's client address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped node again with its flags.
+    pub fn restart(&mut self, id: u64) {
+        self.node(id).spawn();
+    }
+
+    /// SIGSTOP: the process stops executing, sockets stay open.
+    pub fn pause(&mut self, id: u64) {
+        self.node(id).signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, id: u64) {
+        self.node(id).signal("-CONT");
+    }
+
+    fn client_of(&self, id: u64) -> Client {
+        Client::new(vec![self.nodes[&id].client_addr.clone()], Duration::from_secs(2), None)
+    }
+
+    /// An admin request to node `id`.
+    pub fn admin(&self, id: u64, request: AdminRequest) -> Result<AdminReply, CtlError> {
+        let addr = self.nodes[&id].client_addr.clone();
+        self.client_of(id).admin_at(&addr, request)
+    }
+
+    /// Node `id`'s status, if it answers.
+    pub fn status(&self, id: u64) -> Option<NodeStatus> {
+        match self.admin(id, AdminRequest::Status) {
+            Ok(AdminReply::Status(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Cuts `a` off from `others` in both directions.
+    pub fn isolate(&self, a: u64, others: &[u64]) {
+        let fault = |drop: Vec<u64>| AdminRequest::Fault {
+            drop_to: drop.clone(),
+            drop_from: drop,
+            delay_ms: 0,
+        };
+        self.admin(a, fault(others.to_vec())).expect("fault on the isolated node");
+        for &o in others {
+            let _ = self.admin(o, fault(vec![a]));
+        }
+    }
+
+    /// Undoes every fault on every running node.
+    pub fn heal(&self) {
+        for &id in self.nodes.keys() {
+            let _ = self.admin(id, AdminRequest::Heal);
+        }
+    }
+
+    /// Waits until a leader is known by the running nodes that answer; its id.
+    pub fn wait_for_leader(&self) -> u64 {
+        self.wait_for_leader_among(&self.nodes.keys().copied().collect::<Vec<_>>())
+    }
+
+    /// Waits until one of `ids` leads and is recognized by the others among `ids` that answer.
+    pub fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let statuses: Vec<NodeStatus> = ids.iter().filter_map(|&id| self.status(id)).collect();
+            let leaders: BTreeSet<u64> =
+                statuses.iter().filter(|s| s.role == "leader").map(|s| s.id).collect();
+            if leaders.len() == 1 {
+                let leader = *leaders.iter().next().expect("one");
+                if statuses.iter().all(|s| s.leader == leader) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {ids:?}: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running node has applied the leader's commit index, then checks
+    /// that they hold the same value for every key.
+    pub fn assert_converged(&self, keys: &[String]) {
+        let deadline = Instant::now() + DEADLINE;
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        loop {
+            let leader = self.wait_for_leader();
+            let commit = self.status(leader).map_or(0, |s| s.commit);
+            let applied: Vec<Option<u64>> =
+                ids.iter().map(|&id| self.status(id).map(|s| s.applied)).collect();
+            if applied.iter().all(|a| a.is_some_and(|a| a >= commit)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not converge: {applied:?} vs {commit}: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for key in keys {
+            let values: Vec<Option<Vec<u8>>> = ids
+                .iter()
+                .map(|&id| {
+                    let mut c = self.client_of(id);
+                    match c.kv(Op::Get { key: key.clone().into_bytes(), serializable: true }) {
+                        Ok(KvReply { result: OpResult::Get(v), .. }) => v,
+                        other => panic!("node {id} cannot read {key}: {other:?}"),
+                    }
+                })
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] == w[1]), "nodes disagree on {key}: {values:?}");
+        }
+    }
+
+    /// The tail of every node's log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.values() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            out.push_str(&format!("\n--- node {} ---\n", n.id));
+            for line in tail.iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Concurrent clients recording a history, and a monitor recording who leads each term.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    history: Arc<Mutex<Vec<Operation>>>,
+    leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
+    /// The keys used.
+    pub keys: Vec<String>,
+}
+
+impl Workload {
+    /// Starts `clients` closed-loop clients over `keys` keys, and a leader monitor.
+    pub fn start(cluster: &Cluster, clients: usize, keys: usize) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> =
+            Arc::new(Mutex::new(BTreeMap::new()));
+        let keys: Vec<String> = (0..keys).map(|k| format!("key{k}")).collect();
+        let epoch = Instant::now();
+        let mut threads = Vec::new();
+        for c in 0..clients as u64 {
+            let (stop, history, keys) = (Arc::clone(&stop), Arc::clone(&history), keys.clone());
+            let endpoints = cluster.endpoints();
+            threads.push(std::thread::spawn(move || {
+                client_loop(c, endpoints, keys, epoch, stop, history)
+            }));
+        }
+        let (stop2, leaders2) = (Arc::clone(&stop), Arc::clone(&leaders));
+        let endpoints = cluster.endpoints();
+        threads.push(std::thread::spawn(move || {
+            let mut client = Client::new(endpoints.clone(), Duration::from_millis(500), None);
+            while !stop2.load(Ordering::Relaxed) {
+                for (_, status) in client.statuses() {
+                    if let Ok(s) = status {
+                        if s.role == "leader" {
+                            leaders2.lock().expect("lock").entry(s.term).or_default().insert(s.id);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+        Workload { stop, threads, history, leaders, keys }
+    }
+
+    /// Operations recorded so far.
+    pub fn len(&self) -> usize {
+        self.history.lock().expect("lock").len()
+    }
+
+    /// True before any operation completed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until at least `n` more operations completed (bounded).
+    pub fn wait_ops(&self, n: usize) {
+        let target = self.len() + n;
+        let deadline = Instant::now() + DEADLINE;
+        while self.len() < target {
+            assert!(Instant::now() < deadline, "the workload stalled at {} operations", self.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the clients; the history and who led each term.
+    pub fn finish(self) -> (Vec<Operation>, BTreeMap<u64, BTreeSet<u64>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let history = std::mem::take(&mut *self.history.lock().expect("lock"));
+        let leaders = std::mem::take(&mut *self.leaders.lock().expect("lock"));
+        (history, leaders)
+    }
+}
+
+fn client_loop(
+    c: u64,
+    endpoints: Vec<String>,
+    keys: Vec<String>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Operation>>>,
+) {
+    let mut client = Client::new(endpoints, Duration::from_millis(1500), None);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (c + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut last_seen: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let key = keys[(rng % keys.len() as u64) as usize].clone();
+        n += 1;
+        let value = format!("c{c}-{n}").into_bytes();
+        let input = match (rng >> 32) % 10 {
+            0..=3 => Input::Get,
+            4..=6 => Input::Put(value.clone()),
+            7 => Input::Delete,
+            _ => {
+                Input::Cas { expected: last_seen.get(&key).cloned().flatten(), new: value.clone() }
+            }
+        };
+        let op = match &input {
+            Input::Put(v) => Op::Put { key: key.clone().into_bytes(), value: v.clone() },
+            Input::Get => Op::Get { key: key.clone().into_bytes(), serializable: false },
+            Input::Delete => Op::Delete { key: key.clone().into_bytes() },
+            Input::Cas { expected, new } => Op::Cas {
+                key: key.clone().into_bytes(),
+                expected: expected.clone(),
+                new: new.clone(),
+            },
+        };
+        let call = epoch.elapsed().as_nanos() as u64;
+        let result = client.kv(op);
+        let ret = epoch.elapsed().as_nanos() as u64;
+        let output = match result {
+            Ok(KvReply { result: OpResult::Put, .. }) => Output::Put,
+            Ok(KvReply { result: OpResult::Get(v), .. }) => {
+                last_seen.insert(key.clone(), v.clone());
+                Output::Get(v)
+            }
+            Ok(KvReply { result: OpResult::Delete(existed), .. }) => Output::Delete(existed),
+            Ok(KvReply { result: OpResult::Cas { swapped, previous }, .. }) => {
+                last_seen.insert(key.clone(), if swapped { Some(value.clone()) } else { previous });
+                Output::Cas(swapped)
+            }
+            // Refused before being proposed: it never happened.
+            Err(CtlError::Cluster(
+                ClientError::TooLarge { .. } | ClientError::Refused(_) | ClientError::Stale { .. },
+            )) => {
+                continue;
+            }
+            Err(_) => Output::Unknown,
+        };
+        history.lock().expect("lock").push(Operation {
+            client: c,
+            key: key.into_bytes(),
+            input,
+            output,
+            call,
+            ret,
+        });
+    }
+}
