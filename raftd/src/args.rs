@@ -80,6 +80,10 @@ pub struct Args {
     /// Snapshot and compact every this many applied entries (0: only on request).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_entries: u64,
+    /// Log entries kept behind a snapshot, so that a follower slightly behind catches up
+    /// from the log rather than by a snapshot.
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_catchup_entries: u64,
     /// File holding a shared secret required in every handshake.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -202,6 +206,7 @@ impl Args {
             raft,
             tick_interval: Duration::from_millis(self.tick_interval_ms),
             snapshot_entries: self.snapshot_entries,
+            snapshot_catchup_entries: self.snapshot_catchup_entries,
             token,
             allow_fault_injection: self.allow_fault_injection,
             request_timeout: Duration::from_millis(self.request_timeout_ms),

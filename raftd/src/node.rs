@@ -30,8 +30,6 @@ use crate::transport::{Conn, ConnKind, ReadOutcome};
 const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const FIRST_CONN_TOKEN: usize = 2;
-/// Entries kept in the log behind a snapshot, for followers slightly behind.
-const SNAPSHOT_CATCHUP_ENTRIES: u64 = 1000;
 /// A partly received snapshot is dropped after this long without a chunk.
 const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff bounds for peer connections.
@@ -63,6 +61,8 @@ pub struct NodeConfig {
     pub tick_interval: Duration,
     /// Snapshot every this many applied entries (0: never automatically).
     pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers slightly behind.
+    pub snapshot_catchup_entries: u64,
     /// Shared secret required in every handshake.
     pub token: Option<String>,
     /// Accept `Fault`/`Heal` admin requests.
@@ -844,6 +844,7 @@ impl Node {
             leader: status.soft_state.lead,
             commit: status.hard_state.commit,
             applied: status.applied,
+            first_index: self.raw.store().first_index_now(),
             last_index: self.raw.store().last_index_now(),
             snapshot_index: self.raw.store().current_snapshot().metadata.index,
             joint: !cs.voters_outgoing.is_empty(),
@@ -1006,7 +1007,12 @@ impl Node {
         }
         let data = self.kv.snapshot();
         let cs = self.raw.raft.prs.conf_state();
-        self.raw.store_mut().create_snapshot(index, cs, data, SNAPSHOT_CATCHUP_ENTRIES)?;
+        self.raw.store_mut().create_snapshot(
+            index,
+            cs,
+            data,
+            self.config.snapshot_catchup_entries,
+        )?;
         self.last_snapshot_index = index;
         info!("snapshot at index {index}");
         Ok(index)

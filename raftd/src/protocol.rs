@@ -246,6 +246,8 @@ pub struct NodeStatus {
     pub commit: u64,
     /// The applied index.
     pub applied: u64,
+    /// The first log index still held (older entries are in the snapshot).
+    pub first_index: u64,
     /// The last log index.
     pub last_index: u64,
     /// The index of the last snapshot.

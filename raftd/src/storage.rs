@@ -177,6 +177,11 @@ impl WalStorage {
         self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))
     }
 
+    /// The first index in the log.
+    pub fn first_index_now(&self) -> u64 {
+        self.wal.first_index()
+    }
+
     /// The last index in the log.
     pub fn last_index_now(&self) -> u64 {
         self.wal.last_index()

@@ -50,7 +50,7 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
-    /// Its flags.
+    /// Its flags (change them before a restart to restart differently).
     pub args: Vec<String>,
     child: Option<Child>,
 }
@@ -175,6 +175,36 @@ impl Cluster {
         self.nodes.values().map(|n| n.client_addr.clone()).collect()
     }
 
+    /// Stops node `id` and forgets it (after it was removed from the configuration).
+    pub fn forget(&mut self, id: u64) {
+        self.kill(id);
+        self.nodes.remove(&id);
+    }
+
+    /// The leader's id by asking any node.
+    pub fn leader(&self) -> u64 {
+        self.wait_for_leader()
+    }
+
+    /// A membership change through the current leader, retried until it applies.
+    pub fn change(&self, request: AdminRequest) -> AdminReply {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let leader = self.wait_for_leader();
+            match self.admin(leader, request.clone()) {
+                Ok(reply) => return reply,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{request:?} never applied: {e}: {}",
+                        self.logs()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.node(id).child.take() {
@@ -245,7 +275,12 @@ impl Cluster {
     pub fn wait_for_leader_among(&self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let statuses: Vec<NodeStatus> = ids.iter().filter_map(|&id| self.status(id)).collect();
+            // A node that is not (yet) in its own configuration, a joiner, has no say.
+            let statuses: Vec<NodeStatus> = ids
+                .iter()
+                .filter_map(|&id| self.status(id))
+                .filter(|s| s.members.iter().any(|m| m.id == s.id))
+                .collect();
             let leaders: BTreeSet<u64> =
                 statuses.iter().filter(|s| s.role == "leader").map(|s| s.id).collect();
             if leaders.len() == 1 {
@@ -294,8 +329,14 @@ impl Cluster {
         }
     }
 
-    /// The tail of every node's log.
+    /// The tail of every node's log (whole logs are copied to `$FAULTS_DUMP_DIR` if set).
     pub fn logs(&self) -> String {
+        if let Ok(dump) = std::env::var("FAULTS_DUMP_DIR") {
+            let _ = std::fs::create_dir_all(&dump);
+            for n in self.nodes.values() {
+                let _ = std::fs::copy(&n.log, Path::new(&dump).join(format!("node-{}.log", n.id)));
+            }
+        }
         let mut out = String::new();
         for n in self.nodes.values() {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();

@@ -234,3 +234,158 @@ fn the_checker_is_wired_to_the_history() {
     });
     assert!(matches!(checker::check(&history), Verdict::Violation { .. }));
 }
+
+#[test]
+fn rolling_kill_and_restart_of_every_node_including_two_at_once() {
+    let mut cluster = Cluster::start(5, &[]);
+    cluster.wait_for_leader();
+    let workload = Workload::start(&cluster, 4, 5);
+    workload.wait_ops(20);
+    for id in 1..=5 {
+        cluster.kill(id);
+        workload.wait_ops(15);
+        cluster.restart(id);
+    }
+    // Two at once: three of five remain, still a quorum.
+    cluster.kill(1);
+    cluster.kill(2);
+    workload.wait_ops(20);
+    cluster.restart(1);
+    cluster.restart(2);
+    workload.wait_ops(20);
+    verify(&cluster, workload);
+}
+
+#[test]
+fn membership_changes_under_load() {
+    let mut cluster =
+        Cluster::start(3, &["--snapshot-entries=50", "--snapshot-catchup-entries=10"]);
+    cluster.wait_for_leader();
+    let workload = Workload::start(&cluster, 4, 5);
+    workload.wait_ops(30);
+
+    // Add a learner, then promote it.
+    let (peer, client) = Cluster::new_addrs();
+    cluster.add_node(
+        4,
+        peer.clone(),
+        client,
+        vec!["--join".into(), "--snapshot-entries=50".into()],
+    );
+    let reply = cluster.change(AdminRequest::AddLearner { id: 4, addr: peer });
+    assert!(
+        matches!(reply, AdminReply::Membership { ref learners, .. } if learners == &[4]),
+        "{reply:?}"
+    );
+    workload.wait_ops(20);
+    cluster.change(AdminRequest::Promote { id: 4 });
+    workload.wait_ops(20);
+
+    // Remove the original leader: it applies its own removal and steps down.
+    let leader = cluster.leader();
+    let reply =
+        cluster.admin(leader, AdminRequest::Remove { id: leader }).expect("remove the leader");
+    assert!(
+        matches!(reply, AdminReply::Membership { ref voters, .. } if !voters.contains(&leader)),
+        "{reply:?}"
+    );
+    cluster.forget(leader);
+    workload.wait_ops(30);
+
+    // Replace a node whose data directory was deleted: it returns through a snapshot.
+    let victim = *cluster.nodes.keys().find(|&&id| id != cluster.leader()).expect("a follower");
+    cluster.kill(victim);
+    let node = cluster.node(victim);
+    std::fs::remove_dir_all(&node.data_dir).expect("wipe");
+    node.args.retain(|a| !a.starts_with("--initial-cluster"));
+    node.args.push("--join".into());
+    cluster.change(AdminRequest::Remove { id: victim });
+    workload.wait_ops(60);
+    // Compact the leader's log past what the empty node could replay.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = cluster.leader();
+        cluster.admin(leader, AdminRequest::Snapshot).expect("snapshot");
+        if cluster.status(leader).is_some_and(|s| s.first_index > 10) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never compacted its log: {}",
+            cluster.logs()
+        );
+        workload.wait_ops(20);
+    }
+    cluster.restart(victim);
+    let addr = cluster.nodes[&victim].peer_addr.clone();
+    cluster.change(AdminRequest::AddLearner { id: victim, addr });
+    cluster.change(AdminRequest::Promote { id: victim });
+    workload.wait_ops(30);
+    verify(&cluster, workload);
+    let log = std::fs::read_to_string(&cluster.nodes[&victim].log).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "the replaced node came back through a snapshot:\n{log}{}",
+        cluster.logs()
+    );
+}
+
+/// The last WAL segment of a node and where its written bytes end.
+fn last_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.pop().expect("a segment");
+    let bytes = std::fs::read(&last).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).expect("written") + 1;
+    (last, end)
+}
+
+#[test]
+fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let victim = if leader == 1 { 2 } else { 1 };
+    let workload = Workload::start(&cluster, 4, 5);
+    workload.wait_ops(40);
+
+    // A torn tail: the last record cut short. The node recovers and catches up.
+    cluster.kill(victim);
+    let (segment, end) = last_segment(&cluster.nodes[&victim].data_dir);
+    let f = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    f.set_len((end - 7) as u64).unwrap();
+    drop(f);
+    cluster.restart(victim);
+    workload.wait_ops(30);
+    let log = std::fs::read_to_string(&cluster.nodes[&victim].log).unwrap();
+    assert!(log.contains("torn"), "the torn tail is reported");
+
+    // Corruption in the middle of the log: the node refuses to start, naming file and offset.
+    cluster.kill(victim);
+    let (segment, end) = last_segment(&cluster.nodes[&victim].data_dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[end / 2] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    cluster.restart(victim);
+    let code = cluster.node(victim).wait_exit();
+    assert!(code.is_some_and(|c| c != 0), "a corrupt WAL stops the node: {code:?}");
+    let log = std::fs::read_to_string(&cluster.nodes[&victim].log).unwrap();
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(log.contains("corruption") && log.contains(name) && log.contains("offset"), "{log}");
+
+    // Wiped and re-added, the cluster is whole again.
+    let node = cluster.node(victim);
+    std::fs::remove_dir_all(&node.data_dir).unwrap();
+    node.args.retain(|a| !a.starts_with("--initial-cluster"));
+    node.args.push("--join".into());
+    cluster.change(AdminRequest::Remove { id: victim });
+    cluster.restart(victim);
+    let addr = cluster.nodes[&victim].peer_addr.clone();
+    cluster.change(AdminRequest::AddLearner { id: victim, addr });
+    cluster.change(AdminRequest::Promote { id: victim });
+    workload.wait_ops(30);
+    verify(&cluster, workload);
+}
