@@ -23,7 +23,13 @@ pub const TICK_MS: u64 = 20;
 /// The directory holding `raftd`: next to the test binary's `target/<profile>/`.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf();
+    // A test binary lives in target/<profile>/deps, the chaos binary in target/<profile>.
+    let here = exe.parent().expect("a directory").to_path_buf();
+    let dir = if here.join("raftd").exists() {
+        here
+    } else {
+        here.parent().expect("target/<profile>").to_path_buf()
+    };
     assert!(
         dir.join("raftd").exists(),
         "raftd is not built in {}: run `cargo build -p raftd` or `cargo test --workspace`",
@@ -495,5 +501,59 @@ fn client_loop(
             call,
             ret,
         });
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Operations whose outcome is known.
+    pub known: usize,
+    /// Operations that timed out or lost their connection.
+    pub unknown: usize,
+    /// Terms in which a leader was seen.
+    pub terms: usize,
+}
+
+/// Stops the workload, heals, waits for convergence, and checks: identical state on every
+/// node, at most one leader per term, and a linearizable history (with a final read of every
+/// key, so that every acknowledged write must be readable or superseded).
+pub fn verify(cluster: &Cluster, workload: Workload) -> Result<Summary, String> {
+    let keys = workload.keys.clone();
+    let (mut history, leaders) = workload.finish();
+    cluster.heal();
+    cluster.assert_converged(&keys);
+    for (term, ids) in &leaders {
+        if ids.len() > 1 {
+            return Err(format!("term {term} had leaders {ids:?}"));
+        }
+    }
+    let leader = cluster.wait_for_leader();
+    let mut client = Client::new(vec![cluster.nodes[&leader].client_addr.clone()], DEADLINE, None);
+    let base = history.iter().map(|o| o.ret.max(o.call)).max().unwrap_or(0) + 1;
+    for key in &keys {
+        let reply = client
+            .kv(Op::Get { key: key.clone().into_bytes(), serializable: false })
+            .map_err(|e| format!("final read of {key}: {e}"))?;
+        let OpResult::Get(value) = reply.result else {
+            return Err("a read returned no value".into());
+        };
+        history.push(Operation {
+            client: u64::MAX,
+            key: key.clone().into_bytes(),
+            input: Input::Get,
+            output: Output::Get(value),
+            call: base,
+            ret: base + 1,
+        });
+    }
+    let known = history.iter().filter(|o| o.output != Output::Unknown).count();
+    let unknown = history.len() - known;
+    if known <= 20 {
+        return Err(format!("too few completed operations to mean anything: {known}"));
+    }
+    match crate::checker::check(&history) {
+        crate::checker::Verdict::Ok => Ok(Summary { known, unknown, terms: leaders.len() }),
+        other => Err(other.to_string()),
     }
 }
