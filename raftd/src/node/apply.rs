@@ -1,0 +1,170 @@
+//! Handling a Ready: persist, send, apply committed entries, answer, snapshot.
+
+use super::*;
+
+impl Node {
+    pub(super) fn handle_readies(&mut self) -> Result<()> {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            let leader = self.is_leader();
+            let messages = std::mem::take(&mut rd.messages);
+            // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
+            // state, so they may leave before it syncs.
+            let messages = if leader {
+                self.send_messages(messages);
+                Vec::new()
+            } else {
+                messages
+            };
+            let store = self.raw.store_mut();
+            if let Some(snapshot) = &rd.snapshot {
+                store.apply_snapshot(snapshot)?;
+            }
+            store.append(&rd.entries)?;
+            if let Some(hs) = &rd.hard_state {
+                store.set_hard_state(hs)?;
+            }
+            if rd.must_sync || rd.snapshot.is_some() || !rd.entries.is_empty() {
+                store.sync()?;
+            }
+            if let Some(snapshot) = &rd.snapshot {
+                self.kv = Kv::restore(&snapshot.data)?;
+                self.last_snapshot_index = snapshot.metadata.index;
+                for (id, addr) in self.kv.members().clone() {
+                    self.learn_peer(id, Some(addr), None);
+                }
+                info!("installed snapshot at index {}", snapshot.metadata.index);
+            }
+            self.send_messages(messages);
+            for entry in &rd.committed_entries {
+                self.apply(entry)?;
+            }
+            for rs in rd.read_states.drain(..) {
+                let mut ctx = [0u8; 8];
+                if rs.request_ctx.len() == 8 {
+                    ctx.copy_from_slice(&rs.request_ctx);
+                }
+                if let Some(batch) = self.reads_in_flight.remove(&u64::from_le_bytes(ctx)) {
+                    self.reads_ready.push_back((rs.index, batch));
+                }
+            }
+            self.raw.advance(rd);
+            self.serve_reads();
+            self.maybe_snapshot()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply(&mut self, entry: &Entry) -> Result<()> {
+        match entry.entry_type {
+            EntryType::Normal if entry.data.is_empty() => {}
+            EntryType::Normal => {
+                let result = match codec::decode_payload::<Command>(&entry.data) {
+                    Ok(command) => {
+                        let key = (command.client_id, command.seq);
+                        let result = self.kv.apply(entry.index, &command);
+                        Some((key, result))
+                    }
+                    Err(e) => {
+                        error!("entry {} does not decode as a command: {e}", entry.index);
+                        None
+                    }
+                };
+                if let Some((key, result)) = result {
+                    if let Some(waiters) = self.write_waiters.remove(&key) {
+                        for w in waiters {
+                            self.kv_reply(&w, result.clone());
+                        }
+                    }
+                }
+            }
+            EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
+        }
+        self.kv.set_applied(entry.index);
+        Ok(())
+    }
+
+    pub(super) fn apply_conf_change(&mut self, entry: &Entry) {
+        let decoded = if entry.entry_type == EntryType::ConfChange {
+            ConfChange::decode(&entry.data).map(|cc| (cc.context.clone(), cc.into_v2()))
+        } else {
+            ConfChangeV2::decode(&entry.data).map(|cc| (cc.context.clone(), cc))
+        };
+        let (context, cc) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                error!("configuration change at {} does not decode: {e}", entry.index);
+                return;
+            }
+        };
+        let member: Option<MemberContext> = codec::decode_payload(&context).ok();
+        let result = self.raw.apply_conf_change(&cc);
+        let waiter = member.as_ref().and_then(|m| self.conf_waiters.remove(&m.request_token));
+        match result {
+            Ok(cs) => {
+                for change in &cc.changes {
+                    match change.change_type {
+                        ConfChangeType::RemoveNode => {
+                            self.kv.remove_member(change.node_id);
+                        }
+                        _ => {
+                            if let Some(addr) = member.as_ref().and_then(|m| m.peer_addr.clone()) {
+                                self.kv.set_member(change.node_id, addr.clone());
+                                self.learn_peer(change.node_id, Some(addr), None);
+                            }
+                        }
+                    }
+                }
+                info!("configuration is now voters {:?} learners {:?}", cs.voters, cs.learners);
+                if let Some(w) = waiter {
+                    let reply = AdminReply::Membership { voters: cs.voters, learners: cs.learners };
+                    self.admin_reply(&w.waiter, Ok(reply));
+                }
+            }
+            Err(e) => {
+                warn!("configuration change at {} refused: {e}", entry.index);
+                if let Some(w) = waiter {
+                    self.admin_reply(&w.waiter, Err(refused(e.to_string())));
+                }
+            }
+        }
+    }
+
+    pub(super) fn serve_reads(&mut self) {
+        let applied = self.kv.applied();
+        while self.reads_ready.front().is_some_and(|(index, _)| *index <= applied) {
+            let (_, batch) = self.reads_ready.pop_front().expect("checked");
+            for r in batch {
+                let reply =
+                    KvReply { index: applied, result: OpResult::Get(self.kv.get(&r.key).cloned()) };
+                self.kv_reply(&r.waiter, Ok(reply));
+            }
+        }
+    }
+
+    pub(super) fn maybe_snapshot(&mut self) -> Result<()> {
+        let every = self.config.snapshot_entries;
+        if every > 0 && self.kv.applied() >= self.last_snapshot_index + every {
+            self.snapshot_now()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot_now(&mut self) -> Result<u64> {
+        let index = self.kv.applied();
+        if index == 0 || index <= self.last_snapshot_index {
+            return Ok(self.last_snapshot_index);
+        }
+        let data = self.kv.snapshot();
+        let cs = self.raw.raft.prs.conf_state();
+        self.raw.store_mut().create_snapshot(
+            index,
+            cs,
+            data,
+            self.config.snapshot_catchup_entries,
+        )?;
+        self.last_snapshot_index = index;
+        info!("snapshot at index {index}");
+        Ok(index)
+    }
+}

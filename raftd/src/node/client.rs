@@ -1,0 +1,313 @@
+//! Client and admin requests: reads, writes, membership, status.
+
+use super::*;
+
+impl Node {
+    pub(super) fn respond(&mut self, token: Token, response: ClientResponse) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        match conn.send(&response) {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("client {} is not reading its replies; closing", conn.remote);
+                self.close(token, "output queue over its limit");
+            }
+            Err(e) => warn!("cannot encode a reply: {e}"),
+        }
+    }
+
+    pub(super) fn kv_reply(
+        &mut self,
+        w: &Waiter,
+        result: std::result::Result<KvReply, ClientError>,
+    ) {
+        self.respond(w.conn, ClientResponse::Kv { request_id: w.request_id, result });
+    }
+
+    pub(super) fn admin_reply(
+        &mut self,
+        w: &Waiter,
+        result: std::result::Result<AdminReply, ClientError>,
+    ) {
+        self.respond(w.conn, ClientResponse::Admin { request_id: w.request_id, result });
+    }
+
+    pub(super) fn not_leader(&self) -> ClientError {
+        let lead = self.raw.raft.lead;
+        if lead == 0 {
+            return ClientError::NoLeader;
+        }
+        let leader_addr = if lead == self.config.id {
+            Some(self.config.listen_client.to_string())
+        } else {
+            self.peers.get(&lead).and_then(|l| l.client_addr.clone())
+        };
+        ClientError::NotLeader { leader_id: lead, leader_addr }
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateType::Leader
+    }
+
+    pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
+        let deadline = Instant::now() + self.config.request_timeout;
+        match request {
+            ClientRequest::Kv { request_id, client_id, seq, op } => {
+                let waiter = Waiter { conn: token, request_id, deadline };
+                self.kv_request(waiter, client_id, seq, op);
+            }
+            ClientRequest::Admin { request_id, request } => {
+                let waiter = Waiter { conn: token, request_id, deadline };
+                self.admin_request(waiter, request);
+            }
+        }
+    }
+
+    pub(super) fn kv_request(&mut self, waiter: Waiter, client_id: u64, seq: u64, op: Op) {
+        match op {
+            Op::Get { key, serializable: true } => {
+                let result = OpResult::Get(self.kv.get(&key).cloned());
+                let reply = KvReply { index: self.kv.applied(), result };
+                self.kv_reply(&waiter, Ok(reply));
+            }
+            Op::Get { key, serializable: false } => {
+                self.read_batch.push(PendingRead { waiter, key })
+            }
+            op => {
+                if !self.is_leader() {
+                    let e = self.not_leader();
+                    self.kv_reply(&waiter, Err(e));
+                    return;
+                }
+                let command = Command { client_id, seq, op };
+                let data = match codec::encode_value(&command) {
+                    Ok(d) if d.len() <= REQUEST_SIZE_MAX => d,
+                    Ok(d) => {
+                        return self.kv_reply(
+                            &waiter,
+                            Err(ClientError::TooLarge { len: d.len(), max: REQUEST_SIZE_MAX }),
+                        )
+                    }
+                    Err(e) => return self.kv_reply(&waiter, Err(refused(e.to_string()))),
+                };
+                self.proposals.push((Vec::new(), data));
+                self.proposal_waiters.push(((client_id, seq), waiter));
+            }
+        }
+    }
+
+    /// Proposes the writes and asks one read index for the reads that arrived in this
+    /// iteration.
+    pub(super) fn submit_batches(&mut self) {
+        if !self.proposals.is_empty() {
+            let batch = std::mem::take(&mut self.proposals);
+            let waiters = std::mem::take(&mut self.proposal_waiters);
+            match self.raw.propose_batch(batch) {
+                Ok(()) => {
+                    for (key, w) in waiters {
+                        self.write_waiters.entry(key).or_default().push(w);
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        raft::Error::ProposalDropped if !self.is_leader() => self.not_leader(),
+                        raft::Error::ProposalDropped => ClientError::ProposalDropped,
+                        other => refused(other.to_string()),
+                    };
+                    for (_, w) in waiters {
+                        self.kv_reply(&w, Err(err.clone()));
+                    }
+                }
+            }
+        }
+        if !self.read_batch.is_empty() {
+            let batch = std::mem::take(&mut self.read_batch);
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            match self.raw.read_index(ctx.to_le_bytes().to_vec()) {
+                Ok(()) => {
+                    self.reads_in_flight.insert(ctx, batch);
+                }
+                Err(_) => {
+                    let err = self.not_leader();
+                    let err = if matches!(err, ClientError::NotLeader { .. }) {
+                        ClientError::NoLeader
+                    } else {
+                        err
+                    };
+                    for r in batch {
+                        self.kv_reply(&r.waiter, Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn admin_request(&mut self, waiter: Waiter, request: AdminRequest) {
+        let result = match request {
+            AdminRequest::Status => Ok(AdminReply::Status(Box::new(self.status()))),
+            AdminRequest::TransferLeader { to } => match self.raw.transfer_leader(to) {
+                Ok(()) => Ok(AdminReply::Done(format!("leadership transfer to {to} started"))),
+                Err(e) => Err(refused(e.to_string())),
+            },
+            AdminRequest::AddVoter { id, addr } => {
+                return self.change_membership(waiter, ConfChangeType::AddNode, id, Some(addr))
+            }
+            AdminRequest::AddLearner { id, addr } => {
+                return self.change_membership(
+                    waiter,
+                    ConfChangeType::AddLearnerNode,
+                    id,
+                    Some(addr),
+                )
+            }
+            AdminRequest::Promote { id } => {
+                return self.change_membership(waiter, ConfChangeType::AddNode, id, None)
+            }
+            AdminRequest::Remove { id } => {
+                return self.change_membership(waiter, ConfChangeType::RemoveNode, id, None)
+            }
+            AdminRequest::Snapshot => match self.snapshot_now() {
+                Ok(index) => Ok(AdminReply::Done(format!("snapshot at index {index}"))),
+                Err(e) => Err(refused(e.to_string())),
+            },
+            AdminRequest::Fault { drop_to, drop_from, delay_ms } => {
+                if self.config.allow_fault_injection {
+                    info!(
+                        "fault injection: dropping messages to {drop_to:?} and from \
+                         {drop_from:?}, delaying by {delay_ms} ms"
+                    );
+                    self.drop_to = drop_to;
+                    self.drop_from = drop_from;
+                    self.delay = Duration::from_millis(delay_ms);
+                    Ok(AdminReply::Done("fault injected".into()))
+                } else {
+                    Err(refused(
+                        "fault injection is not allowed on this node (--allow-fault-injection)",
+                    ))
+                }
+            }
+            AdminRequest::Heal => {
+                if self.config.allow_fault_injection {
+                    self.drop_to.clear();
+                    self.drop_from.clear();
+                    self.delay = Duration::ZERO;
+                    Ok(AdminReply::Done("healed".into()))
+                } else {
+                    Err(refused(
+                        "fault injection is not allowed on this node (--allow-fault-injection)",
+                    ))
+                }
+            }
+        };
+        self.admin_reply(&waiter, result);
+    }
+
+    pub(super) fn change_membership(
+        &mut self,
+        waiter: Waiter,
+        change_type: ConfChangeType,
+        id: u64,
+        addr: Option<String>,
+    ) {
+        if !self.is_leader() {
+            let e = self.not_leader();
+            return self.admin_reply(&waiter, Err(e));
+        }
+        let conf = &self.raw.raft.prs.conf;
+        let is_voter = conf.voters.contains(id);
+        let is_learner = conf.learners.contains(&id);
+        let refusal = if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
+            Some("a configuration change is already pending".to_string())
+        } else if conf.voters.is_joint() {
+            Some("the configuration is joint; wait for it to settle".to_string())
+        } else if id == 0 {
+            Some("node id 0 is reserved".to_string())
+        } else {
+            match (change_type, addr.is_some()) {
+                (ConfChangeType::AddNode, true) | (ConfChangeType::AddLearnerNode, true)
+                    if is_voter || is_learner =>
+                {
+                    Some(format!("node {id} is already a member"))
+                }
+                (ConfChangeType::AddNode, false) if !is_learner => {
+                    Some(format!("node {id} is not a learner"))
+                }
+                (ConfChangeType::RemoveNode, _) if !is_voter && !is_learner => {
+                    Some(format!("node {id} is not a member"))
+                }
+                (ConfChangeType::RemoveNode, _) if is_voter && conf.voters.incoming.len() == 1 => {
+                    Some("cannot remove the last voter".to_string())
+                }
+                _ => None,
+            }
+        };
+        if let Some(reason) = refusal {
+            return self.admin_reply(&waiter, Err(refused(reason)));
+        }
+        let token = self.next_conf_token;
+        self.next_conf_token += 1;
+        let context = codec::encode_value(&MemberContext { peer_addr: addr, request_token: token })
+            .unwrap_or_default();
+        let cc = ConfChange { change_type, node_id: id, context };
+        match self.raw.propose_conf_change(Vec::new(), &cc) {
+            Ok(()) => {
+                self.conf_waiters.insert(token, ConfWaiter { waiter });
+            }
+            Err(e) => self.admin_reply(&waiter, Err(refused(e.to_string()))),
+        }
+    }
+
+    pub(super) fn status(&self) -> NodeStatus {
+        let status = self.raw.status();
+        let cs = &status.conf_state;
+        let mut members = Vec::new();
+        let mut add = |id: u64, role: &str| {
+            let progress = status.progress.get(&id);
+            let (peer_addr, client_addr) = if id == self.config.id {
+                (
+                    Some(self.config.listen_peer.to_string()),
+                    Some(self.config.listen_client.to_string()),
+                )
+            } else {
+                let link = self.peers.get(&id);
+                (link.and_then(|l| l.addr.clone()), link.and_then(|l| l.client_addr.clone()))
+            };
+            members.push(MemberStatus {
+                id,
+                peer_addr,
+                client_addr,
+                role: role.to_string(),
+                matched: progress.map(|p| p.matched),
+                recent_active: progress.map(|p| p.recent_active),
+            });
+        };
+        for &id in &cs.voters {
+            add(id, "voter");
+        }
+        for &id in &cs.voters_outgoing {
+            if !cs.voters.contains(&id) {
+                add(id, "outgoing voter");
+            }
+        }
+        for &id in &cs.learners {
+            add(id, "learner");
+        }
+        NodeStatus {
+            id: self.config.id,
+            cluster_id: self.config.cluster_id.clone(),
+            role: role_name(status.soft_state.raft_state).to_string(),
+            term: status.hard_state.term,
+            leader: status.soft_state.lead,
+            commit: status.hard_state.commit,
+            applied: status.applied,
+            first_index: self.raw.store().first_index_now(),
+            last_index: self.raw.store().last_index_now(),
+            snapshot_index: self.raw.store().current_snapshot().metadata.index,
+            joint: !cs.voters_outgoing.is_empty(),
+            members,
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Messages to peers, snapshot transfer, connections and timers.
+
+use super::*;
+
+impl Node {
+    pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
+        for m in messages {
+            let to = m.to;
+            if self.drop_to.contains(&to) {
+                continue;
+            }
+            if !self.delay.is_zero() && m.msg_type != MessageType::Snapshot {
+                self.delayed.push_back((Instant::now() + self.delay, m));
+                continue;
+            }
+            if m.msg_type == MessageType::Snapshot {
+                let mut header = m;
+                let data = header
+                    .snapshot
+                    .as_mut()
+                    .map(|s| std::mem::take(&mut s.data))
+                    .unwrap_or_default();
+                match self.peers.get_mut(&to) {
+                    Some(link) => link.snapshot_out = Some((header, data, 0)),
+                    None => self.raw.report_snapshot(to, SnapshotStatus::Failure),
+                }
+                continue;
+            }
+            self.send_peer(to, &PeerFrame::Raft(m));
+        }
+    }
+
+    pub(super) fn send_peer(&mut self, to: u64, frame: &PeerFrame) -> bool {
+        let token = self.peers.get(&to).and_then(|l| l.conn);
+        let Some(token) = token else {
+            self.raw.report_unreachable(to);
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        match conn.send(frame) {
+            Ok(true) => true,
+            Ok(false) => {
+                warn!("peer {to} cannot keep up; disconnecting");
+                self.close(token, "output queue over its limit");
+                false
+            }
+            Err(e) => {
+                warn!("cannot encode a message to {to}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Sends the next chunks of snapshots in transfer, as much as the queues allow.
+    pub(super) fn pump_snapshots(&mut self) {
+        let ids: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, l)| l.snapshot_out.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for to in ids {
+            while let Some(link) = self.peers.get_mut(&to) {
+                let Some(token) = link.conn else { break };
+                let queued = self.conns.get(&token).map_or(usize::MAX, |c| c.encoder.pending_len());
+                if queued > 4 * SNAPSHOT_CHUNK_SIZE_BYTES {
+                    break;
+                }
+                let Some((header, data, offset)) = link.snapshot_out.as_mut() else { break };
+                let end = (*offset + SNAPSHOT_CHUNK_SIZE_BYTES).min(data.len());
+                let frame = PeerFrame::SnapshotChunk {
+                    message: header.clone(),
+                    offset: *offset as u64,
+                    total: data.len() as u64,
+                    data: data[*offset..end].to_vec(),
+                };
+                *offset = end;
+                let finished = end == data.len();
+                if finished {
+                    link.snapshot_out = None;
+                }
+                if !self.send_peer(to, &frame) {
+                    if let Some(link) = self.peers.get_mut(&to) {
+                        link.snapshot_out = None;
+                    }
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                    break;
+                }
+                if finished {
+                    self.raw.report_snapshot(to, SnapshotStatus::Finish);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends the delayed messages that are due (fault injection).
+    pub(super) fn release_delayed(&mut self) {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, m) = self.delayed.pop_front().expect("checked");
+            if !self.drop_to.contains(&m.to) {
+                let to = m.to;
+                self.send_peer(to, &PeerFrame::Raft(m));
+            }
+        }
+    }
+
+    pub(super) fn flush_all(&mut self) {
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.encoder.pending_len() > 0)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in tokens {
+            let Some(conn) = self.conns.get_mut(&token) else { continue };
+            if let Err(e) = conn.flush(self.poll.registry(), token) {
+                self.close(token, &format!("write: {e}"));
+            }
+        }
+    }
+
+    /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
+    pub(super) fn housekeeping(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            let link = &self.peers[&id];
+            if link.conn.is_some() || now < link.next_attempt {
+                continue;
+            }
+            let Some(addr) = link.addr.clone() else { continue };
+            self.connect(id, &addr, now);
+        }
+        self.expire_waiters(now);
+        self.snapshots_in.retain(|from, s| {
+            let keep = now.duration_since(s.last_chunk) < SNAPSHOT_RECEIVE_TIMEOUT;
+            if !keep {
+                warn!("snapshot from {from} stalled; dropped");
+            }
+            keep
+        });
+    }
+
+    pub(super) fn connect(&mut self, id: u64, addr: &str, now: Instant) {
+        let link = self.peers.get_mut(&id).expect("caller checked");
+        link.next_attempt = now + link.backoff;
+        link.backoff = (link.backoff * 2).min(RECONNECT_BACKOFF_MAX);
+        let socket_addr: SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("peer {id} address {addr:?}: {e}");
+                return;
+            }
+        };
+        let stream = match TcpStream::connect(socket_addr) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("connect to peer {id} at {addr}: {e}");
+                return;
+            }
+        };
+        let token = self.alloc_token();
+        let mut conn = Conn::new(
+            stream,
+            ConnKind::OutboundPeer { to: id },
+            socket_addr,
+            self.config.frame_size_max,
+        );
+        let hello = Hello {
+            cluster_id: self.config.cluster_id.clone(),
+            node_id: self.config.id,
+            role: Role::Peer,
+            token: self.config.token.clone(),
+            client_addr: Some(self.config.listen_client.to_string()),
+            peer_addr: Some(self.config.listen_peer.to_string()),
+        };
+        if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
+            return;
+        }
+        self.conns.insert(token, conn);
+        let link = self.peers.get_mut(&id).expect("caller checked");
+        link.conn = Some(token);
+        link.backoff = RECONNECT_BACKOFF_MIN;
+    }
+
+    pub(super) fn expire_waiters(&mut self, now: Instant) {
+        let mut expired: Vec<Waiter> = Vec::new();
+        self.write_waiters.retain(|_, ws| {
+            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
+                std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
+            expired.extend(gone);
+            *ws = kept;
+            !ws.is_empty()
+        });
+        self.reads_in_flight.retain(|_, batch| {
+            let timed_out = batch.first().is_some_and(|r| r.waiter.deadline <= now);
+            if timed_out {
+                expired.extend(std::mem::take(batch).into_iter().map(|r| r.waiter));
+            }
+            !timed_out
+        });
+        while self
+            .reads_ready
+            .front()
+            .is_some_and(|(_, b)| b.first().is_some_and(|r| r.waiter.deadline <= now))
+        {
+            let (_, batch) = self.reads_ready.pop_front().expect("checked");
+            expired.extend(batch.into_iter().map(|r| r.waiter));
+        }
+        let conf_expired: Vec<u64> = self
+            .conf_waiters
+            .iter()
+            .filter(|(_, w)| w.waiter.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in conf_expired {
+            if let Some(w) = self.conf_waiters.remove(&token) {
+                self.admin_reply(&w.waiter, Err(ClientError::Timeout));
+            }
+        }
+        for w in expired {
+            self.kv_reply(&w, Err(ClientError::Timeout));
+        }
+    }
+}
