@@ -8,5 +8,6 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-cargo build --release -q -p raftd -p faults --bin chaos
+cargo build --release -q -p raftd --bin raftd
+cargo build --release -q -p faults --bin chaos
 exec target/release/chaos "$@"

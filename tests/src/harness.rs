@@ -295,7 +295,18 @@ impl Cluster {
                     return leader;
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader among {ids:?}: {}", self.logs());
+            if Instant::now() >= deadline {
+                let seen: Vec<String> = ids
+                    .iter()
+                    .map(|&id| match self.admin(id, AdminRequest::Status) {
+                        Ok(AdminReply::Status(s)) => {
+                            format!("{id}: {} of leader {} term {}", s.role, s.leader, s.term)
+                        }
+                        other => format!("{id}: {other:?}"),
+                    })
+                    .collect();
+                panic!("no agreed leader among {ids:?}: {seen:?}{}", self.logs());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -370,6 +381,12 @@ pub struct Workload {
 impl Workload {
     /// Starts `clients` closed-loop clients over `keys` keys, and a leader monitor.
     pub fn start(cluster: &Cluster, clients: usize, keys: usize) -> Workload {
+        Workload::start_paced(cluster, clients, keys, Duration::ZERO)
+    }
+
+    /// Like [`Workload::start`], each client pausing `pace` between operations (long runs
+    /// keep their history small enough to check).
+    pub fn start_paced(cluster: &Cluster, clients: usize, keys: usize, pace: Duration) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(Vec::new()));
         let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>> =
@@ -439,6 +456,7 @@ fn client_loop(
     endpoints: Vec<String>,
     keys: Vec<String>,
     epoch: Instant,
+    pace: Duration,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Operation>>>,
 ) {
@@ -447,6 +465,9 @@ fn client_loop(
     let mut last_seen: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;

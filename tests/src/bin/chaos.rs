@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let mut rng = Rng(seed);
     let mut cluster = Cluster::start(n, &[]);
     cluster.wait_for_leader();
-    let workload = Workload::start(&cluster, 6, 10);
+    let workload = Workload::start_paced(&cluster, 6, 100, Duration::from_millis(5));
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     let end = Instant::now() + duration;
