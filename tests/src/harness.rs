@@ -398,7 +398,7 @@ impl Workload {
             let (stop, history, keys) = (Arc::clone(&stop), Arc::clone(&history), keys.clone());
             let endpoints = cluster.endpoints();
             threads.push(std::thread::spawn(move || {
-                client_loop(c, endpoints, keys, epoch, stop, history)
+                client_loop(c, endpoints, keys, epoch, pace, stop, history)
             }));
         }
         let (stop2, leaders2) = (Arc::clone(&stop), Arc::clone(&leaders));
