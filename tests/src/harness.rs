@@ -16,7 +16,7 @@ use raftd::protocol::*;
 use crate::checker::{Input, Operation, Output};
 
 /// A generous bound for conditions on a slow, loaded machine.
-pub const DEADLINE: Duration = Duration::from_secs(45);
+pub const DEADLINE: Duration = Duration::from_secs(90);
 /// Milliseconds per tick in fault tests: elections take a few hundred milliseconds.
 pub const TICK_MS: u64 = 20;
 

@@ -30,9 +30,9 @@ fn leader_crash_under_load_elects_a_new_leader_and_the_old_one_catches_up() {
         let others: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != leader).collect();
         let new_leader = cluster.wait_for_leader_among(&others);
         assert_ne!(new_leader, leader);
-        // Bounded: 20 election timeouts of 10 ticks of 20 ms, for a loaded machine.
+        // Bounded: 75 election timeouts (10 ticks of 20 ms), generous for a loaded machine.
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            started.elapsed() < Duration::from_secs(15),
             "failover took {:?}",
             started.elapsed()
         );

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use raftd::protocol::*;
 
 /// A generous bound for conditions on a slow, loaded machine.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Ports the OS says are free now.
 pub fn free_ports(n: usize) -> Vec<u16> {
