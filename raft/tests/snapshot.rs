@@ -275,3 +275,19 @@ fn learner_receives_snapshot() {
     assert!(cluster.node(4).raft.is_learner);
     assert_eq!(cluster.node(4).raft.state, StateType::Follower);
 }
+
+/// A joining node outside its own configuration accepts snapshots that do not name it yet,
+/// one after another, until the entries that add it arrive (found by the simulator, seed
+/// 2527: the second snapshot was refused and the joiner stalled forever).
+#[test]
+fn a_joiner_accepts_successive_snapshots_that_predate_its_addition() {
+    let mut r = new_test_raft(7, &[], 10, 1, MemoryStorage::new());
+    assert!(r.prs.progress.is_empty());
+    assert!(r.restore(snap(106, 7, &[2, 3, 4, 5])), "first snapshot while joining");
+    assert!(!r.prs.progress.contains_key(&7), "still not a member");
+    assert!(r.restore(snap(111, 7, &[2, 3, 4, 5])), "a later one too");
+    assert_eq!(r.raft_log.last_index(), 111);
+    // A member still refuses a snapshot whose configuration lacks it.
+    let mut member = new_test_raft(3, &[1, 2, 3], 10, 1, storage_with_peers(&[1, 2, 3]));
+    assert!(!member.restore(snap(11, 11, &[1, 2])));
+}
