@@ -49,6 +49,9 @@ pub struct Kv {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
     members: BTreeMap<u64, String>,
+    /// Ids removed from the cluster, for good: their connections are refused, so that a
+    /// removed node restarted with its stale configuration cannot disturb the cluster.
+    removed: std::collections::BTreeSet<u64>,
     applied: u64,
 }
 
@@ -130,14 +133,22 @@ impl Kv {
         self.data.is_empty()
     }
 
-    /// Records a member's peer address.
+    /// Records a member's peer address. Adding a removed id again (an operator re-adding a
+    /// wiped node) lifts its tombstone.
     pub fn set_member(&mut self, id: u64, peer_addr: String) {
+        self.removed.remove(&id);
         self.members.insert(id, peer_addr);
     }
 
-    /// Forgets a removed member.
+    /// Forgets a removed member and remembers that it was removed.
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
+        self.removed.insert(id);
+    }
+
+    /// True for a node removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.contains(&id)
     }
 
     /// The address book.

@@ -450,6 +450,8 @@ impl Node {
             && (hello.node_id == 0 || hello.node_id == self.config.id)
         {
             Some(format!("bad node id {}", hello.node_id))
+        } else if hello.role == Role::Peer && self.kv.is_removed(hello.node_id) {
+            Some(format!("node {} was removed from the cluster", hello.node_id))
         } else {
             None
         };
@@ -475,7 +477,7 @@ impl Node {
     /// Records what is known of a peer's addresses. The peer address from the log or the
     /// command line wins over nothing; a client address comes from the peer's hello.
     fn learn_peer(&mut self, id: u64, addr: Option<String>, client_addr: Option<String>) {
-        if id == self.config.id {
+        if id == self.config.id || self.kv.is_removed(id) {
             return;
         }
         let link = self.peers.entry(id).or_insert_with(|| PeerLink {

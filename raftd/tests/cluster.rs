@@ -370,3 +370,32 @@ fn injected_partitions_stop_a_leader_and_heal() {
     assert_eq!(cluster.get("before"), Some(b"1".to_vec()));
     assert_eq!(cluster.get("after"), Some(b"2".to_vec()));
 }
+
+#[test]
+fn a_removed_node_is_refused_by_its_former_peers() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
+    let reply = admin.admin(AdminRequest::Remove { id: victim }).unwrap();
+    assert!(
+        matches!(reply, Ok(AdminReply::Membership { ref voters, .. }) if !voters.contains(&victim)),
+        "{reply:?}"
+    );
+    // A stale incarnation of the removed node, knocking on the leader's peer port.
+    let mut s = TcpStream::connect(&cluster.procs[leader as usize - 1].peer_addr).unwrap();
+    let hello = Hello {
+        cluster_id: "test".into(),
+        node_id: victim,
+        role: Role::Peer,
+        token: None,
+        client_addr: None,
+        peer_addr: None,
+    };
+    write_frame(&mut s, &hello).unwrap();
+    match read_frame::<HelloAck>(&mut s).unwrap() {
+        HelloAck::Refused { reason } => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    cluster.put("after-removal", "ok");
+}

@@ -151,6 +151,12 @@ pub struct Sim {
     next_proposal: u64,
     /// After the faulty phase: no drops, duplicates or delays.
     reliable: bool,
+    /// Nodes whose removal was committed: stopped for good, as an operator (or etcd) does.
+    /// A removed node restarted with its stale configuration could, together with other
+    /// stale nodes, form a quorum of an old configuration.
+    decommissioned: BTreeSet<u64>,
+    /// Voters removed by a joint change, gone once the joint configuration is left.
+    pending_removals: BTreeSet<u64>,
     stats: Stats,
 }
 
@@ -193,6 +199,8 @@ impl Sim {
             completed_write_index: 0,
             next_proposal: 1,
             reliable: false,
+            decommissioned: BTreeSet::new(),
+            pending_removals: BTreeSet::new(),
             stats: Stats::default(),
         };
         // Bootstrapped through the log (`Config.peers`), so that a node added later learns
@@ -339,6 +347,9 @@ impl Sim {
 
     fn crash_restart(&mut self) {
         let id = self.pick();
+        if self.decommissioned.contains(&id) {
+            return;
+        }
         self.stats.faults += 1;
         let node = self.nodes.get_mut(&id).expect("picked");
         if node.raw.take().is_some() {
@@ -596,9 +607,33 @@ impl Sim {
                 if let Ok(cc) = cc {
                     let raw = node.raw.as_mut().expect("applying on a running node");
                     if let Ok(cs) = raw.apply_conf_change(&cc) {
-                        raw.store_mut().set_conf_state(cs);
+                        raw.store_mut().set_conf_state(cs.clone());
                         node.storage = raw.store().clone();
                         self.stats.conf_changes += 1;
+                        // Once the configuration without a node is in force (not joint), the
+                        // node is gone for good. Removals inside a joint change take effect
+                        // when the joint configuration is left.
+                        let mut gone = Vec::new();
+                        for change in &cc.changes {
+                            if change.change_type == ConfChangeType::RemoveNode {
+                                if cs.voters_outgoing.is_empty() {
+                                    gone.push(change.node_id);
+                                } else {
+                                    self.pending_removals.insert(change.node_id);
+                                }
+                            }
+                        }
+                        if cc.leave_joint_requested() {
+                            gone.extend(std::mem::take(&mut self.pending_removals));
+                        }
+                        for id in gone {
+                            let still_member = cs.voters.contains(&id) || cs.learners.contains(&id);
+                            if !still_member && self.decommissioned.insert(id) {
+                                if let Some(n) = self.nodes.get_mut(&id) {
+                                    n.raw = None;
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -802,7 +837,7 @@ impl Sim {
     }
 
     fn crash_restart_id(&mut self, id: u64) {
-        if self.nodes[&id].raw.is_none() {
+        if self.nodes[&id].raw.is_none() && !self.decommissioned.contains(&id) {
             // Reuse the restart path.
             let node = self.nodes.get_mut(&id).expect("exists");
             let snapshot_index = node.storage.snapshot(0).map_or(0, |s| s.metadata.index);

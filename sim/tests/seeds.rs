@@ -19,9 +19,14 @@ fn fixed_seeds_hold_every_invariant() {
 /// Seeds that once found a bug, kept as regression tests.
 /// - 2527: a joining node that had restored one snapshot excluding itself refused the next,
 ///   and stalled (fixed in `Raft::restore`).
+/// - 31401: removed nodes restarted with their stale configurations formed a quorum of an
+///   old configuration and elected a leader without committed entries. Removed nodes must
+///   stay down: the simulator decommissions them, and raftd refuses their connections.
+/// - 549, 15: simulator bugs (a liveness marker proposed to a deposed leader; a learner
+///   decommissioned by mistake), kept as checks of the simulator itself.
 #[test]
 fn regression_seeds_hold() {
-    for seed in [2527, 549] {
+    for seed in [2527, 31401, 549, 15] {
         if let Err(v) = run_seed(seed, 2000, false) {
             panic!("{v}");
         }

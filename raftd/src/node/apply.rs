@@ -106,6 +106,14 @@ impl Node {
                     match change.change_type {
                         ConfChangeType::RemoveNode => {
                             self.kv.remove_member(change.node_id);
+                            if let Some(link) = self.peers.remove(&change.node_id) {
+                                if let Some(token) = link.conn {
+                                    self.close(token, "the peer was removed");
+                                }
+                            }
+                            if change.node_id == self.config.id {
+                                warn!("this node was removed from the cluster; it can be stopped");
+                            }
                         }
                         _ => {
                             if let Some(addr) = member.as_ref().and_then(|m| m.peer_addr.clone()) {
