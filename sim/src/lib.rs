@@ -357,7 +357,12 @@ impl Sim {
         } else {
             // Restart from what was persisted: the state machine is rebuilt by re-applying
             // from the snapshot, so `applied` restarts there.
-            let snapshot_index = node.storage.snapshot(0).map_or(0, |s| s.metadata.index);
+            // The state machine restarts from the snapshot and re-applies the log after it,
+            // configuration changes included: the configuration to start from is the
+            // snapshot's, not the latest one applied before the crash.
+            let snapshot = node.storage.snapshot(0).unwrap_or_default();
+            let snapshot_index = snapshot.metadata.index;
+            node.storage.set_conf_state(snapshot.metadata.conf_state);
             let config = Config { applied: snapshot_index, ..peers_config(id) };
             match RawNode::new(&config, node.storage.clone()) {
                 Ok(mut raw) => {
@@ -632,6 +637,10 @@ impl Sim {
                                 if let Some(n) = self.nodes.get_mut(&id) {
                                     n.raw = None;
                                 }
+                                self.log(format!(
+                                    "decommission {id} (removed at {} by {cc:?}, config {cs:?})",
+                                    entry.index
+                                ));
                             }
                         }
                     }
@@ -840,7 +849,12 @@ impl Sim {
         if self.nodes[&id].raw.is_none() && !self.decommissioned.contains(&id) {
             // Reuse the restart path.
             let node = self.nodes.get_mut(&id).expect("exists");
-            let snapshot_index = node.storage.snapshot(0).map_or(0, |s| s.metadata.index);
+            // The state machine restarts from the snapshot and re-applies the log after it,
+            // configuration changes included: the configuration to start from is the
+            // snapshot's, not the latest one applied before the crash.
+            let snapshot = node.storage.snapshot(0).unwrap_or_default();
+            let snapshot_index = snapshot.metadata.index;
+            node.storage.set_conf_state(snapshot.metadata.conf_state);
             let config = Config { applied: snapshot_index, ..peers_config(id) };
             if let Ok(mut raw) = RawNode::new(&config, node.storage.clone()) {
                 raw.raft.seed_election_rng(self.rng.next_u64());

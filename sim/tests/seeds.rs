@@ -22,11 +22,12 @@ fn fixed_seeds_hold_every_invariant() {
 /// - 31401: removed nodes restarted with their stale configurations formed a quorum of an
 ///   old configuration and elected a leader without committed entries. Removed nodes must
 ///   stay down: the simulator decommissions them, and raftd refuses their connections.
-/// - 549, 15: simulator bugs (a liveness marker proposed to a deposed leader; a learner
-///   decommissioned by mistake), kept as checks of the simulator itself.
+/// - 549, 15, 260: simulator bugs (a liveness marker proposed to a deposed leader; a
+///   learner decommissioned by mistake; a restart from a snapshot with the latest
+///   configuration instead of the snapshot's), kept as checks of the simulator itself.
 #[test]
 fn regression_seeds_hold() {
-    for seed in [2527, 31401, 549, 15] {
+    for seed in [2527, 31401, 549, 15, 260] {
         if let Err(v) = run_seed(seed, 2000, false) {
             panic!("{v}");
         }
