@@ -126,6 +126,11 @@ impl MemoryStorage {
     }
 
     /// Records the configuration returned by `apply_conf_change`, so a restart starts from it.
+    ///
+    /// Contract: the configuration stored must be the one in force at the applied index the
+    /// node restarts with (`Config.applied`). An application that rebuilds its state machine
+    /// from a snapshot and re-applies the log after it must restart with the snapshot's
+    /// configuration, or the configuration changes it re-applies are applied twice.
     pub fn set_conf_state(&mut self, conf_state: ConfState) {
         self.conf_state = conf_state;
     }
