@@ -177,11 +177,13 @@ impl FrameEncoder {
 
 /// Reassembles frames from whatever a non-blocking read returned.
 ///
-/// Invariant: `buf[start..]` holds bytes received and not yet taken out as frames.
+/// Invariant: `buf[start..end]` holds bytes received and not yet taken out as frames; the
+/// whole of `buf` is initialized, so reads go straight into `buf[end..]` without zeroing.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     frame_size_max: usize,
 }
 
@@ -189,37 +191,35 @@ impl FrameDecoder {
     /// An empty decoder accepting payloads of at most `frame_size_max` bytes.
     pub fn new(frame_size_max: usize) -> FrameDecoder {
         assert!(frame_size_max <= FRAME_SIZE_MAX_CEILING, "frame_size_max above the ceiling");
-        FrameDecoder { buf: Vec::new(), start: 0, frame_size_max }
+        FrameDecoder { buf: Vec::new(), start: 0, end: 0, frame_size_max }
     }
 
     /// Adds received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.make_room(bytes.len());
-        self.buf.extend_from_slice(bytes);
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
-    /// Reads once from `reader` into the decoder's own buffer, without an intermediate copy.
-    /// Returns what `read` returned: 0 at end of stream; `WouldBlock` when a non-blocking
-    /// socket has nothing.
+    /// Reads once from `reader` into the decoder's own buffer, without an intermediate copy
+    /// or zeroing. Returns what `read` returned: 0 at end of stream; `WouldBlock` when a
+    /// non-blocking socket has nothing.
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
-        self.make_room(READ_CHUNK_SIZE);
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK_SIZE, 0);
-        let result = reader.read(&mut self.buf[len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(len + n);
-        result
+        self.reserve(READ_CHUNK_SIZE);
+        let n = reader.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// Bytes received and not yet taken out as frames.
     pub fn buffered_len(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Takes out the next complete frame's payload, if one has fully arrived. A declared
     /// length above `frame_size_max` is an error, checked before anything is allocated for it.
     pub fn next_payload(&mut self) -> Result<Option<&[u8]>> {
-        let available = &self.buf[self.start..];
+        let available = &self.buf[self.start..self.end];
         if available.len() < FRAME_LEN_SIZE {
             return Ok(None);
         }
@@ -245,14 +245,27 @@ impl FrameDecoder {
         }
     }
 
-    /// Moves unconsumed bytes to the front before growing, so the buffer stays the size of
-    /// one frame plus one read.
-    fn make_room(&mut self, additional: usize) {
-        if self.start > 0
-            && (self.start == self.buf.len() || self.buf.len() + additional > self.buf.capacity())
-        {
-            self.buf.drain(..self.start);
+    /// Makes room for `additional` bytes after `end`: first by moving unconsumed bytes to the
+    /// front, then by growing, so the buffer stays the size of one frame plus one read. An
+    /// idle buffer grown large (a big frame went through) is given back.
+    fn reserve(&mut self, additional: usize) {
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
+            if self.buf.len() > 4 * READ_CHUNK_SIZE {
+                self.buf = Vec::new();
+            }
+        }
+        if self.buf.len() - self.end >= additional {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < additional {
+            self.buf.resize(self.end + additional, 0);
         }
     }
 }

@@ -119,6 +119,7 @@ struct ThreadResult {
     histogram: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     ops: u64,
+    finished: Instant,
 }
 
 fn run_conn(
@@ -189,7 +190,7 @@ fn run_conn(
             send(&mut conn, l, &mut in_flight, who)?;
         }
     }
-    Ok(ThreadResult { histogram, errors, ops })
+    Ok(ThreadResult { histogram, errors, ops, finished: Instant::now() })
 }
 
 /// Runs the benchmark against the cluster's leader.
@@ -229,7 +230,7 @@ pub fn run(
     }
     let progress = std::io::stderr().is_terminal();
     while handles.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(20));
         if progress {
             let done = shared.done.load(Ordering::Relaxed);
             let secs = start.elapsed().as_secs_f64();
@@ -239,20 +240,23 @@ pub fn run(
     if progress {
         eprintln!();
     }
-    let secs = start.elapsed().as_secs_f64();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut errors_by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let mut ops = 0;
+    // The run ends when the last connection finished, not when this thread noticed.
+    let mut end = start;
     for h in handles {
         let r = h
             .join()
             .map_err(|_| CtlError::Timeout { last: "a bench thread panicked".into() })??;
+        end = end.max(r.finished);
         histogram.add(&r.histogram).expect("same bounds");
         for (k, v) in r.errors {
             *errors_by_kind.entry(k).or_insert(0) += v;
         }
         ops += r.ops;
     }
+    let secs = end.duration_since(start).as_secs_f64();
     let errors = errors_by_kind.values().sum();
     Ok(BenchResult {
         ops,
