@@ -23,7 +23,7 @@ fn three_nodes_elect_a_leader_and_replicate_puts() {
     for p in &cluster.procs {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let mut c = p.client().unwrap();
+            let mut c = p.wait_client();
             let got = c.kv(Op::Get { key: b"k19".to_vec(), serializable: true }).unwrap();
             if let Ok(KvReply { result: OpResult::Get(Some(v)), .. }) = got {
                 assert_eq!(v, b"v19");
@@ -38,19 +38,26 @@ fn three_nodes_elect_a_leader_and_replicate_puts() {
 #[test]
 fn a_follower_answers_writes_with_the_leader_and_reads_linearizably() {
     let cluster = TestCluster::start(3, &[]);
-    let leader = cluster.wait_for_leader();
-    let follower = (1..=3).find(|&id| id != leader).unwrap();
-    let mut c = cluster.procs[follower as usize - 1].client().unwrap();
-    match c.kv(Op::Put { key: b"a".to_vec(), value: b"1".to_vec() }).unwrap() {
-        Err(ClientError::NotLeader { leader_id, leader_addr }) => {
-            assert_eq!(leader_id, leader);
-            assert_eq!(
-                leader_addr.as_deref(),
-                Some(cluster.procs[leader as usize - 1].client_addr.as_str())
-            );
+    // On a loaded machine the leader may change between asking and writing: ask again until
+    // a follower answers with a redirect.
+    let deadline = Instant::now() + DEADLINE;
+    let mut c = loop {
+        let leader = cluster.wait_for_leader();
+        let follower = (1..=3).find(|&id| id != leader).unwrap();
+        let mut c = cluster.procs[follower as usize - 1].wait_client();
+        match c.kv(Op::Put { key: b"a".to_vec(), value: b"1".to_vec() }).unwrap() {
+            Err(ClientError::NotLeader { leader_id, leader_addr }) if leader_id != 0 => {
+                assert_ne!(leader_id, follower, "a follower does not name itself");
+                assert_eq!(
+                    leader_addr.as_deref(),
+                    Some(cluster.procs[leader_id as usize - 1].client_addr.as_str())
+                );
+                break c;
+            }
+            other => assert!(Instant::now() < deadline, "no redirect from a follower: {other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     cluster.put("a", "1");
     // A linearizable read through the follower sees the completed write.
     let got = c.kv(Op::Get { key: b"a".to_vec(), serializable: false }).unwrap().unwrap();
@@ -146,7 +153,7 @@ fn a_node_restarted_after_snapshots_recovers_from_snapshot_and_wal() {
     for i in (0..120).step_by(7) {
         assert_eq!(cluster.get(&format!("k{i}")), Some(format!("v{i}").into_bytes()));
     }
-    let status = cluster.procs[0].client().unwrap().status().unwrap();
+    let status = cluster.procs[0].wait_client().status().unwrap();
     assert!(status.snapshot_index >= 100, "snapshots were taken: {status:?}");
 }
 

@@ -111,6 +111,19 @@ impl Node {
                                     self.close(token, "the peer was removed");
                                 }
                             }
+                            // Connections from the removed node are closed too; when it
+                            // reconnects, its hello is refused.
+                            let inbound: Vec<Token> = self
+                                .conns
+                                .iter()
+                                .filter(|(_, c)| {
+                                    c.kind == ConnKind::InboundPeer { from: Some(change.node_id) }
+                                })
+                                .map(|(&t, _)| t)
+                                .collect();
+                            for token in inbound {
+                                self.close(token, "the peer was removed");
+                            }
                             if change.node_id == self.config.id {
                                 warn!("this node was removed from the cluster; it can be stopped");
                             }
