@@ -178,7 +178,18 @@ impl Node {
             }
         }
         let snapshot = storage.current_snapshot().clone();
-        let kv = if snapshot.is_empty() { Kv::new() } else { Kv::restore(&snapshot.data)? };
+        let kv = if snapshot.is_empty() {
+            Kv::new()
+        } else {
+            Kv::restore(&snapshot.data).map_err(|e| {
+                Error::Fatal(format!(
+                    "the state machine snapshot at index {} in {} cannot be decoded ({e}); \
+                     was it written by another raftd version?",
+                    snapshot.metadata.index,
+                    config.data_dir.display()
+                ))
+            })?
+        };
         let applied = snapshot.metadata.index;
         let raft_config = raft::Config {
             id: config.id,
