@@ -123,6 +123,13 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::Encode { reason: e.to_string() })
 }
 
+/// Appends one value, without a length prefix, to `out`.
+pub fn encode_value_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, out, bincode_config())
+        .map(drop)
+        .map_err(|e| Error::Encode { reason: e.to_string() })
+}
+
 /// Decodes exactly one value from a frame's payload.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     let (value, used) = bincode::serde::decode_from_slice(payload, bincode_config())

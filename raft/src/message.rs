@@ -111,8 +111,10 @@ pub struct Entry {
     /// The entry's position in the log, from 1.
     pub index: u64,
     /// The payload: application data or an encoded configuration change.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Opaque application context (etcd uses it to match proposals to waiters).
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
@@ -185,6 +187,7 @@ pub struct SnapshotMetadata {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The application's state machine image.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Index, term and configuration.
     pub metadata: SnapshotMetadata,
@@ -225,6 +228,7 @@ pub struct Message {
     /// On a rejected append: the follower's best guess of where the logs may match.
     pub reject_hint: u64,
     /// Opaque context: a read request's id, or a campaign marker on votes.
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
@@ -267,6 +271,7 @@ pub struct ConfChange {
     /// To which node.
     pub node_id: u64,
     /// Opaque application context (raftd puts the node's address here).
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
@@ -287,6 +292,7 @@ pub struct ConfChangeV2 {
     /// The changes, applied in order.
     pub changes: Vec<ConfChangeSingle>,
     /// Opaque application context.
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 

@@ -183,8 +183,7 @@ impl Node {
         } else {
             Kv::restore(&snapshot.data).map_err(|e| {
                 Error::Fatal(format!(
-                    "the state machine snapshot at index {} in {} cannot be decoded ({e}); \
-                     was it written by another raftd version?",
+                    "the state machine snapshot at index {} in {} cannot be restored: {e}",
                     snapshot.metadata.index,
                     config.data_dir.display()
                 ))

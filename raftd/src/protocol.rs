@@ -67,6 +67,7 @@ pub enum PeerFrame {
         /// The data's full length.
         total: u64,
         /// The piece.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
 }
@@ -77,13 +78,16 @@ pub enum Op {
     /// Set `key` to `value`.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Read `key`: linearizable unless `serializable`.
     Get {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Answer from this node's state without confirming leadership (may be stale).
         serializable: bool,
@@ -91,15 +95,19 @@ pub enum Op {
     /// Remove `key`.
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Set `key` to `new` if its value is `expected` (`None`: absent).
     Cas {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value it must have.
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
         /// The value to set.
+        #[serde(with = "serde_bytes")]
         new: Vec<u8>,
     },
 }
@@ -191,7 +199,7 @@ pub enum OpResult {
     /// A put applied.
     Put,
     /// A read: the value, if any.
-    Get(Option<Vec<u8>>),
+    Get(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// A delete applied: whether the key existed.
     Delete(bool),
     /// A compare-and-swap applied: whether it swapped, and the value before.
@@ -199,6 +207,7 @@ pub enum OpResult {
         /// True when the value was `expected` and is now `new`.
         swapped: bool,
         /// The value before the operation.
+        #[serde(with = "serde_bytes")]
         previous: Option<Vec<u8>>,
     },
 }

@@ -12,6 +12,8 @@ impl Node {
             // state, so they may leave before it syncs.
             let messages = if leader {
                 self.send_messages(messages);
+                // Out now, not after the sync: the followers' syncs overlap the leader's.
+                self.flush_peers();
                 Vec::new()
             } else {
                 messages
@@ -28,7 +30,12 @@ impl Node {
                 store.sync()?;
             }
             if let Some(snapshot) = &rd.snapshot {
-                self.kv = Kv::restore(&snapshot.data)?;
+                self.kv = Kv::restore(&snapshot.data).map_err(|e| {
+                    Error::Fatal(format!(
+                        "the snapshot at index {} from the leader cannot be restored: {e}",
+                        snapshot.metadata.index
+                    ))
+                })?;
                 self.last_snapshot_index = snapshot.metadata.index;
                 for (id, addr) in self.kv.members().clone() {
                     self.learn_peer(id, Some(addr), None);

@@ -108,6 +108,20 @@ impl Node {
         }
     }
 
+    /// Writes what is queued for peers (before a sync, so that it does not wait for it).
+    pub(super) fn flush_peers(&mut self) {
+        let tokens: Vec<Token> = self.peers.values().filter_map(|l| l.conn).collect();
+        for token in tokens {
+            let Some(conn) = self.conns.get_mut(&token) else { continue };
+            if conn.encoder.pending_len() == 0 {
+                continue;
+            }
+            if let Err(e) = conn.flush(self.poll.registry(), token) {
+                self.close(token, &format!("write: {e}"));
+            }
+        }
+    }
+
     pub(super) fn flush_all(&mut self) {
         let tokens: Vec<Token> = self
             .conns
