@@ -164,7 +164,9 @@ fn run_conn(
         let request_id = conn.request_id();
         l.sent_at = Instant::now();
         in_flight.insert(request_id, who);
-        conn.send(&ClientRequest::Kv { request_id, client_id: l.client_id, seq: l.seq, op })
+        // Queued: the requests sent in answer to one read of responses leave in one write,
+        // made when the connection next waits to read.
+        conn.queue(&ClientRequest::Kv { request_id, client_id: l.client_id, seq: l.seq, op })
     };
     for (who, l) in logical.iter_mut().enumerate() {
         if !shared.take_one() {

@@ -8,7 +8,7 @@ pub mod bench;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,11 @@ pub struct Conn {
     stream: TcpStream,
     endpoint: String,
     next_request_id: u64,
+    /// Received bytes, reassembled into frames; one read can bring many responses.
+    decoder: codec::FrameDecoder,
+    /// Frames queued by [`Conn::queue`], written by [`Conn::flush`] (or before the next
+    /// blocking read), so that many requests leave in one write.
+    out: Vec<u8>,
 }
 
 fn io_error(endpoint: &str, e: impl fmt::Display) -> CtlError {
@@ -74,7 +79,13 @@ impl Conn {
         stream.set_read_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
         stream.set_write_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
         let _ = stream.set_nodelay(true);
-        let mut conn = Conn { stream, endpoint: endpoint.to_string(), next_request_id: 1 };
+        let mut conn = Conn {
+            stream,
+            endpoint: endpoint.to_string(),
+            next_request_id: 1,
+            decoder: codec::FrameDecoder::new(codec::FRAME_SIZE_MAX_DEFAULT),
+            out: Vec::new(),
+        };
         let hello = Hello {
             cluster_id: String::new(),
             node_id: 0,
@@ -95,25 +106,45 @@ impl Conn {
         &self.endpoint
     }
 
-    /// Writes one frame.
-    pub fn send<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CtlError> {
-        let mut buf = Vec::new();
-        codec::encode_into(&mut buf, value, codec::FRAME_SIZE_MAX_DEFAULT)
-            .map_err(|e| io_error(&self.endpoint, e))?;
-        self.stream.write_all(&buf).map_err(|e| io_error(&self.endpoint, e))
+    /// Queues one frame, to be written by [`Conn::flush`] or before the next blocking read.
+    pub fn queue<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CtlError> {
+        codec::encode_into(&mut self.out, value, codec::FRAME_SIZE_MAX_DEFAULT)
+            .map_err(|e| io_error(&self.endpoint, e))
     }
 
-    /// Reads one frame.
-    pub fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, CtlError> {
-        let mut len = [0u8; codec::FRAME_LEN_SIZE];
-        self.stream.read_exact(&mut len).map_err(|e| io_error(&self.endpoint, e))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > codec::FRAME_SIZE_MAX_DEFAULT {
-            return Err(io_error(&self.endpoint, format!("frame of {len} bytes")));
+    /// Writes every queued frame.
+    pub fn flush(&mut self) -> Result<(), CtlError> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        let mut payload = vec![0u8; len];
-        self.stream.read_exact(&mut payload).map_err(|e| io_error(&self.endpoint, e))?;
-        codec::decode_payload(&payload).map_err(|e| io_error(&self.endpoint, e))
+        let written = self.stream.write_all(&self.out);
+        self.out.clear();
+        written.map_err(|e| io_error(&self.endpoint, e))
+    }
+
+    /// Writes one frame (and any queued before it).
+    pub fn send<T: serde::Serialize>(&mut self, value: &T) -> Result<(), CtlError> {
+        self.queue(value)?;
+        self.flush()
+    }
+
+    /// Reads one frame: one already received, or else (after writing what is queued) from
+    /// the socket.
+    pub fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, CtlError> {
+        loop {
+            match self.decoder.next_frame::<T>() {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(e) => return Err(io_error(&self.endpoint, e)),
+            }
+            self.flush()?;
+            match self.decoder.read_from(&mut self.stream) {
+                Ok(0) => return Err(io_error(&self.endpoint, "connection closed")),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(&self.endpoint, e)),
+            }
+        }
     }
 
     /// A fresh request id.

@@ -11,6 +11,21 @@ use raftctl::{parse_duration, Client, CtlError, DEFAULT_ENDPOINTS};
 use raftd::protocol::*;
 use serde_json::json;
 
+/// Prints a line to stdout. When stdout is a pipe closed early (`raftctl status | head -1`),
+/// the command ends quietly with success instead of panicking like `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("raftctl: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// Operate a raftd cluster.
 #[derive(Parser, Debug)]
 #[command(name = "raftctl", version, about)]
@@ -324,9 +339,9 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
 
 fn print(cli: &Cli, value: serde_json::Value, text: impl FnOnce() -> String) {
     if cli.json {
-        println!("{value}");
+        out!("{value}");
     } else {
-        println!("{}", text());
+        out!("{}", text());
     }
 }
 
@@ -404,15 +419,22 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
             })
             .collect();
         let cluster = leader.as_ref().map(cluster_json);
-        println!("{}", json!({"nodes": nodes, "cluster": cluster}));
+        out!("{}", json!({"nodes": nodes, "cluster": cluster}));
     } else {
-        println!(
+        out!(
             "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  HEALTH",
-            "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG"
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "COMMIT",
+            "APPLIED",
+            "LAG"
         );
         for (endpoint, s) in &statuses {
             match s {
-                Ok(s) => println!(
+                Ok(s) => out!(
                     "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  ok",
                     s.id,
                     endpoint,
@@ -424,16 +446,23 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                     leader_commit
                         .map_or("-".to_string(), |c| c.saturating_sub(s.applied).to_string())
                 ),
-                Err(e) => println!(
+                Err(e) => out!(
                     "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  {e}",
-                    "?", endpoint, "-", "-", "-", "-", "-", "-"
+                    "?",
+                    endpoint,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
                 ),
             }
         }
         match &leader {
             Some(l) => {
                 let (voters, learners, outgoing) = member_sets(l);
-                println!(
+                out!(
                     "cluster: leader {}, term {}, voters {voters:?}, learners {learners:?}{}",
                     l.id,
                     l.term,
@@ -444,7 +473,7 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                     }
                 );
             }
-            None => println!("cluster: no leader known"),
+            None => out!("cluster: no leader known"),
         }
     }
     if statuses.iter().all(|(_, s)| s.is_err()) {
@@ -475,10 +504,10 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
                     .iter()
                     .map(|m| json!({"id": m.id, "role": m.role, "peer_addr": m.peer_addr, "client_addr": m.client_addr}))
                     .collect();
-                println!("{}", json!({"members": members}));
+                out!("{}", json!({"members": members}));
             } else {
                 for m in &l.members {
-                    println!(
+                    out!(
                         "{:<4} {:<15} peer {:<22} client {}",
                         m.id,
                         m.role,
@@ -579,7 +608,7 @@ fn check(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
         Ok(())
     } else {
         if cli.json {
-            println!("{}", json!({"ok": false, "problems": problems}));
+            out!("{}", json!({"ok": false, "problems": problems}));
         }
         Err(fail(problems.join("; ")))
     }

@@ -215,3 +215,20 @@ fn usage_errors_exit_two_and_unreachable_endpoints_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&endpoint) && stderr.contains("refused"), "{stderr}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `raftctl status | head -0`: stdout is closed before raftctl writes its table.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(bin_dir().join("raftctl"))
+        .args(["--endpoints", &format!("127.0.0.1:{port}"), "--timeout", "300ms", "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -1,7 +1,7 @@
 //! The replicated state machine: a key-value map, the client session table that makes
 //! retried writes apply once, and the member address book.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +46,10 @@ struct Session {
 /// holds the same state at the same index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
+    /// Hashed, not ordered: no operation needs key order, and a lookup is one hash and one
+    /// comparison instead of a tree walk of comparisons.
     #[serde(with = "bytes_map")]
-    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    data: HashMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
     members: BTreeMap<u64, String>,
     /// Ids removed from the cluster, for good: their connections are refused, so that a
@@ -80,7 +82,7 @@ impl Kv {
 
     /// Applies the write at `index`. A write already applied for this `(client_id, seq)`
     /// returns its first reply instead of applying again.
-    pub fn apply(&mut self, index: u64, command: &Command) -> Result<KvReply, ClientError> {
+    pub fn apply(&mut self, index: u64, command: Command) -> Result<KvReply, ClientError> {
         if let Some(session) = self.sessions.get(&command.client_id) {
             if command.seq == session.seq {
                 return Ok(session.reply.clone());
@@ -89,21 +91,21 @@ impl Kv {
                 return Err(ClientError::Stale { seq: command.seq });
             }
         }
-        let result = match &command.op {
+        let result = match command.op {
             Op::Put { key, value } => {
-                self.data.insert(key.clone(), value.clone());
+                self.data.insert(key, value);
                 OpResult::Put
             }
-            Op::Delete { key } => OpResult::Delete(self.data.remove(key).is_some()),
+            Op::Delete { key } => OpResult::Delete(self.data.remove(&key).is_some()),
             Op::Cas { key, expected, new } => {
-                let previous = self.data.get(key).cloned();
-                let swapped = previous == *expected;
+                let previous = self.data.get(&key).cloned();
+                let swapped = previous == expected;
                 if swapped {
-                    self.data.insert(key.clone(), new.clone());
+                    self.data.insert(key, new);
                 }
                 OpResult::Cas { swapped, previous }
             }
-            Op::Get { key, .. } => OpResult::Get(self.data.get(key).cloned()),
+            Op::Get { key, .. } => OpResult::Get(self.data.get(&key).cloned()),
         };
         let reply = KvReply { index, result };
         self.sessions.insert(
@@ -211,9 +213,10 @@ pub enum RestoreError {
     Decode(#[from] codec::Error),
 }
 
-/// Keys and values are byte strings: encoded as such (one copy), not byte by byte.
+/// Keys and values are byte strings: encoded as such (one copy), not byte by byte, in key
+/// order, so that equal states give equal snapshot bytes on every node.
 mod bytes_map {
-    use std::collections::BTreeMap;
+    use std::collections::HashMap;
     use std::fmt;
 
     use serde::de::{MapAccess, Visitor};
@@ -222,11 +225,13 @@ mod bytes_map {
     use serde_bytes::{ByteBuf, Bytes};
 
     pub fn serialize<S: Serializer>(
-        map: &BTreeMap<Vec<u8>, Vec<u8>>,
+        map: &HashMap<Vec<u8>, Vec<u8>>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<(&Vec<u8>, &Vec<u8>)> = map.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut out = serializer.serialize_map(Some(map.len()))?;
-        for (k, v) in map {
+        for (k, v) in sorted {
             out.serialize_entry(Bytes::new(k), Bytes::new(v))?;
         }
         out.end()
@@ -234,15 +239,15 @@ mod bytes_map {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, D::Error> {
+    ) -> Result<HashMap<Vec<u8>, Vec<u8>>, D::Error> {
         struct MapVisitor;
         impl<'de> Visitor<'de> for MapVisitor {
-            type Value = BTreeMap<Vec<u8>, Vec<u8>>;
+            type Value = HashMap<Vec<u8>, Vec<u8>>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a map of byte strings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut map = BTreeMap::new();
+                let mut map = HashMap::with_capacity(access.size_hint().unwrap_or(0).min(1 << 20));
                 while let Some((k, v)) = access.next_entry::<ByteBuf, ByteBuf>()? {
                     map.insert(k.into_vec(), v.into_vec());
                 }
@@ -265,7 +270,7 @@ mod tests {
     fn operations_apply_and_report_their_index() {
         let mut kv = Kv::new();
         assert_eq!(
-            kv.apply(1, &put(1, 1, "a", "1")).unwrap(),
+            kv.apply(1, put(1, 1, "a", "1")).unwrap(),
             KvReply { index: 1, result: OpResult::Put }
         );
         let cas = |seq, expected: Option<&str>, new: &str| Command {
@@ -274,41 +279,41 @@ mod tests {
             op: Op::Cas { key: b"a".to_vec(), expected: expected.map(Into::into), new: new.into() },
         };
         assert_eq!(
-            kv.apply(2, &cas(2, Some("0"), "2")).unwrap().result,
+            kv.apply(2, cas(2, Some("0"), "2")).unwrap().result,
             OpResult::Cas { swapped: false, previous: Some(b"1".to_vec()) }
         );
         assert_eq!(
-            kv.apply(3, &cas(3, Some("1"), "2")).unwrap().result,
+            kv.apply(3, cas(3, Some("1"), "2")).unwrap().result,
             OpResult::Cas { swapped: true, previous: Some(b"1".to_vec()) }
         );
         assert_eq!(kv.get(b"a"), Some(&b"2".to_vec()));
         let del = Command { client_id: 1, seq: 4, op: Op::Delete { key: b"a".to_vec() } };
-        assert_eq!(kv.apply(4, &del).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.apply(4, del).unwrap().result, OpResult::Delete(true));
         assert_eq!(kv.get(b"a"), None);
     }
 
     #[test]
     fn a_retried_write_applies_once_and_older_ones_are_stale() {
         let mut kv = Kv::new();
-        let first = kv.apply(5, &put(7, 1, "k", "v1")).unwrap();
-        kv.apply(6, &put(8, 1, "k", "other")).unwrap();
+        let first = kv.apply(5, put(7, 1, "k", "v1")).unwrap();
+        kv.apply(6, put(8, 1, "k", "other")).unwrap();
         // The same write again (a retry after a leader change) returns the first reply.
-        assert_eq!(kv.apply(9, &put(7, 1, "k", "v1")).unwrap(), first);
+        assert_eq!(kv.apply(9, put(7, 1, "k", "v1")).unwrap(), first);
         assert_eq!(kv.get(b"k"), Some(&b"other".to_vec()), "not applied twice");
-        kv.apply(10, &put(7, 2, "k", "v2")).unwrap();
-        assert_eq!(kv.apply(11, &put(7, 1, "k", "v1")), Err(ClientError::Stale { seq: 1 }));
+        kv.apply(10, put(7, 2, "k", "v2")).unwrap();
+        assert_eq!(kv.apply(11, put(7, 1, "k", "v1")), Err(ClientError::Stale { seq: 1 }));
     }
 
     #[test]
     fn sessions_expire_deterministically() {
         let mut a = Kv::new();
         for client in 0..(SESSIONS_MAX as u64 + 5) {
-            a.apply(client + 1, &put(client, 1, "k", "v")).unwrap();
+            a.apply(client + 1, put(client, 1, "k", "v")).unwrap();
         }
         assert_eq!(a.sessions.len(), SESSIONS_MAX);
         assert!(!a.sessions.contains_key(&0), "the least recently used went first");
         let mut b = Kv::new();
-        b.apply(1, &put(1, 1, "k", "v")).unwrap();
+        b.apply(1, put(1, 1, "k", "v")).unwrap();
         b.set_applied(SESSION_IDLE_ENTRIES / 2);
         assert_eq!(b.sessions.len(), 1, "not idle long enough");
         b.set_applied(SESSION_IDLE_ENTRIES + SESSION_SWEEP_EVERY_ENTRIES * 2);
@@ -318,7 +323,7 @@ mod tests {
     #[test]
     fn snapshot_round_trips_everything() {
         let mut kv = Kv::new();
-        kv.apply(1, &put(1, 1, "a", "1")).unwrap();
+        kv.apply(1, put(1, 1, "a", "1")).unwrap();
         kv.set_member(2, "127.0.0.1:7002".into());
         kv.set_applied(1);
         let restored = Kv::restore(&kv.snapshot()).unwrap();
@@ -329,7 +334,7 @@ mod tests {
     #[test]
     fn snapshots_carry_their_format_version_and_other_versions_are_refused() {
         let mut kv = Kv::new();
-        kv.apply(1, &put(1, 1, "a", "1")).unwrap();
+        kv.apply(1, put(1, 1, "a", "1")).unwrap();
         let mut bytes = kv.snapshot();
         assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
         bytes[4] = 9;
@@ -341,6 +346,20 @@ mod tests {
         let mut truncated = kv.snapshot();
         truncated.pop();
         assert!(matches!(Kv::restore(&truncated), Err(RestoreError::Decode(_))));
+    }
+
+    #[test]
+    fn equal_states_give_equal_snapshot_bytes_whatever_the_insertion_order() {
+        let (mut a, mut b) = (Kv::new(), Kv::new());
+        for i in 0..500u64 {
+            a.apply(i + 1, put(1, i + 1, &format!("k{i}"), "v")).unwrap();
+        }
+        for i in (0..500u64).rev() {
+            b.apply(500 - i, put(1, 500 - i, &format!("k{i}"), "v")).unwrap();
+        }
+        b.sessions = a.sessions.clone();
+        assert_eq!(a, b);
+        assert_eq!(a.snapshot(), b.snapshot());
     }
 
     #[test]

@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// How many of `rd`'s committed entries are durable on this node before `rd` is persisted:
+/// those below its first new entry (every earlier Ready was synced before it was advanced, and
+/// entries not yet synced are always in `rd.entries`). None when it installs a snapshot. The
+/// rest are applied after the sync: an entry is applied only once durable here too, so that a
+/// client is never answered for an entry that this node, counted in its quorum, could lose.
+pub(super) fn durable_committed_prefix(rd: &raft::Ready) -> usize {
+    if rd.snapshot.is_some() {
+        return 0;
+    }
+    let durable_below = rd.entries.first().map_or(u64::MAX, |e| e.index);
+    rd.committed_entries.partition_point(|e| e.index < durable_below)
+}
+
 impl Node {
     pub(super) fn handle_readies(&mut self) -> Result<()> {
         while self.raw.has_ready() {
@@ -18,6 +31,25 @@ impl Node {
             } else {
                 messages
             };
+            for rs in rd.read_states.drain(..) {
+                let mut ctx = [0u8; 8];
+                if rs.request_ctx.len() == 8 {
+                    ctx.copy_from_slice(&rs.request_ctx);
+                }
+                if let Some(batch) = self.reads_in_flight.remove(&u64::from_le_bytes(ctx)) {
+                    self.reads_ready.push_back((rs.index, batch));
+                }
+            }
+            // Applied and answered before this Ready's sync, so that those clients' next
+            // requests arrive while it runs.
+            let early = durable_committed_prefix(&rd);
+            if early > 0 {
+                for entry in &rd.committed_entries[..early] {
+                    self.apply(entry)?;
+                }
+                self.serve_reads();
+                self.flush_all();
+            }
             let store = self.raw.store_mut();
             if let Some(snapshot) = &rd.snapshot {
                 store.apply_snapshot(snapshot)?;
@@ -43,17 +75,8 @@ impl Node {
                 info!("installed snapshot at index {}", snapshot.metadata.index);
             }
             self.send_messages(messages);
-            for entry in &rd.committed_entries {
+            for entry in &rd.committed_entries[early..] {
                 self.apply(entry)?;
-            }
-            for rs in rd.read_states.drain(..) {
-                let mut ctx = [0u8; 8];
-                if rs.request_ctx.len() == 8 {
-                    ctx.copy_from_slice(&rs.request_ctx);
-                }
-                if let Some(batch) = self.reads_in_flight.remove(&u64::from_le_bytes(ctx)) {
-                    self.reads_ready.push_back((rs.index, batch));
-                }
             }
             self.raw.advance(rd);
             self.serve_reads();
@@ -69,7 +92,7 @@ impl Node {
                 let result = match codec::decode_payload::<Command>(&entry.data) {
                     Ok(command) => {
                         let key = (command.client_id, command.seq);
-                        let result = self.kv.apply(entry.index, &command);
+                        let result = self.kv.apply(entry.index, command);
                         Some((key, result))
                     }
                     Err(e) => {
@@ -194,5 +217,27 @@ impl Node {
         self.last_snapshot_index = index;
         info!("snapshot at index {index}");
         Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range.map(|i| Entry { index: i, term: 1, ..Entry::default() }).collect()
+    }
+
+    #[test]
+    fn committed_entries_are_applied_before_the_sync_only_when_already_durable() {
+        let mut rd = raft::Ready { committed_entries: entries(3..=6), ..raft::Ready::default() };
+        assert_eq!(durable_committed_prefix(&rd), 4, "nothing new to persist: all durable");
+        rd.entries = entries(5..=8);
+        assert_eq!(durable_committed_prefix(&rd), 2, "3 and 4 were synced by earlier Readies");
+        rd.entries = entries(3..=3);
+        assert_eq!(durable_committed_prefix(&rd), 0, "a one-node cluster commits what it writes");
+        rd.entries.clear();
+        rd.snapshot = Some(raft::Snapshot::default());
+        assert_eq!(durable_committed_prefix(&rd), 0, "after a snapshot, nothing early");
     }
 }
