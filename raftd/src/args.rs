@@ -77,12 +77,13 @@ pub struct Args {
     /// Followers refuse proposals instead of forwarding them.
     #[arg(long)]
     pub disable_proposal_forwarding: bool,
-    /// Snapshot and compact every this many applied entries (0: only on request).
-    #[arg(long, default_value_t = 10_000)]
+    /// Snapshot and compact every this many applied entries (0: only on request). etcd's
+    /// default; each snapshot writes the whole state, so more often costs write bandwidth.
+    #[arg(long, default_value_t = 100_000)]
     pub snapshot_entries: u64,
     /// Log entries kept behind a snapshot, so that a follower slightly behind catches up
     /// from the log rather than by a snapshot.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     pub snapshot_catchup_entries: u64,
     /// File holding a shared secret required in every handshake.
     #[arg(long)]

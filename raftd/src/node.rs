@@ -24,7 +24,7 @@ use raft::{
 use crate::errors::{Error, Result};
 use crate::kv::{Command, Kv, MemberContext};
 use crate::protocol::*;
-use crate::storage::WalStorage;
+use crate::storage::{SnapshotJob, WalStorage};
 use crate::transport::{Conn, ConnKind, ReadOutcome};
 
 mod apply;
@@ -138,6 +138,8 @@ pub struct Node {
     delayed: VecDeque<(Instant, Message)>,
     started: Instant,
     last_snapshot_index: u64,
+    /// The snapshot whose file is being written, and when it was taken.
+    snapshot_job: Option<(SnapshotJob, Instant)>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -243,6 +245,7 @@ impl Node {
             delayed: VecDeque::new(),
             started: Instant::now(),
             last_snapshot_index: applied,
+            snapshot_job: None,
             shutdown,
             config,
         };
@@ -293,11 +296,13 @@ impl Node {
             }
             self.submit_batches();
             self.handle_readies()?;
+            self.finish_snapshot(false)?;
             self.pump_snapshots();
             self.release_delayed();
             self.flush_all();
         }
         info!("node {}: shutting down", self.config.id);
+        self.finish_snapshot(true)?;
         self.raw.store_mut().sync()?;
         Ok(())
     }

@@ -57,6 +57,20 @@ fn storage_error(e: wal::Error) -> StorageError {
     }
 }
 
+/// A snapshot whose file is being written (see [`WalStorage::begin_snapshot`]).
+pub struct SnapshotJob {
+    /// The applied index it images.
+    pub index: u64,
+    handle: std::thread::JoinHandle<Result<Snapshot>>,
+}
+
+impl SnapshotJob {
+    /// True once its file is written (or failed): finishing it will not wait.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
 /// The node's durable state: the WAL and the latest snapshot.
 pub struct WalStorage {
     wal: wal::Wal,
@@ -140,6 +154,10 @@ impl WalStorage {
     /// Installs a snapshot: its file first (durable), then the log's marker.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
         snapfile::write(&self.snap_dir, snapshot)?;
+        self.mark_snapshot(snapshot.clone())
+    }
+
+    fn mark_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
         let meta = &snapshot.metadata;
         let conf_state = codec::encode_value(&meta.conf_state)?;
         self.wal.mark_snapshot(wal::SnapshotMarker {
@@ -147,8 +165,52 @@ impl WalStorage {
             term: meta.term,
             conf_state,
         })?;
-        self.snapshot = snapshot.clone();
+        self.snapshot = snapshot;
         Ok(())
+    }
+
+    /// Starts snapshotting the state machine image `data`, taken at the applied `index`, and
+    /// returns at once: its file is written and synced on another thread, so the event loop
+    /// does not wait for the disk. Put it in force with [`WalStorage::finish_snapshot`].
+    pub fn begin_snapshot(
+        &self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<SnapshotJob> {
+        let term = self.wal.term(index)?;
+        let snapshot = Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } };
+        let dir = self.snap_dir.clone();
+        let handle = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || snapfile::write(&dir, &snapshot).map(|_| snapshot))
+            .map_err(|e| Error::io("start the snapshot writer for", self.snap_dir.clone(), e))?;
+        Ok(SnapshotJob { index, handle })
+    }
+
+    /// Waits for a snapshot's file, then puts the snapshot in force (the log's marker, durably)
+    /// and drops log entries more than `keep_entries` behind it. A snapshot no newer than the
+    /// one in force (one installed from the leader meanwhile) is discarded. Returns the index
+    /// of the snapshot in force.
+    pub fn finish_snapshot(&mut self, job: SnapshotJob, keep_entries: u64) -> Result<u64> {
+        let snapshot = job
+            .handle
+            .join()
+            .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))??;
+        let index = snapshot.metadata.index;
+        if index <= self.snapshot.metadata.index {
+            info!("snapshot at {index} superseded by {}", self.snapshot.metadata.index);
+        } else {
+            self.mark_snapshot(snapshot)?;
+            self.sync()?;
+            let compact_to = index.saturating_sub(keep_entries) + 1;
+            if compact_to > self.wal.first_index() {
+                self.wal.compact(compact_to)?;
+            }
+        }
+        let in_force = self.snapshot.metadata.index;
+        snapfile::prune(&self.snap_dir, in_force, snapfile::SNAPSHOT_FILES_KEPT)?;
+        Ok(in_force)
     }
 
     /// Snapshots the state machine image `data` at the applied `index`, then drops log
@@ -160,16 +222,8 @@ impl WalStorage {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<()> {
-        let term = self.wal.term(index)?;
-        let snapshot = Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } };
-        self.apply_snapshot(&snapshot)?;
-        self.sync()?;
-        let compact_to = index.saturating_sub(keep_entries) + 1;
-        if compact_to > self.wal.first_index() {
-            self.wal.compact(compact_to)?;
-        }
-        snapfile::prune(&self.snap_dir, index, snapfile::SNAPSHOT_FILES_KEPT)?;
-        Ok(())
+        let job = self.begin_snapshot(index, conf_state, data)?;
+        self.finish_snapshot(job, keep_entries).map(drop)
     }
 
     /// Makes everything written durable. An error is fatal to the node.
@@ -279,6 +333,32 @@ mod tests {
         assert_eq!(s.entries(9, 11, u64::MAX).unwrap(), ents[8..].to_vec());
         assert_eq!(s.first_index(), Ok(7), "two entries kept behind the snapshot");
         assert_eq!(s.entries(1, 2, u64::MAX), Err(StorageError::Compacted));
+    }
+
+    #[test]
+    fn a_snapshot_written_in_the_background_is_discarded_if_the_leader_sent_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) =
+            WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        let ents: Vec<Entry> =
+            (1..=10).map(|i| entry(i, 1, EntryType::Normal, b"x", b"")).collect();
+        s.append(&ents).unwrap();
+        s.sync().unwrap();
+        let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
+        let job = s.begin_snapshot(8, cs.clone(), b"old image".to_vec()).unwrap();
+        assert_eq!(job.index, 8);
+        let leader = Snapshot {
+            data: b"leader image".to_vec(),
+            metadata: SnapshotMetadata { index: 50, term: 4, conf_state: cs },
+        };
+        s.apply_snapshot(&leader).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.finish_snapshot(job, 0).unwrap(), 50, "the newer snapshot stays in force");
+        assert_eq!(s.current_snapshot(), &leader);
+        assert_eq!(snapfile::list(&dir.path().join("snap")).unwrap().last(), Some(&50));
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        assert_eq!(s.current_snapshot(), &leader);
     }
 
     #[test]

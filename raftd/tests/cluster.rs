@@ -159,7 +159,8 @@ fn a_node_restarted_after_snapshots_recovers_from_snapshot_and_wal() {
 
 #[test]
 fn a_follower_far_behind_is_sent_a_snapshot_in_chunks() {
-    let mut cluster = TestCluster::start(3, &["--snapshot-entries", "50"]);
+    let mut cluster =
+        TestCluster::start(3, &["--snapshot-entries", "50", "--snapshot-catchup-entries", "10"]);
     let leader = cluster.wait_for_leader();
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     cluster.node(follower).kill();

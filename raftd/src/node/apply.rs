@@ -193,30 +193,52 @@ impl Node {
         }
     }
 
+    /// Starts a snapshot every `snapshot_entries` applied entries (one at a time).
     pub(super) fn maybe_snapshot(&mut self) -> Result<()> {
         let every = self.config.snapshot_entries;
-        if every > 0 && self.kv.applied() >= self.last_snapshot_index + every {
-            self.snapshot_now()?;
+        if every > 0
+            && self.snapshot_job.is_none()
+            && self.kv.applied() >= self.last_snapshot_index + every
+        {
+            self.begin_snapshot()?;
         }
         Ok(())
     }
 
-    pub(super) fn snapshot_now(&mut self) -> Result<u64> {
+    fn begin_snapshot(&mut self) -> Result<()> {
         let index = self.kv.applied();
-        if index == 0 || index <= self.last_snapshot_index {
-            return Ok(self.last_snapshot_index);
-        }
+        let started = Instant::now();
         let data = self.kv.snapshot();
         let cs = self.raw.raft.prs.conf_state();
-        self.raw.store_mut().create_snapshot(
-            index,
-            cs,
-            data,
-            self.config.snapshot_catchup_entries,
-        )?;
+        let job = self.raw.store().begin_snapshot(index, cs, data)?;
+        debug!("snapshot at index {index}: state encoded in {:?}", started.elapsed());
+        self.snapshot_job = Some((job, started));
         self.last_snapshot_index = index;
-        info!("snapshot at index {index}");
-        Ok(index)
+        Ok(())
+    }
+
+    /// Puts the snapshot being written in force once its file is (or, with `wait`, waits).
+    pub(super) fn finish_snapshot(&mut self, wait: bool) -> Result<()> {
+        if !self.snapshot_job.as_ref().is_some_and(|(job, _)| wait || job.is_finished()) {
+            return Ok(());
+        }
+        let (job, started) = self.snapshot_job.take().expect("checked");
+        let index = job.index;
+        let keep = self.config.snapshot_catchup_entries;
+        self.raw.store_mut().finish_snapshot(job, keep)?;
+        info!("snapshot at index {index} in {:?}", started.elapsed());
+        Ok(())
+    }
+
+    /// Snapshots the applied state now and waits until it is in force (an operator's request).
+    pub(super) fn snapshot_now(&mut self) -> Result<u64> {
+        self.finish_snapshot(true)?;
+        let index = self.kv.applied();
+        if index > 0 && index > self.last_snapshot_index {
+            self.begin_snapshot()?;
+            self.finish_snapshot(true)?;
+        }
+        Ok(self.last_snapshot_index)
     }
 }
 
