@@ -414,6 +414,8 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                     "endpoint": endpoint, "id": s.id, "role": s.role, "term": s.term, "leader": s.leader,
                     "commit": s.commit, "applied": s.applied, "lag": leader_commit.map(|c| c.saturating_sub(s.applied)),
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index, "health": "ok",
+                    "uptime_secs": s.uptime_secs, "wal_syncs": s.wal_syncs,
+                    "wal_sync_micros": s.wal_sync_micros, "wal_sync_max_micros": s.wal_sync_max_micros,
                 }),
                 Err(e) => json!({"endpoint": endpoint, "health": e.to_string()}),
             })

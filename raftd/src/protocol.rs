@@ -267,6 +267,12 @@ pub struct NodeStatus {
     pub members: Vec<MemberStatus>,
     /// Seconds since the process started.
     pub uptime_secs: u64,
+    /// WAL syncs since the process started (one per loop iteration that wrote).
+    pub wal_syncs: u64,
+    /// Time spent in them, microseconds: with `wal_syncs`, the disk's share of a write.
+    pub wal_sync_micros: u64,
+    /// The longest one, microseconds.
+    pub wal_sync_max_micros: u64,
 }
 
 /// Why a request failed.

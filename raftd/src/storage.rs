@@ -71,8 +71,20 @@ impl SnapshotJob {
     }
 }
 
+/// What the WAL's syncs cost so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncStats {
+    /// Syncs.
+    pub count: u64,
+    /// Microseconds spent in them.
+    pub micros: u64,
+    /// The longest, microseconds.
+    pub max_micros: u64,
+}
+
 /// The node's durable state: the WAL and the latest snapshot.
 pub struct WalStorage {
+    sync_stats: SyncStats,
     wal: wal::Wal,
     snapshot: Snapshot,
     snap_dir: PathBuf,
@@ -111,7 +123,16 @@ impl WalStorage {
         if let Some(index) = marked {
             info!("storage: snapshot at index {index} in force");
         }
-        Ok((WalStorage { wal, snapshot, snap_dir, scratch: Vec::new() }, recovery))
+        Ok((
+            WalStorage {
+                sync_stats: SyncStats::default(),
+                wal,
+                snapshot,
+                snap_dir,
+                scratch: Vec::new(),
+            },
+            recovery,
+        ))
     }
 
     /// True when the log has never been written (a new node).
@@ -228,7 +249,18 @@ impl WalStorage {
 
     /// Makes everything written durable. An error is fatal to the node.
     pub fn sync(&mut self) -> Result<()> {
-        self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))
+        let started = std::time::Instant::now();
+        self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))?;
+        let micros = started.elapsed().as_micros() as u64;
+        self.sync_stats.count += 1;
+        self.sync_stats.micros += micros;
+        self.sync_stats.max_micros = self.sync_stats.max_micros.max(micros);
+        Ok(())
+    }
+
+    /// Syncs so far and their durations.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.sync_stats
     }
 
     /// The first index in the log.

@@ -20,17 +20,7 @@ impl Node {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let leader = self.is_leader();
-            let messages = std::mem::take(&mut rd.messages);
-            // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
-            // state, so they may leave before it syncs.
-            let messages = if leader {
-                self.send_messages(messages);
-                // Out now, not after the sync: the followers' syncs overlap the leader's.
-                self.flush_peers();
-                Vec::new()
-            } else {
-                messages
-            };
+            let mut messages = std::mem::take(&mut rd.messages);
             for rs in rd.read_states.drain(..) {
                 let mut ctx = [0u8; 8];
                 if rs.request_ctx.len() == 8 {
@@ -40,15 +30,30 @@ impl Node {
                     self.reads_ready.push_back((rs.index, batch));
                 }
             }
-            // Applied and answered before this Ready's sync, so that those clients' next
-            // requests arrive while it runs.
-            let early = durable_committed_prefix(&rd);
+            // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
+            // state, so they may leave before it syncs. Appends of new entries leave first,
+            // so that the followers' syncs overlap the leader's.
+            if leader && !rd.entries.is_empty() {
+                self.send_messages(std::mem::take(&mut messages));
+                self.flush_peers();
+            }
+            // On the leader, committed entries already durable here are applied and answered
+            // before this Ready's sync, so that those clients' next requests arrive while it
+            // runs. A follower syncs and acknowledges first: the leader waits on that, and
+            // nobody waits on a follower's apply.
+            let early = if leader { durable_committed_prefix(&rd) } else { 0 };
             if early > 0 {
                 for entry in &rd.committed_entries[..early] {
                     self.apply(entry)?;
                 }
                 self.serve_reads();
                 self.flush_all();
+            }
+            // Without new entries, the leader's messages (the new commit index, heartbeats)
+            // follow the answers: a client waits on its answer, a follower does not.
+            if leader {
+                self.send_messages(std::mem::take(&mut messages));
+                self.flush_peers();
             }
             let store = self.raw.store_mut();
             if let Some(snapshot) = &rd.snapshot {
@@ -74,7 +79,11 @@ impl Node {
                 }
                 info!("installed snapshot at index {}", snapshot.metadata.index);
             }
-            self.send_messages(messages);
+            if !messages.is_empty() {
+                // A follower's acknowledgements: out before it applies anything.
+                self.send_messages(messages);
+                self.flush_peers();
+            }
             for entry in &rd.committed_entries[early..] {
                 self.apply(entry)?;
             }

@@ -261,6 +261,7 @@ impl Node {
 
     pub(super) fn status(&self) -> NodeStatus {
         let status = self.raw.status();
+        let sync = self.raw.store().sync_stats();
         let cs = &status.conf_state;
         let mut members = Vec::new();
         let mut add = |id: u64, role: &str| {
@@ -308,6 +309,9 @@ impl Node {
             joint: !cs.voters_outgoing.is_empty(),
             members,
             uptime_secs: self.started.elapsed().as_secs(),
+            wal_syncs: sync.count,
+            wal_sync_micros: sync.micros,
+            wal_sync_max_micros: sync.max_micros,
         }
     }
 }
