@@ -1,7 +1,8 @@
 //! The replicated state machine: a key-value map, the client session table that makes
 //! retried writes apply once, and the member address book.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,19 +45,169 @@ struct Session {
 
 /// The state machine. Everything in it is a function of the applied log, so every node
 /// holds the same state at the same index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Kv {
-    /// Hashed, not ordered: no operation needs key order, and a lookup is one hash and one
-    /// comparison instead of a tree walk of comparisons.
-    #[serde(with = "bytes_map")]
-    data: HashMap<Vec<u8>, Vec<u8>>,
+    data: Data,
     sessions: BTreeMap<u64, Session>,
     members: BTreeMap<u64, String>,
     /// Ids removed from the cluster, for good: their connections are refused, so that a
     /// removed node restarted with its stale configuration cannot disturb the cluster.
-    removed: std::collections::BTreeSet<u64>,
+    removed: BTreeSet<u64>,
     applied: u64,
 }
+
+/// The key-value map, which can be frozen for a snapshot without a copy.
+///
+/// Hashed, not ordered: no operation needs key order, and a lookup is one hash and one
+/// comparison instead of a tree walk of comparisons. While a snapshot of `base` is encoded on
+/// another thread, `base` is shared with it and not changed: writes go to `overlay` (a value,
+/// or `None` for a deletion) and reads look there first. Thawing folds the overlay back in.
+#[derive(Clone, Debug, Default)]
+struct Data {
+    base: Arc<HashMap<Vec<u8>, Vec<u8>>>,
+    overlay: Option<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl Data {
+    fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        if let Some(written) = self.overlay.as_ref().and_then(|o| o.get(key)) {
+            return written.as_ref();
+        }
+        self.base.get(key)
+    }
+
+    /// The map, to change. Not frozen, it is shared with nobody (a finished snapshot has let
+    /// go of it), so this copies nothing; a clone of the whole `Kv` would be copied here.
+    fn base_mut(&mut self) -> &mut HashMap<Vec<u8>, Vec<u8>> {
+        Arc::make_mut(&mut self.base)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        match &mut self.overlay {
+            Some(overlay) => {
+                overlay.insert(key, Some(value));
+            }
+            None => {
+                self.base_mut().insert(key, value);
+            }
+        }
+    }
+
+    /// Removes `key`; true if it was there.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        if self.overlay.is_none() {
+            return self.base_mut().remove(key).is_some();
+        }
+        let existed = self.get(key).is_some();
+        if existed {
+            self.overlay.as_mut().expect("frozen").insert(key.to_vec(), None);
+        }
+        existed
+    }
+
+    /// Stops changing `base` and shares it (for a snapshot taken now).
+    fn freeze(&mut self) -> Arc<HashMap<Vec<u8>, Vec<u8>>> {
+        assert!(self.overlay.is_none(), "one snapshot at a time");
+        self.overlay = Some(HashMap::new());
+        Arc::clone(&self.base)
+    }
+
+    /// Folds the writes made while frozen into `base` (copying it only if a snapshot still
+    /// holds it, which finishing a snapshot rules out). Nothing to do when not frozen.
+    fn thaw(&mut self) {
+        let Some(overlay) = self.overlay.take() else { return };
+        let base = Arc::make_mut(&mut self.base);
+        for (key, value) in overlay {
+            match value {
+                Some(value) => base.insert(key, value),
+                None => base.remove(&key),
+            };
+        }
+    }
+
+    /// Every key and value, sorted by key (the merged view when frozen).
+    fn sorted(&self) -> Vec<(&Vec<u8>, &Vec<u8>)> {
+        let mut all: Vec<(&Vec<u8>, &Vec<u8>)> = match &self.overlay {
+            None => self.base.iter().collect(),
+            Some(overlay) => self
+                .base
+                .iter()
+                .filter(|(k, _)| !overlay.contains_key(*k))
+                .chain(overlay.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))))
+                .collect(),
+        };
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+}
+
+/// The encoded form of a [`Kv`] (after the snapshot header), field by field.
+#[derive(Serialize)]
+struct ImageRef<'a> {
+    #[serde(serialize_with = "bytes_map::serialize")]
+    data: Vec<(&'a Vec<u8>, &'a Vec<u8>)>,
+    sessions: &'a BTreeMap<u64, Session>,
+    members: &'a BTreeMap<u64, String>,
+    removed: &'a BTreeSet<u64>,
+    applied: u64,
+}
+
+/// [`ImageRef`], decoded.
+#[derive(Deserialize)]
+struct Image {
+    #[serde(deserialize_with = "bytes_map::deserialize")]
+    data: HashMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+}
+
+/// A state frozen for a snapshot: encodes on any thread, while the [`Kv`] it came from goes
+/// on applying (see [`Kv::freeze`]).
+pub struct FrozenKv {
+    data: Arc<HashMap<Vec<u8>, Vec<u8>>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+}
+
+impl FrozenKv {
+    /// The snapshot bytes, as [`Kv::snapshot`] gives them for the state when frozen.
+    pub fn encode(self) -> Vec<u8> {
+        let mut data: Vec<(&Vec<u8>, &Vec<u8>)> = self.data.iter().collect();
+        data.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        encode_image(&ImageRef {
+            data,
+            sessions: &self.sessions,
+            members: &self.members,
+            removed: &self.removed,
+            applied: self.applied,
+        })
+    }
+}
+
+fn encode_image(image: &ImageRef<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + image.data.len() * 64);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    codec::encode_value_into(image, &mut out).expect("the state machine always encodes");
+    out
+}
+
+/// Equal states: equal contents, whatever is frozen.
+impl PartialEq for Kv {
+    fn eq(&self, other: &Kv) -> bool {
+        self.applied == other.applied
+            && self.sessions == other.sessions
+            && self.members == other.members
+            && self.removed == other.removed
+            && self.data.sorted() == other.data.sorted()
+    }
+}
+
+impl Eq for Kv {}
 
 impl Kv {
     /// An empty state.
@@ -96,7 +247,7 @@ impl Kv {
                 self.data.insert(key, value);
                 OpResult::Put
             }
-            Op::Delete { key } => OpResult::Delete(self.data.remove(&key).is_some()),
+            Op::Delete { key } => OpResult::Delete(self.data.remove(&key)),
             Op::Cas { key, expected, new } => {
                 let previous = self.data.get(&key).cloned();
                 let swapped = previous == expected;
@@ -126,16 +277,6 @@ impl Kv {
         self.data.get(key)
     }
 
-    /// Keys stored.
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    /// True with no keys.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
     /// Records a member's peer address. Adding a removed id again (an operator re-adding a
     /// wiped node) lifts its tombstone.
     pub fn set_member(&mut self, id: u64, peer_addr: String) {
@@ -159,13 +300,34 @@ impl Kv {
         &self.members
     }
 
-    /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], the format version, the state.
+    /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], the format version, the state (keys
+    /// in order, so that equal states give equal bytes).
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + self.data.len() * 64);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        codec::encode_value_into(self, &mut out).expect("the state machine always encodes");
-        out
+        encode_image(&ImageRef {
+            data: self.data.sorted(),
+            sessions: &self.sessions,
+            members: &self.members,
+            removed: &self.removed,
+            applied: self.applied,
+        })
+    }
+
+    /// Freezes the state for a snapshot to be encoded elsewhere ([`FrozenKv::encode`]); until
+    /// [`Kv::thaw`], writes are kept aside instead of changing the frozen map, so freezing
+    /// costs no copy of the data. One snapshot at a time.
+    pub fn freeze(&mut self) -> FrozenKv {
+        FrozenKv {
+            data: self.data.freeze(),
+            sessions: self.sessions.clone(),
+            members: self.members.clone(),
+            removed: self.removed.clone(),
+            applied: self.applied,
+        }
+    }
+
+    /// Ends a [`Kv::freeze`] once its snapshot is encoded: the writes kept aside are folded in.
+    pub fn thaw(&mut self) {
+        self.data.thaw();
     }
 
     /// The state from snapshot bytes.
@@ -182,7 +344,14 @@ impl Kv {
                 supported: SNAPSHOT_FORMAT_VERSION,
             });
         }
-        Ok(codec::decode_payload(&bytes[SNAPSHOT_HEADER_SIZE..])?)
+        let image: Image = codec::decode_payload(&bytes[SNAPSHOT_HEADER_SIZE..])?;
+        Ok(Kv {
+            data: Data { base: Arc::new(image.data), overlay: None },
+            sessions: image.sessions,
+            members: image.members,
+            removed: image.removed,
+            applied: image.applied,
+        })
     }
 }
 
@@ -213,8 +382,7 @@ pub enum RestoreError {
     Decode(#[from] codec::Error),
 }
 
-/// Keys and values are byte strings: encoded as such (one copy), not byte by byte, in key
-/// order, so that equal states give equal snapshot bytes on every node.
+/// Keys and values are byte strings: encoded as such (one copy), not byte by byte.
 mod bytes_map {
     use std::collections::HashMap;
     use std::fmt;
@@ -225,12 +393,10 @@ mod bytes_map {
     use serde_bytes::{ByteBuf, Bytes};
 
     pub fn serialize<S: Serializer>(
-        map: &HashMap<Vec<u8>, Vec<u8>>,
+        sorted: &[(&Vec<u8>, &Vec<u8>)],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        let mut sorted: Vec<(&Vec<u8>, &Vec<u8>)> = map.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut out = serializer.serialize_map(Some(map.len()))?;
+        let mut out = serializer.serialize_map(Some(sorted.len()))?;
         for (k, v) in sorted {
             out.serialize_entry(Bytes::new(k), Bytes::new(v))?;
         }
@@ -341,7 +507,7 @@ mod tests {
         let e = Kv::restore(&bytes).unwrap_err();
         assert!(matches!(e, RestoreError::Version { found: 9, supported: 1 }), "{e}");
         // A snapshot from before format headers: the bare encoded state.
-        let bare = codec::encode_value(&kv).unwrap();
+        let bare = kv.snapshot()[SNAPSHOT_HEADER_SIZE..].to_vec();
         assert!(matches!(Kv::restore(&bare), Err(RestoreError::NotASnapshot)));
         let mut truncated = kv.snapshot();
         truncated.pop();
@@ -360,6 +526,45 @@ mod tests {
         b.sessions = a.sessions.clone();
         assert_eq!(a, b);
         assert_eq!(a.snapshot(), b.snapshot());
+    }
+
+    #[test]
+    fn a_frozen_state_snapshots_as_it_was_while_writes_go_on() {
+        let mut kv = Kv::new();
+        for i in 0..100u64 {
+            kv.apply(i + 1, put(1, i + 1, &format!("k{i}"), "old")).unwrap();
+        }
+        kv.set_applied(100);
+        let expected = kv.snapshot();
+        let frozen = kv.freeze();
+        // Writes while frozen: an overwrite, a delete, a new key, a delete of a new key.
+        kv.apply(101, put(1, 101, "k1", "new")).unwrap();
+        let del =
+            |seq, key: &str| Command { client_id: 1, seq, op: Op::Delete { key: key.into() } };
+        assert_eq!(kv.apply(102, del(102, "k2")).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.apply(103, del(103, "k2")).unwrap().result, OpResult::Delete(false));
+        kv.apply(104, put(1, 104, "fresh", "v")).unwrap();
+        kv.apply(105, put(1, 105, "gone", "v")).unwrap();
+        kv.apply(106, del(106, "gone")).unwrap();
+        kv.set_applied(106);
+        assert_eq!(kv.get(b"k1"), Some(&b"new".to_vec()), "reads see writes made while frozen");
+        assert_eq!(kv.get(b"k2"), None);
+        assert_eq!(kv.get(b"k3"), Some(&b"old".to_vec()), "and the frozen map beneath");
+        let during = kv.snapshot();
+        // The frozen image encodes on another thread, as it was at index 100.
+        let image = std::thread::spawn(move || frozen.encode()).join().unwrap();
+        assert_eq!(image, expected);
+        let before_thaw = kv.clone();
+        kv.thaw();
+        assert_eq!(kv, before_thaw, "thawing changes nothing visible");
+        assert_eq!(kv.snapshot(), during);
+        assert_eq!(Kv::restore(&during).unwrap(), kv);
+        assert_eq!(kv.get(b"fresh"), Some(&b"v".to_vec()));
+        assert_eq!(kv.get(b"gone"), None);
+        // And it can be frozen again.
+        let again = kv.freeze();
+        kv.thaw();
+        drop(again);
     }
 
     #[test]

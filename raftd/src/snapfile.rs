@@ -16,6 +16,8 @@ const MAGIC: [u8; 8] = *b"RAFTSNAP";
 const VERSION: u32 = 1;
 const PREFIX: &str = "snap-";
 const SUFFIX: &str = ".snap";
+/// A snapshot file is written and synced this much at a time.
+const WRITE_PIECE_BYTES: usize = 1024 * 1024;
 /// Snapshot files kept; older ones are deleted.
 pub const SNAPSHOT_FILES_KEPT: usize = 2;
 
@@ -87,7 +89,13 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     let tmp = path.with_extension("tmp");
     let bytes = encode(snapshot)?;
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(&bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    // In pieces, each made durable before the next: one large write-back would hold the
+    // disk (and so the WAL's syncs, which a client waits on) for as long as it takes.
+    for piece in bytes.chunks(WRITE_PIECE_BYTES) {
+        f.write_all(piece).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_data()
+            .map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", tmp.display())))?;
+    }
     f.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", tmp.display())))?;
     fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
     let d = fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;

@@ -190,21 +190,25 @@ impl WalStorage {
         Ok(())
     }
 
-    /// Starts snapshotting the state machine image `data`, taken at the applied `index`, and
-    /// returns at once: its file is written and synced on another thread, so the event loop
-    /// does not wait for the disk. Put it in force with [`WalStorage::finish_snapshot`].
+    /// Starts snapshotting the state machine as of the applied `index` and returns at once:
+    /// `encode` (which must image the state at `index`) runs, and the file is written and
+    /// synced, on another thread, so the event loop waits for neither the CPU work nor the
+    /// disk. Put it in force with [`WalStorage::finish_snapshot`].
     pub fn begin_snapshot(
         &self,
         index: u64,
         conf_state: ConfState,
-        data: Vec<u8>,
+        encode: impl FnOnce() -> Vec<u8> + Send + 'static,
     ) -> Result<SnapshotJob> {
         let term = self.wal.term(index)?;
-        let snapshot = Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } };
+        let metadata = SnapshotMetadata { conf_state, index, term };
         let dir = self.snap_dir.clone();
         let handle = std::thread::Builder::new()
             .name("snapshot-writer".into())
-            .spawn(move || snapfile::write(&dir, &snapshot).map(|_| snapshot))
+            .spawn(move || {
+                let snapshot = Snapshot { data: encode(), metadata };
+                snapfile::write(&dir, &snapshot).map(|_| snapshot)
+            })
             .map_err(|e| Error::io("start the snapshot writer for", self.snap_dir.clone(), e))?;
         Ok(SnapshotJob { index, handle })
     }
@@ -243,7 +247,7 @@ impl WalStorage {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<()> {
-        let job = self.begin_snapshot(index, conf_state, data)?;
+        let job = self.begin_snapshot(index, conf_state, move || data)?;
         self.finish_snapshot(job, keep_entries).map(drop)
     }
 
@@ -377,7 +381,7 @@ mod tests {
         s.append(&ents).unwrap();
         s.sync().unwrap();
         let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
-        let job = s.begin_snapshot(8, cs.clone(), b"old image".to_vec()).unwrap();
+        let job = s.begin_snapshot(8, cs.clone(), || b"old image".to_vec()).unwrap();
         assert_eq!(job.index, 8);
         let leader = Snapshot {
             data: b"leader image".to_vec(),

@@ -202,12 +202,15 @@ impl Node {
         }
     }
 
-    /// Starts a snapshot every `snapshot_entries` applied entries (one at a time).
+    /// Starts a snapshot every `snapshot_entries` applied entries (one at a time), give or
+    /// take a per-node offset of up to a tenth of that, so that the nodes of a cluster (which
+    /// apply the same entries at nearly the same time) do not all write a snapshot at once.
     pub(super) fn maybe_snapshot(&mut self) -> Result<()> {
         let every = self.config.snapshot_entries;
+        let offset = self.config.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (every / 10).max(1);
         if every > 0
             && self.snapshot_job.is_none()
-            && self.kv.applied() >= self.last_snapshot_index + every
+            && self.kv.applied() >= self.last_snapshot_index + every + offset
         {
             self.begin_snapshot()?;
         }
@@ -217,10 +220,17 @@ impl Node {
     fn begin_snapshot(&mut self) -> Result<()> {
         let index = self.kv.applied();
         let started = Instant::now();
-        let data = self.kv.snapshot();
+        // Frozen, not copied: the state is encoded on the writer thread while this one goes
+        // on applying; the writes made meanwhile are folded in when the snapshot is finished.
+        let frozen = self.kv.freeze();
         let cs = self.raw.raft.prs.conf_state();
-        let job = self.raw.store().begin_snapshot(index, cs, data)?;
-        debug!("snapshot at index {index}: state encoded in {:?}", started.elapsed());
+        let job = match self.raw.store().begin_snapshot(index, cs, move || frozen.encode()) {
+            Ok(job) => job,
+            Err(e) => {
+                self.kv.thaw();
+                return Err(e);
+            }
+        };
         self.snapshot_job = Some((job, started));
         self.last_snapshot_index = index;
         Ok(())
@@ -234,8 +244,20 @@ impl Node {
         let (job, started) = self.snapshot_job.take().expect("checked");
         let index = job.index;
         let keep = self.config.snapshot_catchup_entries;
-        self.raw.store_mut().finish_snapshot(job, keep)?;
-        info!("snapshot at index {index} in {:?}", started.elapsed());
+        let finishing = Instant::now();
+        let finished = self.raw.store_mut().finish_snapshot(job, keep);
+        let thawing = Instant::now();
+        // The writer thread is done with the frozen map (or this Kv is a newer one, restored
+        // from the leader's snapshot meanwhile, and not frozen).
+        self.kv.thaw();
+        finished?;
+        info!(
+            "snapshot at index {index} in {:?} (put in force in {:?}, writes made meanwhile \
+             folded in in {:?})",
+            started.elapsed(),
+            thawing - finishing,
+            thawing.elapsed()
+        );
         Ok(())
     }
 
