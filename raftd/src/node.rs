@@ -39,6 +39,8 @@ const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff bounds for peer connections.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Time one loop iteration may spend handling Readies before it polls sockets again.
+const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
 /// Largest key-value request accepted.
 pub const REQUEST_SIZE_MAX: usize = 4 * 1024 * 1024;
 
@@ -272,7 +274,12 @@ impl Node {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + self.config.tick_interval;
         while !self.shutdown.load(Ordering::Relaxed) {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            // Readies left over (see handle_readies): look at the sockets, do not wait.
+            let timeout = if self.raw.has_ready() {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(Error::io("poll", "event loop", e));

@@ -16,8 +16,12 @@ pub(super) fn durable_committed_prefix(rd: &raft::Ready) -> usize {
 }
 
 impl Node {
+    /// Handles Readies until none is left or [`READY_TIME_BUDGET`] is spent (replaying a long
+    /// log at startup takes many): the rest wait for the next loop iteration, so that sockets
+    /// and timers are served in between.
     pub(super) fn handle_readies(&mut self) -> Result<()> {
-        while self.raw.has_ready() {
+        let deadline = Instant::now() + READY_TIME_BUDGET;
+        while self.raw.has_ready() && Instant::now() < deadline {
             let mut rd = self.raw.ready();
             let leader = self.is_leader();
             let mut messages = std::mem::take(&mut rd.messages);
