@@ -27,7 +27,7 @@ done
 
 work=$(mktemp -d /tmp/raft-bench-extra.XXXXXX)
 export CLUSTER_DIR=$work/cluster
-cleanup() { "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 CTL=$ROOT/target/release/raftctl
 (cd "$ROOT" && cargo build --release -q -p raftd -p raftctl)

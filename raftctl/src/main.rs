@@ -273,7 +273,18 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
                     let endpoint = endpoint_of(client, *id)?;
                     client.admin_at(&endpoint, AdminRequest::Snapshot)?
                 }
-                None => client.admin_leader(AdminRequest::Snapshot)?,
+                None => {
+                    // Not admin_leader: every node takes a snapshot when asked, so the first
+                    // to answer would, and this one is the leader's.
+                    let leader = leader_status(client)?;
+                    let endpoint = leader
+                        .members
+                        .iter()
+                        .find(|m| m.id == leader.id)
+                        .and_then(|m| m.client_addr.clone())
+                        .ok_or_else(|| fail("the leader did not give its client address"))?;
+                    client.admin_at(&endpoint, AdminRequest::Snapshot)?
+                }
             };
             print(cli, json!({"result": format!("{reply:?}")}), || match &reply {
                 AdminReply::Done(s) => s.clone(),

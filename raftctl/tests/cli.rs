@@ -183,6 +183,21 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     }
     assert_eq!(bench["ops"].as_u64(), Some(500));
 
+    // Snapshots: on the leader by default (whichever endpoint comes first), or on --node.
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.eventually_ok(&["--json", "status"])).unwrap();
+    let leader = json["cluster"]["leader"].as_u64().unwrap();
+    cluster.ctl_ok(&["snapshot"]);
+    let follower = if leader == 3 { 2 } else { 3 };
+    cluster.ctl_ok(&["snapshot", "--node", &follower.to_string()]);
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.ctl_ok(&["--json", "status"])).unwrap();
+    for node in json["nodes"].as_array().unwrap() {
+        let id = node["id"].as_u64().unwrap();
+        let snapshotted = node["snapshot_index"].as_u64().unwrap() > 0;
+        assert_eq!(snapshotted, id == leader || id == follower, "node {id}: {json}");
+    }
+
     // check: ok, then failing with a node down, then ok after a restart.
     cluster.ctl_ok(&["check"]);
     assert!(cluster.script(&["kill", "3"]).status.success());
