@@ -68,8 +68,8 @@ if want 1 || want 2; then
     ticks=$(( $(cpu_ticks "$pid") - before[$id] ))
     awk -v id="$id" -v role="$role" -v rss="$rss" -v anon="$anon" -v file="$file" \
       -v t="$ticks" -v hz="$hz" 'BEGIN {
-        printf "node %s (%s): RSS %.0f MiB (anonymous %.0f MiB, file-backed %.0f MiB); CPU %.2f s = %.3f s per 1,000 writes\n",
-          id, role, rss / 1024, anon / 1024, file / 1024, t / hz, t / hz / 1000 }'
+        printf "node %s (%s): RSS %.0f MiB (anonymous %.0f MiB, file-backed %.0f MiB); CPU %.2f s = %.2f CPU ms per 1,000 writes\n",
+          id, role, rss / 1024, anon / 1024, file / 1024, t / hz, t / hz }'
   done
 fi
 
