@@ -59,7 +59,11 @@ fn main() -> ExitCode {
     };
     println!("chaos: {n} nodes for {duration:?}, seed {seed}");
     let mut rng = Rng(seed);
-    let mut cluster = Cluster::start(n, &[]);
+    // Snapshots far more often than the default, so that faults land during snapshots
+    // (frozen state machine, files written in the background) and restarted nodes catch up
+    // through them.
+    let mut cluster =
+        Cluster::start(n, &["--snapshot-entries=5000", "--snapshot-catchup-entries=1000"]);
     cluster.wait_for_leader();
     let workload = Workload::start_paced(&cluster, 6, 100, Duration::from_millis(5));
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
