@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # raftd against etcd, side by side, on this machine.
 #
-#   scripts/bench.sh [--skip-etcd] [--base-port P] [--out FILE]
+#   scripts/bench.sh [--skip-etcd] [--base-port P] [--out FILE] [--etcd-dir DIR]
 #
 # Starts a fresh 3-node raftd cluster (release build, default flags, fsync on) in a temporary
 # directory, runs the four workloads with `raftctl bench --json`, stops it, then runs etcd on
@@ -10,11 +10,13 @@
 # both systems, the ratio, and whether issue 8's target holds. Both run in one invocation,
 # one after the other, so the ratio holds on a noisy machine. Values are 256 bytes over
 # 10,000 keys; every acknowledged write is fsynced on a quorum; gets are linearizable.
-# --out FILE also writes the results as key=value lines.
+# --out FILE also writes the results as key=value lines. The etcd scripts are looked for in
+# --etcd-dir (or $ETCD_BENCH_DIR), else ../shared/bench/etcd next to this checkout or next to
+# the repository it was cloned from.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ETCD_DIR=$ROOT/../shared/bench/etcd
+ETCD_DIR=${ETCD_BENCH_DIR:-}
 BASE_PORT=7700
 SKIP_ETCD=0
 OUT=""
@@ -23,10 +25,24 @@ while [ $# -gt 0 ]; do
     --skip-etcd) SKIP_ETCD=1; shift ;;
     --base-port) BASE_PORT=${2:?--base-port needs a number}; shift 2 ;;
     --out) OUT=${2:?--out needs a file}; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --etcd-dir) ETCD_DIR=${2:?--etcd-dir needs a directory}; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+
+if [ "$SKIP_ETCD" = 0 ] && [ -z "$ETCD_DIR" ]; then
+  candidates=("$ROOT/../shared/bench/etcd")
+  origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+  [ -n "$origin" ] && [ -d "$origin" ] && candidates+=("$origin/../shared/bench/etcd")
+  for c in "${candidates[@]}"; do
+    if [ -x "$c/run.sh" ]; then ETCD_DIR=$(cd "$c" && pwd); break; fi
+  done
+  if [ -z "$ETCD_DIR" ]; then
+    echo "bench.sh: no etcd benchmark (run.sh) in ${candidates[*]}; give --etcd-dir DIR or --skip-etcd" >&2
+    exit 1
+  fi
+fi
 
 # name op clients raftd-ops etcd-ops label
 WORKLOADS=(
@@ -65,7 +81,6 @@ done
 CLUSTER_DIR=$work/cluster "$ROOT/scripts/cluster.sh" stop >/dev/null
 
 if [ "$SKIP_ETCD" = 0 ]; then
-  [ -x "$ETCD_DIR/run.sh" ] || { echo "bench.sh: no $ETCD_DIR/run.sh" >&2; exit 1; }
   plain=()
   for w in "${WORKLOADS[@]}"; do
     read -r name op clients _ ops _ <<<"$w"
