@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --base-port) BASE_PORT=${2:?}; shift 2 ;;
     --only) ONLY=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-extra.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --base-port) BASE_PORT=${2:?--base-port needs a number}; shift 2 ;;
     --out) OUT=${2:?--out needs a file}; shift 2 ;;
     --etcd-dir) ETCD_DIR=${2:?--etcd-dir needs a directory}; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
