@@ -181,7 +181,7 @@ impl Node {
                 bootstrap(&mut storage, &config.initial_cluster)?;
             }
         }
-        let snapshot = storage.current_snapshot().clone();
+        let snapshot = storage.take_loaded_snapshot().unwrap_or_default();
         let kv = if snapshot.is_empty() {
             Kv::new()
         } else {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use raft::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError};
 
 use crate::errors::{Error, Result};
@@ -83,10 +83,16 @@ pub struct SyncStats {
 }
 
 /// The node's durable state: the WAL and the latest snapshot.
+///
+/// Only the snapshot's metadata stays in memory; its data (the whole state machine image) is
+/// read from its file when a follower needs it, not held for the life of the process.
 pub struct WalStorage {
     sync_stats: SyncStats,
+    /// The snapshot in force; index 0 when there is none.
+    snapshot: SnapshotMetadata,
+    /// The snapshot read at open, until the node takes it to restore its state machine.
+    loaded: Option<Snapshot>,
     wal: wal::Wal,
-    snapshot: Snapshot,
     snap_dir: PathBuf,
     scratch: Vec<Vec<u8>>,
 }
@@ -126,8 +132,9 @@ impl WalStorage {
         Ok((
             WalStorage {
                 sync_stats: SyncStats::default(),
+                snapshot: snapshot.metadata.clone(),
+                loaded: (!snapshot.is_empty()).then_some(snapshot),
                 wal,
-                snapshot,
                 snap_dir,
                 scratch: Vec::new(),
             },
@@ -137,12 +144,33 @@ impl WalStorage {
 
     /// True when the log has never been written (a new node).
     pub fn is_empty(&self) -> bool {
-        self.wal.hard_state().is_none() && self.wal.last_index() == 0 && self.snapshot.is_empty()
+        self.wal.hard_state().is_none() && self.wal.last_index() == 0 && self.snapshot.index == 0
     }
 
-    /// The snapshot in force.
-    pub fn current_snapshot(&self) -> &Snapshot {
+    /// The metadata of the snapshot in force (index 0: none).
+    pub fn current_snapshot(&self) -> &SnapshotMetadata {
         &self.snapshot
+    }
+
+    /// The snapshot in force as read when the storage was opened, once (for the node to
+    /// restore its state machine from); None when there is none or it was taken.
+    pub fn take_loaded_snapshot(&mut self) -> Option<Snapshot> {
+        self.loaded.take()
+    }
+
+    /// The snapshot in force, data included, read from its file (checksum verified).
+    pub fn load_snapshot(&self) -> Result<Snapshot> {
+        let snapshot = snapfile::read(&self.snap_dir, self.snapshot.index)?;
+        if snapshot.metadata != self.snapshot {
+            return Err(Error::Corrupt {
+                path: self.snap_dir.clone(),
+                reason: format!(
+                    "snapshot file {} does not match the snapshot in force",
+                    self.snapshot.index
+                ),
+            });
+        }
+        Ok(snapshot)
     }
 
     /// Appends entries (replacing any conflicting suffix); durable after [`WalStorage::sync`].
@@ -175,18 +203,18 @@ impl WalStorage {
     /// Installs a snapshot: its file first (durable), then the log's marker.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
         snapfile::write(&self.snap_dir, snapshot)?;
-        self.mark_snapshot(snapshot.clone())
+        self.mark_snapshot(&snapshot.metadata)
     }
 
-    fn mark_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
-        let meta = &snapshot.metadata;
+    fn mark_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {
         let conf_state = codec::encode_value(&meta.conf_state)?;
         self.wal.mark_snapshot(wal::SnapshotMarker {
             index: meta.index,
             term: meta.term,
             conf_state,
         })?;
-        self.snapshot = snapshot;
+        self.snapshot = meta.clone();
+        self.loaded = None;
         Ok(())
     }
 
@@ -223,17 +251,17 @@ impl WalStorage {
             .join()
             .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))??;
         let index = snapshot.metadata.index;
-        if index <= self.snapshot.metadata.index {
-            info!("snapshot at {index} superseded by {}", self.snapshot.metadata.index);
+        if index <= self.snapshot.index {
+            info!("snapshot at {index} superseded by {}", self.snapshot.index);
         } else {
-            self.mark_snapshot(snapshot)?;
+            self.mark_snapshot(&snapshot.metadata)?;
             self.sync()?;
             let compact_to = index.saturating_sub(keep_entries) + 1;
             if compact_to > self.wal.first_index() {
                 self.wal.compact(compact_to)?;
             }
         }
-        let in_force = self.snapshot.metadata.index;
+        let in_force = self.snapshot.index;
         snapfile::prune(&self.snap_dir, in_force, snapfile::SNAPSHOT_FILES_KEPT)?;
         Ok(in_force)
     }
@@ -285,7 +313,7 @@ impl raft::Storage for WalStorage {
             .hard_state()
             .map(|h| HardState { term: h.term, vote: h.vote, commit: h.commit })
             .unwrap_or_default();
-        Ok(raft::RaftState { hard_state, conf_state: self.snapshot.metadata.conf_state.clone() })
+        Ok(raft::RaftState { hard_state, conf_state: self.snapshot.conf_state.clone() })
     }
 
     fn entries(
@@ -299,8 +327,8 @@ impl raft::Storage for WalStorage {
     }
 
     fn term(&self, index: u64) -> std::result::Result<u64, StorageError> {
-        if index == self.snapshot.metadata.index && index > 0 {
-            return Ok(self.snapshot.metadata.term);
+        if index == self.snapshot.index && index > 0 {
+            return Ok(self.snapshot.term);
         }
         self.wal.term(index).map_err(storage_error)
     }
@@ -314,11 +342,17 @@ impl raft::Storage for WalStorage {
     }
 
     fn snapshot(&self, _request_index: u64) -> std::result::Result<Snapshot, StorageError> {
-        if self.snapshot.is_empty() {
+        if self.snapshot.index == 0 {
             warn!("storage: a snapshot was asked for but none exists yet");
             return Err(StorageError::SnapshotTemporarilyUnavailable);
         }
-        Ok(self.snapshot.clone())
+        // A file damaged since it was written: no follower gets it (the core would stop the
+        // node on any other error), this node goes on serving, and the next snapshot taken
+        // replaces the file.
+        self.load_snapshot().map_err(|e| {
+            error!("storage: the snapshot in force cannot be sent: {e}");
+            StorageError::SnapshotTemporarilyUnavailable
+        })
     }
 }
 
@@ -390,11 +424,40 @@ mod tests {
         s.apply_snapshot(&leader).unwrap();
         s.sync().unwrap();
         assert_eq!(s.finish_snapshot(job, 0).unwrap(), 50, "the newer snapshot stays in force");
-        assert_eq!(s.current_snapshot(), &leader);
+        assert_eq!(s.current_snapshot(), &leader.metadata);
         assert_eq!(snapfile::list(&dir.path().join("snap")).unwrap().last(), Some(&50));
         drop(s);
-        let (s, _) = WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
-        assert_eq!(s.current_snapshot(), &leader);
+        let (mut s, _) =
+            WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        assert_eq!(s.take_loaded_snapshot(), Some(leader.clone()));
+        assert_eq!(s.take_loaded_snapshot(), None, "given once");
+        assert_eq!(s.snapshot(0).unwrap(), leader, "read from its file");
+    }
+
+    #[test]
+    fn a_snapshot_file_damaged_after_opening_is_unavailable_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) =
+            WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, EntryType::Normal, b"x", b"")).collect();
+        s.append(&ents).unwrap();
+        s.sync().unwrap();
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        s.create_snapshot(5, cs, b"image".to_vec(), 0).unwrap();
+        assert_eq!(s.snapshot(0).unwrap().data, b"image");
+        let file = dir.path().join("snap").join(
+            snapfile::list(&dir.path().join("snap"))
+                .unwrap()
+                .last()
+                .map(|i| format!("snap-{i:020}.snap"))
+                .unwrap(),
+        );
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(s.snapshot(0), Err(StorageError::SnapshotTemporarilyUnavailable));
+        assert!(s.load_snapshot().unwrap_err().to_string().contains("checksum"));
     }
 
     #[test]
@@ -416,7 +479,8 @@ mod tests {
         assert_eq!((s.first_index(), s.last_index(), s.term(50)), (Ok(51), Ok(50), Ok(4)));
         drop(s);
         let (s, _) = WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
-        assert_eq!(s.current_snapshot(), &snap);
+        assert_eq!(s.current_snapshot(), &snap.metadata);
+        assert_eq!(s.snapshot(0).unwrap(), snap);
         assert_eq!(s.last_index(), Ok(50));
     }
 }

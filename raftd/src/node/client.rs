@@ -305,7 +305,7 @@ impl Node {
             applied: status.applied,
             first_index: self.raw.store().first_index_now(),
             last_index: self.raw.store().last_index_now(),
-            snapshot_index: self.raw.store().current_snapshot().metadata.index,
+            snapshot_index: self.raw.store().current_snapshot().index,
             joint: !cs.voters_outgoing.is_empty(),
             members,
             uptime_secs: self.started.elapsed().as_secs(),
