@@ -34,6 +34,14 @@ pub struct Args {
     /// Address for client and admin connections.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub listen_client: SocketAddr,
+    /// Where other nodes reach this node's peer port, when not at --listen-peer (which
+    /// may be 0.0.0.0). Default: this node's entry in --initial-cluster, else --listen-peer.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_peer: Option<String>,
+    /// Where clients are redirected to reach this node, when not at --listen-client (which
+    /// may be 0.0.0.0). Default: --listen-client.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_client: Option<String>,
     /// Peer addresses of the initial members, as ID=HOST:PORT,... (used only when the data
     /// dir is empty).
     #[arg(long, default_value = "", value_parser = parse_cluster)]
@@ -122,6 +130,28 @@ fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
     Ok(out)
 }
 
+/// The address to advertise: `given`, else the listen address when others can reach it.
+fn advertised(
+    flag: &str,
+    given: Option<&str>,
+    listen_flag: &str,
+    listen: SocketAddr,
+) -> Result<String, String> {
+    match given {
+        Some(addr) => match addr.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                Err(format!("{flag} {addr}: not an address others can reach"))
+            }
+            Ok(a) => Ok(a.to_string()),
+            Err(e) => Err(format!("{flag} {addr}: expected IP:PORT ({e})")),
+        },
+        None if listen.ip().is_unspecified() || listen.port() == 0 => Err(format!(
+            "{listen_flag} {listen} is not an address others can reach: give {flag} IP:PORT"
+        )),
+        None => Ok(listen.to_string()),
+    }
+}
+
 impl Args {
     /// The node configuration, or a message naming the flag that is wrong.
     pub fn to_config(&self) -> Result<NodeConfig, String> {
@@ -134,6 +164,20 @@ impl Args {
         if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
             return Err(format!("--initial-cluster must include this node's --id {}", self.id));
         }
+        let advertise_peer = advertised(
+            "--advertise-peer",
+            self.advertise_peer
+                .as_deref()
+                .or(self.initial_cluster.get(&self.id).map(|a| a.as_str())),
+            "--listen-peer",
+            self.listen_peer,
+        )?;
+        let advertise_client = advertised(
+            "--advertise-client",
+            self.advertise_client.as_deref(),
+            "--listen-client",
+            self.listen_client,
+        )?;
         if self.tick_interval_ms == 0 {
             return Err("--tick-interval-ms must be greater than 0".into());
         }
@@ -202,6 +246,8 @@ impl Args {
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
             listen_client: self.listen_client,
+            advertise_peer,
+            advertise_client,
             initial_cluster: self.initial_cluster.clone(),
             join: self.join,
             raft,
@@ -244,5 +290,37 @@ mod tests {
         let err = parse(&["--join", "--initial-cluster", "1=127.0.0.1:7001"]).unwrap_err();
         assert!(err.contains("--join"), "{err}");
         assert!(parse(&["--id", "0"]).unwrap_err().contains("--id"));
+    }
+
+    #[test]
+    fn nodes_listening_on_every_interface_advertise_a_reachable_address() {
+        let c = parse(&["--initial-cluster", "1=127.0.0.1:7001"]).unwrap();
+        assert_eq!(
+            (c.advertise_peer.as_str(), c.advertise_client.as_str()),
+            ("127.0.0.1:7001", "127.0.0.1:7101")
+        );
+        // Listening everywhere: the peer address comes from --initial-cluster, the client
+        // address must be given.
+        let wild = ["--listen-peer", "0.0.0.0:7001", "--listen-client", "0.0.0.0:7101"];
+        let mut args = wild.to_vec();
+        args.extend(["--initial-cluster", "1=10.0.0.1:7001"]);
+        let err = parse(&args).unwrap_err();
+        assert!(err.contains("--advertise-client"), "{err}");
+        args.extend(["--advertise-client", "10.0.0.1:7101"]);
+        let c = parse(&args).unwrap();
+        assert_eq!(
+            (c.advertise_peer.as_str(), c.advertise_client.as_str()),
+            ("10.0.0.1:7001", "10.0.0.1:7101")
+        );
+        // A joiner has no --initial-cluster entry: it must say where peers reach it.
+        let mut join = wild.to_vec();
+        join.extend(["--join", "--advertise-client", "10.0.0.2:7101"]);
+        assert!(parse(&join).unwrap_err().contains("--advertise-peer"));
+        join.extend(["--advertise-peer", "10.0.0.2:7001"]);
+        assert_eq!(parse(&join).unwrap().advertise_peer, "10.0.0.2:7001");
+        let err = parse(&["--advertise-client", "0.0.0.0:7101"]).unwrap_err();
+        assert!(err.contains("--advertise-client"), "{err}");
+        let err = parse(&["--advertise-peer", "somewhere"]).unwrap_err();
+        assert!(err.contains("--advertise-peer") && err.contains("IP:PORT"), "{err}");
     }
 }

@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub listen_peer: SocketAddr,
     /// Client and admin listener address.
     pub listen_client: SocketAddr,
+    /// Where other nodes reach this node's peer listener.
+    pub advertise_peer: String,
+    /// Where clients reach this node's client listener (told in redirects).
+    pub advertise_client: String,
     /// Peer addresses of the initial members (used only when the data dir is empty).
     pub initial_cluster: BTreeMap<u64, String>,
     /// Start empty and wait to be added.

@@ -407,3 +407,38 @@ fn a_removed_node_is_refused_by_its_former_peers() {
     }
     cluster.put("after-removal", "ok");
 }
+
+#[test]
+fn a_node_listening_on_every_interface_is_known_by_its_advertised_address() {
+    let mut cluster = TestCluster::start(3, &[]);
+    cluster.wait_for_leader();
+    let node = cluster.node(3);
+    node.kill();
+    // Another loopback address than the one it was known by, to tell old from new.
+    let port = node.client_addr.rsplit(':').next().unwrap().to_string();
+    let advertised = format!("127.0.0.2:{port}");
+    let i = node.args.iter().position(|a| a == "--listen-client").unwrap();
+    node.args[i + 1] = format!("0.0.0.0:{port}");
+    // With nothing to advertise it refuses to start, naming the flag to give.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftd")).args(&node.args).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--advertise-client"), "{stderr}");
+    node.args.extend(["--advertise-client".to_string(), advertised.clone()]);
+    node.start();
+    // The others learn the advertised address from its hello: clients are redirected there.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = cluster.node(1).wait_client().status().unwrap();
+        let known = status.members.iter().find(|m| m.id == 3).and_then(|m| m.client_addr.clone());
+        if known.as_deref() == Some(advertised.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3's address never learned: {known:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let own = cluster.node(3).wait_client().status().unwrap();
+    let me = own.members.iter().find(|m| m.id == 3).unwrap();
+    assert_eq!(me.client_addr.as_deref(), Some(advertised.as_str()));
+}

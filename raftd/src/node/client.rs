@@ -39,7 +39,7 @@ impl Node {
             return ClientError::NoLeader;
         }
         let leader_addr = if lead == self.config.id {
-            Some(self.config.listen_client.to_string())
+            Some(self.config.advertise_client.clone())
         } else {
             self.peers.get(&lead).and_then(|l| l.client_addr.clone())
         };
@@ -268,8 +268,8 @@ impl Node {
             let progress = status.progress.get(&id);
             let (peer_addr, client_addr) = if id == self.config.id {
                 (
-                    Some(self.config.listen_peer.to_string()),
-                    Some(self.config.listen_client.to_string()),
+                    Some(self.config.advertise_peer.clone()),
+                    Some(self.config.advertise_client.clone()),
                 )
             } else {
                 let link = self.peers.get(&id);

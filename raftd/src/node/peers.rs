@@ -188,8 +188,8 @@ impl Node {
             node_id: self.config.id,
             role: Role::Peer,
             token: self.config.token.clone(),
-            client_addr: Some(self.config.listen_client.to_string()),
-            peer_addr: Some(self.config.listen_peer.to_string()),
+            client_addr: Some(self.config.advertise_client.clone()),
+            peer_addr: Some(self.config.advertise_peer.clone()),
         };
         if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
             return;
