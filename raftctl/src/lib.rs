@@ -98,6 +98,9 @@ impl Conn {
         match conn.recv::<HelloAck>()? {
             HelloAck::Welcome { .. } => Ok(conn),
             HelloAck::Refused { reason } => Err(io_error(endpoint, format!("refused: {reason}"))),
+            HelloAck::Removed { node_id } => {
+                Err(io_error(endpoint, format!("refused by node {node_id}: removed")))
+            }
         }
     }
 

@@ -39,6 +39,10 @@ const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff bounds for peer connections.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A node that every peer refuses as removed for this many election timeouts stops: it was
+/// removed for good (a re-added node is welcomed by the peers that applied its re-addition
+/// within moments, which clears the count).
+const REMOVED_STOP_AFTER_ELECTION_TIMEOUTS: u32 = 10;
 /// Time one loop iteration may spend handling Readies before it polls sockets again.
 const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
 /// Largest key-value request accepted.
@@ -146,6 +150,10 @@ pub struct Node {
     last_snapshot_index: u64,
     /// The snapshot whose file is being written, and when it was taken.
     snapshot_job: Option<(SnapshotJob, Instant)>,
+    /// Peers that refused this node as removed from the cluster (cleared by any welcome).
+    removed_by: std::collections::BTreeSet<u64>,
+    /// Since when every known peer refuses this node as removed.
+    refused_as_removed_since: Option<Instant>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -252,6 +260,8 @@ impl Node {
             started: Instant::now(),
             last_snapshot_index: applied,
             snapshot_job: None,
+            removed_by: std::collections::BTreeSet::new(),
+            refused_as_removed_since: None,
             shutdown,
             config,
         };
@@ -446,11 +456,26 @@ impl Node {
                 let ack: HelloAck =
                     codec::decode_payload(payload).map_err(|e| format!("bad hello ack: {e}"))?;
                 match ack {
-                    HelloAck::Welcome { node_id } if node_id == to => Ok(()),
+                    HelloAck::Welcome { node_id } if node_id == to => {
+                        self.removed_by.clear();
+                        self.refused_as_removed_since = None;
+                        Ok(())
+                    }
                     HelloAck::Welcome { node_id } => {
                         Err(format!("dialled node {to}, reached node {node_id}"))
                     }
                     HelloAck::Refused { reason } => Err(format!("peer {to} refused us: {reason}")),
+                    HelloAck::Removed { node_id } if node_id == to => {
+                        self.removed_by.insert(to);
+                        let everyone = self.peers.keys().all(|id| self.removed_by.contains(id));
+                        if everyone && self.refused_as_removed_since.is_none() {
+                            self.refused_as_removed_since = Some(Instant::now());
+                        }
+                        Err(format!("peer {to} says this node was removed from the cluster"))
+                    }
+                    HelloAck::Removed { node_id } => {
+                        Err(format!("dialled node {to}, reached node {node_id}"))
+                    }
                 }
             }
             ConnKind::Client { greeted: true } => {
@@ -477,7 +502,10 @@ impl Node {
         {
             Some(format!("bad node id {}", hello.node_id))
         } else if hello.role == Role::Peer && self.kv.is_removed(hello.node_id) {
-            Some(format!("node {} was removed from the cluster", hello.node_id))
+            let conn = self.conns.get_mut(&token).expect("dispatching on it");
+            let _ = conn.send(&HelloAck::Removed { node_id: self.config.id });
+            let _ = conn.flush(self.poll.registry(), token);
+            return Err(format!("node {} was removed from the cluster", hello.node_id));
         } else {
             None
         };

@@ -50,6 +50,13 @@ pub enum HelloAck {
         /// Why.
         reason: String,
     },
+    /// Refused because the connecting node was removed from the cluster (as this node's
+    /// applied configuration says). A node that every peer answers so, for long enough,
+    /// stops.
+    Removed {
+        /// The node answering.
+        node_id: u64,
+    },
 }
 
 /// What one node sends another after the handshake.

@@ -380,8 +380,8 @@ fn injected_partitions_stop_a_leader_and_heal() {
 }
 
 #[test]
-fn a_removed_node_is_refused_by_its_former_peers() {
-    let cluster = TestCluster::start(3, &[]);
+fn a_removed_node_is_refused_by_its_former_peers_and_stops() {
+    let mut cluster = TestCluster::start(3, &[]);
     let leader = cluster.wait_for_leader();
     let victim = (1..=3).find(|&id| id != leader).unwrap();
     let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
@@ -402,10 +402,24 @@ fn a_removed_node_is_refused_by_its_former_peers() {
     };
     write_frame(&mut s, &hello).unwrap();
     match read_frame::<HelloAck>(&mut s).unwrap() {
-        HelloAck::Refused { reason } => assert!(reason.contains("removed"), "{reason}"),
+        HelloAck::Removed { node_id } => assert_eq!(node_id, leader),
         other => panic!("{other:?}"),
     }
     cluster.put("after-removal", "ok");
+    // The removed node itself, refused by every peer for ten election timeouts, stops.
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        let child = cluster.node(victim).child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the removed node runs on: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    cluster.node(victim).child = None;
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&cluster.procs[victim as usize - 1].log).unwrap();
+    assert!(log.contains("was removed from the cluster") && log.contains("stopping"), "{log}");
 }
 
 #[test]
@@ -441,4 +455,44 @@ fn a_node_listening_on_every_interface_is_known_by_its_advertised_address() {
     let own = cluster.node(3).wait_client().status().unwrap();
     let me = own.members.iter().find(|m| m.id == 3).unwrap();
     assert_eq!(me.client_addr.as_deref(), Some(advertised.as_str()));
+}
+
+#[test]
+fn a_wiped_node_waiting_to_be_added_again_under_its_removed_id_does_not_stop() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.put("before", "1");
+    let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
+    cluster.node(victim).kill();
+    let reply = admin.admin(AdminRequest::Remove { id: victim }).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    // Wiped and started empty, waiting to be added: every peer refuses its id as removed.
+    let node = cluster.node(victim);
+    std::fs::remove_dir_all(&node.data_dir).unwrap();
+    let i = node.args.iter().position(|a| a == "--initial-cluster").unwrap();
+    node.args.drain(i..i + 2);
+    node.args.push("--join".into());
+    node.start();
+    // Twice as long as a removed member waits before it stops (ten election timeouts of
+    // 10 ticks of 20 ms): it is still running.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let child = cluster.node(victim).child.as_mut().unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "the joiner stopped: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addr = cluster.node(victim).peer_addr.clone();
+    let reply = admin.admin(AdminRequest::AddLearner { id: victim, addr }).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut c = cluster.node(victim).wait_client();
+        let got = c.kv(Op::Get { key: b"before".to_vec(), serializable: true }).unwrap();
+        if matches!(got, Ok(KvReply { result: OpResult::Get(Some(_)), .. })) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up again: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -309,14 +309,20 @@ fn membership_changes_under_load() {
 }
 
 /// The last WAL segment of a node and where its written bytes end.
-fn last_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+/// A node's WAL segment files, oldest first.
+fn segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "wal"))
         .collect();
     segments.sort();
-    let last = segments.pop().expect("a segment");
+    segments
+}
+
+/// The newest segment and where its written bytes end.
+fn last_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let last = segments(data_dir).pop().expect("a segment");
     let bytes = std::fs::read(&last).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).expect("written") + 1;
     (last, end)
@@ -342,10 +348,13 @@ fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     assert!(log.contains("torn"), "the torn tail is reported");
 
     // Corruption in the middle of the log: the node refuses to start, naming file and offset.
+    // The damaged byte is in the log's first record (right after the 32-byte segment header,
+    // wal/src/record.rs), which later records follow whatever the batching was: damage to the
+    // last record would rightly count as a torn tail.
     cluster.kill(victim);
-    let (segment, end) = last_segment(&cluster.nodes[&victim].data_dir);
+    let segment = segments(&cluster.nodes[&victim].data_dir).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[end / 2] ^= 0xff;
+    bytes[32 + 20] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
     cluster.restart(victim);
     let code = cluster.node(victim).wait_exit();

@@ -139,6 +139,7 @@ impl Node {
 
     /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
     pub(super) fn housekeeping(&mut self, now: Instant) {
+        self.stop_if_removed(now);
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let link = &self.peers[&id];
@@ -156,6 +157,32 @@ impl Node {
             }
             keep
         });
+    }
+
+    /// Stops the node (as SIGTERM would) once every peer has refused it as removed for
+    /// [`REMOVED_STOP_AFTER_ELECTION_TIMEOUTS`] election timeouts: it is no longer a member,
+    /// and must not go on answering its clients from a state that no longer changes.
+    ///
+    /// A node without a configuration (started empty with `--join`, perhaps under the id of
+    /// a removed node, and not added yet) is waiting to be added, and never stops so.
+    fn stop_if_removed(&mut self, now: Instant) {
+        let Some(since) = self.refused_as_removed_since else { return };
+        let cs = self.raw.raft.prs.conf_state();
+        let never_a_member = cs.voters.is_empty() && cs.learners.is_empty();
+        if never_a_member || self.peers.keys().any(|id| !self.removed_by.contains(id)) {
+            self.refused_as_removed_since = None;
+            return;
+        }
+        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
+        let grace = election_timeout * REMOVED_STOP_AFTER_ELECTION_TIMEOUTS;
+        if now.duration_since(since) >= grace {
+            error!(
+                "node {} was removed from the cluster: every peer ({:?}) has refused it as \
+                 removed for {grace:?}; stopping",
+                self.config.id, self.removed_by
+            );
+            self.shutdown.store(true, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn connect(&mut self, id: u64, addr: &str, now: Instant) {

@@ -48,6 +48,9 @@ impl Client {
         match ack {
             HelloAck::Welcome { .. } => {}
             HelloAck::Refused { reason } => return Err(std::io::Error::other(reason)),
+            HelloAck::Removed { node_id } => {
+                return Err(std::io::Error::other(format!("node {node_id}: removed")))
+            }
         }
         let client_id = rand_u64();
         Ok(Client { stream, next_request_id: 1, client_id, seq: 0 })
