@@ -27,14 +27,6 @@ fn cc_v2(transition: ConfChangeTransition, changes: &[(ConfChangeType, u64)]) ->
     }
 }
 
-/// Ticks and delivers until the cluster is quiet for a few rounds.
-fn settle(cluster: &mut Cluster, rounds: usize) {
-    for _ in 0..rounds {
-        cluster.tick();
-        cluster.stabilize();
-    }
-}
-
 fn conf_of(cluster: &mut Cluster, id: u64) -> ConfState {
     cluster.node(id).raft.prs.conf_state()
 }
@@ -128,7 +120,7 @@ fn learner_receives_the_log() {
     cluster.elect(1);
     cluster.add_empty_node(4, |_| {});
     cluster.node(1).propose_conf_change(vec![], &cc(AddLearnerNode, 4)).unwrap();
-    settle(&mut cluster, 3);
+    cluster.settle(3);
     for i in 0..3u8 {
         cluster.node(1).propose(vec![], vec![i]).unwrap();
         cluster.stabilize();
@@ -178,7 +170,7 @@ fn add_and_remove_voters_and_learners_one_at_a_time() {
     ];
     for (change, voters, learners) in steps {
         cluster.node(1).propose_conf_change(vec![], &change).unwrap();
-        settle(&mut cluster, 3);
+        cluster.settle(3);
         let members: Vec<u64> = voters.iter().chain(&learners).copied().collect();
         for id in members {
             let cs = conf_of(&mut cluster, id);
@@ -189,7 +181,7 @@ fn add_and_remove_voters_and_learners_one_at_a_time() {
             );
         }
         cluster.node(1).propose(vec![], format!("{change:?}").into_bytes()).unwrap();
-        settle(&mut cluster, 1);
+        cluster.settle(1);
     }
     // The final voters {1, 4, 5} still commit.
     let last = cluster.nodes[&1].applied.last().cloned();
@@ -205,7 +197,7 @@ fn joint_change_round_trip(transition: ConfChangeTransition) {
     }
     let change = cc_v2(transition, &[(AddNode, 4), (AddNode, 5), (RemoveNode, 3)]);
     cluster.node(1).propose_conf_change(vec![], &change).unwrap();
-    settle(&mut cluster, 3);
+    cluster.settle(3);
     if transition == ConfChangeTransition::Explicit {
         let cs = conf_of(&mut cluster, 1);
         assert_eq!(
@@ -215,7 +207,7 @@ fn joint_change_round_trip(transition: ConfChangeTransition) {
         );
         assert!(!cs.auto_leave);
         cluster.node(1).propose_conf_change(vec![], &ConfChangeV2::leave_joint()).unwrap();
-        settle(&mut cluster, 3);
+        cluster.settle(3);
     }
     for id in [1, 2, 4, 5] {
         let cs = conf_of(&mut cluster, id);
@@ -226,7 +218,7 @@ fn joint_change_round_trip(transition: ConfChangeTransition) {
         );
     }
     cluster.node(1).propose(vec![], b"after".to_vec()).unwrap();
-    settle(&mut cluster, 1);
+    cluster.settle(1);
     assert_eq!(cluster.nodes[&5].applied, vec![b"after".to_vec()]);
 }
 
@@ -299,13 +291,13 @@ fn replace_the_leader_through_a_joint_configuration() {
     cluster.stabilize();
     let change = cc_v2(ConfChangeTransition::Auto, &[(RemoveNode, 1), (AddNode, 4)]);
     cluster.node(1).propose_conf_change(vec![], &change).unwrap();
-    settle(&mut cluster, 40);
+    cluster.settle(40);
     assert_ne!(cluster.node(1).raft.state, StateType::Leader, "the removed leader stepped down");
     let leader = cluster.leader().expect("a new leader");
     assert!([2, 3, 4].contains(&leader));
     assert_eq!(conf_of(&mut cluster, leader).voters, vec![2, 3, 4]);
     cluster.node(leader).propose(vec![], b"after".to_vec()).unwrap();
-    settle(&mut cluster, 1);
+    cluster.settle(1);
     for id in [2, 3, 4] {
         assert_eq!(
             cluster.nodes[&id].applied,
@@ -360,7 +352,7 @@ fn removed_leader_steps_down() {
         cluster.node(1).propose(vec![], b"x".to_vec()),
         Err(Error::ProposalDropped) | Ok(())
     ));
-    settle(&mut cluster, 40);
+    cluster.settle(40);
     let leader = cluster.leader().expect("2 or 3 leads");
     assert!([2, 3].contains(&leader));
     assert_eq!(conf_of(&mut cluster, leader).voters, vec![2, 3]);
@@ -382,7 +374,7 @@ fn new_leader_leaves_an_inherited_auto_leave_joint_configuration() {
         cluster.nodes.insert(id, Node::new(&cluster_config(id), storage));
     }
     cluster.elect(2);
-    settle(&mut cluster, 2);
+    cluster.settle(2);
     for id in [1, 2, 3] {
         let cs = conf_of(&mut cluster, id);
         assert_eq!(
@@ -421,7 +413,7 @@ fn malformed_changes_are_refused_at_apply_time() {
     cluster.elect(1);
     cluster.node(1).propose_conf_change(vec![], &cc(RemoveNode, 9)).unwrap();
     cluster.node(1).propose(vec![], b"x".to_vec()).unwrap();
-    settle(&mut cluster, 2);
+    cluster.settle(2);
     for id in [1, 2, 3] {
         assert_eq!(conf_of(&mut cluster, id).voters, vec![1, 2, 3]);
         assert_eq!(cluster.nodes[&id].applied, vec![b"x".to_vec()]);

@@ -461,11 +461,7 @@ fn leader_superseding_with_check_quorum() {
         vec![NetPeer::Default, NetPeer::Default, NetPeer::Default],
         check_quorum,
     );
-    let b = n.peer_mut(2);
-    b.randomized_election_timeout = b.election_timeout + 1;
-    for _ in 0..b.election_timeout {
-        b.tick();
-    }
+    expire_lease(n.peer_mut(2));
     n.send(vec![hup(1)]);
     assert_eq!(n.peer(1).state, StateType::Leader);
     assert_eq!(n.peer(3).state, StateType::Follower);
@@ -512,11 +508,7 @@ fn free_stuck_candidate_with_check_quorum() {
         vec![NetPeer::Default, NetPeer::Default, NetPeer::Default],
         check_quorum,
     );
-    let b = n.peer_mut(2);
-    b.randomized_election_timeout = b.election_timeout + 1;
-    for _ in 0..b.election_timeout {
-        b.tick();
-    }
+    expire_lease(n.peer_mut(2));
     n.send(vec![hup(1)]);
     n.isolate(1);
     n.send(vec![hup(3)]);

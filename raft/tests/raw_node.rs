@@ -249,10 +249,7 @@ fn crashed_follower_restarts_from_storage_and_catches_up() {
     });
     restarted.applied = old.applied;
     cluster.nodes.insert(3, restarted);
-    for _ in 0..3 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(3);
     let want: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
     assert_eq!(cluster.nodes[&3].applied, want);
     assert_eq!(cluster.leader(), Some(1));
@@ -286,16 +283,10 @@ fn partitioned_leader_cannot_commit_and_is_replaced() {
     cluster.node(new_leader).propose(vec![], b"kept".to_vec()).unwrap();
     cluster.stabilize();
     // The isolated leader steps down once it misses a quorum for an election timeout.
-    for _ in 0..20 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(20);
     assert_ne!(cluster.node(1).raft.state, StateType::Leader);
     cluster.heal();
-    for _ in 0..5 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(5);
     for (id, node) in &cluster.nodes {
         assert_eq!(node.applied, vec![b"kept".to_vec()], "node {id}");
     }
@@ -413,10 +404,7 @@ fn joining_node_learns_members_by_replaying_the_log() {
         context: vec![],
     };
     cluster.node(1).propose_conf_change(vec![], &add).unwrap();
-    for _ in 0..5 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(5);
     let joined = &cluster.nodes[&4];
     assert_eq!(joined.applied, (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
     assert_eq!(joined.conf_state.as_ref().map(|cs| cs.voters.clone()), Some(vec![1, 2, 3, 4]));
@@ -436,10 +424,7 @@ fn status_reports_configuration_progress_and_transferee() {
         context: vec![],
     };
     cluster.node(1).propose_conf_change(vec![], &learner).unwrap();
-    for _ in 0..3 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(3);
     cluster.isolate(3);
     cluster.node(1).propose(vec![], b"x".to_vec()).unwrap();
     cluster.stabilize();

@@ -37,11 +37,7 @@ fn leader_1_of_3(configure: impl Fn(&mut Config) + Copy) -> Network {
         vec![NetPeer::Default, NetPeer::Default, NetPeer::Default],
         configure,
     );
-    let b = n.peer_mut(2);
-    b.randomized_election_timeout = b.election_timeout + 1;
-    for _ in 0..b.election_timeout {
-        b.tick();
-    }
+    expire_lease(n.peer_mut(2));
     n.send(vec![hup(1)]);
     assert_eq!(n.peer(1).state, StateType::Leader);
     n

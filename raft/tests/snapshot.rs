@@ -181,17 +181,11 @@ fn snapshot_temporarily_unavailable_is_retried_later() {
     cluster.nodes.get_mut(&1).unwrap().snapshot_and_compact();
     cluster.node(1).store_mut().trigger_snapshot_unavailable();
     cluster.heal();
-    for _ in 0..3 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(3);
     assert!(cluster.nodes[&3].restored.is_empty());
     assert_ne!(cluster.node(1).raft.prs.progress[&3].state, ProgressState::Snapshot);
     cluster.node(1).store_mut().clear_snapshot_unavailable();
-    for _ in 0..3 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(3);
     assert_eq!(cluster.nodes[&3].restored.len(), 1);
     assert_eq!(cluster.nodes[&3].applied.len(), 5);
 }
@@ -228,10 +222,7 @@ fn slow_node_restored_then_caught_up_by_appends() {
     assert!(cluster.nodes[&3].restored.is_empty());
     assert_eq!(cluster.node(1).raft.prs.progress[&3].state, ProgressState::Probe);
     cluster.heal();
-    for _ in 0..3 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(3);
     assert_eq!(cluster.nodes[&3].restored.len(), 1, "restored from the retried snapshot");
     for i in 100..105u8 {
         cluster.node(1).propose(vec![], vec![i]).unwrap();
@@ -265,10 +256,7 @@ fn learner_receives_snapshot() {
         context: vec![],
     };
     cluster.node(1).propose_conf_change(vec![], &add).unwrap();
-    for _ in 0..5 {
-        cluster.tick();
-        cluster.stabilize();
-    }
+    cluster.settle(5);
     let learner = &cluster.nodes[&4];
     assert_eq!(learner.restored.len(), 1);
     assert_eq!(learner.applied.len(), 10);

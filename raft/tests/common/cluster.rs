@@ -151,6 +151,14 @@ impl Cluster {
         }
     }
 
+    /// `rounds` times: tick every node once, then deliver until quiet.
+    pub fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.tick();
+            self.stabilize();
+        }
+    }
+
     /// Makes `id` campaign and settles the election.
     pub fn elect(&mut self, id: u64) {
         self.node(id).campaign().expect("campaign");

@@ -103,6 +103,15 @@ pub fn propose(to: u64, data: &[u8]) -> Message {
     }
 }
 
+/// Lets `r`'s check-quorum lease on its leader run out without it campaigning: its election
+/// timeout is made one tick longer, then it ticks a whole (base) election timeout.
+pub fn expire_lease(r: &mut Raft<MemoryStorage>) {
+    r.randomized_election_timeout = r.election_timeout + 1;
+    for _ in 0..r.election_timeout {
+        r.tick();
+    }
+}
+
 /// A local Hup to `to`.
 pub fn hup(to: u64) -> Message {
     new_message(to, to, MessageType::Hup, 0)
