@@ -156,8 +156,19 @@ pub fn read(dir: &Path, index: u64) -> Result<Snapshot> {
 
 /// Deletes every snapshot file but the newest `keep` at or below `upto`, and any above it.
 pub fn prune(dir: &Path, upto: u64, keep: usize) -> Result<()> {
+    prune_files(dir, upto, keep, true)
+}
+
+/// Deletes every snapshot file but the newest `keep` at or below `upto`, leaving those above
+/// it alone (a newer snapshot may be being written meanwhile).
+pub fn prune_older(dir: &Path, upto: u64, keep: usize) -> Result<()> {
+    prune_files(dir, upto, keep, false)
+}
+
+fn prune_files(dir: &Path, upto: u64, keep: usize, above_too: bool) -> Result<()> {
     let all = list(dir)?;
     let (below, above): (Vec<u64>, Vec<u64>) = all.into_iter().partition(|&i| i <= upto);
+    let above = if above_too { above } else { Vec::new() };
     let doomed = below.iter().take(below.len().saturating_sub(keep)).chain(above.iter());
     for index in doomed {
         let path = dir.join(file_name(*index));

@@ -61,7 +61,7 @@ fn storage_error(e: wal::Error) -> StorageError {
 pub struct SnapshotJob {
     /// The applied index it images.
     pub index: u64,
-    handle: std::thread::JoinHandle<Result<Snapshot>>,
+    handle: std::thread::JoinHandle<Result<SnapshotMetadata>>,
 }
 
 impl SnapshotJob {
@@ -235,7 +235,9 @@ impl WalStorage {
             .name("snapshot-writer".into())
             .spawn(move || {
                 let snapshot = Snapshot { data: encode(), metadata };
-                snapfile::write(&dir, &snapshot).map(|_| snapshot)
+                snapfile::write(&dir, &snapshot)?;
+                // Freed here, not on the loop: the image may be hundreds of megabytes.
+                Ok(snapshot.metadata)
             })
             .map_err(|e| Error::io("start the snapshot writer for", self.snap_dir.clone(), e))?;
         Ok(SnapshotJob { index, handle })
@@ -246,23 +248,43 @@ impl WalStorage {
     /// one in force (one installed from the leader meanwhile) is discarded. Returns the index
     /// of the snapshot in force.
     pub fn finish_snapshot(&mut self, job: SnapshotJob, keep_entries: u64) -> Result<u64> {
-        let snapshot = job
+        let metadata = job
             .handle
             .join()
             .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))??;
-        let index = snapshot.metadata.index;
+        let index = metadata.index;
+        let mut garbage = None;
         if index <= self.snapshot.index {
             info!("snapshot at {index} superseded by {}", self.snapshot.index);
         } else {
-            self.mark_snapshot(&snapshot.metadata)?;
+            self.mark_snapshot(&metadata)?;
             self.sync()?;
             let compact_to = index.saturating_sub(keep_entries) + 1;
             if compact_to > self.wal.first_index() {
-                self.wal.compact(compact_to)?;
+                garbage = Some(self.wal.compact_deferred(compact_to)?);
             }
         }
+        // Deleting files (a segment, an old snapshot) takes milliseconds each: not on the
+        // loop. The compaction and the new snapshot are durable already; a file left behind
+        // by a crash or an error is deleted by a later snapshot.
         let in_force = self.snapshot.index;
-        snapfile::prune(&self.snap_dir, in_force, snapfile::SNAPSHOT_FILES_KEPT)?;
+        let snap_dir = self.snap_dir.clone();
+        let janitor =
+            std::thread::Builder::new().name("snapshot-janitor".into()).spawn(move || {
+                if let Some(garbage) = garbage {
+                    if let Err(e) = garbage.delete() {
+                        warn!("deleting compacted WAL segments: {e}");
+                    }
+                }
+                if let Err(e) =
+                    snapfile::prune_older(&snap_dir, in_force, snapfile::SNAPSHOT_FILES_KEPT)
+                {
+                    warn!("deleting old snapshot files: {e}");
+                }
+            });
+        if let Err(e) = janitor {
+            warn!("cannot start a thread to delete old files ({e}); they stay until a compaction after a restart");
+        }
         Ok(in_force)
     }
 

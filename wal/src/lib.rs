@@ -112,6 +112,39 @@ pub enum RecoveryMode {
     Repair,
 }
 
+/// Segments that a compaction left holding nothing, to be deleted (see
+/// [`Wal::compact_deferred`]).
+#[must_use = "the segments stay on disk until deleted"]
+pub struct Garbage {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+}
+
+impl Garbage {
+    /// How many segments.
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// True with nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Unmaps and deletes the segments, then makes the deletions durable.
+    pub fn delete(self) -> Result<()> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        for segment in self.segments {
+            let path = segment.path.clone();
+            drop(segment);
+            fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
 /// How to open a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -657,13 +690,22 @@ impl Wal {
     /// Drops the entries before `index` and deletes the segments that hold nothing else. The
     /// entries must be covered by a snapshot: `index <= snapshot index + 1`. Durable on return.
     pub fn compact(&mut self, index: u64) -> Result<()> {
+        self.compact_deferred(index)?.delete()
+    }
+
+    /// [`Wal::compact`], except that the segments left holding nothing are handed back to be
+    /// deleted later (for instance on another thread: unmapping and deleting a segment takes
+    /// milliseconds). The compaction is durable on return; segments not deleted before a
+    /// crash are recognised as compacted at the next open and deleted by a later compaction.
+    pub fn compact_deferred(&mut self, index: u64) -> Result<Garbage> {
         self.check_usable()?;
         let snapshot_index = self.snapshot.as_ref().map_or(0, |s| s.index);
         if index > snapshot_index + 1 || self.snapshot.is_none() {
             return Err(Error::CompactBeyondSnapshot { index, snapshot_index });
         }
+        let mut garbage = Garbage { dir: self.dir.clone(), segments: Vec::new() };
         if index <= self.first_index {
-            return Ok(());
+            return Ok(garbage);
         }
         // Keep the latest hard state and snapshot marker in a segment that stays.
         if let Some(hs) = self.hard_state {
@@ -679,15 +721,10 @@ impl Wal {
         self.drop_before(index);
         let keep_from = self.batches.front().map_or(self.active, |b| b.sequence).min(self.active);
         let doomed: Vec<u64> = self.segments.range(..keep_from).map(|(&s, _)| s).collect();
-        for sequence in &doomed {
-            let segment = self.segments.remove(sequence).expect("listed above");
-            fs::remove_file(&segment.path)
-                .map_err(|e| Error::io("delete segment", &segment.path, e))?;
+        for sequence in doomed {
+            garbage.segments.push(self.segments.remove(&sequence).expect("listed above"));
         }
-        if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
+        Ok(garbage)
     }
 
     /// Drops the entries before `index` from the index.

@@ -192,6 +192,39 @@ fn compaction_deletes_whole_segments_below_the_snapshot() {
     assert_eq!(kept, expected(&[(2501, 3000, 1)]));
 }
 
+#[test]
+fn segments_of_a_deferred_compaction_left_undeleted_by_a_crash_are_compacted_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path());
+    for i in 1..=3000 {
+        append(&mut wal, i, i, 1);
+    }
+    wal.set_hard_state(HardState { term: 1, vote: 1, commit: 3000 }).unwrap();
+    wal.sync().unwrap();
+    let before = wal.segment_paths();
+    wal.mark_snapshot(SnapshotMarker { index: 2500, term: 1, conf_state: b"cs".to_vec() }).unwrap();
+    let garbage = wal.compact_deferred(2501).unwrap();
+    assert!(!garbage.is_empty());
+    assert_eq!(wal.segment_paths().len() + garbage.len(), before.len());
+    // A crash before the garbage is deleted: the segments are still on disk.
+    std::mem::forget(garbage);
+    drop(wal);
+    assert!(before.iter().all(|p| p.exists()));
+    let (mut wal, recovery) = open(dir.path());
+    assert_eq!((recovery.first_index, recovery.last_index), (2501, 3000));
+    assert!(matches!(wal.entries(400, 410, u64::MAX), Err(Error::Compacted { .. })));
+    assert_eq!(log_of(&wal), expected(&[(2501, 3000, 1)]));
+    // The next compaction deletes them, from another thread.
+    wal.mark_snapshot(SnapshotMarker { index: 2800, term: 1, conf_state: b"cs".to_vec() }).unwrap();
+    let garbage = wal.compact_deferred(2801).unwrap();
+    std::thread::spawn(move || garbage.delete()).join().unwrap().unwrap();
+    let left = wal.segment_paths();
+    for p in before.iter().filter(|p| !left.contains(p)) {
+        assert!(!p.exists(), "{} deleted", p.display());
+    }
+    assert_eq!(log_of(&wal), expected(&[(2801, 3000, 1)]));
+}
+
 /// Writes `batches` synced batches of 3 entries; returns the dir and the last segment.
 fn written_log(batches: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
