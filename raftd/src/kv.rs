@@ -61,17 +61,22 @@ pub struct Kv {
 /// Hashed, not ordered: no operation needs key order, and a lookup is one hash and one
 /// comparison instead of a tree walk of comparisons. While a snapshot of `base` is encoded on
 /// another thread, `base` is shared with it and not changed: writes go to `overlay` (a value,
-/// or `None` for a deletion) and reads look there first. Thawing folds the overlay back in.
+/// or `None` for a deletion) and reads look there first. Once thawed, writes go to `base` again
+/// (and take their key out of `overlay`), and the overlay is folded into `base` a slice at a
+/// time ([`Data::fold_in`]), so that no single loop iteration pays for all of it.
 #[derive(Clone, Debug, Default)]
 struct Data {
     base: Arc<HashMap<Vec<u8>, Vec<u8>>>,
-    overlay: Option<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    frozen: bool,
 }
 
 impl Data {
     fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
-        if let Some(written) = self.overlay.as_ref().and_then(|o| o.get(key)) {
-            return written.as_ref();
+        if !self.overlay.is_empty() {
+            if let Some(written) = self.overlay.get(key) {
+                return written.as_ref();
+            }
         }
         self.base.get(key)
     }
@@ -79,63 +84,89 @@ impl Data {
     /// The map, to change. Not frozen, it is shared with nobody (a finished snapshot has let
     /// go of it), so this copies nothing; a clone of the whole `Kv` would be copied here.
     fn base_mut(&mut self) -> &mut HashMap<Vec<u8>, Vec<u8>> {
+        debug_assert!(!self.frozen, "the base of a frozen map is not changed");
         Arc::make_mut(&mut self.base)
     }
 
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        match &mut self.overlay {
-            Some(overlay) => {
-                overlay.insert(key, Some(value));
-            }
-            None => {
-                self.base_mut().insert(key, value);
-            }
+        if self.frozen {
+            self.overlay.insert(key, Some(value));
+            return;
         }
+        if !self.overlay.is_empty() {
+            self.overlay.remove(&key);
+        }
+        self.base_mut().insert(key, value);
     }
 
     /// Removes `key`; true if it was there.
     fn remove(&mut self, key: &[u8]) -> bool {
-        if self.overlay.is_none() {
-            return self.base_mut().remove(key).is_some();
+        if self.frozen {
+            let existed = self.get(key).is_some();
+            if existed {
+                self.overlay.insert(key.to_vec(), None);
+            }
+            return existed;
         }
-        let existed = self.get(key).is_some();
-        if existed {
-            self.overlay.as_mut().expect("frozen").insert(key.to_vec(), None);
+        let written = if self.overlay.is_empty() { None } else { self.overlay.remove(key) };
+        let in_base = self.base_mut().remove(key).is_some();
+        match written {
+            Some(value) => value.is_some(),
+            None => in_base,
         }
-        existed
     }
 
     /// Stops changing `base` and shares it (for a snapshot taken now).
     fn freeze(&mut self) -> Arc<HashMap<Vec<u8>, Vec<u8>>> {
-        assert!(self.overlay.is_none(), "one snapshot at a time");
-        self.overlay = Some(HashMap::new());
+        assert!(!self.frozen, "one snapshot at a time");
+        self.fold_in(usize::MAX);
+        self.frozen = true;
         Arc::clone(&self.base)
     }
 
-    /// Folds the writes made while frozen into `base` (copying it only if a snapshot still
-    /// holds it, which finishing a snapshot rules out). Nothing to do when not frozen.
+    /// Ends a freeze: writes go to `base` again. The overlay is folded in by `fold_in`.
     fn thaw(&mut self) {
-        let Some(overlay) = self.overlay.take() else { return };
+        self.frozen = false;
+    }
+
+    /// Folds up to `budget` entries of the overlay into `base` (none while frozen).
+    fn fold_in(&mut self, budget: usize) {
+        if self.frozen || self.overlay.is_empty() {
+            return;
+        }
         let base = Arc::make_mut(&mut self.base);
-        for (key, value) in overlay {
-            match value {
-                Some(value) => base.insert(key, value),
-                None => base.remove(&key),
+        let mut moved = 0;
+        self.overlay.retain(|key, value| {
+            if moved == budget {
+                return true;
+            }
+            moved += 1;
+            match value.take() {
+                Some(value) => base.insert(key.clone(), value),
+                None => base.remove(key),
             };
+            false
+        });
+        if self.overlay.is_empty() {
+            // Give back the table grown during the snapshot.
+            self.overlay = HashMap::new();
         }
     }
 
-    /// Every key and value, sorted by key (the merged view when frozen).
+    /// True while writes made during a snapshot are still to be folded in.
+    fn folding(&self) -> bool {
+        !self.frozen && !self.overlay.is_empty()
+    }
+
+    /// Every key and value, sorted by key (the merged view while there is an overlay).
     fn sorted(&self) -> Vec<(&Vec<u8>, &Vec<u8>)> {
-        let mut all: Vec<(&Vec<u8>, &Vec<u8>)> = match &self.overlay {
-            None => self.base.iter().collect(),
-            Some(overlay) => self
-                .base
-                .iter()
-                .filter(|(k, _)| !overlay.contains_key(*k))
-                .chain(overlay.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))))
-                .collect(),
-        };
+        let overlay = &self.overlay;
+        let mut all: Vec<(&Vec<u8>, &Vec<u8>)> = self
+            .base
+            .iter()
+            .filter(|(k, _)| overlay.is_empty() || !overlay.contains_key(*k))
+            .chain(overlay.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))))
+            .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
@@ -325,9 +356,21 @@ impl Kv {
         }
     }
 
-    /// Ends a [`Kv::freeze`] once its snapshot is encoded: the writes kept aside are folded in.
+    /// Ends a [`Kv::freeze`] once its snapshot is encoded: writes change the map again, and the
+    /// writes kept aside are folded in by [`Kv::fold_in`].
     pub fn thaw(&mut self) {
         self.data.thaw();
+    }
+
+    /// Folds up to `budget` of the writes kept aside during a snapshot into the map; the event
+    /// loop calls it once per iteration, so that no iteration does it all.
+    pub fn fold_in(&mut self, budget: usize) {
+        self.data.fold_in(budget);
+    }
+
+    /// True while writes kept aside during a snapshot remain to be folded in.
+    pub fn folding(&self) -> bool {
+        self.data.folding()
     }
 
     /// The state from snapshot bytes.
@@ -346,7 +389,7 @@ impl Kv {
         }
         let image: Image = codec::decode_payload(&bytes[SNAPSHOT_HEADER_SIZE..])?;
         Ok(Kv {
-            data: Data { base: Arc::new(image.data), overlay: None },
+            data: Data { base: Arc::new(image.data), overlay: HashMap::new(), frozen: false },
             sessions: image.sessions,
             members: image.members,
             removed: image.removed,
@@ -556,15 +599,59 @@ mod tests {
         assert_eq!(image, expected);
         let before_thaw = kv.clone();
         kv.thaw();
+        assert!(kv.folding());
         assert_eq!(kv, before_thaw, "thawing changes nothing visible");
-        assert_eq!(kv.snapshot(), during);
-        assert_eq!(Kv::restore(&during).unwrap(), kv);
+        // Thawed, writes go to the map while the overlay is folded in a slice at a time; a
+        // write to a key still in the overlay must win over it.
+        kv.apply(107, put(1, 107, "k1", "newer")).unwrap();
+        assert_eq!(kv.apply(108, del(108, "k4")).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.apply(109, del(109, "k2")).unwrap().result, OpResult::Delete(false));
+        kv.apply(110, put(1, 110, "gone", "back")).unwrap();
+        kv.set_applied(110);
+        let mut steps = 0;
+        while kv.folding() {
+            kv.fold_in(2);
+            steps += 1;
+        }
+        assert_eq!(steps, 1, "one entry left to fold in (\"fresh\"), the others overwritten");
+        assert_eq!(kv.get(b"k1"), Some(&b"newer".to_vec()));
+        assert_eq!(kv.get(b"k2"), None);
+        assert_eq!(kv.get(b"k4"), None);
+        assert_eq!(kv.get(b"gone"), Some(&b"back".to_vec()));
         assert_eq!(kv.get(b"fresh"), Some(&b"v".to_vec()));
-        assert_eq!(kv.get(b"gone"), None);
-        // And it can be frozen again.
+        assert_eq!(kv.get(b"k3"), Some(&b"old".to_vec()));
+        assert_eq!(Kv::restore(&kv.snapshot()).unwrap(), kv);
+        assert_ne!(kv.snapshot(), during);
+        // And it can be frozen again (a freeze folds in whatever is left first).
+        kv.apply(111, put(1, 111, "k5", "x")).unwrap();
         let again = kv.freeze();
+        kv.apply(112, put(1, 112, "k6", "y")).unwrap();
         kv.thaw();
         drop(again);
+        kv.fold_in(usize::MAX);
+        assert_eq!(kv.get(b"k5"), Some(&b"x".to_vec()));
+        assert_eq!(kv.get(b"k6"), Some(&b"y".to_vec()));
+    }
+
+    #[test]
+    fn writes_kept_aside_are_folded_in_a_slice_at_a_time() {
+        let mut kv = Kv::new();
+        kv.apply(1, put(1, 1, "base", "b")).unwrap();
+        let frozen = kv.freeze();
+        for i in 0..10u64 {
+            kv.apply(2 + i, put(1, 2 + i, &format!("m{i}"), "v")).unwrap();
+        }
+        drop(frozen);
+        kv.thaw();
+        let whole = kv.snapshot();
+        let mut steps = 0;
+        while kv.folding() {
+            kv.fold_in(3);
+            steps += 1;
+            assert_eq!(kv.snapshot(), whole, "folding in changes nothing visible");
+        }
+        assert_eq!(steps, 4);
+        assert!((0..10).all(|i| kv.get(format!("m{i}").as_bytes()) == Some(&b"v".to_vec())));
     }
 
     #[test]

@@ -43,6 +43,9 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// removed for good (a re-added node is welcomed by the peers that applied its re-addition
 /// within moments, which clears the count).
 const REMOVED_STOP_AFTER_ELECTION_TIMEOUTS: u32 = 10;
+/// Writes kept aside during a snapshot folded back into the state machine's map per loop
+/// iteration (about a millisecond's worth).
+const FOLD_IN_ENTRIES_PER_ITERATION: usize = 2048;
 /// Time one loop iteration may spend handling Readies before it polls sockets again.
 const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
 /// Largest key-value request accepted.
@@ -317,6 +320,7 @@ impl Node {
             }
             self.submit_batches();
             self.handle_readies()?;
+            self.kv.fold_in(FOLD_IN_ENTRIES_PER_ITERATION);
             self.finish_snapshot(false)?;
             self.pump_snapshots();
             self.release_delayed();
