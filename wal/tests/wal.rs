@@ -161,8 +161,8 @@ fn snapshot_marker_keeps_a_matching_log_and_resets_a_conflicting_one() {
     assert_eq!(log_of(&wal), expected(&[(21, 22, 3)]));
 }
 
-#[test]
-fn compaction_deletes_whole_segments_below_the_snapshot() {
+/// A log of entries 1..=3000 (term 1, one per batch) over several segments, synced.
+fn three_thousand_synced_entries() -> (tempfile::TempDir, Wal) {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = open(dir.path());
     for i in 1..=3000 {
@@ -170,6 +170,12 @@ fn compaction_deletes_whole_segments_below_the_snapshot() {
     }
     wal.set_hard_state(HardState { term: 1, vote: 1, commit: 3000 }).unwrap();
     wal.sync().unwrap();
+    (dir, wal)
+}
+
+#[test]
+fn compaction_deletes_whole_segments_below_the_snapshot() {
+    let (dir, mut wal) = three_thousand_synced_entries();
     let segments_before = wal.segment_paths().len();
     assert!(segments_before >= 3, "{segments_before} segments");
     assert!(matches!(
@@ -194,13 +200,7 @@ fn compaction_deletes_whole_segments_below_the_snapshot() {
 
 #[test]
 fn segments_of_a_deferred_compaction_left_undeleted_by_a_crash_are_compacted_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open(dir.path());
-    for i in 1..=3000 {
-        append(&mut wal, i, i, 1);
-    }
-    wal.set_hard_state(HardState { term: 1, vote: 1, commit: 3000 }).unwrap();
-    wal.sync().unwrap();
+    let (dir, mut wal) = three_thousand_synced_entries();
     let before = wal.segment_paths();
     wal.mark_snapshot(SnapshotMarker { index: 2500, term: 1, conf_state: b"cs".to_vec() }).unwrap();
     let garbage = wal.compact_deferred(2501).unwrap();
