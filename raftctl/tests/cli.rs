@@ -236,10 +236,13 @@ fn usage_errors_exit_two_and_unreachable_endpoints_are_named() {
 
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
-    // `raftctl status | head -0`: stdout is closed before raftctl writes its table.
+    // `raftctl status | head -0`: stdout is closed while raftctl writes its table. The table
+    // (one row per endpoint) is larger than a pipe holds, so raftctl is still writing when
+    // the reading end goes, however the two processes are scheduled.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoints = vec![format!("127.0.0.1:{port}"); 2000].join(",");
     let mut child = Command::new(bin_dir().join("raftctl"))
-        .args(["--endpoints", &format!("127.0.0.1:{port}"), "--timeout", "300ms", "status"])
+        .args(["--endpoints", &endpoints, "--timeout", "300ms", "status"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
