@@ -30,10 +30,11 @@ fn parse_name(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()
 }
 
-fn encode(snapshot: &Snapshot) -> Result<Vec<u8>> {
+/// Everything before the data: magic, version, reserved, index, term, conf state, data length.
+fn encode_head(snapshot: &Snapshot) -> Result<Vec<u8>> {
     let meta = &snapshot.metadata;
     let conf = codec::encode_value(&meta.conf_state)?;
-    let mut out = Vec::with_capacity(48 + conf.len() + snapshot.data.len());
+    let mut out = Vec::with_capacity(44 + conf.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -42,9 +43,6 @@ fn encode(snapshot: &Snapshot) -> Result<Vec<u8>> {
     out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
     out.extend_from_slice(&conf);
     out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&snapshot.data);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
 
@@ -88,19 +86,27 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot dir", dir, e))?;
     let path = dir.join(file_name(snapshot.metadata.index));
     let tmp = path.with_extension("tmp");
-    let bytes = encode(snapshot)?;
+    // The file is the head, the data and a CRC of both, written from where they are (the
+    // data can be hundreds of megabytes: it is not copied into one buffer with the rest).
+    let head = encode_head(snapshot)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    crc.update(&snapshot.data);
+    let crc = crc.finalize().to_le_bytes();
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     // In pieces, each one's write-back started as it is written and waited for before the
     // next is started: a single write-back of the whole file at the final fsync would hold
     // the disk (and so the WAL's syncs, which clients wait on) for as long as it takes.
-    let mut offset = 0u64;
-    for piece in bytes.chunks(WRITE_PIECE_BYTES) {
+    f.write_all(&head).map_err(|e| Error::io("write", &tmp, e))?;
+    let mut offset = head.len() as u64;
+    let mut previous: Option<(u64, u64)> = None;
+    for piece in snapshot.data.chunks(WRITE_PIECE_BYTES).chain(std::iter::once(&crc[..])) {
         f.write_all(piece).map_err(|e| Error::io("write", &tmp, e))?;
-        if offset > 0 {
-            let previous = offset - WRITE_PIECE_BYTES as u64;
-            write_back(&f, previous, WRITE_PIECE_BYTES as u64, true);
+        if let Some((start, len)) = previous {
+            write_back(&f, start, len, true);
         }
         write_back(&f, offset, piece.len() as u64, false);
+        previous = Some((offset, piece.len() as u64));
         offset += piece.len() as u64;
     }
     f.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", tmp.display())))?;
@@ -198,6 +204,23 @@ mod tests {
         bytes[40] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert!(matches!(read(dir.path(), 42), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_snapshot_of_several_pieces_round_trips_and_its_last_byte_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..WRITE_PIECE_BYTES * 3 + 12345).map(|i| (i % 251) as u8).collect();
+        let snap = Snapshot {
+            data,
+            metadata: SnapshotMetadata { index: 7, term: 2, conf_state: ConfState::default() },
+        };
+        let path = write(dir.path(), &snap).unwrap();
+        assert_eq!(read(dir.path(), 7).unwrap(), snap);
+        let mut bytes = fs::read(&path).unwrap();
+        let last_data_byte = bytes.len() - 5;
+        bytes[last_data_byte] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read(dir.path(), 7), Err(Error::Corrupt { .. })));
     }
 
     #[test]
