@@ -289,7 +289,9 @@ impl WalStorage {
     }
 
     /// Snapshots the state machine image `data` at the applied `index`, then drops log
-    /// entries more than `keep_entries` behind it. Durable on return.
+    /// entries more than `keep_entries` behind it. Durable on return. (The node uses
+    /// begin/finish, so as not to wait; this synchronous form is for tests.)
+    #[cfg(test)]
     pub fn create_snapshot(
         &mut self,
         index: u64,
