@@ -172,6 +172,18 @@ pub struct ConfState {
     pub auto_leave: bool,
 }
 
+impl ConfState {
+    /// Checks that this is a configuration a node can take on (from a snapshot sent by a
+    /// peer, say): no id 0, no voter that is also a learner, a joint state only with its
+    /// outgoing voters, at least one voter.
+    pub fn validate(&self) -> Result<(), crate::ConfChangeError> {
+        if self.voters.is_empty() {
+            return Err(crate::ConfChangeError::Invalid("a configuration without voters".into()));
+        }
+        crate::confchange::restore(&crate::tracker::ProgressTracker::new(1), 0, self).map(drop)
+    }
+}
+
 /// What a snapshot covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMetadata {

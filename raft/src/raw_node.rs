@@ -421,8 +421,13 @@ fn check_peer_message(m: &Message) -> std::result::Result<(), &'static str> {
             return Err("append entries from a term after the sender's");
         }
     }
-    if m.msg_type == MessageType::Snapshot && m.snapshot.is_none() {
-        return Err("a snapshot message without a snapshot");
+    if m.msg_type == MessageType::Snapshot {
+        let Some(snapshot) = &m.snapshot else {
+            return Err("a snapshot message without a snapshot");
+        };
+        if snapshot.metadata.conf_state.validate().is_err() {
+            return Err("a snapshot whose configuration is invalid");
+        }
     }
     Ok(())
 }

@@ -37,6 +37,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A snapshot file could not be written (a full disk, too many open files): nothing was
+    /// changed, and a later snapshot is tried.
+    #[error("snapshot not written: {0}")]
+    SnapshotNotWritten(String),
     /// Something the node cannot continue after (a failed fsync).
     #[error("fatal: {0}")]
     Fatal(String),

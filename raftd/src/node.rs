@@ -151,6 +151,14 @@ pub struct Node {
     delayed: VecDeque<(Instant, Message)>,
     started: Instant,
     last_snapshot_index: u64,
+    /// The state machine decoded from the last snapshot received, until the core installs it
+    /// (or it is superseded): decoded once, before it reaches the core.
+    restored: Option<(raft::SnapshotMetadata, Kv)>,
+    /// Why the last snapshot attempt wrote no file, if it failed.
+    snapshot_failure: Option<String>,
+    /// An error found while serving a request that the node cannot continue after; the loop
+    /// returns it.
+    fatal: Option<Error>,
     /// The snapshot whose file is being written, and when it was taken.
     snapshot_job: Option<(SnapshotJob, Instant)>,
     /// Peers that refused this node as removed from the cluster (cleared by any welcome).
@@ -262,6 +270,9 @@ impl Node {
             delayed: VecDeque::new(),
             started: Instant::now(),
             last_snapshot_index: applied,
+            restored: None,
+            snapshot_failure: None,
+            fatal: None,
             snapshot_job: None,
             removed_by: std::collections::BTreeSet::new(),
             refused_as_removed_since: None,
@@ -325,6 +336,9 @@ impl Node {
             self.pump_snapshots();
             self.release_delayed();
             self.flush_all();
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
         }
         info!("node {}: shutting down", self.config.id);
         self.finish_snapshot(true)?;
@@ -599,9 +613,25 @@ impl Node {
                 if incoming.data.len() as u64 == total {
                     let done = self.snapshots_in.remove(&from).expect("present");
                     let mut m = done.message;
-                    if let Some(s) = m.snapshot.as_mut() {
-                        s.data = done.data;
+                    let Some(snapshot) = m.snapshot.as_mut() else {
+                        return Err("a snapshot chunk without a snapshot".to_string());
+                    };
+                    snapshot.data = done.data;
+                    // Decoded and checked before the core sees it, so that a bad image (a
+                    // bug, damage in transit, a hostile sender) is refused here instead of
+                    // being made durable and failing to restore on every start.
+                    let kv = Kv::restore(&snapshot.data).map_err(|e| {
+                        error!(
+                            "snapshot from {from} at index {} refused: {e}",
+                            snapshot.metadata.index
+                        );
+                        format!("snapshot refused: {e}")
+                    })?;
+                    if let Err(e) = snapshot.metadata.conf_state.validate() {
+                        error!("snapshot from {from} refused: {e}");
+                        return Err(format!("snapshot refused: {e}"));
                     }
+                    self.restored = Some((snapshot.metadata.clone(), kv));
                     info!("received snapshot from {from}: {total} bytes");
                     self.step(m);
                 }

@@ -4,12 +4,10 @@
 //! (4), index u64 (8), term u64 (8), conf state length u32 (4), conf state (bincode), data
 //! length u64 (8), data, crc32 of everything before it (4).
 
-use std::fs;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use raft::{ConfState, Snapshot, SnapshotMetadata};
+use wal::fs::{Fs, OpenMode};
 
 use crate::errors::{Error, Result};
 
@@ -81,11 +79,13 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
     Ok(Snapshot { data, metadata: SnapshotMetadata { conf_state, index, term } })
 }
 
-/// Writes a snapshot file durably: temporary file, fsync, rename, directory fsync.
-pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create snapshot dir", dir, e))?;
+/// Writes a snapshot file durably: temporary file, fsync, rename, directory fsync (the
+/// directory itself created durably if missing).
+pub fn write(fs: &dyn Fs, dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
+    wal::fs::create_dir_all_durably(fs, dir)
+        .map_err(|e| Error::io("create snapshot dir", dir, e))?;
     let path = dir.join(file_name(snapshot.metadata.index));
-    let tmp = path.with_extension("tmp");
+    let tmp = wal::fs::temporary_path(&path);
     // The file is the head, the data and a CRC of both, written from where they are (the
     // data can be hundreds of megabytes: it is not copied into one buffer with the rest).
     let head = encode_head(snapshot)?;
@@ -93,99 +93,100 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     crc.update(&head);
     crc.update(&snapshot.data);
     let crc = crc.finalize().to_le_bytes();
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    // In pieces, each one's write-back started as it is written and waited for before the
-    // next is started: a single write-back of the whole file at the final fsync would hold
-    // the disk (and so the WAL's syncs, which clients wait on) for as long as it takes.
-    f.write_all(&head).map_err(|e| Error::io("write", &tmp, e))?;
-    let mut offset = head.len() as u64;
-    let mut previous: Option<(u64, u64)> = None;
-    for piece in snapshot.data.chunks(WRITE_PIECE_BYTES).chain(std::iter::once(&crc[..])) {
-        f.write_all(piece).map_err(|e| Error::io("write", &tmp, e))?;
-        if let Some((start, len)) = previous {
-            write_back(&f, start, len, true);
+    let f = fs.open(&tmp, OpenMode::CreateTruncate).map_err(|e| Error::io("create", &tmp, e))?;
+    let written = (|| {
+        // In pieces, each one's write-back started as it is written and waited for before
+        // the next is started: a single write-back of the whole file at the final fsync would
+        // hold the disk (and so the WAL's syncs, which clients wait on) for as long as it
+        // takes.
+        f.write_at(0, &head).map_err(|e| Error::io("write", &tmp, e))?;
+        let mut offset = head.len() as u64;
+        let mut previous: Option<(u64, u64)> = None;
+        for piece in snapshot.data.chunks(WRITE_PIECE_BYTES).chain(std::iter::once(&crc[..])) {
+            f.write_at(offset, piece).map_err(|e| Error::io("write", &tmp, e))?;
+            if let Some((start, len)) = previous {
+                f.write_back(start, len, true);
+            }
+            f.write_back(offset, piece.len() as u64, false);
+            previous = Some((offset, piece.len() as u64));
+            offset += piece.len() as u64;
         }
-        write_back(&f, offset, piece.len() as u64, false);
-        previous = Some((offset, piece.len() as u64));
-        offset += piece.len() as u64;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // A full disk, say: the partial file goes, the caller may try again later.
+        drop(f);
+        let _ = fs.remove_file(&tmp);
+        return Err(e);
     }
     f.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", tmp.display())))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
-    let d = fs::File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-    d.sync_all().map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", dir.display())))?;
+    drop(f);
+    fs.rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", dir.display())))?;
     Ok(path)
 }
 
-/// Starts writing back `[offset, offset + len)` of `f` (and with `wait`, waits until it is
-/// written). Only pacing: durability comes from the fsync after, which also reports any
-/// error, so a failure here is ignored.
-fn write_back(f: &fs::File, offset: u64, len: u64, wait: bool) {
-    let flags = if wait {
-        libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER
-    } else {
-        libc::SYNC_FILE_RANGE_WRITE
-    };
-    let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len))
-    else {
-        return;
-    };
-    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open and
-    // owned by `f` for the duration of the call.
-    #[allow(unsafe_code)]
-    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, flags) };
-}
-
 /// Indexes of the snapshot files in `dir`, ascending.
-pub fn list(dir: &Path) -> Result<Vec<u64>> {
-    if !dir.exists() {
+pub fn list(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
+    if !fs.exists(dir) {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        if let Some(index) = entry.file_name().to_str().and_then(parse_name) {
-            out.push(index);
-        }
-    }
+    let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut out: Vec<u64> = names.iter().filter_map(|n| parse_name(n)).collect();
     out.sort_unstable();
     Ok(out)
 }
 
 /// Reads the snapshot at `index`.
-pub fn read(dir: &Path, index: u64) -> Result<Snapshot> {
+pub fn read(fs: &dyn Fs, dir: &Path, index: u64) -> Result<Snapshot> {
     let path = dir.join(file_name(index));
-    let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let bytes = fs.read(&path).map_err(|e| Error::io("read", &path, e))?;
     decode(&path, &bytes)
 }
 
-/// Deletes every snapshot file but the newest `keep` at or below `upto`, and any above it.
-pub fn prune(dir: &Path, upto: u64, keep: usize) -> Result<()> {
-    prune_files(dir, upto, keep, true)
+/// Deletes every snapshot file but the newest `keep` at or below `upto`, any above it, and
+/// temporary files left by a write that a crash or an error cut short.
+pub fn prune(fs: &dyn Fs, dir: &Path, upto: u64, keep: usize) -> Result<()> {
+    prune_files(fs, dir, upto, keep, true)
 }
 
 /// Deletes every snapshot file but the newest `keep` at or below `upto`, leaving those above
 /// it alone (a newer snapshot may be being written meanwhile).
-pub fn prune_older(dir: &Path, upto: u64, keep: usize) -> Result<()> {
-    prune_files(dir, upto, keep, false)
+pub fn prune_older(fs: &dyn Fs, dir: &Path, upto: u64, keep: usize) -> Result<()> {
+    prune_files(fs, dir, upto, keep, false)
 }
 
-fn prune_files(dir: &Path, upto: u64, keep: usize, above_too: bool) -> Result<()> {
-    let all = list(dir)?;
+fn prune_files(fs: &dyn Fs, dir: &Path, upto: u64, keep: usize, at_open: bool) -> Result<()> {
+    let all = list(fs, dir)?;
     let (below, above): (Vec<u64>, Vec<u64>) = all.into_iter().partition(|&i| i <= upto);
-    let above = if above_too { above } else { Vec::new() };
+    let above = if at_open { above } else { Vec::new() };
     let doomed = below.iter().take(below.len().saturating_sub(keep)).chain(above.iter());
-    for index in doomed {
-        let path = dir.join(file_name(*index));
-        fs::remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
+    let mut paths: Vec<PathBuf> = doomed.map(|index| dir.join(file_name(*index))).collect();
+    if at_open && fs.exists(dir) {
+        let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
+        let leftovers = names.iter().filter(|n| {
+            // `snap-N.snap.tmp`, or `snap-N.tmp` as earlier versions named them.
+            n.strip_suffix(wal::fs::TEMPORARY_SUFFIX).is_some_and(|f| {
+                parse_name(f).is_some() || parse_name(&format!("{f}{SUFFIX}")).is_some()
+            })
+        });
+        paths.extend(leftovers.map(|n| dir.join(n)));
     }
-    Ok(())
+    if paths.is_empty() {
+        return Ok(());
+    }
+    for path in paths {
+        fs.remove_file(&path).map_err(|e| Error::io("delete", &path, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| Error::io("sync", dir, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use wal::fs::OsFs;
 
     #[test]
     fn snapshot_files_round_trip_and_detect_damage() {
@@ -198,12 +199,12 @@ mod tests {
                 conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
             },
         };
-        let path = write(dir.path(), &snap).unwrap();
-        assert_eq!(read(dir.path(), 42).unwrap(), snap);
+        let path = write(&OsFs, dir.path(), &snap).unwrap();
+        assert_eq!(read(&OsFs, dir.path(), 42).unwrap(), snap);
         let mut bytes = fs::read(&path).unwrap();
         bytes[40] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read(dir.path(), 42), Err(Error::Corrupt { .. })));
+        assert!(matches!(read(&OsFs, dir.path(), 42), Err(Error::Corrupt { .. })));
     }
 
     #[test]
@@ -214,26 +215,35 @@ mod tests {
             data,
             metadata: SnapshotMetadata { index: 7, term: 2, conf_state: ConfState::default() },
         };
-        let path = write(dir.path(), &snap).unwrap();
-        assert_eq!(read(dir.path(), 7).unwrap(), snap);
+        let path = write(&OsFs, dir.path(), &snap).unwrap();
+        assert_eq!(read(&OsFs, dir.path(), 7).unwrap(), snap);
         let mut bytes = fs::read(&path).unwrap();
         let last_data_byte = bytes.len() - 5;
         bytes[last_data_byte] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read(dir.path(), 7), Err(Error::Corrupt { .. })));
+        assert!(matches!(read(&OsFs, dir.path(), 7), Err(Error::Corrupt { .. })));
     }
 
     #[test]
-    fn prune_keeps_the_newest_and_drops_unmarked_ones() {
+    fn prune_keeps_the_newest_and_drops_unmarked_ones_and_leftover_temporary_files() {
         let dir = tempfile::tempdir().unwrap();
         for index in [10, 20, 30, 40] {
             let snap = Snapshot {
                 metadata: SnapshotMetadata { index, ..SnapshotMetadata::default() },
                 ..Snapshot::default()
             };
-            write(dir.path(), &snap).unwrap();
+            write(&OsFs, dir.path(), &snap).unwrap();
         }
-        prune(dir.path(), 30, 2).unwrap();
-        assert_eq!(list(dir.path()).unwrap(), vec![20, 30]);
+        std::fs::write(dir.path().join("snap-00000000000000000050.snap.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join("unrelated.tmp"), b"not ours").unwrap();
+        prune(&OsFs, dir.path(), 30, 2).unwrap();
+        assert_eq!(list(&OsFs, dir.path()).unwrap(), vec![20, 30]);
+        let mut names: Vec<String> = OsFs.list(dir.path()).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            ["snap-00000000000000000020.snap", "snap-00000000000000000030.snap", "unrelated.tmp"],
+            "leftover temporary snapshot files are removed, nothing else"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! force, and is written only after its file is durable.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use log::{error, info, warn};
 use raft::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError};
@@ -93,6 +94,7 @@ pub struct WalStorage {
     /// The snapshot read at open, until the node takes it to restore its state machine.
     loaded: Option<Snapshot>,
     wal: wal::Wal,
+    fs: Arc<dyn wal::fs::Fs>,
     snap_dir: PathBuf,
     scratch: Vec<Vec<u8>>,
 }
@@ -104,12 +106,23 @@ impl WalStorage {
         identity: &wal::Identity,
         options: wal::Options,
     ) -> Result<(WalStorage, wal::Recovery)> {
-        let (wal, recovery) = wal::Wal::open(&data_dir.join("wal"), identity, options)?;
+        WalStorage::open_on(wal::fs::os(), data_dir, identity, options)
+    }
+
+    /// [`WalStorage::open`] on the file system `fs` (a simulated disk in tests).
+    pub fn open_on(
+        fs: Arc<dyn wal::fs::Fs>,
+        data_dir: &Path,
+        identity: &wal::Identity,
+        options: wal::Options,
+    ) -> Result<(WalStorage, wal::Recovery)> {
+        let (wal, recovery) =
+            wal::Wal::open_on(fs.clone(), &data_dir.join("wal"), identity, options)?;
         let snap_dir = data_dir.join("snap");
         let marked = recovery.snapshot.as_ref().map(|m| m.index);
         let snapshot = match marked {
             Some(index) => {
-                let snapshot = snapfile::read(&snap_dir, index)?;
+                let snapshot = snapfile::read(fs.as_ref(), &snap_dir, index)?;
                 let marker = recovery.snapshot.as_ref().expect("marked");
                 if snapshot.metadata.term != marker.term {
                     return Err(Error::Corrupt {
@@ -125,7 +138,12 @@ impl WalStorage {
             None => Snapshot::default(),
         };
         // A snapshot file written but never marked (a crash in between) is not in force.
-        snapfile::prune(&snap_dir, marked.unwrap_or(0), snapfile::SNAPSHOT_FILES_KEPT)?;
+        snapfile::prune(
+            fs.as_ref(),
+            &snap_dir,
+            marked.unwrap_or(0),
+            snapfile::SNAPSHOT_FILES_KEPT,
+        )?;
         if let Some(index) = marked {
             info!("storage: snapshot at index {index} in force");
         }
@@ -135,6 +153,7 @@ impl WalStorage {
                 snapshot: snapshot.metadata.clone(),
                 loaded: (!snapshot.is_empty()).then_some(snapshot),
                 wal,
+                fs,
                 snap_dir,
                 scratch: Vec::new(),
             },
@@ -160,7 +179,7 @@ impl WalStorage {
 
     /// The snapshot in force, data included, read from its file (checksum verified).
     pub fn load_snapshot(&self) -> Result<Snapshot> {
-        let snapshot = snapfile::read(&self.snap_dir, self.snapshot.index)?;
+        let snapshot = snapfile::read(self.fs.as_ref(), &self.snap_dir, self.snapshot.index)?;
         if snapshot.metadata != self.snapshot {
             return Err(Error::Corrupt {
                 path: self.snap_dir.clone(),
@@ -202,7 +221,7 @@ impl WalStorage {
 
     /// Installs a snapshot: its file first (durable), then the log's marker.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
-        snapfile::write(&self.snap_dir, snapshot)?;
+        snapfile::write(self.fs.as_ref(), &self.snap_dir, snapshot)?;
         self.mark_snapshot(&snapshot.metadata)
     }
 
@@ -231,27 +250,36 @@ impl WalStorage {
         let term = self.wal.term(index)?;
         let metadata = SnapshotMetadata { conf_state, index, term };
         let dir = self.snap_dir.clone();
+        let fs = self.fs.clone();
         let handle = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
                 let snapshot = Snapshot { data: encode(), metadata };
-                snapfile::write(&dir, &snapshot)?;
+                snapfile::write(fs.as_ref(), &dir, &snapshot)?;
                 // Freed here, not on the loop: the image may be hundreds of megabytes.
                 Ok(snapshot.metadata)
             })
-            .map_err(|e| Error::io("start the snapshot writer for", self.snap_dir.clone(), e))?;
+            .map_err(|e| Error::SnapshotNotWritten(format!("cannot start its writer: {e}")))?;
         Ok(SnapshotJob { index, handle })
     }
 
     /// Waits for a snapshot's file, then puts the snapshot in force (the log's marker, durably)
-    /// and drops log entries more than `keep_entries` behind it. A snapshot no newer than the
+    /// and drops log entries more than `keep_entries` behind it. A file that could not be
+    /// written (but for a failed sync, which is fatal) is [`Error::SnapshotNotWritten`]:
+    /// nothing changed. A snapshot no newer than the
     /// one in force (one installed from the leader meanwhile) is discarded. Returns the index
     /// of the snapshot in force.
     pub fn finish_snapshot(&mut self, job: SnapshotJob, keep_entries: u64) -> Result<u64> {
-        let metadata = job
+        let written = job
             .handle
             .join()
-            .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))??;
+            .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))?;
+        let metadata = match written {
+            Ok(metadata) => metadata,
+            // A failed sync is never retried: the node stops.
+            Err(e @ Error::Fatal(_)) => return Err(e),
+            Err(e) => return Err(Error::SnapshotNotWritten(e.to_string())),
+        };
         let index = metadata.index;
         let mut garbage = None;
         if index <= self.snapshot.index {
@@ -269,6 +297,7 @@ impl WalStorage {
         // by a crash or an error is deleted by a later snapshot.
         let in_force = self.snapshot.index;
         let snap_dir = self.snap_dir.clone();
+        let fs = self.fs.clone();
         let janitor =
             std::thread::Builder::new().name("snapshot-janitor".into()).spawn(move || {
                 if let Some(garbage) = garbage {
@@ -276,9 +305,12 @@ impl WalStorage {
                         warn!("deleting compacted WAL segments: {e}");
                     }
                 }
-                if let Err(e) =
-                    snapfile::prune_older(&snap_dir, in_force, snapfile::SNAPSHOT_FILES_KEPT)
-                {
+                if let Err(e) = snapfile::prune_older(
+                    fs.as_ref(),
+                    &snap_dir,
+                    in_force,
+                    snapfile::SNAPSHOT_FILES_KEPT,
+                ) {
                     warn!("deleting old snapshot files: {e}");
                 }
             });
@@ -337,6 +369,10 @@ impl raft::Storage for WalStorage {
             .hard_state()
             .map(|h| HardState { term: h.term, vote: h.vote, commit: h.commit })
             .unwrap_or_default();
+        // A snapshot covers only committed entries, so its index is committed even when the
+        // hard state written after its marker did not reach the disk before a crash.
+        let hard_state =
+            HardState { commit: hard_state.commit.max(self.snapshot.index), ..hard_state };
         Ok(raft::RaftState { hard_state, conf_state: self.snapshot.conf_state.clone() })
     }
 
@@ -449,7 +485,10 @@ mod tests {
         s.sync().unwrap();
         assert_eq!(s.finish_snapshot(job, 0).unwrap(), 50, "the newer snapshot stays in force");
         assert_eq!(s.current_snapshot(), &leader.metadata);
-        assert_eq!(snapfile::list(&dir.path().join("snap")).unwrap().last(), Some(&50));
+        assert_eq!(
+            snapfile::list(&wal::fs::OsFs, &dir.path().join("snap")).unwrap().last(),
+            Some(&50)
+        );
         drop(s);
         let (mut s, _) =
             WalStorage::open(dir.path(), &identity(), wal::Options::default()).unwrap();
@@ -470,7 +509,7 @@ mod tests {
         s.create_snapshot(5, cs, b"image".to_vec(), 0).unwrap();
         assert_eq!(s.snapshot(0).unwrap().data, b"image");
         let file = dir.path().join("snap").join(
-            snapfile::list(&dir.path().join("snap"))
+            snapfile::list(&wal::fs::OsFs, &dir.path().join("snap"))
                 .unwrap()
                 .last()
                 .map(|i| format!("snap-{i:020}.snap"))

@@ -344,17 +344,25 @@ fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     drop(f);
     cluster.restart(victim);
     workload.wait_ops(30);
-    let log = std::fs::read_to_string(&cluster.nodes[&victim].log).unwrap();
-    assert!(log.contains("torn"), "the torn tail is reported");
+    // The others may serve those operations before the restarted node has recovered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(&cluster.nodes[&victim].log).unwrap();
+        if log.contains("torn") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(log.contains("torn"), "the torn tail is reported:\n{log}");
 
     // Corruption in the middle of the log: the node refuses to start, naming file and offset.
-    // The damaged byte is in the log's first record (right after the 32-byte segment header,
-    // wal/src/record.rs), which later records follow whatever the batching was: damage to the
-    // last record would rightly count as a torn tail.
+    // The damaged byte is in the log's first record (right after the 40-byte segment header,
+    // wal/src/record.rs), which later records, written after syncs that covered it, follow
+    // whatever the batching was: damage to the last record would rightly count as a torn tail.
     cluster.kill(victim);
     let segment = segments(&cluster.nodes[&victim].data_dir).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[32 + 20] ^= 0xff;
+    bytes[40 + 40] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
     cluster.restart(victim);
     let code = cluster.node(victim).wait_exit();

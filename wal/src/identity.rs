@@ -3,12 +3,14 @@
 //! Layout: magic `RAFTWALI` (8), format version u32 (4), reserved (4), node id u64 (8),
 //! cluster id length u16 (2), cluster id bytes (n), crc32 of everything before it (4).
 
-use std::fs;
 use std::path::Path;
 
 use crate::errors::{Error, Result};
-use crate::record::{read_u32, read_u64, FORMAT_VERSION};
-use crate::segment::sync_dir;
+use crate::fs::{write_atomically, Fs};
+use crate::record::{read_u32, read_u64};
+
+/// The identity file's own format version (unchanged by the log's).
+const IDENTITY_VERSION: u32 = 1;
 
 /// The identity file's name.
 pub const IDENTITY_FILE: &str = "IDENTITY";
@@ -29,7 +31,7 @@ pub struct Identity {
 fn encode(identity: &Identity) -> Vec<u8> {
     let mut out = Vec::with_capacity(IDENTITY_FIXED_SIZE + identity.cluster_id.len() + 4);
     out.extend_from_slice(&IDENTITY_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&IDENTITY_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&identity.node_id.to_le_bytes());
     out.extend_from_slice(&(identity.cluster_id.len() as u16).to_le_bytes());
@@ -45,8 +47,8 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Identity> {
         return Err(bad("not an identity file of this log".to_string()));
     }
     let version = read_u32(bytes, 8);
-    if version != FORMAT_VERSION {
-        return Err(bad(format!("format version {version}, this build reads {FORMAT_VERSION}")));
+    if version != IDENTITY_VERSION {
+        return Err(bad(format!("format version {version}, this build reads {IDENTITY_VERSION}")));
     }
     let len = u16::from_le_bytes([bytes[24], bytes[25]]) as usize;
     if bytes.len() != IDENTITY_FIXED_SIZE + len + 4 {
@@ -65,20 +67,16 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Identity> {
 }
 
 /// Checks the directory's identity against `expected`, or records it in a new directory.
-pub fn check_or_create(dir: &Path, expected: &Identity, new_dir: bool) -> Result<()> {
+pub fn check_or_create(fs: &dyn Fs, dir: &Path, expected: &Identity, new_dir: bool) -> Result<()> {
     if expected.cluster_id.len() > CLUSTER_ID_LEN_MAX {
         return Err(Error::Invalid(format!("cluster id longer than {CLUSTER_ID_LEN_MAX} bytes")));
     }
     let path = dir.join(IDENTITY_FILE);
     if new_dir {
-        let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-        fs::write(&tmp, encode(expected)).map_err(|e| Error::io("write", &tmp, e))?;
-        let f = fs::File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::SyncFailed { path: tmp.clone(), source: e })?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io("rename into place", &path, e))?;
-        return sync_dir(dir);
+        return write_atomically(fs, &path, &encode(expected))
+            .map_err(|e| Error::io("write durably", &path, e));
     }
-    let bytes = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let bytes = fs.read(&path).map_err(|e| Error::io("read", &path, e))?;
     let found = decode(&path, &bytes)?;
     if found != *expected {
         return Err(Error::IdentityMismatch {

@@ -81,20 +81,22 @@
 #![warn(clippy::unwrap_used)]
 
 mod errors;
+pub mod fs;
 mod identity;
 mod record;
 mod segment;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use log::{info, warn};
 
 pub use crate::errors::{Error, Result};
+use crate::fs::Fs;
 pub use crate::identity::Identity;
 use crate::record::*;
-use crate::segment::{lock_exclusive, parse_segment_name, sync_dir, Segment};
+use crate::segment::{parse_segment_name, Segment};
 
 /// The default size of a segment file: 64 MiB.
 pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -116,6 +118,7 @@ pub enum RecoveryMode {
 /// [`Wal::compact_deferred`]).
 #[must_use = "the segments stay on disk until deleted"]
 pub struct Garbage {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     segments: Vec<Segment>,
 }
@@ -131,17 +134,19 @@ impl Garbage {
         self.segments.is_empty()
     }
 
-    /// Unmaps and deletes the segments, then makes the deletions durable.
+    /// Unmaps and deletes the segments, oldest first, each deletion made durable before the
+    /// next: a crash meanwhile leaves the oldest ones gone and the rest in place, never a gap
+    /// in the sequence of segments.
     pub fn delete(self) -> Result<()> {
-        if self.segments.is_empty() {
-            return Ok(());
-        }
         for segment in self.segments {
             let path = segment.path.clone();
             drop(segment);
-            fs::remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
+            self.fs.remove_file(&path).map_err(|e| Error::io("delete segment", &path, e))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::SyncFailed { path: self.dir.clone(), source: e })?;
         }
-        sync_dir(&self.dir)
+        Ok(())
     }
 }
 
@@ -235,7 +240,8 @@ pub struct Recovery {
     pub last_index: u64,
     /// Records that verified.
     pub records: u64,
-    /// A torn write at the end of the log, truncated.
+    /// Writes that no completed sync covered, found damaged or missing and truncated (a torn
+    /// write, pages a power loss did not keep): never acknowledged, so nothing is lost.
     pub torn_tail: Option<Damage>,
     /// Corruption truncated in [`RecoveryMode::Repair`].
     pub repaired: Option<Damage>,
@@ -256,26 +262,44 @@ struct Batch {
 ///
 /// Invariant: `batches` cover `first_index..=last_index` contiguously, in order.
 pub struct Wal {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     options: Options,
     segments: BTreeMap<u64, Segment>,
     batches: VecDeque<Batch>,
     first_index: u64,
     last_index: u64,
-    /// False while recovering until the first entries or snapshot record sets the position.
-    position_known: bool,
+    /// Whether `first_index` and `last_index` are known yet while recovering.
+    position: Position,
     hard_state: Option<HardState>,
     snapshot: Option<SnapshotMarker>,
     active: u64,
     write_offset: usize,
+    /// The number of the next record written.
+    next_lsn: u64,
+    /// The last record a completed sync covered (0: none). Every record carries it, so that
+    /// recovery can tell damage to synced records (corruption) from unsynced ones (lost).
+    synced_lsn: u64,
     /// Byte ranges written since the last sync, per segment.
     dirty: BTreeMap<u64, (usize, usize)>,
-    dir_dirty: bool,
     poisoned: bool,
     /// Test hook: the next sync fails as a failing disk would make it.
     #[cfg(test)]
     fail_next_sync: bool,
-    _lock: fs::File,
+    _lock: Box<dyn std::any::Any + Send>,
+}
+
+/// How much recovery knows of the log's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Position {
+    /// Nothing replayed yet that places the log.
+    Unknown,
+    /// Placed by a snapshot marker read before any entries: the segments that held the
+    /// entries after it may have been compacted away, so the first entries found set the
+    /// position instead, wherever they start.
+    AfterMarker,
+    /// Placed by entries (or a new, empty log).
+    Known,
 }
 
 fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> usize {
@@ -284,46 +308,59 @@ fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> u
 
 impl Wal {
     /// Opens the log in `dir` (created if missing) for the node `identity`, recovering what
-    /// it holds.
+    /// it holds, on the operating system's file system.
     pub fn open(dir: &Path, identity: &Identity, options: Options) -> Result<(Wal, Recovery)> {
+        Wal::open_on(fs::os(), dir, identity, options)
+    }
+
+    /// [`Wal::open`] on the file system `fs` (a simulated disk in tests).
+    pub fn open_on(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        identity: &Identity,
+        options: Options,
+    ) -> Result<(Wal, Recovery)> {
         if options.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN {
             return Err(Error::Invalid(format!(
                 "segment_size_bytes {} is below the minimum {SEGMENT_SIZE_BYTES_MIN}",
                 options.segment_size_bytes
             )));
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io("create data dir", dir, e))?;
+        fs::create_dir_all_durably(fs.as_ref(), dir)
+            .map_err(|e| Error::io("create data dir", dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("open (is the data dir writable?)", &lock_path, e))?;
-        lock_exclusive(&lock, &lock_path)?;
-        let sequences = list_segments(dir)?;
-        let new_dir = !dir.join(identity::IDENTITY_FILE).exists();
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            Error::io(
+                "lock (is another process using this data dir? is it writable?)",
+                &lock_path,
+                e,
+            )
+        })?;
+        let sequences = list_segments(fs.as_ref(), dir)?;
+        let new_dir = !fs.exists(&dir.join(identity::IDENTITY_FILE));
         if new_dir && !sequences.is_empty() {
             return Err(Error::UnknownFormat {
                 path: dir.to_path_buf(),
                 reason: "segments without an IDENTITY file".to_string(),
             });
         }
-        identity::check_or_create(dir, identity, new_dir)?;
+        identity::check_or_create(fs.as_ref(), dir, identity, new_dir)?;
         let mut wal = Wal {
+            fs,
             dir: dir.to_path_buf(),
             options,
             segments: BTreeMap::new(),
             batches: VecDeque::new(),
             first_index: 1,
             last_index: 0,
-            position_known: sequences.is_empty(),
+            position: if sequences.is_empty() { Position::Known } else { Position::Unknown },
             hard_state: None,
             snapshot: None,
             active: 0,
             write_offset: SEGMENT_HEADER_SIZE,
+            next_lsn: 1,
+            synced_lsn: 0,
             dirty: BTreeMap::new(),
-            dir_dirty: false,
             poisoned: false,
             #[cfg(test)]
             fail_next_sync: false,
@@ -332,12 +369,10 @@ impl Wal {
         let mut recovery = Recovery::default();
         if sequences.is_empty() {
             wal.create_segment(1, wal.options.segment_size_bytes)?;
-            sync_dir(dir)?;
-            wal.dir_dirty = false;
         } else {
             wal.recover(&sequences, &mut recovery)?;
         }
-        wal.position_known = true;
+        wal.position = Position::Known;
         recovery.hard_state = wal.hard_state;
         recovery.snapshot = wal.snapshot.clone();
         recovery.first_index = wal.first_index;
@@ -355,76 +390,222 @@ impl Wal {
     }
 
     fn recover(&mut self, sequences: &[u64], recovery: &mut Recovery) -> Result<()> {
-        let repair = self.options.recovery_mode == RecoveryMode::Repair;
+        // The number of the next record, once the first segment's header gives it.
+        let mut expected: Option<u64> = None;
         for (i, &sequence) in sequences.iter().enumerate() {
             let is_last = i + 1 == sequences.len();
             let path = self.dir.join(segment::segment_name(sequence));
-            let mut segment = Segment::open(path.clone())?;
-            if let Err(reason) = check_segment_header(&segment.map, sequence) {
-                let blank = segment.map.iter().all(|&b| b == 0);
-                if !(is_last && blank) {
-                    return Err(Error::Corruption { segment: path, offset: 0, reason });
+            let mut segment = Segment::open(self.fs.as_ref(), path.clone())?;
+            let first_lsn = match check_segment_header(segment.bytes(), sequence) {
+                Ok(first_lsn) => first_lsn,
+                Err(reason) => {
+                    // A segment is synced with its header before any record is written into
+                    // it, so only the last one can lack its header, and only if blank.
+                    let blank = segment.bytes().iter().all(|&b| b == 0);
+                    if !(is_last && blank) {
+                        return Err(Error::Corruption { segment: path, offset: 0, reason });
+                    }
+                    let first_lsn = expected.unwrap_or(1);
+                    warn!("wal: segment {} was never initialized; initializing it", path.display());
+                    segment.update(0, SEGMENT_HEADER_SIZE, &mut |h| {
+                        write_segment_header(h, sequence, first_lsn)
+                    });
+                    segment.sync_range(0, SEGMENT_HEADER_SIZE)?;
+                    first_lsn
                 }
-                // Created but never written: finish its creation.
-                warn!("wal: segment {} was never initialized; initializing it", path.display());
-                write_segment_header(&mut segment.map, sequence);
-                segment.sync_range(0, SEGMENT_HEADER_SIZE)?;
+            };
+            if let Some(want) = expected.filter(|&want| want != first_lsn) {
+                // Records at the end of the previous segment are missing.
+                drop(segment);
+                let why = if first_lsn > want {
+                    format!("records {want} to {} are missing", first_lsn - 1)
+                } else {
+                    format!("the next segment starts at record {first_lsn}, not {want}")
+                };
+                let (previous, offset) = (sequences[i - 1], self.write_offset);
+                self.damaged(sequences, i - 1, previous, offset, want, why, recovery)?;
+                return self.finish_recovery();
             }
             self.segments.insert(sequence, segment);
             self.active = sequence;
-            match self.replay_segment(sequence, recovery) {
+            let mut next = first_lsn;
+            let replayed = self.replay_segment(sequence, &mut next, recovery);
+            expected = Some(next);
+            match replayed {
                 Ok(end) => self.write_offset = end,
-                Err(bad) => {
-                    let later = &sequences[i + 1..];
-                    let torn = is_last && !bad.valid_after;
-                    if !torn && !repair {
+                Err(bad) if bad.verified => {
+                    // A record that verifies but does not fit the log: never a lost write.
+                    if self.options.recovery_mode != RecoveryMode::Repair {
                         return Err(Error::Corruption {
                             segment: path,
                             offset: bad.offset as u64,
-                            reason: bad.reason(),
+                            reason: bad.why,
                         });
                     }
-                    let bytes_dropped = self.zero_from(sequence, bad.offset)?;
-                    for &dropped in later {
-                        let p = self.dir.join(segment::segment_name(dropped));
-                        fs::remove_file(&p).map_err(|e| Error::io("delete segment", &p, e))?;
-                    }
-                    sync_dir(&self.dir)?;
-                    let damage = Damage {
-                        segment: path,
-                        offset: bad.offset as u64,
-                        bytes_dropped,
-                        segments_dropped: later.len() as u64,
-                        reason: bad.reason(),
-                    };
-                    warn!("wal: truncated {damage:?}");
-                    if torn {
-                        recovery.torn_tail = Some(damage);
-                    } else {
-                        recovery.repaired = Some(damage);
-                    }
-                    self.write_offset = bad.offset;
-                    break;
+                    self.truncate_damage(sequences, i, bad.offset, next, bad.why, true, recovery)?;
+                    return self.finish_recovery();
+                }
+                Err(bad) => {
+                    self.damaged(sequences, i, sequence, bad.offset, next, bad.why, recovery)?;
+                    return self.finish_recovery();
                 }
             }
         }
+        self.next_lsn = expected.unwrap_or(1);
+        self.finish_recovery()
+    }
+
+    /// Damage at `offset` of segment `sequence` (number `i` of `sequences`), where record
+    /// `lsn` should be. If a later record shows that a completed sync covered record `lsn`,
+    /// that is corruption; otherwise it is a write no sync completed (torn, or pages a power
+    /// loss did not keep), and the log is truncated there.
+    #[allow(clippy::too_many_arguments)]
+    fn damaged(
+        &mut self,
+        sequences: &[u64],
+        i: usize,
+        sequence: u64,
+        offset: usize,
+        lsn: u64,
+        why: String,
+        recovery: &mut Recovery,
+    ) -> Result<()> {
+        let path = self.dir.join(segment::segment_name(sequence));
+        let proof = self.find_sync_proof(sequences, i, offset, lsn)?;
+        let Some(proof) = proof else {
+            return self.truncate_damage(sequences, i, offset, lsn, why, false, recovery);
+        };
+        let why = format!(
+            "record {lsn} is damaged or missing ({why}), but record {} in {} at offset {} was \
+             written after a sync that covered it",
+            proof.lsn,
+            proof.segment.display(),
+            proof.offset
+        );
+        if self.options.recovery_mode != RecoveryMode::Repair {
+            return Err(Error::Corruption { segment: path, offset: offset as u64, reason: why });
+        }
+        self.truncate_damage(sequences, i, offset, lsn, why, true, recovery)
+    }
+
+    /// Truncates the log at `offset` of segment `sequences[i]`: zeroes the rest of it and
+    /// deletes the later segments, durably, and reports it.
+    #[allow(clippy::too_many_arguments)]
+    fn truncate_damage(
+        &mut self,
+        sequences: &[u64],
+        i: usize,
+        offset: usize,
+        lsn: u64,
+        reason: String,
+        corruption: bool,
+        recovery: &mut Recovery,
+    ) -> Result<()> {
+        let sequence = sequences[i];
+        let path = self.dir.join(segment::segment_name(sequence));
+        let bytes_dropped = self.zero_from(sequence, offset)?;
+        let later = &sequences[i + 1..];
+        for &dropped in later.iter().rev() {
+            self.segments.remove(&dropped);
+            let p = self.dir.join(segment::segment_name(dropped));
+            self.fs.remove_file(&p).map_err(|e| Error::io("delete segment", &p, e))?;
+        }
+        self.sync_dir()?;
+        let damage = Damage {
+            segment: path,
+            offset: offset as u64,
+            bytes_dropped,
+            segments_dropped: later.len() as u64,
+            reason,
+        };
+        warn!("wal: truncated {damage:?}");
+        if corruption {
+            recovery.repaired = Some(damage);
+        } else {
+            recovery.torn_tail = Some(damage);
+        }
+        self.active = sequence;
+        self.write_offset = offset;
+        self.next_lsn = lsn;
+        Ok(())
+    }
+
+    /// A record after `offset` of segment `sequences[i]`, or in a later segment, written
+    /// after a sync that covered record `lsn`.
+    fn find_sync_proof(
+        &self,
+        sequences: &[u64],
+        i: usize,
+        offset: usize,
+        lsn: u64,
+    ) -> Result<Option<Proof>> {
+        for (k, &sequence) in sequences.iter().enumerate().skip(i) {
+            let path = self.dir.join(segment::segment_name(sequence));
+            let bytes = self.fs.read(&path).map_err(|e| Error::io("read segment", &path, e))?;
+            let from = if k == i { offset + RECORD_ALIGN } else { SEGMENT_HEADER_SIZE };
+            let start = from.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+            let end = bytes.len().saturating_sub(RECORD_HEADER_SIZE - 1);
+            for at in (start..end).step_by(RECORD_ALIGN) {
+                if let Parsed::Record { lsns, .. } = parse_record(&bytes, at, sequence) {
+                    if lsns.synced_lsn >= lsn {
+                        return Ok(Some(Proof { segment: path, offset: at, lsn: lsns.lsn }));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks that what was replayed is a whole log, makes every segment durable (a process
+    /// that crashed may have left unsynced pages in the cache, which this process must not
+    /// take for durable), and readies the active segment for writing.
+    fn finish_recovery(&mut self) -> Result<()> {
+        let missing = match &self.snapshot {
+            Some(s) => self.first_index > s.index + 1,
+            None => self.first_index != 1 && self.position != Position::Unknown,
+        };
+        if missing {
+            let after = self.snapshot.as_ref().map_or(0, |s| s.index);
+            return Err(Error::Corruption {
+                segment: self.dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "entries {} to {} are missing: the log starts at {} after a snapshot at {after}",
+                    after + 1,
+                    self.first_index - 1,
+                    self.first_index
+                ),
+            });
+        }
+        for segment in self.segments.values() {
+            segment.sync_all()?;
+        }
+        self.synced_lsn = self.next_lsn - 1;
         let size = self.options.segment_size_bytes;
         let active = self.segments.get_mut(&self.active).expect("recovered at least one segment");
         active.extend(size)?;
         Ok(())
     }
 
-    /// Verifies and replays every record of segment `sequence`. Returns where writing may
+    fn sync_dir(&self) -> Result<()> {
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::SyncFailed { path: self.dir.clone(), source: e })
+    }
+
+    /// Verifies and replays the records of segment `sequence`, the first numbered `*next`;
+    /// leaves `*next` at the number after the last one replayed. Returns where writing may
     /// continue, or where the first bad record is.
     fn replay_segment(
         &mut self,
         sequence: u64,
+        next: &mut u64,
         recovery: &mut Recovery,
     ) -> std::result::Result<usize, BadRecord> {
-        let (found, end) = scan_segment(&self.segments[&sequence].map, sequence);
+        let (found, end) = scan_segment(self.segments[&sequence].bytes(), sequence, *next);
         for record in found {
             let decoded = {
-                let map = &self.segments[&sequence].map;
+                let map = self.segments[&sequence].bytes();
                 decode_record(
                     record.kind,
                     &map[record.payload_start..record.payload_start + record.payload_len],
@@ -433,10 +614,9 @@ impl Wal {
             let applied =
                 decoded.and_then(|d| self.apply_decoded(d, sequence, record.payload_start));
             if let Err(why) = applied {
-                let map = &self.segments[&sequence].map;
-                let valid_after = valid_record_after(map, record.offset + record.size, sequence);
-                return Err(BadRecord { offset: record.offset, why, valid_after });
+                return Err(BadRecord { offset: record.offset, why, verified: true });
             }
+            *next += 1;
             recovery.records += 1;
         }
         end
@@ -470,11 +650,12 @@ impl Wal {
     /// Adds a batch to the index, replacing any suffix it overlaps (a Raft log conflict).
     fn apply_batch(&mut self, batch: Batch) -> Result<()> {
         let first = batch.first_index;
-        if !self.position_known {
+        let compacted_start = self.position == Position::AfterMarker && first > self.last_index + 1;
+        if self.position == Position::Unknown || compacted_start {
             self.first_index = first;
             self.last_index = first - 1;
-            self.position_known = true;
         }
+        self.position = Position::Known;
         if first > self.last_index + 1 {
             return Err(Error::NonContiguous { first, last: self.last_index });
         }
@@ -503,7 +684,7 @@ impl Wal {
     /// A snapshot at `marker.index`: the entries after it stay when the log agrees with the
     /// snapshot there (Log Matching); otherwise the log restarts after the snapshot.
     fn apply_snapshot_marker(&mut self, marker: SnapshotMarker) {
-        let matches = self.position_known
+        let matches = self.position == Position::Known
             && marker.index >= self.first_index
             && marker.index <= self.last_index
             && self.term(marker.index).is_ok_and(|t| t == marker.term);
@@ -511,7 +692,9 @@ impl Wal {
             self.batches.clear();
             self.first_index = marker.index + 1;
             self.last_index = marker.index;
-            self.position_known = true;
+            if self.position == Position::Unknown {
+                self.position = Position::AfterMarker;
+            }
         }
         self.snapshot = Some(marker);
     }
@@ -524,11 +707,10 @@ impl Wal {
     }
 
     fn create_segment(&mut self, sequence: u64, size: u64) -> Result<()> {
-        let segment = Segment::create(&self.dir, sequence, size)?;
+        let segment = Segment::create(self.fs.as_ref(), &self.dir, sequence, size, self.next_lsn)?;
         self.segments.insert(sequence, segment);
         self.active = sequence;
         self.write_offset = SEGMENT_HEADER_SIZE;
-        self.dir_dirty = true;
         Ok(())
     }
 
@@ -541,15 +723,21 @@ impl Wal {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(u64, usize)> {
         let size = record_size(payload_len);
-        let active_len = self.segments[&self.active].map.len();
+        let active_len = self.segments[&self.active].bytes().len();
         if self.write_offset + size > active_len {
             let needed = (SEGMENT_HEADER_SIZE + size) as u64;
             let segment_size = self.options.segment_size_bytes.max(needed.div_ceil(4096) * 4096);
             self.create_segment(self.active + 1, segment_size)?;
         }
         let (sequence, offset) = (self.active, self.write_offset);
+        let lsns = Lsns { lsn: self.next_lsn, synced_lsn: self.synced_lsn };
         let segment = self.segments.get_mut(&sequence).expect("active segment exists");
-        write_record(&mut segment.map[offset..], sequence, kind, payload_len, fill);
+        let mut fill = Some(fill);
+        segment.update(offset, size, &mut |dst| {
+            let fill = fill.take().expect("a record is written once");
+            write_record(dst, sequence, kind, lsns, payload_len, fill)
+        });
+        self.next_lsn += 1;
         self.write_offset += size;
         let range = self.dirty.entry(sequence).or_insert((offset, offset + size));
         range.0 = range.0.min(offset);
@@ -657,6 +845,7 @@ impl Wal {
     /// further work and the caller must exit.
     pub fn sync(&mut self) -> Result<()> {
         self.check_usable()?;
+        let covered = self.next_lsn - 1;
         let dirty = std::mem::take(&mut self.dirty);
         for (sequence, (start, end)) in dirty {
             let Some(segment) = self.segments.get(&sequence) else {
@@ -677,13 +866,7 @@ impl Wal {
                 return Err(e);
             }
         }
-        if self.dir_dirty {
-            if let Err(e) = sync_dir(&self.dir) {
-                self.poisoned = true;
-                return Err(e);
-            }
-            self.dir_dirty = false;
-        }
+        self.synced_lsn = covered;
         Ok(())
     }
 
@@ -703,7 +886,8 @@ impl Wal {
         if index > snapshot_index + 1 || self.snapshot.is_none() {
             return Err(Error::CompactBeyondSnapshot { index, snapshot_index });
         }
-        let mut garbage = Garbage { dir: self.dir.clone(), segments: Vec::new() };
+        let mut garbage =
+            Garbage { fs: self.fs.clone(), dir: self.dir.clone(), segments: Vec::new() };
         if index <= self.first_index {
             return Ok(garbage);
         }
@@ -729,7 +913,7 @@ impl Wal {
 
     /// Drops the entries before `index` from the index.
     fn drop_before(&mut self, index: u64) {
-        if !self.position_known {
+        if self.position == Position::Unknown {
             return;
         }
         while let Some(front) = self.batches.front() {
@@ -775,7 +959,7 @@ impl Wal {
     /// Term, data offset and data length of entry `index`, which must be in the log.
     fn slot(&self, index: u64) -> (u64, &[u8]) {
         let batch = self.batch_of(index).expect("index within [first_index, last_index]");
-        let map = &self.segments[&batch.sequence].map;
+        let map = self.segments[&batch.sequence].bytes();
         let slot = batch.payload
             + ENTRIES_HEADER_SIZE
             + (index - batch.first_index) as usize * ENTRY_SLOT_SIZE;
@@ -828,8 +1012,9 @@ impl Wal {
     /// Zeroes a segment from `offset` through its last non-zero byte; returns the bytes zeroed.
     fn zero_from(&mut self, sequence: u64, offset: usize) -> Result<u64> {
         let segment = self.segments.get_mut(&sequence).expect("segment is open");
-        let end = segment.map.iter().rposition(|&b| b != 0).map_or(offset, |p| p + 1).max(offset);
-        segment.map[offset..end].fill(0);
+        let end =
+            segment.bytes().iter().rposition(|&b| b != 0).map_or(offset, |p| p + 1).max(offset);
+        segment.update(offset, end - offset, &mut |b| b.fill(0));
         segment.sync_range(offset, end - offset)?;
         Ok((end - offset) as u64)
     }
@@ -839,17 +1024,15 @@ impl Wal {
 struct BadRecord {
     offset: usize,
     why: String,
-    valid_after: bool,
+    /// It verified (its checksum holds) but does not fit the log.
+    verified: bool,
 }
 
-impl BadRecord {
-    fn reason(&self) -> String {
-        if self.valid_after {
-            format!("{}, followed by valid records", self.why)
-        } else {
-            self.why.clone()
-        }
-    }
+/// A record written after a sync that covered a damaged one.
+struct Proof {
+    segment: PathBuf,
+    offset: usize,
+    lsn: u64,
 }
 
 /// A record that verified, found by a scan.
@@ -858,33 +1041,44 @@ struct Found {
     kind: RecordKind,
     payload_start: usize,
     payload_len: usize,
-    size: usize,
 }
 
-/// Finds the records of a segment that verify, in order, and where they end: the offset
-/// after the last one, or the first bad record.
-fn scan_segment(buf: &[u8], sequence: u64) -> (Vec<Found>, std::result::Result<usize, BadRecord>) {
+/// Finds the records of a segment that verify and are numbered in order from `first_lsn`,
+/// and where they end: the offset after the last one, or the first bad record.
+fn scan_segment(
+    buf: &[u8],
+    sequence: u64,
+    first_lsn: u64,
+) -> (Vec<Found>, std::result::Result<usize, BadRecord>) {
     let mut found = Vec::new();
     let mut offset = SEGMENT_HEADER_SIZE;
+    let mut lsn = first_lsn;
     loop {
         if offset >= buf.len() {
             return (found, Ok(buf.len()));
         }
         match parse_record(buf, offset, sequence) {
-            Parsed::Record { kind, payload_start, payload_len, size } => {
-                found.push(Found { offset, kind, payload_start, payload_len, size });
+            Parsed::Record { lsns, .. } if lsns.lsn != lsn => {
+                let why = format!("record number {} where {lsn} was expected", lsns.lsn);
+                return (found, Err(BadRecord { offset, why, verified: false }));
+            }
+            Parsed::Record { kind, payload_start, payload_len, size, .. } => {
+                found.push(Found { offset, kind, payload_start, payload_len });
                 offset += size;
+                lsn += 1;
             }
             Parsed::End => {
                 if let Some(at) = valid_record_after_offset(buf, offset, sequence) {
                     let why = format!("zeroed bytes hide a valid record at offset {at}");
-                    return (found, Err(BadRecord { offset, why, valid_after: true }));
+                    return (found, Err(BadRecord { offset, why, verified: false }));
                 }
                 return (found, Ok(offset));
             }
             Parsed::Bad(reason) => {
-                let valid_after = valid_record_after(buf, offset + RECORD_ALIGN, sequence);
-                return (found, Err(BadRecord { offset, why: reason.to_string(), valid_after }));
+                return (
+                    found,
+                    Err(BadRecord { offset, why: reason.to_string(), verified: false }),
+                );
             }
         }
     }
@@ -936,11 +1130,6 @@ fn decode_record(kind: RecordKind, payload: &[u8]) -> std::result::Result<Decode
     }
 }
 
-/// True when a record that verifies starts at an aligned offset at or after `from`.
-fn valid_record_after(buf: &[u8], from: usize, sequence: u64) -> bool {
-    valid_record_after_offset(buf, from, sequence).is_some()
-}
-
 fn valid_record_after_offset(buf: &[u8], from: usize, sequence: u64) -> Option<usize> {
     let start = from.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
     (start..buf.len().saturating_sub(RECORD_HEADER_SIZE - 1))
@@ -970,15 +1159,9 @@ fn check_entries_payload(payload: &[u8]) -> std::result::Result<(u64, u64), Stri
     Ok((first_index, count as u64))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut sequences = Vec::new();
-    let read = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
-    for entry in read {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        if let Some(sequence) = entry.file_name().to_str().and_then(parse_segment_name) {
-            sequences.push(sequence);
-        }
-    }
+fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
+    let names = fs.list(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut sequences: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     sequences.sort_unstable();
     for pair in sequences.windows(2) {
         if pair[1] != pair[0] + 1 {

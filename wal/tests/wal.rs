@@ -9,6 +9,10 @@ use std::process::{Command, Stdio};
 use wal::{EntryRef, Error, HardState, Identity, Options, RecoveryMode, SnapshotMarker, Wal};
 
 const SMALL_SEGMENT: u64 = 64 * 1024;
+/// The segment header's size (format version 2).
+const SEGMENT_HEADER: usize = 40;
+/// A record header's size (format version 2).
+const RECORD_HEADER: usize = 32;
 
 fn identity() -> Identity {
     Identity { node_id: 1, cluster_id: "test".to_string() }
@@ -249,9 +253,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Where each 3-entry batch record of `written_log` starts, and where the last one ends.
 fn record_starts(batches: u64) -> Vec<usize> {
-    let mut starts = vec![32];
+    let mut starts = vec![SEGMENT_HEADER];
     for b in 0..batches {
-        let size = (16 + batch_payload_len(b)).div_ceil(8) * 8;
+        let size = (RECORD_HEADER + batch_payload_len(b)).div_ceil(8) * 8;
         starts.push(starts.last().unwrap() + size);
     }
     starts
@@ -264,7 +268,7 @@ fn batch_payload_len(batch: u64) -> usize {
 /// Batches whose record is whole before `offset` (its padding is not needed).
 fn intact_batches(starts: &[usize], offset: usize) -> u64 {
     (0..starts.len() - 1)
-        .take_while(|&b| starts[b] + 16 + batch_payload_len(b as u64) <= offset)
+        .take_while(|&b| starts[b] + RECORD_HEADER + batch_payload_len(b as u64) <= offset)
         .count() as u64
 }
 
@@ -287,8 +291,9 @@ fn truncation_at_every_byte_of_the_tail_recovers_exactly_the_intact_records() {
         assert_eq!(wal.last_index(), intact * 3, "cut at {cut}: every intact batch, nothing else");
         assert_eq!(log_of(&wal).len() as u64, intact * 3);
         // Torn when the cut falls inside a record's header or payload.
-        let torn = (0..batches as usize)
-            .any(|b| starts[b] < cut && cut < starts[b] + 16 + batch_payload_len(b as u64));
+        let torn = (0..batches as usize).any(|b| {
+            starts[b] < cut && cut < starts[b] + RECORD_HEADER + batch_payload_len(b as u64)
+        });
         assert_eq!(recovery.torn_tail.is_some(), torn, "cut at {cut}");
         // The log is writable again after the cut.
         drop(wal);
@@ -391,6 +396,9 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
         append(&mut wal, i, i, 1);
     }
     wal.sync().unwrap();
+    // A record written after the sync shows that the sync completed.
+    append(&mut wal, 3001, 3001, 1);
+    wal.sync().unwrap();
     assert!(wal.segment_paths().len() >= 2);
     let first = wal.segment_paths()[0].clone();
     drop(wal);
@@ -438,8 +446,8 @@ fn bad_data_dirs_fail_with_clear_errors() {
         .unwrap();
     let mut bytes = fs::read(&seg).unwrap();
     bytes[8] = 9;
-    let crc = crc32(&bytes[..24]);
-    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32(&bytes[..32]);
+    bytes[32..36].copy_from_slice(&crc.to_le_bytes());
     // Keep it from looking blank, and not the last segment: add an empty later segment.
     fs::write(&seg, &bytes).unwrap();
     let err = Wal::open(dir.path(), &identity(), options()).err().unwrap();

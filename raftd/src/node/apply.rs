@@ -59,6 +59,12 @@ impl Node {
                 self.send_messages(std::mem::take(&mut messages));
                 self.flush_peers();
             }
+            // A snapshot to install was decoded when it arrived; decoding is never left until
+            // after it is durable (a bad image would then fail on every start).
+            let installed = match &rd.snapshot {
+                Some(snapshot) => Some(self.restored_state(snapshot)?),
+                None => None,
+            };
             let store = self.raw.store_mut();
             if let Some(snapshot) = &rd.snapshot {
                 store.apply_snapshot(snapshot)?;
@@ -70,13 +76,8 @@ impl Node {
             if rd.must_sync || rd.snapshot.is_some() || !rd.entries.is_empty() {
                 store.sync()?;
             }
-            if let Some(snapshot) = &rd.snapshot {
-                self.kv = Kv::restore(&snapshot.data).map_err(|e| {
-                    Error::Fatal(format!(
-                        "the snapshot at index {} from the leader cannot be restored: {e}",
-                        snapshot.metadata.index
-                    ))
-                })?;
+            if let (Some(snapshot), Some(kv)) = (&rd.snapshot, installed) {
+                self.kv = kv;
                 self.last_snapshot_index = snapshot.metadata.index;
                 for (id, addr) in self.kv.members().clone() {
                     self.learn_peer(id, Some(addr), None);
@@ -95,7 +96,28 @@ impl Node {
             self.serve_reads();
             self.maybe_snapshot()?;
         }
+        if !self.raw.has_ready() {
+            // A snapshot received but not installed (the core found it stale) is not kept.
+            self.restored = None;
+        }
         Ok(())
+    }
+
+    /// The state machine of a snapshot the core installs: the one decoded when it arrived, or
+    /// decoded now. Checked before anything of it is made durable.
+    fn restored_state(&mut self, snapshot: &raft::Snapshot) -> Result<Kv> {
+        if let Some((metadata, kv)) = self.restored.take() {
+            if metadata == snapshot.metadata {
+                return Ok(kv);
+            }
+        }
+        Kv::restore(&snapshot.data).map_err(|e| {
+            Error::Fatal(format!(
+                "the snapshot at index {} from the leader cannot be restored (nothing of it was \
+                 written): {e}",
+                snapshot.metadata.index
+            ))
+        })
     }
 
     pub(super) fn apply(&mut self, entry: &Entry) -> Result<()> {
@@ -230,6 +252,11 @@ impl Node {
         let cs = self.raw.raft.prs.conf_state();
         let job = match self.raw.store().begin_snapshot(index, cs, move || frozen.encode()) {
             Ok(job) => job,
+            Err(Error::SnapshotNotWritten(why)) => {
+                self.kv.thaw();
+                self.snapshot_not_written(index, why);
+                return Ok(());
+            }
             Err(e) => {
                 self.kv.thaw();
                 return Err(e);
@@ -253,13 +280,28 @@ impl Node {
         // The writer thread is done with the frozen map (or this Kv is a newer one, restored
         // from the leader's snapshot meanwhile, and not frozen).
         self.kv.thaw();
-        finished?;
-        info!(
-            "snapshot at index {index} in {:?} (put in force in {:?} on the loop)",
-            started.elapsed(),
-            finishing.elapsed()
-        );
+        match finished {
+            Ok(_) => info!(
+                "snapshot at index {index} in {:?} (put in force in {:?} on the loop)",
+                started.elapsed(),
+                finishing.elapsed()
+            ),
+            Err(Error::SnapshotNotWritten(why)) => self.snapshot_not_written(index, why),
+            Err(e) => return Err(e),
+        }
         Ok(())
+    }
+
+    /// A snapshot whose file could not be written: the node goes on (the log keeps the
+    /// entries), and the next snapshot is tried after the usual number of entries.
+    fn snapshot_not_written(&mut self, index: u64, why: String) {
+        warn!(
+            "snapshot at index {index} not written ({why}); the next one is tried after {} \
+             more entries",
+            self.config.snapshot_entries
+        );
+        self.last_snapshot_index = index;
+        self.snapshot_failure = Some(why);
     }
 
     /// Snapshots the applied state now and waits until it is in force (an operator's request).
@@ -267,8 +309,12 @@ impl Node {
         self.finish_snapshot(true)?;
         let index = self.kv.applied();
         if index > 0 && index > self.last_snapshot_index {
+            self.snapshot_failure = None;
             self.begin_snapshot()?;
             self.finish_snapshot(true)?;
+            if let Some(why) = self.snapshot_failure.take() {
+                return Err(Error::SnapshotNotWritten(why));
+            }
         }
         Ok(self.last_snapshot_index)
     }

@@ -170,7 +170,13 @@ impl Node {
             }
             AdminRequest::Snapshot => match self.snapshot_now() {
                 Ok(index) => Ok(AdminReply::Done(format!("snapshot at index {index}"))),
-                Err(e) => Err(refused(e.to_string())),
+                Err(e @ Error::SnapshotNotWritten(_)) => Err(refused(e.to_string())),
+                Err(e) => {
+                    // A failed sync: the node stops at the end of this loop iteration.
+                    let why = format!("the node is stopping: {e}");
+                    self.fatal = Some(e);
+                    Err(refused(why))
+                }
             },
             AdminRequest::Fault { drop_to, drop_from, delay_ms } => {
                 if self.config.allow_fault_injection {
