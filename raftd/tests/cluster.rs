@@ -496,3 +496,68 @@ fn a_wiped_node_waiting_to_be_added_again_under_its_removed_id_does_not_stop() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 13, item 5: a snapshot from a peer is decoded and checked before anything of it is
+/// made durable. One crafted frame, a snapshot whose image is not a state machine image,
+/// sent as the leader: the follower refuses it, keeps serving, and starts again afterwards
+/// (before, it wrote the snapshot, failed to restore it, stopped, and could never start).
+#[test]
+fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("k", "v1");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let status = cluster.node(follower).wait_client().status().unwrap();
+    let peer_addr: std::net::SocketAddr = cluster.node(follower).peer_addr.parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&peer_addr, Duration::from_secs(2)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = Hello {
+        cluster_id: "test".into(),
+        node_id: leader,
+        role: Role::Peer,
+        token: None,
+        client_addr: None,
+        peer_addr: None,
+    };
+    write_frame(&mut stream, &hello).unwrap();
+    let _: HelloAck = read_frame(&mut stream).unwrap();
+    let data = b"not a state machine image".to_vec();
+    let message = raft::Message {
+        msg_type: raft::MessageType::Snapshot,
+        to: follower,
+        from: leader,
+        term: status.term,
+        snapshot: Some(raft::Snapshot {
+            data: Vec::new(),
+            metadata: raft::SnapshotMetadata {
+                conf_state: raft::ConfState { voters: vec![1, 2, 3], ..Default::default() },
+                index: status.last_index + 1000,
+                term: status.term,
+            },
+        }),
+        ..Default::default()
+    };
+    let frame = PeerFrame::SnapshotChunk { message, offset: 0, total: data.len() as u64, data };
+    let _ = write_frame(&mut stream, &frame);
+    let log = cluster.node(follower).log.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains("refused") {
+        assert!(Instant::now() < deadline, "no refusal logged: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.put("k", "v2");
+    let after = cluster.node(follower).wait_client().status().unwrap();
+    assert!(after.snapshot_index < status.last_index + 1000, "the bad snapshot is not in force");
+    // The data dir is sound: the node restarts and catches up.
+    cluster.node(follower).kill();
+    cluster.node(follower).start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = cluster.node(follower).client().and_then(|mut c| c.status());
+        if applied.is_ok_and(|s| s.applied >= after.applied) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower did not come back: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -271,6 +271,8 @@ pub struct Wal {
     last_index: u64,
     /// Whether `first_index` and `last_index` are known yet while recovering.
     position: Position,
+    /// True while recovery replays the segments.
+    replaying: bool,
     hard_state: Option<HardState>,
     snapshot: Option<SnapshotMarker>,
     active: u64,
@@ -294,11 +296,7 @@ pub struct Wal {
 enum Position {
     /// Nothing replayed yet that places the log.
     Unknown,
-    /// Placed by a snapshot marker read before any entries: the segments that held the
-    /// entries after it may have been compacted away, so the first entries found set the
-    /// position instead, wherever they start.
-    AfterMarker,
-    /// Placed by entries (or a new, empty log).
+    /// Placed by entries or a snapshot marker (or a new, empty log).
     Known,
 }
 
@@ -354,6 +352,7 @@ impl Wal {
             first_index: 1,
             last_index: 0,
             position: if sequences.is_empty() { Position::Known } else { Position::Unknown },
+            replaying: !sequences.is_empty(),
             hard_state: None,
             snapshot: None,
             active: 0,
@@ -373,6 +372,7 @@ impl Wal {
             wal.recover(&sequences, &mut recovery)?;
         }
         wal.position = Position::Known;
+        wal.replaying = false;
         recovery.hard_state = wal.hard_state;
         recovery.snapshot = wal.snapshot.clone();
         recovery.first_index = wal.first_index;
@@ -650,8 +650,15 @@ impl Wal {
     /// Adds a batch to the index, replacing any suffix it overlaps (a Raft log conflict).
     fn apply_batch(&mut self, batch: Batch) -> Result<()> {
         let first = batch.first_index;
-        let compacted_start = self.position == Position::AfterMarker && first > self.last_index + 1;
-        if self.position == Position::Unknown || compacted_start {
+        // Replay may start at a segment that is not the log's first: those before it were
+        // compacted away (or are being deleted), and with them the entries that a batch here
+        // follows, or replaces from a lower index. The log then restarts at the batch. The
+        // records replayed are complete from the first one (their numbers say so), and the
+        // check at the end of recovery says whether anything the snapshot does not cover is
+        // missing.
+        let restart = first > self.last_index + 1 || first < self.first_index;
+        if self.position == Position::Unknown || (self.replaying && restart) {
+            self.batches.clear();
             self.first_index = first;
             self.last_index = first - 1;
         }
@@ -683,18 +690,22 @@ impl Wal {
 
     /// A snapshot at `marker.index`: the entries after it stay when the log agrees with the
     /// snapshot there (Log Matching); otherwise the log restarts after the snapshot.
+    ///
+    /// While replaying from a segment that is not the log's first, the marker's entry may be
+    /// in a segment already deleted (or the marker rewritten by a compaction after it): an
+    /// entry whose term is unknown counts as matching, as it did when the marker was written.
     fn apply_snapshot_marker(&mut self, marker: SnapshotMarker) {
         let matches = self.position == Position::Known
-            && marker.index >= self.first_index
             && marker.index <= self.last_index
-            && self.term(marker.index).is_ok_and(|t| t == marker.term);
+            && match self.term(marker.index) {
+                Ok(term) => term == marker.term,
+                Err(_) => self.replaying && marker.index < self.first_index,
+            };
         if !matches {
             self.batches.clear();
             self.first_index = marker.index + 1;
             self.last_index = marker.index;
-            if self.position == Position::Unknown {
-                self.position = Position::AfterMarker;
-            }
+            self.position = Position::Known;
         }
         self.snapshot = Some(marker);
     }

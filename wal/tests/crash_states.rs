@@ -113,11 +113,10 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
             11..=14 => ops.push(Op::Sync),
             15 if commit > snapshot && commit >= first => {
                 snapshot = commit;
-                let marker = SnapshotMarker {
-                    index: commit,
-                    term: terms[&commit],
-                    conf_state: format!("conf at {commit}").into_bytes(),
-                };
+                // Of varying size, so that markers also start segments.
+                let mut conf_state = format!("conf at {commit}").into_bytes();
+                conf_state.resize(16 + (commit as usize * 53) % 2000, b'c');
+                let marker = SnapshotMarker { index: commit, term: terms[&commit], conf_state };
                 ops.push(Op::Snapshot(marker));
             }
             16 if rng.below(3) == 0 => {
@@ -302,7 +301,7 @@ fn explore(seed: u64, random: u64) -> (u64, u64) {
         let last_sync = (0..done).rev().find(|&m| this.synced[m]).expect("open syncs");
         let allowed = last_sync..=(done).min(this.images.len() - 1);
         if std::env::var("CRASH_EXPLORER_DUMP").ok().and_then(|v| v.parse().ok()) == Some(k) {
-            let cut = disk.power_cut_keeping(CrashChoice::KeepNone);
+            let cut = disk.power_cut_keeping(CrashChoice::KeepAll);
             for name in cut.list(Path::new(DIR)).unwrap() {
                 let bytes = cut.read(&Path::new(DIR).join(&name)).unwrap();
                 std::fs::write(format!("/tmp/crashdump-{name}"), bytes).unwrap();

@@ -540,3 +540,89 @@ fn kill_mid_append_recovers_every_synced_batch() {
         assert_eq!(e.data, vec![0xabu8; 700], "entry {} intact", e.index);
     }
 }
+
+/// Issue 13, item 2: a segment whose first record is a snapshot marker (the log rotated right
+/// at it), once the segments before it are compacted away, holds entries that start after the
+/// ones the marker is followed by in the whole log. Closed cleanly and reopened, it must open.
+#[test]
+fn a_segment_starting_with_a_snapshot_marker_recovers_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options { segment_size_bytes: wal::SEGMENT_SIZE_BYTES_MIN, ..Options::default() };
+    let (mut wal, _) = Wal::open(dir.path(), &identity(), small.clone()).unwrap();
+    let big = vec![1u8; 600];
+    let refs: Vec<EntryRef<'_>> =
+        (1..=5).map(|index| EntryRef { index, term: 1, data: &big }).collect();
+    wal.append_entries(&refs).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.segment_paths().len(), 1);
+    // Too large for what is left of the first segment: the marker starts the second, and
+    // leaves room in it for the next entries.
+    let marker = SnapshotMarker { index: 3, term: 1, conf_state: vec![7; 3600] };
+    wal.mark_snapshot(marker).unwrap();
+    assert_eq!(wal.segment_paths().len(), 2, "the marker opened a segment");
+    append(&mut wal, 6, 10, 1);
+    wal.mark_snapshot(SnapshotMarker { index: 5, term: 1, conf_state: b"conf".to_vec() }).unwrap();
+    wal.compact(6).unwrap();
+    let kept = wal.segment_paths();
+    assert!(kept[0].ends_with("00000000000000000002.wal"), "the first segment is gone: {kept:?}");
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), &identity(), small).expect("a valid log opens");
+    assert_eq!(log_of(&wal), expected(&[(6, 10, 1)]));
+    assert_eq!(recovery.snapshot.map(|s| s.index), Some(5));
+    assert!(recovery.torn_tail.is_none() && recovery.repaired.is_none());
+}
+
+/// Writes A (synced), then B at the end of the first segment and C, which rotates to a
+/// second one, and syncs both; then, with `later`, one more record D after that sync.
+fn straddling_log(later: bool) -> (tempfile::TempDir, Options) {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options { segment_size_bytes: wal::SEGMENT_SIZE_BYTES_MIN, ..Options::default() };
+    let (mut wal, _) = Wal::open(dir.path(), &identity(), small.clone()).unwrap();
+    wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"A" }]).unwrap();
+    wal.sync().unwrap();
+    let b = vec![b'B'; 3500];
+    let c = vec![b'C'; 1000];
+    wal.append_entries(&[EntryRef { index: 2, term: 1, data: &b }]).unwrap();
+    wal.append_entries(&[EntryRef { index: 3, term: 1, data: &c }]).unwrap();
+    assert_eq!(wal.segment_paths().len(), 2, "C rotated to a second segment");
+    wal.sync().unwrap();
+    if later {
+        wal.append_entries(&[EntryRef { index: 4, term: 1, data: b"D" }]).unwrap();
+        wal.sync().unwrap();
+    }
+    (dir, small)
+}
+
+/// Issue 13, item 3: the pages of one sync reach the disk in any order, and a sync's records
+/// may straddle a rotation. A power cut before the sync completed can keep C (in the later
+/// segment) and lose B (before it): damage followed by valid records, not in the last
+/// segment, yet never acknowledged. It is truncated, not refused.
+#[test]
+fn unsynced_damage_before_valid_records_is_repaired_not_refused() {
+    let (dir, small) = straddling_log(false);
+    let first = dir.path().join("00000000000000000001.wal");
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[1000..3000].fill(0); // B's pages, lost.
+    fs::write(&first, bytes).unwrap();
+    let (wal, recovery) = Wal::open(dir.path(), &identity(), small).expect("opens");
+    assert_eq!(wal.last_index(), 1, "A, synced, is kept; B and C, never synced, are not");
+    let damage = recovery.torn_tail.expect("reported as unsynced writes lost");
+    assert_eq!(damage.segments_dropped, 1);
+    assert!(recovery.repaired.is_none());
+}
+
+/// The same damage once a later record shows that the sync covering B completed: that is
+/// corruption, refused with the segment, the offset and the proof.
+#[test]
+fn damage_to_records_a_later_record_proves_synced_is_corruption() {
+    let (dir, small) = straddling_log(true);
+    let first = dir.path().join("00000000000000000001.wal");
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[1000..3000].fill(0);
+    fs::write(&first, bytes).unwrap();
+    let err = Wal::open(dir.path(), &identity(), small).err().expect("refused");
+    let Error::Corruption { segment, offset, reason } = err else { panic!("{err}") };
+    assert!(segment.ends_with("00000000000000000001.wal"));
+    assert!(offset > 40 && offset < 1000, "names B's record: {offset}");
+    assert!(reason.contains("after a sync that covered it"), "{reason}");
+}
