@@ -99,6 +99,10 @@ pub struct Args {
     /// Accept fault-injection admin requests (for tests).
     #[arg(long)]
     pub allow_fault_injection: bool,
+    /// Tests only: also record in this directory what each sync made durable, so that a test
+    /// can rebuild the data dir as a power cut would leave it (see `wal::fs::ShadowFs`).
+    #[arg(long, hide = true)]
+    pub shadow_dir: Option<PathBuf>,
     /// Milliseconds a client request may wait before it is answered Timeout.
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -256,6 +260,7 @@ impl Args {
             snapshot_catchup_entries: self.snapshot_catchup_entries,
             token,
             allow_fault_injection: self.allow_fault_injection,
+            shadow_dir: self.shadow_dir.clone(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             frame_size_max: self.frame_size_max,
             segment_size_bytes: self.segment_size_bytes,

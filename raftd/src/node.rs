@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// Accept `Fault`/`Heal` admin requests.
     pub allow_fault_injection: bool,
+    /// Tests only: record what each sync makes durable here (`wal::fs::ShadowFs`).
+    pub shadow_dir: Option<PathBuf>,
     /// How long a client request may wait.
     pub request_timeout: Duration,
     /// Largest frame accepted.
@@ -189,7 +191,19 @@ impl Node {
             segment_size_bytes: config.segment_size_bytes,
             ..wal::Options::default()
         };
-        let (mut storage, recovery) = WalStorage::open(&config.data_dir, &identity, wal_options)?;
+        let fs: Arc<dyn wal::fs::Fs> = match &config.shadow_dir {
+            None => wal::fs::os(),
+            Some(shadow) => {
+                wal::fs::create_dir_all_durably(&wal::fs::OsFs, &config.data_dir)
+                    .map_err(|e| Error::io("create data dir", &config.data_dir, e))?;
+                let fs = wal::fs::ShadowFs::new(&config.data_dir, shadow)
+                    .map_err(|e| Error::io("open the shadow of", shadow, e))?;
+                warn!("recording what is durable in {} (a test setting)", shadow.display());
+                Arc::new(fs)
+            }
+        };
+        let (mut storage, recovery) =
+            WalStorage::open_on(fs, &config.data_dir, &identity, wal_options)?;
         if let Some(torn) = &recovery.torn_tail {
             warn!("recovered after a torn write: {torn:?}");
         }

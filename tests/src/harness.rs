@@ -122,6 +122,31 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes with `extra` flags.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(n, extra, false)
+    }
+
+    /// [`Cluster::start`] with every node recording what its syncs made durable
+    /// (`--shadow-dir`), so that [`Cluster::power_cut`] can cut its power.
+    pub fn start_shadowed(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(n, extra, true)
+    }
+
+    /// Where node `id` records what is durable, when shadowed.
+    pub fn shadow_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("shadow-{id}"))
+    }
+
+    /// A power cut of node `id`: the process is killed, and its data dir rebuilt as the disk
+    /// would be after losing power at that moment: only what its syncs made durable, plus
+    /// each unsynced page for which `keep` says so. Start it again with [`Cluster::restart`].
+    pub fn power_cut(&mut self, id: u64, keep: &mut dyn FnMut(u64) -> bool) -> wal::fs::PowerCut {
+        self.kill(id);
+        let data_dir = self.nodes[&id].data_dir.clone();
+        wal::fs::power_cut_shadowed(&data_dir, &self.shadow_dir(id), keep)
+            .expect("the data dir is rebuilt from its shadow")
+    }
+
+    fn start_on(n: usize, extra: &[&str], shadowed: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * n);
         let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
@@ -132,6 +157,9 @@ impl Cluster {
             let id = i as u64 + 1;
             let client_addr = format!("127.0.0.1:{}", ports[n + i]);
             let mut args = vec![format!("--initial-cluster={}", initial.join(","))];
+            if shadowed {
+                args.push(format!("--shadow-dir={}", cluster.shadow_dir(id).display()));
+            }
             args.extend(extra.iter().map(|s| s.to_string()));
             cluster.add_node(id, peers[i].clone(), client_addr, args);
         }

@@ -305,7 +305,10 @@ impl FsMap for ShadowMap {
         if self.tracked {
             // The synced pages, within the length the shadow holds as durable (set by the
             // file's last sync_all).
-            let shadow = OpenOptions::new().write(true).open(&self.inode)?;
+            // No durable copy yet (the file's first sync_all is still to come): nothing of the
+            // mapping is durable past its length, which is zero.
+            let shadow =
+                OpenOptions::new().create(true).truncate(false).write(true).open(&self.inode)?;
             let durable_len = shadow.metadata()?.len() as usize;
             let start = offset / PAGE_SIZE * PAGE_SIZE;
             let end = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
