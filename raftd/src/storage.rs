@@ -638,4 +638,29 @@ mod tests {
         }
         assert!(states > 20, "{states} crash states");
     }
+
+    /// Issue 13, item 6: a snapshot file that does not fit on the disk is not written, leaves
+    /// no partial file, and is not fatal: the log goes on, and once space is freed a snapshot
+    /// is written.
+    #[test]
+    fn a_snapshot_that_does_not_fit_on_the_disk_is_not_written_and_the_log_goes_on() {
+        let disk = wal::fs::SimFs::new();
+        let mut s = sim_open(&disk, "/data");
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, EntryType::Normal, b"x", b"")).collect();
+        s.append(&ents).unwrap();
+        s.sync().unwrap();
+        disk.set_space_bytes_max(Some(disk.used_bytes() + 1000));
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        let err = s.create_snapshot(5, cs.clone(), vec![7; 100_000], 0).unwrap_err();
+        assert!(matches!(err, Error::SnapshotNotWritten(_)), "{err}");
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(s.current_snapshot().index, 0, "nothing changed");
+        let names = wal::fs::Fs::list(&disk, Path::new("/data/snap")).unwrap();
+        assert!(names.is_empty(), "no partial file left: {names:?}");
+        s.append(&[entry(6, 1, EntryType::Normal, b"y", b"")]).unwrap();
+        s.sync().unwrap();
+        disk.set_space_bytes_max(None);
+        s.create_snapshot(6, cs, vec![7; 100_000], 0).unwrap();
+        assert_eq!(s.current_snapshot().index, 6);
+    }
 }

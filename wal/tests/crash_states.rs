@@ -352,3 +352,38 @@ fn every_crash_state_of_a_seeded_workload_recovers_what_was_synced() {
     );
     assert!(points > 100 * seeds, "the workload exercises the disk");
 }
+
+/// A full disk: the append that needs a new segment fails with the system's own words, and
+/// nothing is damaged. Once space is freed, the log opens with every synced entry (also
+/// after a power cut) and takes writes again.
+#[test]
+fn a_full_disk_stops_writes_with_a_clear_error_and_corrupts_nothing() {
+    let disk = SimFs::new();
+    disk.set_space_bytes_max(Some(6 * wal::SEGMENT_SIZE_BYTES_MIN + 1024));
+    let shared: Arc<dyn Fs> = Arc::new(disk.clone());
+    let (mut wal, _) = Wal::open_on(shared, Path::new(DIR), &identity(), options()).unwrap();
+    let mut synced = 0;
+    let error = loop {
+        let index = synced + 1;
+        let data = data_of(index, 1);
+        if let Err(e) = wal.append_entries(&[EntryRef { index, term: 1, data: &data }]) {
+            break e;
+        }
+        wal.sync().expect("a sync within allocated space succeeds");
+        synced = index;
+        assert!(synced < 10_000, "the disk never filled");
+    };
+    assert!(error.to_string().contains("No space left on device"), "{error}");
+    assert!(synced > 5, "wrote until the disk was full");
+    drop(wal);
+    for disk in [disk.power_cut_keeping(CrashChoice::KeepNone), disk.fork()] {
+        disk.set_space_bytes_max(None);
+        let (mut wal, recovery) = open_image(&disk, "after freeing space");
+        assert!(recovery.repaired.is_none());
+        assert_eq!(wal.last_index(), synced, "every synced entry, nothing else");
+        image_of(&wal);
+        let data = data_of(synced + 1, 1);
+        wal.append_entries(&[EntryRef { index: synced + 1, term: 1, data: &data }]).unwrap();
+        wal.sync().unwrap();
+    }
+}
