@@ -505,12 +505,14 @@ impl Wal {
         let path = self.dir.join(segment::segment_name(sequence));
         let bytes_dropped = self.zero_from(sequence, offset)?;
         let later = &sequences[i + 1..];
+        // Newest first, each deletion durable before the next: a crash meanwhile leaves the
+        // oldest of them, never a gap in the sequence.
         for &dropped in later.iter().rev() {
             self.segments.remove(&dropped);
             let p = self.dir.join(segment::segment_name(dropped));
             self.fs.remove_file(&p).map_err(|e| Error::io("delete segment", &p, e))?;
+            self.sync_dir()?;
         }
-        self.sync_dir()?;
         let damage = Damage {
             segment: path,
             offset: offset as u64,
@@ -718,7 +720,12 @@ impl Wal {
     }
 
     fn create_segment(&mut self, sequence: u64, size: u64) -> Result<()> {
-        let segment = Segment::create(self.fs.as_ref(), &self.dir, sequence, size, self.next_lsn)?;
+        let created = Segment::create(self.fs.as_ref(), &self.dir, sequence, size, self.next_lsn);
+        if let Err(Error::SyncFailed { .. }) = &created {
+            // As for any failed sync: no retry, the log refuses further work.
+            self.poisoned = true;
+        }
+        let segment = created?;
         self.segments.insert(sequence, segment);
         self.active = sequence;
         self.write_offset = SEGMENT_HEADER_SIZE;

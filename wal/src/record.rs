@@ -208,13 +208,15 @@ pub fn check_segment_header(buf: &[u8], sequence: u64) -> Result<u64, String> {
     if buf[SEGMENT_MAGIC_OFFSET..SEGMENT_MAGIC_OFFSET + 8] != SEGMENT_MAGIC {
         return Err("bad magic: not a segment of this log".to_string());
     }
-    let crc = read_u32(buf, SEGMENT_CRC_OFFSET);
-    if crc != crc32fast::hash(&buf[..SEGMENT_CRC_OFFSET]) {
-        return Err("segment header checksum mismatch".to_string());
-    }
+    // The version first: it sits where every version has it, while the checksum's place
+    // depends on the version.
     let version = read_u32(buf, SEGMENT_VERSION_OFFSET);
     if version != FORMAT_VERSION {
         return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    }
+    let crc = read_u32(buf, SEGMENT_CRC_OFFSET);
+    if crc != crc32fast::hash(&buf[..SEGMENT_CRC_OFFSET]) {
+        return Err("segment header checksum mismatch".to_string());
     }
     let found = read_u64(buf, SEGMENT_SEQUENCE_OFFSET);
     if found != sequence {
@@ -275,5 +277,14 @@ mod tests {
         let crc = crc32fast::hash(&v2[..SEGMENT_CRC_OFFSET]);
         v2[SEGMENT_CRC_OFFSET..SEGMENT_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
         assert!(check_segment_header(&v2, 3).unwrap_err().contains("version 9"));
+        // A segment of format version 1 (a 32-byte header, its checksum at 24) is named as such.
+        let mut v1 = vec![0u8; SEGMENT_HEADER_SIZE];
+        v1[..8].copy_from_slice(&SEGMENT_MAGIC);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[16..24].copy_from_slice(&3u64.to_le_bytes());
+        let crc = crc32fast::hash(&v1[..24]);
+        v1[24..28].copy_from_slice(&crc.to_le_bytes());
+        let err = check_segment_header(&v1, 3).unwrap_err();
+        assert_eq!(err, "format version 1, this build reads 2");
     }
 }
