@@ -97,6 +97,8 @@ pub struct WalStorage {
     fs: Arc<dyn wal::fs::Fs>,
     snap_dir: PathBuf,
     scratch: Vec<Vec<u8>>,
+    /// Delete old files on the calling thread (deterministic crash tests), not a helper.
+    deletes_inline: bool,
 }
 
 impl WalStorage {
@@ -156,6 +158,7 @@ impl WalStorage {
                 fs,
                 snap_dir,
                 scratch: Vec::new(),
+                deletes_inline: false,
             },
             recovery,
         ))
@@ -298,23 +301,26 @@ impl WalStorage {
         let in_force = self.snapshot.index;
         let snap_dir = self.snap_dir.clone();
         let fs = self.fs.clone();
-        let janitor =
-            std::thread::Builder::new().name("snapshot-janitor".into()).spawn(move || {
-                if let Some(garbage) = garbage {
-                    if let Err(e) = garbage.delete() {
-                        warn!("deleting compacted WAL segments: {e}");
-                    }
+        let delete = move || {
+            if let Some(garbage) = garbage {
+                if let Err(e) = garbage.delete() {
+                    warn!("deleting compacted WAL segments: {e}");
                 }
-                if let Err(e) = snapfile::prune_older(
-                    fs.as_ref(),
-                    &snap_dir,
-                    in_force,
-                    snapfile::SNAPSHOT_FILES_KEPT,
-                ) {
-                    warn!("deleting old snapshot files: {e}");
-                }
-            });
-        if let Err(e) = janitor {
+            }
+            if let Err(e) = snapfile::prune_older(
+                fs.as_ref(),
+                &snap_dir,
+                in_force,
+                snapfile::SNAPSHOT_FILES_KEPT,
+            ) {
+                warn!("deleting old snapshot files: {e}");
+            }
+        };
+        if self.deletes_inline {
+            delete();
+        } else if let Err(e) =
+            std::thread::Builder::new().name("snapshot-janitor".into()).spawn(delete)
+        {
             warn!("cannot start a thread to delete old files ({e}); they stay until a compaction after a restart");
         }
         Ok(in_force)
@@ -333,6 +339,13 @@ impl WalStorage {
     ) -> Result<()> {
         let job = self.begin_snapshot(index, conf_state, move || data)?;
         self.finish_snapshot(job, keep_entries).map(drop)
+    }
+
+    /// Deletes compacted segments and old snapshot files on the calling thread instead of a
+    /// helper thread, so that the order of file-system operations is deterministic (crash-state
+    /// tests).
+    pub fn set_deletes_inline(&mut self, inline: bool) {
+        self.deletes_inline = inline;
     }
 
     /// Makes everything written durable. An error is fatal to the node.
