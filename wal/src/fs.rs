@@ -257,17 +257,7 @@ impl FsFile for OsFile {
             // A file system without fallocate: write zeros where the file has no data, so
             // that its blocks are allocated now (a sparse file would fail later, through the
             // mapping, with SIGBUS on a full disk).
-            libc::EOPNOTSUPP | libc::EINVAL => {
-                let current = self.len()?;
-                let zeros = vec![0u8; 1 << 20];
-                let mut at = current;
-                while at < len {
-                    let n = (len - at).min(zeros.len() as u64) as usize;
-                    self.file.write_all_at(&zeros[..n], at)?;
-                    at += n as u64;
-                }
-                Ok(())
-            }
+            libc::EOPNOTSUPP | libc::EINVAL => allocate_by_writing_zeros(&self.file, len),
             errno => Err(io::Error::from_raw_os_error(errno)),
         }
     }
@@ -313,6 +303,19 @@ impl OsFile {
     }
 }
 
+/// Grows `file` to `len` bytes by writing zeros past its end, so that its blocks are allocated
+/// (the fallback where `posix_fallocate` is not supported; `set_len` would leave a sparse file).
+fn allocate_by_writing_zeros(file: &File, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = file.metadata()?.len();
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 struct OsMap {
     map: MmapMut,
 }
@@ -328,5 +331,33 @@ impl FsMap for OsMap {
 
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.map.flush_range(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Issue 13, item 6: where fallocate is unsupported, the fallback allocates the blocks
+    /// (a sparse file from `set_len` could fail later, through a mapping, with SIGBUS).
+    #[test]
+    fn the_fallback_for_fallocate_allocates_blocks_instead_of_a_sparse_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let file = File::create(&path).expect("create");
+        file.write_all_at(b"head", 0).expect("write");
+        allocate_by_writing_zeros(&file, 3 << 20).expect("allocate");
+        file.sync_all().expect("sync");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!(meta.len(), 3 << 20);
+        assert!(meta.blocks() * 512 >= 3 << 20, "{} blocks: sparse", meta.blocks());
+        assert_eq!(&std::fs::read(&path).expect("read")[..4], b"head", "data kept");
+        let sparse = dir.path().join("sparse");
+        File::create(&sparse).expect("create").set_len(3 << 20).expect("set_len");
+        assert!(
+            std::fs::metadata(&sparse).expect("stat").blocks() * 512 < 3 << 20,
+            "set_len is sparse here"
+        );
     }
 }
