@@ -168,7 +168,10 @@ pub use crate::message::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
     DecodeError, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
-pub use crate::raft::{CampaignType, Raft, SoftState, StateType, CAMPAIGN_TRANSFER, INVALID_ID};
+pub use crate::raft::{
+    CampaignType, Raft, SoftState, StateType, CAMPAIGN_TRANSFER, INVALID_ID, TERM_JUMP_MAX,
+    TERM_MAX,
+};
 pub use crate::raft_log::RaftLog;
 pub use crate::raw_node::{
     ConfChangeI, ProgressStatus, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,

@@ -29,6 +29,15 @@ pub const INVALID_ID: u64 = 0;
 /// that other nodes still follow, because that leader asked for it.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"CampaignTransfer";
 
+/// The largest term a message may carry: no cluster reaches it (2^62 elections), and below it
+/// `term + 1` never overflows.
+pub const TERM_MAX: u64 = 1 << 62;
+
+/// The largest jump past this node's term that a peer's message may make. Terms grow by one
+/// per election; a jump this large is a bug or a forgery, and taking it would let one message
+/// push every node's term toward the end of the range.
+pub const TERM_JUMP_MAX: u64 = 1 << 32;
+
 /// A node's role (etcd `StateType`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StateType {
@@ -550,6 +559,13 @@ impl<T: Storage> Raft<T> {
     /// Steps a message through the state machine: term checks common to every role first
     /// (Raft §5.1), then the role's own step function.
     pub fn step(&mut self, m: Message) -> Result<()> {
+        if m.term > TERM_MAX || m.term > self.term.saturating_add(TERM_JUMP_MAX) {
+            warn!(
+                "{:x} [term: {}] ignored a {:?} from {:x} at the absurd term {}",
+                self.id, self.term, m.msg_type, m.from, m.term
+            );
+            return Ok(());
+        }
         if m.term == 0 {
             // Local message, or a proposal or read forwarded without a term.
         } else if m.term > self.term {

@@ -132,7 +132,9 @@ impl<T: Storage> RaftLog<T> {
         committed: u64,
         entries: &[Entry],
     ) -> Option<u64> {
-        if !self.match_term(index, log_term) {
+        // `term` is 0 past the last index, so without the bound an append past the end with
+        // `log_term` 0 would "match" and leave a gap in the log.
+        if index > self.last_index() || !self.match_term(index, log_term) {
             return None;
         }
         let last_new_index = index + entries.len() as u64;

@@ -197,7 +197,16 @@ impl<T: Storage> Raft<T> {
 
     /// Commits up to the leader's advertised index and acknowledges, echoing a read context.
     pub fn handle_heartbeat(&mut self, m: Message) {
-        self.raft_log.commit_to(m.commit);
+        // A leader sends at most what this follower holds (min(match, committed)); more is a
+        // bug or a forgery, never a reason to stop: clamp to this log.
+        let last = self.raft_log.last_index();
+        if m.commit > last {
+            warn!(
+                "{:x} got a heartbeat from {:x} committing {} beyond its last index {last}",
+                self.id, m.from, m.commit
+            );
+        }
+        self.raft_log.commit_to(m.commit.min(last));
         self.send(Message {
             msg_type: MessageType::HeartbeatResponse,
             to: m.from,

@@ -1,0 +1,60 @@
+//! Messages no correct peer sends, each of which once broke a node (issue 14): the core
+//! refuses or clamps them, and never panics.
+
+mod common;
+
+use common::*;
+use raft::{MemoryStorage, Message, MessageType, Raft, StateType, TERM_JUMP_MAX, TERM_MAX};
+
+/// A follower of leader 2 at term 2 with entries 1..=3.
+fn follower() -> Raft<MemoryStorage> {
+    let mut storage = storage_with_peers(&[1, 2, 3]);
+    storage.append(&entries_with_terms(&[1, 1, 2])).unwrap();
+    let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
+    r.become_follower(2, 2);
+    r
+}
+
+#[test]
+fn a_heartbeat_committing_beyond_the_log_is_clamped_not_a_panic() {
+    let mut r = follower();
+    let mut m = new_message(2, 1, MessageType::Heartbeat, 2);
+    m.commit = 3976;
+    r.step(m).unwrap();
+    assert_eq!(r.raft_log.committed, 3, "commit clamped to the last index");
+    assert!(read_messages(&mut r).iter().any(|m| m.msg_type == MessageType::HeartbeatResponse));
+}
+
+#[test]
+fn an_append_past_the_end_of_the_log_is_rejected_not_a_gap() {
+    let mut r = follower();
+    let mut m = new_message(2, 1, MessageType::Append, 2);
+    (m.index, m.log_term) = (10, 0);
+    m.entries = vec![entry(2, 11, b"x")];
+    r.step(m).unwrap();
+    assert_eq!(r.raft_log.last_index(), 3, "nothing appended after a gap");
+    let responses = read_messages(&mut r);
+    let response = responses.iter().find(|m| m.msg_type == MessageType::AppendResponse).unwrap();
+    assert!(response.reject);
+    assert!(response.reject_hint <= 3, "the hint is within this log");
+}
+
+#[test]
+fn a_term_past_the_largest_or_an_absurd_jump_is_ignored() {
+    for term in [u64::MAX, TERM_MAX + 1, 2 + TERM_JUMP_MAX + 1] {
+        let mut r = follower();
+        let mut m = new_message(3, 1, MessageType::Append, term);
+        m.commit = 1;
+        r.step(m).unwrap();
+        assert_eq!(r.term, 2, "term {term} not taken");
+        assert_eq!((r.state, r.lead), (StateType::Follower, 2));
+        assert!(read_messages(&mut r).is_empty());
+        // And elections still work: no wrap-around of term + 1.
+        r.step(Message { from: 1, to: 1, msg_type: MessageType::Hup, ..Message::default() })
+            .unwrap();
+    }
+    // A large but possible jump is taken (a node that was away for many elections).
+    let mut r = follower();
+    r.step(new_message(3, 1, MessageType::Heartbeat, 2 + TERM_JUMP_MAX)).unwrap();
+    assert_eq!(r.term, 2 + TERM_JUMP_MAX);
+}
