@@ -58,3 +58,14 @@ fn a_term_past_the_largest_or_an_absurd_jump_is_ignored() {
     r.step(new_message(3, 1, MessageType::Heartbeat, 2 + TERM_JUMP_MAX)).unwrap();
     assert_eq!(r.term, 2 + TERM_JUMP_MAX);
 }
+
+#[test]
+fn timeout_now_from_anyone_but_the_leader_is_ignored() {
+    let mut r = follower();
+    r.step(new_message(3, 1, MessageType::TimeoutNow, 2)).unwrap();
+    assert_eq!((r.state, r.term, r.lead), (StateType::Follower, 2, 2), "no election");
+    assert!(read_messages(&mut r).is_empty());
+    // From the leader, it starts the transfer election.
+    r.step(new_message(2, 1, MessageType::TimeoutNow, 2)).unwrap();
+    assert_eq!((r.state, r.term), (StateType::Candidate, 3));
+}

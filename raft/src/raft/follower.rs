@@ -109,6 +109,14 @@ impl<T: Storage> Raft<T> {
                 m.term = 0;
                 self.send(m);
             }
+            MessageType::TimeoutNow if m.from != self.lead => {
+                // Only the leader may hand over leadership: from anyone else it would move
+                // leadership (and terms) at a stranger's word.
+                warn!(
+                    "{:x} [term {}] ignored TimeoutNow from {:x}, which is not its leader {:x}",
+                    self.id, self.term, m.from, self.lead
+                );
+            }
             MessageType::TimeoutNow => {
                 info!(
                     "{:x} [term {}] received TimeoutNow from {:x} and starts an election to get \
