@@ -170,6 +170,22 @@ pub struct Node {
     shutdown: Arc<AtomicBool>,
 }
 
+/// Whether a handshake's token is the configured one, in time that does not depend on where
+/// they differ (a byte-by-byte comparison that stops early lets a remote guesser learn the
+/// secret a prefix at a time from response times).
+fn tokens_match(given: Option<&str>, expected: Option<&str>) -> bool {
+    match (given, expected) {
+        (None, None) => true,
+        (Some(given), Some(expected)) => {
+            let (a, b) = (given.as_bytes(), expected.as_bytes());
+            // The length is not secret; the content is.
+            let differ = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+            a.len() == b.len() && std::hint::black_box(differ) == 0
+        }
+        _ => false,
+    }
+}
+
 fn refused(reason: impl Into<String>) -> ClientError {
     ClientError::Refused(reason.into())
 }
@@ -521,7 +537,7 @@ impl Node {
 
     fn greet(&mut self, token: Token, hello: Hello) -> std::result::Result<(), String> {
         let peer_port = matches!(self.conns[&token].kind, ConnKind::InboundPeer { .. });
-        let refusal = if hello.token != self.config.token {
+        let refusal = if !tokens_match(hello.token.as_deref(), self.config.token.as_deref()) {
             Some("wrong token".to_string())
         } else if (hello.role == Role::Peer) != peer_port {
             Some(format!("{:?} hello on the wrong port", hello.role))
@@ -690,4 +706,20 @@ fn bootstrap(storage: &mut WalStorage, initial_cluster: &BTreeMap<u64, String>) 
     storage.sync()?;
     info!("bootstrapped a new cluster of {:?}", initial_cluster.keys().collect::<Vec<_>>());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        assert!(tokens_match(None, None));
+        assert!(tokens_match(Some("s3cret"), Some("s3cret")));
+        assert!(!tokens_match(Some("s3cres"), Some("s3cret")));
+        assert!(!tokens_match(Some("s3cre"), Some("s3cret")), "a prefix is not the token");
+        assert!(!tokens_match(Some("s3cret!"), Some("s3cret")));
+        assert!(!tokens_match(None, Some("s3cret")));
+        assert!(!tokens_match(Some("s3cret"), None), "a token where none is set is refused");
+    }
 }
