@@ -197,14 +197,7 @@ impl Fs for OsFs {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn FsFile>> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        match mode {
-            OpenMode::CreateNew => options.create_new(true),
-            OpenMode::CreateTruncate => options.create(true).truncate(true),
-            OpenMode::Existing => &mut options,
-        };
-        Ok(Box::new(OsFile { file: options.open(path)? }))
+        Ok(Box::new(OsFile { file: open_file(path, mode)? }))
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -233,6 +226,18 @@ impl Fs for OsFs {
         }
         Ok(Box::new(file))
     }
+}
+
+/// Opens a file of the operating system for reading and writing, as `mode` says.
+fn open_file(path: &Path, mode: OpenMode) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    match mode {
+        OpenMode::CreateNew => options.create_new(true),
+        OpenMode::CreateTruncate => options.create(true).truncate(true),
+        OpenMode::Existing => &mut options,
+    };
+    options.open(path)
 }
 
 struct OsFile {

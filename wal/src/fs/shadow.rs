@@ -179,14 +179,7 @@ impl Fs for ShadowFs {
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn FsFile>> {
         let existed = path.exists();
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        match mode {
-            OpenMode::CreateNew => options.create_new(true),
-            OpenMode::CreateTruncate => options.create(true).truncate(true),
-            OpenMode::Existing => &mut options,
-        };
-        let file = options.open(path)?;
+        let file = super::open_file(path, mode)?;
         let mut names = self.lock_names();
         let id = match names.cached.get(path) {
             Some(Entry::File(id)) if existed => *id,
