@@ -269,8 +269,8 @@ pub struct Wal {
     batches: VecDeque<Batch>,
     first_index: u64,
     last_index: u64,
-    /// Whether `first_index` and `last_index` are known yet while recovering.
-    position: Position,
+    /// False while recovering until entries or a snapshot marker place the log.
+    position_known: bool,
     /// True while recovery replays the segments.
     replaying: bool,
     hard_state: Option<HardState>,
@@ -289,15 +289,6 @@ pub struct Wal {
     #[cfg(test)]
     fail_next_sync: bool,
     _lock: Box<dyn std::any::Any + Send>,
-}
-
-/// How much recovery knows of the log's position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Position {
-    /// Nothing replayed yet that places the log.
-    Unknown,
-    /// Placed by entries or a snapshot marker (or a new, empty log).
-    Known,
 }
 
 fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> usize {
@@ -351,7 +342,7 @@ impl Wal {
             batches: VecDeque::new(),
             first_index: 1,
             last_index: 0,
-            position: if sequences.is_empty() { Position::Known } else { Position::Unknown },
+            position_known: sequences.is_empty(),
             replaying: !sequences.is_empty(),
             hard_state: None,
             snapshot: None,
@@ -371,7 +362,7 @@ impl Wal {
         } else {
             wal.recover(&sequences, &mut recovery)?;
         }
-        wal.position = Position::Known;
+        wal.position_known = true;
         wal.replaying = false;
         recovery.hard_state = wal.hard_state;
         recovery.snapshot = wal.snapshot.clone();
@@ -564,7 +555,7 @@ impl Wal {
     fn finish_recovery(&mut self) -> Result<()> {
         let missing = match &self.snapshot {
             Some(s) => self.first_index > s.index + 1,
-            None => self.first_index != 1 && self.position != Position::Unknown,
+            None => self.first_index != 1 && self.position_known,
         };
         if missing {
             let after = self.snapshot.as_ref().map_or(0, |s| s.index);
@@ -659,12 +650,12 @@ impl Wal {
         // check at the end of recovery says whether anything the snapshot does not cover is
         // missing.
         let restart = first > self.last_index + 1 || first < self.first_index;
-        if self.position == Position::Unknown || (self.replaying && restart) {
+        if !self.position_known || (self.replaying && restart) {
             self.batches.clear();
             self.first_index = first;
             self.last_index = first - 1;
         }
-        self.position = Position::Known;
+        self.position_known = true;
         if first > self.last_index + 1 {
             return Err(Error::NonContiguous { first, last: self.last_index });
         }
@@ -697,7 +688,7 @@ impl Wal {
     /// in a segment already deleted (or the marker rewritten by a compaction after it): an
     /// entry whose term is unknown counts as matching, as it did when the marker was written.
     fn apply_snapshot_marker(&mut self, marker: SnapshotMarker) {
-        let matches = self.position == Position::Known
+        let matches = self.position_known
             && marker.index <= self.last_index
             && match self.term(marker.index) {
                 Ok(term) => term == marker.term,
@@ -707,7 +698,7 @@ impl Wal {
             self.batches.clear();
             self.first_index = marker.index + 1;
             self.last_index = marker.index;
-            self.position = Position::Known;
+            self.position_known = true;
         }
         self.snapshot = Some(marker);
     }
@@ -931,7 +922,7 @@ impl Wal {
 
     /// Drops the entries before `index` from the index.
     fn drop_before(&mut self, index: u64) {
-        if self.position == Position::Unknown {
+        if !self.position_known {
             return;
         }
         while let Some(front) = self.batches.front() {
