@@ -69,3 +69,46 @@ fn timeout_now_from_anyone_but_the_leader_is_ignored() {
     r.step(new_message(2, 1, MessageType::TimeoutNow, 2)).unwrap();
     assert_eq!((r.state, r.term), (StateType::Candidate, 3));
 }
+
+/// A leader of 1, 2, 3 at term 3 whose log is 1..=4, with follower 2 acknowledged through 4
+/// and then reported unreachable (so probing it, one append at a time).
+fn leader_probing_2() -> Raft<MemoryStorage> {
+    let mut storage = storage_with_peers(&[1, 2, 3]);
+    storage.append(&entries_with_terms(&[1, 1, 2])).unwrap();
+    let mut r = new_test_raft(1, &[1, 2, 3], 10, 1, storage);
+    r.become_candidate();
+    r.become_leader();
+    assert_eq!(r.raft_log.last_index(), 4);
+    let mut ack = new_message(2, 1, MessageType::AppendResponse, r.term);
+    ack.index = 4;
+    r.step(ack).unwrap();
+    assert_eq!(r.prs.progress[&2].matched, 4);
+    r.step(new_message(2, 1, MessageType::Unreachable, 0)).unwrap();
+    read_messages(&mut r);
+    r
+}
+
+fn appends_to(r: &mut Raft<MemoryStorage>, to: u64) -> usize {
+    read_messages(r).iter().filter(|m| m.to == to && m.msg_type == MessageType::Append).count()
+}
+
+#[test]
+fn a_probe_rejected_at_or_below_the_followers_match_waits_for_the_next_heartbeat() {
+    let mut r = leader_probing_2();
+    let term = r.term;
+    // A proposal sends the probe (prev index 4, which 2 acknowledged).
+    r.step(propose(1, b"x")).unwrap();
+    assert_eq!(appends_to(&mut r, 2), 1);
+    // 2 now denies entry 4 (it lost what it acknowledged: a lying disk, a bug). Moving next
+    // below the match is not allowed, so the probe cannot make progress: it must wait, not
+    // be resent at once (that was a loop of thousands of appends per tick).
+    for _ in 0..100 {
+        let mut reject = new_message(2, 1, MessageType::AppendResponse, term);
+        (reject.index, reject.reject, reject.reject_hint) = (4, true, 0);
+        r.step(reject).unwrap();
+    }
+    assert_eq!(appends_to(&mut r, 2), 0, "no append until the next heartbeat answer");
+    r.step(new_message(2, 1, MessageType::HeartbeatResponse, term)).unwrap();
+    assert_eq!(appends_to(&mut r, 2), 1, "one probe per heartbeat");
+    assert_eq!(r.prs.progress[&2].matched, 4, "the match never goes back");
+}

@@ -383,6 +383,13 @@ impl<T: Storage> Raft<T> {
                 next_probe_idx = self.raft_log.find_conflict_by_term(m.reject_hint, m.log_term).0;
             }
             let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
+            if m.index <= pr.matched && pr.state == ProgressState::Probe {
+                warn!(
+                    "{:x}: {:x} rejected index {} at or below its acknowledged {}: its log lost \
+                     entries it had acknowledged; probing it once per heartbeat",
+                    self.id, m.from, m.index, pr.matched
+                );
+            }
             if pr.maybe_decr_to(m.index, next_probe_idx) {
                 debug!("{:x} decreased progress of {:x} to next {}", self.id, m.from, pr.next_idx);
                 if pr.state == ProgressState::Replicate {

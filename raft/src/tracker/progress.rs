@@ -124,8 +124,11 @@ impl Progress {
             self.next_idx = self.matched + 1;
             return true;
         }
-        // In Probe state only the answer to the last probe counts.
-        if self.next_idx == 0 || self.next_idx - 1 != rejected {
+        // In Probe state only the answer to the last probe counts. A rejection at or below
+        // matched cannot move next (never below matched + 1): resending at once would be
+        // rejected again, in a loop as fast as the network. The probe stays sent, and is
+        // retried at the next heartbeat answer.
+        if self.next_idx == 0 || self.next_idx - 1 != rejected || rejected <= self.matched {
             return false;
         }
         self.next_idx = rejected.min(match_hint.saturating_add(1)).max(self.matched + 1);
@@ -178,6 +181,10 @@ mod tests {
         let mut p = progress(ProgressState::Probe, 5, 10);
         assert!(p.maybe_decr_to(9, 0));
         assert_eq!(p.next_idx, 6);
+        // A rejection of matched itself cannot make progress: it does not count.
+        p.probe_sent = true;
+        assert!(!p.maybe_decr_to(5, 0));
+        assert_eq!((p.next_idx, p.probe_sent), (6, true));
     }
 
     #[test]
