@@ -94,7 +94,7 @@ use log::{info, warn};
 
 pub use crate::errors::{Error, Result};
 use crate::fs::Fs;
-pub use crate::identity::Identity;
+pub use crate::identity::{new_incarnation, Identity};
 use crate::record::*;
 use crate::segment::{parse_segment_name, Segment};
 
@@ -262,6 +262,8 @@ struct Batch {
 ///
 /// Invariant: `batches` cover `first_index..=last_index` contiguously, in order.
 pub struct Wal {
+    /// The data directory's incarnation (see [`identity`]).
+    incarnation: u64,
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     options: Options,
@@ -296,6 +298,12 @@ fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> u
 }
 
 impl Wal {
+    /// The data directory's incarnation: drawn at random when the directory was created, so
+    /// that a node whose directory was replaced is told from the one that had it.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// Opens the log in `dir` (created if missing) for the node `identity`, recovering what
     /// it holds, on the operating system's file system.
     pub fn open(dir: &Path, identity: &Identity, options: Options) -> Result<(Wal, Recovery)> {
@@ -333,8 +341,9 @@ impl Wal {
                 reason: "segments without an IDENTITY file".to_string(),
             });
         }
-        identity::check_or_create(fs.as_ref(), dir, identity, new_dir)?;
+        let incarnation = identity::check_or_create(fs.as_ref(), dir, identity, new_dir)?;
         let mut wal = Wal {
+            incarnation,
             fs,
             dir: dir.to_path_buf(),
             options,
