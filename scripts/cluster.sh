@@ -164,8 +164,9 @@ case "$cmd" in
     [ -f "$DIR/node-$id.args" ] && die "node $id already exists"
     write_args "$id" "--join ${EXTRA_FLAGS:-}"
     launch "$id"
-    raftctl member add-learner "$id" "$(peer_addr "$id")"
-    raftctl member promote "$id"
+    # Added as a learner, promoted once the leader recorded its data dir incarnation
+    # (raftctl member add retries the promotion until then).
+    raftctl member add "$id" "$(peer_addr "$id")"
     ;;
   *) usage ;;
 esac

@@ -95,6 +95,14 @@ impl Changer<'_> {
                     }
                     remove(cfg, prs, id);
                 }
+                ConfChangeType::UpdateNode => {
+                    let member = cfg.voters.contains(id)
+                        || cfg.learners.contains(&id)
+                        || cfg.learners_next.contains(&id);
+                    if !member {
+                        return Err(ConfChangeError::UpdateNonMember { id });
+                    }
+                }
             }
         }
         if cfg.voters.incoming.is_empty() {
@@ -265,7 +273,7 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode};
+    use ConfChangeType::{AddLearnerNode, AddNode, RemoveNode, UpdateNode};
 
     fn tracker_with(voters: &[u64], learners: &[u64]) -> ProgressTracker {
         let mut tracker = ProgressTracker::new(256);
@@ -310,6 +318,13 @@ mod tests {
             ch.simple(&[cc(RemoveNode, 9)]).unwrap_err(),
             ConfChangeError::RemoveNonMember { id: 9 }
         );
+        assert_eq!(
+            ch.simple(&[cc(UpdateNode, 9)]).unwrap_err(),
+            ConfChangeError::UpdateNonMember { id: 9 }
+        );
+        let (cfg, prs) = ch.simple(&[cc(UpdateNode, 2)]).unwrap();
+        assert_eq!(cfg, ch.tracker.conf, "an update changes no configuration");
+        assert_eq!(prs.len(), ch.tracker.progress.len());
         assert_eq!(
             ch.simple(&[cc(AddNode, 2)]).unwrap_err(),
             ConfChangeError::AlreadyVoter { id: 2 }

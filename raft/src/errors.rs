@@ -145,6 +145,12 @@ pub enum ConfChangeError {
         /// The node.
         id: u64,
     },
+    /// Updating a node that is not a member.
+    #[error("node {id} is not a member")]
+    UpdateNonMember {
+        /// The node.
+        id: u64,
+    },
     /// Adding as a voter a node that already is one.
     #[error("node {id} is already a voter")]
     AlreadyVoter {

@@ -261,6 +261,9 @@ pub enum ConfChangeType {
     RemoveNode,
     /// Add a learner, or demote a voter.
     AddLearnerNode,
+    /// Change nothing in the configuration: carries the application's news about a member
+    /// (in the context), as etcd's `ConfChangeUpdateNode` does. The node must be a member.
+    UpdateNode,
 }
 
 /// How a [`ConfChangeV2`] uses joint consensus.
@@ -445,6 +448,7 @@ fn change_type_tag(t: ConfChangeType) -> u8 {
         ConfChangeType::AddNode => 0,
         ConfChangeType::RemoveNode => 1,
         ConfChangeType::AddLearnerNode => 2,
+        ConfChangeType::UpdateNode => 3,
     }
 }
 
@@ -453,6 +457,7 @@ fn change_type_from_tag(tag: u8) -> Result<ConfChangeType, DecodeError> {
         0 => Ok(ConfChangeType::AddNode),
         1 => Ok(ConfChangeType::RemoveNode),
         2 => Ok(ConfChangeType::AddLearnerNode),
+        3 => Ok(ConfChangeType::UpdateNode),
         tag => Err(DecodeError::UnknownTag { tag }),
     }
 }

@@ -86,14 +86,7 @@ impl Conn {
             decoder: codec::FrameDecoder::new(codec::FRAME_SIZE_MAX_DEFAULT),
             out: Vec::new(),
         };
-        let hello = Hello {
-            cluster_id: String::new(),
-            node_id: 0,
-            role: Role::Client,
-            token: token.map(str::to_string),
-            client_addr: None,
-            peer_addr: None,
-        };
+        let hello = Hello::client("", token.map(str::to_string));
         conn.send(&hello)?;
         match conn.recv::<HelloAck>()? {
             HelloAck::Welcome { .. } => Ok(conn),
@@ -101,6 +94,7 @@ impl Conn {
             HelloAck::Removed { node_id } => {
                 Err(io_error(endpoint, format!("refused by node {node_id}: removed")))
             }
+            other => Err(io_error(endpoint, format!("not a client port: answered {other:?}"))),
         }
     }
 

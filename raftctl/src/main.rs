@@ -131,11 +131,16 @@ enum Cmd {
 enum MemberCmd {
     /// The members and their addresses.
     List,
-    /// Add a voter.
+    /// Add a voter: as a learner, then promoted once it runs (started with --join) and the
+    /// leader recorded its data dir's incarnation; without that, it stays a learner.
     Add { id: u64, addr: String },
-    /// Add a learner.
+    /// Add a learner (then start it with `raftd --join`).
     AddLearner { id: u64, addr: String },
-    /// Promote a learner to voter.
+    /// Promote a learner to voter: only once its data dir incarnation is recorded (it ran
+    /// and reached the leader). A voter's incarnation is checked on every connection: a node
+    /// whose data dir was wiped or replaced is refused under its old id, because it lost
+    /// what it acknowledged. To replace a node's disk: member remove ID, wipe the data dir,
+    /// member add-learner ID ADDR, start it with --join, member promote ID.
     Promote { id: u64 },
     /// Remove a member (the leader hands over first).
     Remove {
@@ -531,7 +536,32 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
             }
             return Ok(());
         }
-        MemberCmd::Add { id, addr } => AdminRequest::AddVoter { id: *id, addr: addr.clone() },
+        MemberCmd::Add { id, addr } => {
+            client.admin_leader(AdminRequest::AddLearner { id: *id, addr: addr.clone() })?;
+            let deadline = Instant::now() + client.timeout;
+            loop {
+                match client.admin_leader(AdminRequest::Promote { id: *id }) {
+                    Ok(AdminReply::Membership { voters, learners }) => {
+                        print(cli, json!({"voters": voters, "learners": learners}), || {
+                            format!("voters {voters:?}, learners {learners:?}")
+                        });
+                        return Ok(());
+                    }
+                    Ok(other) => return Err(fail(format!("unexpected reply {other:?}"))),
+                    Err(e)
+                        if Instant::now() < deadline && e.to_string().contains("not recorded") =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        return Err(fail(format!(
+                            "node {id} was added as a learner but not promoted ({e}); start it \
+                             with --join, then: raftctl member promote {id}"
+                        )))
+                    }
+                }
+            }
+        }
         MemberCmd::AddLearner { id, addr } => {
             AdminRequest::AddLearner { id: *id, addr: addr.clone() }
         }

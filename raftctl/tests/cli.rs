@@ -158,9 +158,13 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     let list = cluster.ctl_ok(&["member", "list"]);
     assert_eq!(list.lines().count(), 4, "{list}");
     assert!(cluster.ctl_ok(&["member", "remove", "4"]).contains("voters [1, 2, 3]"));
-    // A voter added directly (not running: three of four voters are still a quorum).
+    // A voter is added as a learner and promoted once its data dir incarnation is recorded:
+    // one that never runs stays a learner, and the operator is told what to do.
     let addr5 = format!("127.0.0.1:{}", cluster.base + 5);
-    assert!(cluster.ctl_ok(&["member", "add", "5", &addr5]).contains("voters [1, 2, 3, 5]"));
+    let not_running = cluster.ctl(&["--timeout", "1s", "member", "add", "5", &addr5]);
+    assert_eq!(not_running.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&not_running.stderr);
+    assert!(stderr.contains("added as a learner") && stderr.contains("--join"), "{stderr}");
     assert!(cluster.ctl_ok(&["member", "remove", "5"]).contains("voters [1, 2, 3]"));
     let refused = cluster.ctl(&["member", "promote", "9"]);
     assert_eq!(refused.status.code(), Some(1));

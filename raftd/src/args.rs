@@ -93,9 +93,14 @@ pub struct Args {
     /// from the log rather than by a snapshot.
     #[arg(long, default_value_t = 5000)]
     pub snapshot_catchup_entries: u64,
-    /// File holding a shared secret required in every handshake.
+    /// File holding the secret every client and operator must present (the client port).
+    /// Requires --peer-token-file: protecting clients but not the Raft port is refused.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// File holding the secret every peer must present (the peer port); it must differ from
+    /// the client secret, so that a client credential does not let anyone speak Raft.
+    #[arg(long)]
+    pub peer_token_file: Option<PathBuf>,
     /// Accept fault-injection admin requests (for tests).
     #[arg(long)]
     pub allow_fault_injection: bool,
@@ -132,6 +137,17 @@ fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
         }
     }
     Ok(out)
+}
+
+/// The secret in `path` (trimmed), for the flag `flag`.
+fn read_secret(flag: &str, path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let t = std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(format!("{flag} {} is empty", path.display()));
+    }
+    Ok(Some(t))
 }
 
 /// The address to advertise: `given`, else the listen address when others can reach it.
@@ -197,18 +213,18 @@ impl Args {
                 wal::SEGMENT_SIZE_BYTES_MIN
             ));
         }
-        let token = match &self.token_file {
-            Some(path) => {
-                let t = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(format!("--token-file {} is empty", path.display()));
-                }
-                Some(t)
-            }
-            None => None,
-        };
+        let token = read_secret("--token-file", self.token_file.as_deref())?;
+        let peer_token = read_secret("--peer-token-file", self.peer_token_file.as_deref())?;
+        if token.is_some() && peer_token.is_none() {
+            return Err("--token-file protects the client port only: give --peer-token-file \
+                        (another secret) for the peer port"
+                .into());
+        }
+        if token.is_some() && token == peer_token {
+            return Err("--token-file and --peer-token-file hold the same secret: a client \
+                        credential must not let anyone speak Raft"
+                .into());
+        }
         let raft = raft::Config {
             id: self.id,
             election_tick: self.election_tick,
@@ -259,6 +275,7 @@ impl Args {
             snapshot_entries: self.snapshot_entries,
             snapshot_catchup_entries: self.snapshot_catchup_entries,
             token,
+            peer_token,
             allow_fault_injection: self.allow_fault_injection,
             shadow_dir: self.shadow_dir.clone(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),

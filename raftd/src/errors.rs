@@ -47,6 +47,10 @@ pub enum Error {
     /// Invalid configuration.
     #[error("{0}")]
     Config(String),
+    /// SIGTERM or SIGINT arrived before the node started serving (while it waited to
+    /// bootstrap): a clean stop.
+    #[error("stopped before it started serving")]
+    Stopped,
 }
 
 impl Error {

@@ -27,12 +27,39 @@ pub struct Command {
 }
 
 /// What a configuration-change entry carries besides the change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberContext {
     /// The node's peer address.
     pub peer_addr: Option<String>,
     /// Identifies the admin request waiting for this change.
     pub request_token: u64,
+    /// The node's data dir incarnation, when known: recorded, and from then on a peer
+    /// presenting another one under this id is refused as a replaced data dir.
+    pub incarnation: Option<u64>,
+    /// In the bootstrap entries only: the cluster's incarnation.
+    pub cluster_incarnation: Option<u64>,
+}
+
+/// [`MemberContext`] as written before incarnations (still read from old logs).
+#[derive(Deserialize)]
+struct MemberContextV1 {
+    peer_addr: Option<String>,
+    request_token: u64,
+}
+
+impl MemberContext {
+    /// Decodes a configuration change's context, of this format or the one before.
+    pub fn decode(bytes: &[u8]) -> Option<MemberContext> {
+        if let Ok(context) = codec::decode_payload::<MemberContext>(bytes) {
+            return Some(context);
+        }
+        let old: MemberContextV1 = codec::decode_payload(bytes).ok()?;
+        Some(MemberContext {
+            peer_addr: old.peer_addr,
+            request_token: old.request_token,
+            ..MemberContext::default()
+        })
+    }
 }
 
 /// The last write of a client, and its reply, for deduplication.
@@ -53,6 +80,11 @@ pub struct Kv {
     /// Ids removed from the cluster, for good: their connections are refused, so that a
     /// removed node restarted with its stale configuration cannot disturb the cluster.
     removed: BTreeSet<u64>,
+    /// The data dir incarnation recorded for each member, once known.
+    incarnations: BTreeMap<u64, u64>,
+    /// The cluster's incarnation, from the bootstrap entries (0: a cluster bootstrapped
+    /// before incarnations existed).
+    cluster_incarnation: u64,
     applied: u64,
 }
 
@@ -181,11 +213,26 @@ struct ImageRef<'a> {
     members: &'a BTreeMap<u64, String>,
     removed: &'a BTreeSet<u64>,
     applied: u64,
+    incarnations: &'a BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
 }
 
 /// [`ImageRef`], decoded.
 #[derive(Deserialize)]
 struct Image {
+    #[serde(deserialize_with = "bytes_map::deserialize")]
+    data: HashMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+    incarnations: BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
+}
+
+/// [`Image`] of format version 1 (before incarnations).
+#[derive(Deserialize)]
+struct ImageV1 {
     #[serde(deserialize_with = "bytes_map::deserialize")]
     data: HashMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
@@ -201,6 +248,8 @@ pub struct FrozenKv {
     sessions: BTreeMap<u64, Session>,
     members: BTreeMap<u64, String>,
     removed: BTreeSet<u64>,
+    incarnations: BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
     applied: u64,
 }
 
@@ -215,6 +264,8 @@ impl FrozenKv {
             members: &self.members,
             removed: &self.removed,
             applied: self.applied,
+            incarnations: &self.incarnations,
+            cluster_incarnation: self.cluster_incarnation,
         })
     }
 }
@@ -234,6 +285,8 @@ impl PartialEq for Kv {
             && self.sessions == other.sessions
             && self.members == other.members
             && self.removed == other.removed
+            && self.incarnations == other.incarnations
+            && self.cluster_incarnation == other.cluster_incarnation
             && self.data.sorted() == other.data.sorted()
     }
 }
@@ -315,9 +368,34 @@ impl Kv {
         self.members.insert(id, peer_addr);
     }
 
+    /// Records the data dir incarnation of member `id` (None: forget it, as when the member is
+    /// added again).
+    pub fn set_incarnation(&mut self, id: u64, incarnation: Option<u64>) {
+        match incarnation {
+            Some(incarnation) => self.incarnations.insert(id, incarnation),
+            None => self.incarnations.remove(&id),
+        };
+    }
+
+    /// The incarnation recorded for member `id`.
+    pub fn incarnation(&self, id: u64) -> Option<u64> {
+        self.incarnations.get(&id).copied()
+    }
+
+    /// Records the cluster's incarnation (from the bootstrap entries).
+    pub fn set_cluster_incarnation(&mut self, cluster_incarnation: u64) {
+        self.cluster_incarnation = cluster_incarnation;
+    }
+
+    /// The cluster's incarnation (0: bootstrapped before incarnations, or not known yet).
+    pub fn cluster_incarnation(&self) -> u64 {
+        self.cluster_incarnation
+    }
+
     /// Forgets a removed member and remembers that it was removed.
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
+        self.incarnations.remove(&id);
         self.removed.insert(id);
     }
 
@@ -340,6 +418,8 @@ impl Kv {
             members: &self.members,
             removed: &self.removed,
             applied: self.applied,
+            incarnations: &self.incarnations,
+            cluster_incarnation: self.cluster_incarnation,
         })
     }
 
@@ -352,6 +432,8 @@ impl Kv {
             sessions: self.sessions.clone(),
             members: self.members.clone(),
             removed: self.removed.clone(),
+            incarnations: self.incarnations.clone(),
+            cluster_incarnation: self.cluster_incarnation,
             applied: self.applied,
         }
     }
@@ -381,18 +463,34 @@ impl Kv {
         let version = u32::from_le_bytes(
             bytes[SNAPSHOT_MAGIC.len()..SNAPSHOT_HEADER_SIZE].try_into().expect("4 bytes"),
         );
-        if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(RestoreError::Version {
-                found: version,
-                supported: SNAPSHOT_FORMAT_VERSION,
-            });
-        }
-        let image: Image = codec::decode_payload(&bytes[SNAPSHOT_HEADER_SIZE..])?;
+        let body = &bytes[SNAPSHOT_HEADER_SIZE..];
+        let image: Image = match version {
+            SNAPSHOT_FORMAT_VERSION => codec::decode_payload(body)?,
+            // Migration: version 1 had no incarnations; none are recorded, and each member's
+            // is recorded when the leader next hears from it.
+            1 => {
+                let old: ImageV1 = codec::decode_payload(body)?;
+                Image {
+                    data: old.data,
+                    sessions: old.sessions,
+                    members: old.members,
+                    removed: old.removed,
+                    applied: old.applied,
+                    incarnations: BTreeMap::new(),
+                    cluster_incarnation: 0,
+                }
+            }
+            found => {
+                return Err(RestoreError::Version { found, supported: SNAPSHOT_FORMAT_VERSION })
+            }
+        };
         Ok(Kv {
             data: Data { base: Arc::new(image.data), overlay: HashMap::new(), frozen: false },
             sessions: image.sessions,
             members: image.members,
             removed: image.removed,
+            incarnations: image.incarnations,
+            cluster_incarnation: image.cluster_incarnation,
             applied: image.applied,
         })
     }
@@ -402,7 +500,7 @@ impl Kv {
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKV\0";
 /// The snapshot format this build writes and reads. Bump it (and add a migration from the
 /// previous one to [`Kv::restore`]) whenever [`Kv`]'s encoding changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 const SNAPSHOT_HEADER_SIZE: usize = SNAPSHOT_MAGIC.len() + 4;
 
 /// Why snapshot bytes do not restore.
@@ -548,13 +646,63 @@ mod tests {
         assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
         bytes[4] = 9;
         let e = Kv::restore(&bytes).unwrap_err();
-        assert!(matches!(e, RestoreError::Version { found: 9, supported: 1 }), "{e}");
+        assert!(matches!(e, RestoreError::Version { found: 9, supported: 2 }), "{e}");
         // A snapshot from before format headers: the bare encoded state.
         let bare = kv.snapshot()[SNAPSHOT_HEADER_SIZE..].to_vec();
         assert!(matches!(Kv::restore(&bare), Err(RestoreError::NotASnapshot)));
         let mut truncated = kv.snapshot();
         truncated.pop();
         assert!(matches!(Kv::restore(&truncated), Err(RestoreError::Decode(_))));
+    }
+
+    #[test]
+    fn a_version_1_snapshot_restores_with_no_incarnation_recorded() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            #[serde(serialize_with = "bytes_map::serialize")]
+            data: Vec<(&'a Vec<u8>, &'a Vec<u8>)>,
+            sessions: BTreeMap<u64, Session>,
+            members: BTreeMap<u64, String>,
+            removed: BTreeSet<u64>,
+            applied: u64,
+        }
+        let (k, v) = (b"a".to_vec(), b"1".to_vec());
+        let image = V1 {
+            data: vec![(&k, &v)],
+            sessions: BTreeMap::new(),
+            members: [(2, "127.0.0.1:7002".to_string())].into(),
+            removed: BTreeSet::new(),
+            applied: 7,
+        };
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        codec::encode_value_into(&image, &mut bytes).unwrap();
+        let kv = Kv::restore(&bytes).unwrap();
+        assert_eq!((kv.get(b"a"), kv.applied()), (Some(&v), 7));
+        assert_eq!(kv.members().len(), 1);
+        assert_eq!((kv.incarnation(2), kv.cluster_incarnation()), (None, 0));
+        // And the incarnations survive a snapshot of the current version.
+        let mut kv = kv;
+        kv.set_incarnation(2, Some(0xabc));
+        kv.set_cluster_incarnation(0xdef);
+        assert_eq!(Kv::restore(&kv.snapshot()).unwrap(), kv);
+    }
+
+    #[test]
+    fn old_member_contexts_still_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            peer_addr: Option<String>,
+            request_token: u64,
+        }
+        let old =
+            codec::encode_value(&V1 { peer_addr: Some("a:1".into()), request_token: 5 }).unwrap();
+        let context = MemberContext::decode(&old).unwrap();
+        assert_eq!((context.peer_addr.as_deref(), context.request_token), (Some("a:1"), 5));
+        assert_eq!(context.incarnation, None);
+        let new = MemberContext { incarnation: Some(9), ..context.clone() };
+        assert_eq!(MemberContext::decode(&codec::encode_value(&new).unwrap()), Some(new));
+        assert_eq!(MemberContext::decode(b"\xff"), None);
     }
 
     #[test]

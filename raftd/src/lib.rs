@@ -5,6 +5,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod args;
+pub mod bootstrap;
 pub mod errors;
 pub mod kv;
 pub mod node;

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let id = config.id;
     let result = Node::new(config, shutdown).and_then(|mut node| node.run());
     match result {
-        Ok(()) => {
+        Ok(()) | Err(raftd::errors::Error::Stopped) => {
             log::info!("node {id} stopped");
             ExitCode::SUCCESS
         }

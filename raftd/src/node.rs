@@ -48,6 +48,12 @@ const REMOVED_STOP_AFTER_ELECTION_TIMEOUTS: u32 = 10;
 const FOLD_IN_ENTRIES_PER_ITERATION: usize = 2048;
 /// Time one loop iteration may spend handling Readies before it polls sockets again.
 const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
+/// Largest snapshot accepted from the leader, in bytes (it is received into memory).
+pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// A second connection from a peer that is connected is refused; the first is closed too when
+/// nothing arrived on it for this many election timeouts (its peer restarted or its machine
+/// went away without a FIN), so that the peer's next attempt gets in.
+const STALE_CONNECTION_ELECTION_TIMEOUTS: u32 = 1;
 /// Largest key-value request accepted.
 pub const REQUEST_SIZE_MAX: usize = 4 * 1024 * 1024;
 
@@ -80,8 +86,10 @@ pub struct NodeConfig {
     pub snapshot_entries: u64,
     /// Entries kept in the log behind a snapshot, for followers slightly behind.
     pub snapshot_catchup_entries: u64,
-    /// Shared secret required in every handshake.
+    /// Secret required in every client handshake.
     pub token: Option<String>,
+    /// Secret required in every peer handshake (never the client one).
+    pub peer_token: Option<String>,
     /// Accept `Fault`/`Heal` admin requests.
     pub allow_fault_injection: bool,
     /// Tests only: record what each sync makes durable here (`wal::fs::ShadowFs`).
@@ -168,12 +176,20 @@ pub struct Node {
     /// Since when every known peer refuses this node as removed.
     refused_as_removed_since: Option<Instant>,
     shutdown: Arc<AtomicBool>,
+    /// This data dir's incarnation.
+    incarnation: u64,
+    /// The incarnation each peer presented (in its hello, or its welcome to this node); the
+    /// leader records those the configuration lacks.
+    seen_incarnations: BTreeMap<u64, u64>,
+    /// Peers found with a data dir other than the recorded one, and the incarnation found
+    /// (each logged once).
+    replaced_peers: BTreeMap<u64, u64>,
 }
 
 /// Whether a handshake's token is the configured one, in time that does not depend on where
 /// they differ (a byte-by-byte comparison that stops early lets a remote guesser learn the
 /// secret a prefix at a time from response times).
-fn tokens_match(given: Option<&str>, expected: Option<&str>) -> bool {
+pub(crate) fn tokens_match(given: Option<&str>, expected: Option<&str>) -> bool {
     match (given, expected) {
         (None, None) => true,
         (Some(given), Some(expected)) => {
@@ -223,15 +239,36 @@ impl Node {
         if let Some(torn) = &recovery.torn_tail {
             warn!("recovered after a torn write: {torn:?}");
         }
+        let incarnation = storage.incarnation();
+        // Bound first: while it waits to bootstrap, the node answers its peers.
+        let std_peer_listener = std::net::TcpListener::bind(config.listen_peer)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::io("listen (peer)", config.listen_peer.to_string(), e))?;
         if storage.is_empty() {
             if config.join {
-                info!("empty data dir: joining, waiting to be added by a membership change");
+                info!(
+                    "empty data dir (incarnation {incarnation:016x}): joining, waiting to be \
+                     added by a membership change"
+                );
             } else if config.initial_cluster.is_empty() {
                 return Err(Error::Config(
                     "the data dir is empty: give --initial-cluster or --join".into(),
                 ));
             } else {
-                bootstrap(&mut storage, &config.initial_cluster)?;
+                info!(
+                    "empty data dir (incarnation {incarnation:016x}): asking the initial members"
+                );
+                match crate::bootstrap::await_initial_members(
+                    &std_peer_listener,
+                    &config,
+                    incarnation,
+                    &shutdown,
+                )? {
+                    crate::bootstrap::Outcome::Bootstrap(incarnations) => {
+                        bootstrap(&mut storage, &config, &incarnations)?
+                    }
+                    crate::bootstrap::Outcome::Join => {}
+                }
             }
         }
         let snapshot = storage.take_loaded_snapshot().unwrap_or_default();
@@ -264,8 +301,7 @@ impl Node {
         raw.raft.seed_election_rng(seed);
 
         let poll = Poll::new().map_err(|e| Error::io("create poll", &config.data_dir, e))?;
-        let mut peer_listener = TcpListener::bind(config.listen_peer)
-            .map_err(|e| Error::io("listen (peer)", config.listen_peer.to_string(), e))?;
+        let mut peer_listener = TcpListener::from_std(std_peer_listener);
         let mut client_listener = TcpListener::bind(config.listen_client)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
         poll.registry()
@@ -307,6 +343,9 @@ impl Node {
             removed_by: std::collections::BTreeSet::new(),
             refused_as_removed_since: None,
             shutdown,
+            incarnation,
+            seen_incarnations: BTreeMap::from([(config.id, incarnation)]),
+            replaced_peers: BTreeMap::new(),
             config,
         };
         for (&id, addr) in &node.config.initial_cluster.clone() {
@@ -316,9 +355,11 @@ impl Node {
             node.learn_peer(id, Some(addr), None);
         }
         info!(
-            "node {} of cluster {:?} starting: peer {}, client {}, data {}, applied {applied}, config {:?}",
+            "node {} of cluster {:?} (incarnation {:016x}, data dir {incarnation:016x}) starting: \
+             peer {}, client {}, data {}, applied {applied}, config {:?}",
             node.config.id,
             node.config.cluster_id,
+            node.kv.cluster_incarnation(),
             node.config.listen_peer,
             node.config.listen_client,
             node.config.data_dir.display(),
@@ -504,12 +545,32 @@ impl Node {
                 let ack: HelloAck =
                     codec::decode_payload(payload).map_err(|e| format!("bad hello ack: {e}"))?;
                 match ack {
-                    HelloAck::Welcome { node_id } if node_id == to => {
+                    HelloAck::Welcome { node_id, incarnation, cluster_incarnation }
+                        if node_id == to =>
+                    {
+                        self.check_peer_identity(to, incarnation, cluster_incarnation)?;
                         self.removed_by.clear();
                         self.refused_as_removed_since = None;
                         Ok(())
                     }
-                    HelloAck::Welcome { node_id } => {
+                    HelloAck::Welcome { node_id, .. } => {
+                        Err(format!("dialled node {to}, reached node {node_id}"))
+                    }
+                    HelloAck::Replaced { node_id, expected, found } if node_id == to => {
+                        // Nothing changes until an operator acts: ask again rarely.
+                        if let Some(link) = self.peers.get_mut(&to) {
+                            link.next_attempt = Instant::now() + RECONNECT_BACKOFF_MAX;
+                        }
+                        Err(format!(
+                            "peer {to} says: {}",
+                            replaced_message(self.config.id, found, expected)
+                        ))
+                    }
+                    HelloAck::Bootstrapping { node_id, .. } if node_id == to => {
+                        Err(format!("peer {to} waits for every initial member to bootstrap"))
+                    }
+                    HelloAck::Replaced { node_id, .. }
+                    | HelloAck::Bootstrapping { node_id, .. } => {
                         Err(format!("dialled node {to}, reached node {node_id}"))
                     }
                     HelloAck::Refused { reason } => Err(format!("peer {to} refused us: {reason}")),
@@ -537,33 +598,51 @@ impl Node {
 
     fn greet(&mut self, token: Token, hello: Hello) -> std::result::Result<(), String> {
         let peer_port = matches!(self.conns[&token].kind, ConnKind::InboundPeer { .. });
-        let refusal = if !tokens_match(hello.token.as_deref(), self.config.token.as_deref()) {
-            Some("wrong token".to_string())
+        // Each port has its own secret: a client credential does not let anyone speak Raft.
+        let secret = if peer_port { &self.config.peer_token } else { &self.config.token };
+        let refusal = if !tokens_match(hello.token.as_deref(), secret.as_deref()) {
+            Some(HelloAck::Refused { reason: "wrong token".to_string() })
         } else if (hello.role == Role::Peer) != peer_port {
-            Some(format!("{:?} hello on the wrong port", hello.role))
+            Some(HelloAck::Refused { reason: format!("{:?} hello on the wrong port", hello.role) })
         } else if hello.cluster_id != self.config.cluster_id
             && !(hello.role == Role::Client && hello.cluster_id.is_empty())
         {
-            Some(format!("cluster {:?}, this is {:?}", hello.cluster_id, self.config.cluster_id))
-        } else if hello.role == Role::Peer
-            && (hello.node_id == 0 || hello.node_id == self.config.id)
-        {
-            Some(format!("bad node id {}", hello.node_id))
-        } else if hello.role == Role::Peer && self.kv.is_removed(hello.node_id) {
-            let conn = self.conns.get_mut(&token).expect("dispatching on it");
-            let _ = conn.send(&HelloAck::Removed { node_id: self.config.id });
-            let _ = conn.flush(self.poll.registry(), token);
-            return Err(format!("node {} was removed from the cluster", hello.node_id));
+            let reason =
+                format!("cluster {:?}, this is {:?}", hello.cluster_id, self.config.cluster_id);
+            Some(HelloAck::Refused { reason })
+        } else if hello.role == Role::Peer {
+            self.peer_refusal(token, &hello)
         } else {
             None
         };
-        if let Some(reason) = refusal {
+        if let Some(ack) = refusal {
+            let reason = match &ack {
+                HelloAck::Refused { reason } => reason.clone(),
+                HelloAck::Removed { .. } => {
+                    format!("node {} was removed from the cluster", hello.node_id)
+                }
+                HelloAck::Replaced { expected, found, .. } => {
+                    replaced_message(hello.node_id, *found, *expected)
+                }
+                other => format!("{other:?}"),
+            };
             let conn = self.conns.get_mut(&token).expect("dispatching on it");
-            let _ = conn.send(&HelloAck::Refused { reason: reason.clone() });
+            let _ = conn.send(&ack);
             let _ = conn.flush(self.poll.registry(), token);
             return Err(reason);
         }
-        let ack = HelloAck::Welcome { node_id: self.config.id };
+        let ack = match hello.role {
+            Role::Peer => HelloAck::Welcome {
+                node_id: self.config.id,
+                incarnation: self.incarnation,
+                cluster_incarnation: self.kv.cluster_incarnation(),
+            },
+            Role::Client => HelloAck::Welcome {
+                node_id: self.config.id,
+                incarnation: 0,
+                cluster_incarnation: 0,
+            },
+        };
         let conn = self.conns.get_mut(&token).expect("dispatching on it");
         conn.kind = match hello.role {
             Role::Peer => ConnKind::InboundPeer { from: Some(hello.node_id) },
@@ -571,9 +650,122 @@ impl Node {
         };
         conn.send(&ack).map_err(|e| e.to_string())?;
         if hello.role == Role::Peer {
-            self.learn_peer(hello.node_id, hello.peer_addr, hello.client_addr);
+            self.seen_incarnations.insert(hello.node_id, hello.incarnation);
+            self.learn_peer_from_hello(hello.node_id, hello.peer_addr, hello.client_addr);
         }
         Ok(())
+    }
+
+    /// Who may speak Raft to this node: a member of its latest applied configuration (any
+    /// node while it has none: it was started with `--join` and waits for the leader), under
+    /// the data dir incarnation the configuration recorded for it, of the same bootstrap of
+    /// the cluster, on one connection at a time. The answer to send when not.
+    fn peer_refusal(&mut self, token: Token, hello: &Hello) -> Option<HelloAck> {
+        let id = hello.node_id;
+        let refused = |reason: String| Some(HelloAck::Refused { reason });
+        if id == 0 || id == self.config.id {
+            return refused(format!("bad node id {id}"));
+        }
+        if self.kv.is_removed(id) {
+            return Some(HelloAck::Removed { node_id: self.config.id });
+        }
+        if hello.incarnation == 0 {
+            return refused(format!("node {id} presented no data dir incarnation"));
+        }
+        let cs = self.raw.raft.prs.conf_state();
+        let has_config = !cs.voters.is_empty() || !cs.learners.is_empty();
+        let member = cs.voters.contains(&id)
+            || cs.voters_outgoing.contains(&id)
+            || cs.learners.contains(&id)
+            || cs.learners_next.contains(&id);
+        if has_config && !member {
+            return refused(format!(
+                "node {id} is not a member (voters {:?}, learners {:?})",
+                cs.voters, cs.learners
+            ));
+        }
+        if let Some(expected) = self.kv.incarnation(id) {
+            if hello.incarnation != expected {
+                return Some(HelloAck::Replaced {
+                    node_id: self.config.id,
+                    expected,
+                    found: hello.incarnation,
+                });
+            }
+        }
+        let ours = self.kv.cluster_incarnation();
+        if ours != 0 && hello.cluster_incarnation != 0 && hello.cluster_incarnation != ours {
+            return refused(format!(
+                "node {id} belongs to another bootstrap of cluster {:?} (cluster incarnation \
+                 {:016x}, this one is {ours:016x})",
+                self.config.cluster_id, hello.cluster_incarnation
+            ));
+        }
+        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
+        let stale_after = election_timeout * STALE_CONNECTION_ELECTION_TIMEOUTS;
+        let live = self
+            .conns
+            .iter()
+            .find(|(&t, c)| t != token && c.kind == ConnKind::InboundPeer { from: Some(id) })
+            .map(|(&t, c)| (t, c.remote, c.last_read.elapsed() >= stale_after));
+        if let Some((existing, remote, stale)) = live {
+            if stale {
+                self.close(existing, "silent, and its peer connected again");
+            }
+            return refused(format!(
+                "node {id} is already connected (from {remote}{})",
+                if stale { "; that connection was silent and is closed: retry" } else { "" }
+            ));
+        }
+        None
+    }
+
+    /// Checks the identity a dialled peer welcomed this node with: the recorded incarnation
+    /// (logged once per replaced data dir), and the same bootstrap of the cluster.
+    fn check_peer_identity(
+        &mut self,
+        to: u64,
+        incarnation: u64,
+        cluster_incarnation: u64,
+    ) -> std::result::Result<(), String> {
+        if let Some(expected) = self.kv.incarnation(to) {
+            if incarnation != expected {
+                let message = replaced_message(to, incarnation, expected);
+                if self.replaced_peers.insert(to, incarnation) != Some(incarnation) {
+                    error!("{message}");
+                }
+                if let Some(link) = self.peers.get_mut(&to) {
+                    link.next_attempt = Instant::now() + RECONNECT_BACKOFF_MAX;
+                }
+                return Err(message);
+            }
+        }
+        self.replaced_peers.remove(&to);
+        let ours = self.kv.cluster_incarnation();
+        if ours != 0 && cluster_incarnation != 0 && cluster_incarnation != ours {
+            return Err(format!(
+                "node {to} belongs to another bootstrap of cluster {:?} (cluster incarnation \
+                 {cluster_incarnation:016x}, this one is {ours:016x})",
+                self.config.cluster_id
+            ));
+        }
+        self.seen_incarnations.insert(to, incarnation);
+        Ok(())
+    }
+
+    /// What a peer's hello says of its addresses: its client address, and its peer address
+    /// only when no configuration entry gave one (a node that joined and has not replayed the
+    /// log yet must answer the leader that dialled it). A hello never changes an address the
+    /// configuration holds: a token holder claiming a member's id cannot divert its traffic.
+    fn learn_peer_from_hello(
+        &mut self,
+        id: u64,
+        peer_addr: Option<String>,
+        client_addr: Option<String>,
+    ) {
+        let known = self.kv.members().contains_key(&id)
+            || self.peers.get(&id).is_some_and(|l| l.addr.is_some());
+        self.learn_peer(id, if known { None } else { peer_addr }, client_addr);
     }
 
     /// Records what is known of a peer's addresses. The peer address from the log or the
@@ -614,6 +806,21 @@ impl Node {
                 if message.from != from || message.msg_type != MessageType::Snapshot {
                     return Err("bad snapshot chunk".to_string());
                 }
+                // Only the leader sends snapshots; one stream at a time, of a bounded size.
+                if from != self.raw.raft.lead {
+                    self.snapshots_in.remove(&from);
+                    return Err(format!(
+                        "a snapshot from {from}, which is not the leader ({})",
+                        self.raw.raft.lead
+                    ));
+                }
+                if total > SNAPSHOT_RECEIVE_BYTES_MAX {
+                    self.snapshots_in.remove(&from);
+                    return Err(format!(
+                        "a snapshot of {total} bytes, more than {SNAPSHOT_RECEIVE_BYTES_MAX}"
+                    ));
+                }
+                self.snapshots_in.retain(|&id, _| id == from);
                 let now = Instant::now();
                 let entry = self.snapshots_in.entry(from);
                 let incoming = if offset == 0 {
@@ -679,9 +886,17 @@ impl Node {
 }
 
 /// Writes the initial configuration into an empty log: one committed configuration change
-/// per member, carrying its peer address, so that a node added later learns every member
-/// (and where to reach it) by replaying the log.
-fn bootstrap(storage: &mut WalStorage, initial_cluster: &BTreeMap<u64, String>) -> Result<()> {
+/// per member, carrying its peer address and data dir incarnation (and, in each, the cluster
+/// incarnation), so that a node added later learns every member (and where to reach it) by
+/// replaying the log. Every initial member writes the same entries (see `bootstrap`).
+fn bootstrap(
+    storage: &mut WalStorage,
+    config: &NodeConfig,
+    incarnations: &BTreeMap<u64, u64>,
+) -> Result<()> {
+    let initial_cluster = &config.initial_cluster;
+    let cluster_incarnation =
+        crate::bootstrap::cluster_incarnation(&config.cluster_id, initial_cluster, incarnations);
     let entries: Vec<Entry> = initial_cluster
         .iter()
         .enumerate()
@@ -689,6 +904,8 @@ fn bootstrap(storage: &mut WalStorage, initial_cluster: &BTreeMap<u64, String>) 
             let context = codec::encode_value(&MemberContext {
                 peer_addr: Some(addr.clone()),
                 request_token: 0,
+                incarnation: incarnations.get(&id).copied(),
+                cluster_incarnation: Some(cluster_incarnation),
             })
             .expect("member context encodes");
             let cc = ConfChange { change_type: ConfChangeType::AddNode, node_id: id, context };
@@ -704,7 +921,11 @@ fn bootstrap(storage: &mut WalStorage, initial_cluster: &BTreeMap<u64, String>) 
     storage.append(&entries)?;
     storage.set_hard_state(&raft::HardState { term: 1, vote: 0, commit: entries.len() as u64 })?;
     storage.sync()?;
-    info!("bootstrapped a new cluster of {:?}", initial_cluster.keys().collect::<Vec<_>>());
+    info!(
+        "bootstrapped cluster {:?} (incarnation {cluster_incarnation:016x}) of {:?}",
+        config.cluster_id,
+        initial_cluster.keys().collect::<Vec<_>>()
+    );
     Ok(())
 }
 

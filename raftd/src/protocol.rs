@@ -28,22 +28,48 @@ pub struct Hello {
     pub node_id: u64,
     /// Peer or client.
     pub role: Role,
-    /// The shared secret, when the cluster uses one.
+    /// The secret of the port: the peer secret on the peer port, the client secret on the
+    /// client port (never the same: a client credential does not let anyone speak Raft).
     pub token: Option<String>,
     /// A peer's client address, so that others can redirect clients to it.
     pub client_addr: Option<String>,
     /// A peer's own peer address, so that a node that does not know it yet (one that just
     /// joined) can answer.
     pub peer_addr: Option<String>,
+    /// A peer's data dir incarnation (random, drawn when the dir was created); 0 for clients.
+    pub incarnation: u64,
+    /// The cluster incarnation the peer belongs to (fixed at bootstrap); 0 while it has none
+    /// (waiting to bootstrap, or started with `--join` and not added yet) and for clients.
+    pub cluster_incarnation: u64,
+}
+
+impl Hello {
+    /// A client's hello (`cluster_id` empty: any cluster).
+    pub fn client(cluster_id: &str, token: Option<String>) -> Hello {
+        Hello {
+            cluster_id: cluster_id.to_string(),
+            node_id: 0,
+            role: Role::Client,
+            token,
+            client_addr: None,
+            peer_addr: None,
+            incarnation: 0,
+            cluster_incarnation: 0,
+        }
+    }
 }
 
 /// The answer to a [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloAck {
-    /// Accepted: the answering node's id.
+    /// Accepted: the answering node's id, and (to peers) its incarnations.
     Welcome {
         /// The node answering.
         node_id: u64,
+        /// Its data dir incarnation (0 to clients).
+        incarnation: u64,
+        /// Its cluster incarnation (0 while it has none).
+        cluster_incarnation: u64,
     },
     /// Refused, with the reason (the connection is then closed).
     Refused {
@@ -57,6 +83,34 @@ pub enum HelloAck {
         /// The node answering.
         node_id: u64,
     },
+    /// Refused because the connecting node's data dir is not the one the configuration
+    /// recorded for its id: it was wiped or replaced, and has lost what the node under that
+    /// id acknowledged. It must be removed and added again (as a learner, then promoted).
+    Replaced {
+        /// The node answering.
+        node_id: u64,
+        /// The incarnation recorded for the connecting node's id.
+        expected: u64,
+        /// The incarnation it presented.
+        found: u64,
+    },
+    /// The answering node has an empty data dir and waits for every member of
+    /// `--initial-cluster` to start before it bootstraps (see `raftd::bootstrap`).
+    Bootstrapping {
+        /// The node answering.
+        node_id: u64,
+        /// Its data dir incarnation.
+        incarnation: u64,
+    },
+}
+
+/// The operator's remedy for a replaced data dir, in the words of every message about it.
+pub fn replaced_message(id: u64, found: u64, expected: u64) -> String {
+    format!(
+        "node {id}'s data dir was replaced (incarnation {found:016x}, expected {expected:016x}): \
+         remove and re-add it (raftctl member remove {id}; wipe its data dir; raftctl member \
+         add-learner {id} ADDR; start it with --join; raftctl member promote {id})"
+    )
 }
 
 /// What one node sends another after the handshake.

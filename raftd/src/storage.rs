@@ -164,7 +164,12 @@ impl WalStorage {
         ))
     }
 
-    /// True when the log has never been written (a new node).
+    /// The data dir's incarnation (see `wal::Wal::incarnation`).
+    pub fn incarnation(&self) -> u64 {
+        self.wal.incarnation()
+    }
+
+    /// True when nothing was ever written (a new data dir, or one never bootstrapped).
     pub fn is_empty(&self) -> bool {
         self.wal.hard_state().is_none() && self.wal.last_index() == 0 && self.snapshot.index == 0
     }

@@ -46,6 +46,8 @@ pub struct Conn {
     /// Frames waiting to be written.
     pub encoder: FrameEncoder,
     writable_registered: bool,
+    /// When bytes last arrived (a connection silent for long may be stale).
+    pub last_read: std::time::Instant,
     /// Set when the connection must be closed after its output is flushed.
     pub closing: bool,
 }
@@ -76,6 +78,7 @@ impl Conn {
             decoder: FrameDecoder::new(frame_size_max),
             encoder: FrameEncoder::new(frame_size_max),
             writable_registered: false,
+            last_read: std::time::Instant::now(),
             closing: false,
         }
     }
@@ -100,6 +103,7 @@ impl Conn {
             match self.decoder.read_from(&mut self.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(_) => {
+                    self.last_read = std::time::Instant::now();
                     // Stop reading once a frame's worth is buffered, to bound memory; the
                     // rest is read after these frames are handled.
                     if self.decoder.buffered_len() > 4 * 1024 * 1024 {

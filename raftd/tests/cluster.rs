@@ -207,14 +207,7 @@ fn bad_bytes_on_each_port_leave_the_cluster_serving() {
             let mut s = TcpStream::connect(addr).unwrap();
             let _ = s.write_all(&u32::MAX.to_le_bytes());
             let mut s = TcpStream::connect(addr).unwrap();
-            let hello = Hello {
-                cluster_id: "other".into(),
-                node_id: 9,
-                role: Role::Peer,
-                token: None,
-                client_addr: None,
-                peer_addr: None,
-            };
+            let hello = Hello { cluster_id: "other".into(), ..peer_hello(9, 1) };
             let _ = write_frame(&mut s, &hello);
         }
     }
@@ -283,7 +276,7 @@ fn a_node_joins_through_a_membership_change() {
     assert_eq!(reply, Ok(AdminReply::Membership { voters: vec![1, 2, 3], learners: vec![4] }));
     let again = admin.admin(AdminRequest::AddLearner { id: 4, addr: peer_addr }).unwrap();
     assert!(matches!(again, Err(ClientError::Refused(_))), "{again:?}");
-    let reply = admin.admin(AdminRequest::Promote { id: 4 }).unwrap();
+    let reply = promote(&mut admin, 4);
     assert_eq!(reply, Ok(AdminReply::Membership { voters: vec![1, 2, 3, 4], learners: vec![] }));
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -309,7 +302,17 @@ fn a_token_is_required_when_configured_and_faults_need_permission() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
-    let cluster = TestCluster::start(1, &["--token-file", token_file.to_str().unwrap()]);
+    let peer_token_file = dir.path().join("peer-token");
+    std::fs::write(&peer_token_file, "p33r\n").unwrap();
+    let cluster = TestCluster::start(
+        1,
+        &[
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--peer-token-file",
+            peer_token_file.to_str().unwrap(),
+        ],
+    );
     let addr = cluster.procs[0].client_addr.clone();
     let deadline = Instant::now() + DEADLINE;
     // Without the token the handshake is refused (the client retries until the node listens).
@@ -324,16 +327,25 @@ fn a_token_is_required_when_configured_and_faults_need_permission() {
     };
     assert!(refusal.is_err_and(|e| e.to_string().contains("wrong token")));
     let mut s = TcpStream::connect(&addr).unwrap();
-    let hello = Hello {
-        cluster_id: String::new(),
-        node_id: 0,
-        role: Role::Client,
-        token: Some("s3cret".into()),
-        client_addr: None,
-        peer_addr: None,
-    };
+    let hello = Hello::client("", Some("s3cret".into()));
     write_frame(&mut s, &hello).unwrap();
-    assert_eq!(read_frame::<HelloAck>(&mut s).unwrap(), HelloAck::Welcome { node_id: 1 });
+    let welcome = HelloAck::Welcome { node_id: 1, incarnation: 0, cluster_incarnation: 0 };
+    assert_eq!(read_frame::<HelloAck>(&mut s).unwrap(), welcome);
+    // The client secret does not open the peer port (issue 14): peers have their own.
+    let peer_addr = cluster.procs[0].peer_addr.clone();
+    for (secret, accepted) in [("s3cret", false), ("p33r", true)] {
+        let mut p = TcpStream::connect(&peer_addr).unwrap();
+        let hello = Hello { token: Some(secret.into()), ..peer_hello(1, 1) };
+        write_frame(&mut p, &hello).unwrap();
+        match read_frame::<HelloAck>(&mut p).unwrap() {
+            HelloAck::Refused { reason } if !accepted => assert!(reason.contains("wrong token")),
+            // Past the secret, node 1 is this node's own id: refused for that, not the token.
+            HelloAck::Refused { reason } if accepted => {
+                assert!(reason.contains("bad node id"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     let fault = ClientRequest::Admin {
         request_id: 1,
         request: AdminRequest::Fault { drop_to: vec![2], drop_from: vec![], delay_ms: 0 },
@@ -392,14 +404,7 @@ fn a_removed_node_is_refused_by_its_former_peers_and_stops() {
     );
     // A stale incarnation of the removed node, knocking on the leader's peer port.
     let mut s = TcpStream::connect(&cluster.procs[leader as usize - 1].peer_addr).unwrap();
-    let hello = Hello {
-        cluster_id: "test".into(),
-        node_id: victim,
-        role: Role::Peer,
-        token: None,
-        client_addr: None,
-        peer_addr: None,
-    };
+    let hello = peer_hello(victim, incarnation_of(&cluster.procs[victim as usize - 1].data_dir));
     write_frame(&mut s, &hello).unwrap();
     match read_frame::<HelloAck>(&mut s).unwrap() {
         HelloAck::Removed { node_id } => assert_eq!(node_id, leader),
@@ -503,24 +508,28 @@ fn a_wiped_node_waiting_to_be_added_again_under_its_removed_id_does_not_stop() {
 /// (before, it wrote the snapshot, failed to restore it, stopped, and could never start).
 #[test]
 fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
-    let mut cluster = TestCluster::start(3, &[]);
+    // Long election timeouts (3-6 s): the follower still follows the killed leader while the
+    // test speaks for it (only the leader may send snapshots, on one connection at a time).
+    let mut cluster = TestCluster::start(3, &["--election-tick", "150"]);
     let leader = cluster.wait_for_leader();
     cluster.put("k", "v1");
     let follower = if leader == 1 { 2 } else { 1 };
     let status = cluster.node(follower).wait_client().status().unwrap();
+    let incarnation = incarnation_of(&cluster.node(leader).data_dir);
+    cluster.node(leader).kill();
     let peer_addr: std::net::SocketAddr = cluster.node(follower).peer_addr.parse().unwrap();
-    let mut stream = TcpStream::connect_timeout(&peer_addr, Duration::from_secs(2)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let hello = Hello {
-        cluster_id: "test".into(),
-        node_id: leader,
-        role: Role::Peer,
-        token: None,
-        client_addr: None,
-        peer_addr: None,
+    let deadline = Instant::now() + DEADLINE;
+    let mut stream = loop {
+        let mut stream = TcpStream::connect_timeout(&peer_addr, Duration::from_secs(2)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write_frame(&mut stream, &peer_hello(leader, incarnation)).unwrap();
+        match read_frame::<HelloAck>(&mut stream).unwrap() {
+            HelloAck::Welcome { .. } => break stream,
+            // The killed leader's connection is not closed yet.
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
     };
-    write_frame(&mut stream, &hello).unwrap();
-    let _: HelloAck = read_frame(&mut stream).unwrap();
     let data = b"not a state machine image".to_vec();
     let message = raft::Message {
         msg_type: raft::MessageType::Snapshot,
@@ -541,7 +550,8 @@ fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
     let _ = write_frame(&mut stream, &frame);
     let log = cluster.node(follower).log.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap().contains("refused") {
+    let refusal = format!("snapshot from {leader} at index {} refused", status.last_index + 1000);
+    while !std::fs::read_to_string(&log).unwrap().contains(&refusal) {
         assert!(Instant::now() < deadline, "no refusal logged: {}", cluster.logs());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -167,6 +167,8 @@ fn bad_input_under_load_leaves_the_cluster_serving() {
                             token: None,
                             client_addr: None,
                             peer_addr: None,
+                            incarnation: 1,
+                            cluster_incarnation: 0,
                         };
                         let mut buf = Vec::new();
                         codec::encode_into(&mut buf, &hello, 1 << 20).unwrap();

@@ -162,7 +162,7 @@ impl Node {
                 return;
             }
         };
-        let member: Option<MemberContext> = codec::decode_payload(&context).ok();
+        let member = MemberContext::decode(&context);
         let result = self.raw.apply_conf_change(&cc);
         let waiter = member.as_ref().and_then(|m| self.conf_waiters.remove(&m.request_token));
         match result {
@@ -171,6 +171,9 @@ impl Node {
                     match change.change_type {
                         ConfChangeType::RemoveNode => {
                             self.kv.remove_member(change.node_id);
+                            // Its incarnation is forgotten with it: if it is added again,
+                            // what is recorded is what it presents then.
+                            self.seen_incarnations.remove(&change.node_id);
                             if let Some(link) = self.peers.remove(&change.node_id) {
                                 if let Some(token) = link.conn {
                                     self.close(token, "the peer was removed");
@@ -194,9 +197,20 @@ impl Node {
                             }
                         }
                         _ => {
+                            let id = change.node_id;
                             if let Some(addr) = member.as_ref().and_then(|m| m.peer_addr.clone()) {
-                                self.kv.set_member(change.node_id, addr.clone());
-                                self.learn_peer(change.node_id, Some(addr), None);
+                                self.kv.set_member(id, addr.clone());
+                                self.learn_peer(id, Some(addr), None);
+                            }
+                            if let Some(incarnation) = member.as_ref().and_then(|m| m.incarnation) {
+                                // (A node replaying the log may meet an old record of its
+                                // own id, from before it was removed and added again.)
+                                self.kv.set_incarnation(id, Some(incarnation));
+                            }
+                            if let Some(c) = member.as_ref().and_then(|m| m.cluster_incarnation) {
+                                if self.kv.cluster_incarnation() == 0 {
+                                    self.kv.set_cluster_incarnation(c);
+                                }
                             }
                         }
                     }

@@ -151,9 +151,11 @@ impl Node {
                 Ok(()) => Ok(AdminReply::Done(format!("leadership transfer to {to} started"))),
                 Err(e) => Err(refused(e.to_string())),
             },
-            AdminRequest::AddVoter { id, addr } => {
-                return self.change_membership(waiter, ConfChangeType::AddNode, id, Some(addr))
-            }
+            AdminRequest::AddVoter { id, .. } => Err(refused(format!(
+                "a voter counts in quorums only once its data dir incarnation is recorded: add \
+                 node {id} as a learner (raftctl member add-learner {id} ADDR), start it with \
+                 --join, then promote it (raftctl member promote {id})"
+            ))),
             AdminRequest::AddLearner { id, addr } => {
                 return self.change_membership(
                     waiter,
@@ -240,6 +242,13 @@ impl Node {
                 (ConfChangeType::AddNode, false) if !is_learner => {
                     Some(format!("node {id} is not a learner"))
                 }
+                (ConfChangeType::AddNode, false) if self.kv.incarnation(id).is_none() => {
+                    Some(format!(
+                        "node {id}'s data dir incarnation is not recorded yet (it is once node \
+                         {id} runs and is in contact with the leader): start it with --join and \
+                         retry"
+                    ))
+                }
                 (ConfChangeType::RemoveNode, _) if !is_voter && !is_learner => {
                     Some(format!("node {id} is not a member"))
                 }
@@ -254,8 +263,12 @@ impl Node {
         }
         let token = self.next_conf_token;
         self.next_conf_token += 1;
-        let context = codec::encode_value(&MemberContext { peer_addr: addr, request_token: token })
-            .unwrap_or_default();
+        let context = codec::encode_value(&MemberContext {
+            peer_addr: addr,
+            request_token: token,
+            ..MemberContext::default()
+        })
+        .unwrap_or_default();
         let cc = ConfChange { change_type, node_id: id, context };
         match self.raw.propose_conf_change(Vec::new(), &cc) {
             Ok(()) => {

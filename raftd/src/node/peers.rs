@@ -140,6 +140,7 @@ impl Node {
     /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
     pub(super) fn housekeeping(&mut self, now: Instant) {
         self.stop_if_removed(now);
+        self.record_incarnations();
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let link = &self.peers[&id];
@@ -157,6 +158,35 @@ impl Node {
             }
             keep
         });
+    }
+
+    /// On the leader: proposes the record of a member's data dir incarnation that the
+    /// configuration lacks (one at a time; a member added as a learner, or one of a cluster
+    /// bootstrapped before incarnations), as seen in its handshake. A learner is promoted only
+    /// once its incarnation is recorded, so that every voter's is.
+    fn record_incarnations(&mut self) {
+        if !self.is_leader()
+            || self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied
+            || self.raw.raft.prs.conf.voters.is_joint()
+        {
+            return;
+        }
+        let cs = self.raw.raft.prs.conf_state();
+        let unrecorded = self.seen_incarnations.iter().find(|(&id, _)| {
+            (cs.voters.contains(&id) || cs.learners.contains(&id))
+                && self.kv.incarnation(id).is_none()
+        });
+        let Some((&id, &incarnation)) = unrecorded else { return };
+        let context = codec::encode_value(&MemberContext {
+            incarnation: Some(incarnation),
+            ..MemberContext::default()
+        })
+        .unwrap_or_default();
+        let cc = ConfChange { change_type: ConfChangeType::UpdateNode, node_id: id, context };
+        match self.raw.propose_conf_change(Vec::new(), &cc) {
+            Ok(()) => info!("recording node {id}'s data dir incarnation {incarnation:016x}"),
+            Err(e) => debug!("cannot record node {id}'s incarnation now: {e}"),
+        }
     }
 
     /// Stops the node (as SIGTERM would) once every peer has refused it as removed for
@@ -214,9 +244,11 @@ impl Node {
             cluster_id: self.config.cluster_id.clone(),
             node_id: self.config.id,
             role: Role::Peer,
-            token: self.config.token.clone(),
+            token: self.config.peer_token.clone(),
             client_addr: Some(self.config.advertise_client.clone()),
             peer_addr: Some(self.config.advertise_peer.clone()),
+            incarnation: self.incarnation,
+            cluster_incarnation: self.kv.cluster_incarnation(),
         };
         if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
             return;

@@ -35,14 +35,7 @@ impl Client {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        let hello = Hello {
-            cluster_id: String::new(),
-            node_id: 0,
-            role: Role::Client,
-            token: None,
-            client_addr: None,
-            peer_addr: None,
-        };
+        let hello = Hello::client("", None);
         write_frame(&mut stream, &hello)?;
         let ack: HelloAck = read_frame(&mut stream)?;
         match ack {
@@ -51,6 +44,7 @@ impl Client {
             HelloAck::Removed { node_id } => {
                 return Err(std::io::Error::other(format!("node {node_id}: removed")))
             }
+            other => return Err(std::io::Error::other(format!("{other:?}"))),
         }
         let client_id = rand_u64();
         Ok(Client { stream, next_request_id: 1, client_id, seq: 0 })
@@ -127,6 +121,40 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std
     let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
     stream.read_exact(&mut payload)?;
     codec::decode_payload(&payload).map_err(std::io::Error::other)
+}
+
+/// The data dir incarnation of a node's data dir (from its WAL identity file, version 2).
+pub fn incarnation_of(data_dir: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(data_dir.join("wal").join("IDENTITY")).unwrap();
+    u64::from_le_bytes(bytes[24..32].try_into().unwrap())
+}
+
+/// A peer's hello for cluster "test" (as the test clusters are named).
+pub fn peer_hello(node_id: u64, incarnation: u64) -> Hello {
+    Hello {
+        cluster_id: "test".into(),
+        node_id,
+        role: Role::Peer,
+        token: None,
+        client_addr: None,
+        peer_addr: None,
+        incarnation,
+        cluster_incarnation: 0,
+    }
+}
+
+/// Promotes learner `id`, retrying while its incarnation is not recorded yet.
+pub fn promote(admin: &mut Client, id: u64) -> Result<AdminReply, ClientError> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match admin.admin(AdminRequest::Promote { id }).unwrap() {
+            Err(ClientError::Refused(why)) if why.contains("not recorded") => {
+                assert!(Instant::now() < deadline, "node {id}'s incarnation never recorded");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// One raftd process.
@@ -210,6 +238,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes with `extra` flags.
     pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        let all: Vec<u64> = (1..=n as u64).collect();
+        TestCluster::start_some(n, &all, extra)
+    }
+
+    /// A cluster of `n` nodes of which only `started` are started.
+    pub fn start_some(n: usize, started: &[u64], extra: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n);
         let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
@@ -250,7 +284,9 @@ impl TestCluster {
                 child: None,
                 args,
             };
-            p.start();
+            if started.contains(&id) {
+                p.start();
+            }
             procs.push(p);
         }
         TestCluster { dir, procs }
@@ -266,16 +302,20 @@ impl TestCluster {
         loop {
             let mut leaders = Vec::new();
             let mut running = 0;
+            let mut answered = 0;
             for p in self.procs.iter().filter(|p| p.child.is_some()) {
                 running += 1;
                 if let Ok(s) = p.client().and_then(|mut c| c.status()) {
+                    answered += 1;
                     if s.leader != 0 {
                         leaders.push(s.leader);
                     }
                 }
             }
+            leaders.sort_unstable();
             leaders.dedup();
-            if leaders.len() == 1 && running > 0 {
+            // Every running node serves (none still waits to bootstrap) and agrees.
+            if leaders.len() == 1 && running > 0 && answered == running {
                 let leader = leaders[0];
                 if let Ok(s) = self.procs[leader as usize - 1].client().and_then(|mut c| c.status())
                 {
@@ -339,6 +379,13 @@ impl TestCluster {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!("\n--- node {} ---\n", p.id));
+            // How it started (its incarnations, how it bootstrapped), then the tail.
+            for line in text.lines().filter(|l| l.contains("starting:") || l.contains("bootstrap"))
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push_str("...\n");
             for line in tail.iter().rev() {
                 out.push_str(line);
                 out.push('\n');
