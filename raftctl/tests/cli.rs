@@ -161,7 +161,11 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     // A voter is added as a learner and promoted once its data dir incarnation is recorded:
     // one that never runs stays a learner, and the operator is told what to do.
     let addr5 = format!("127.0.0.1:{}", cluster.base + 5);
-    let not_running = cluster.ctl(&["--timeout", "1s", "member", "add", "5", &addr5]);
+    let not_running = Command::new(bin_dir().join("raftctl"))
+        .args(["--endpoints", &cluster.endpoints(), "--timeout", "1s"])
+        .args(["member", "add", "5", &addr5])
+        .output()
+        .unwrap();
     assert_eq!(not_running.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&not_running.stderr);
     assert!(stderr.contains("added as a learner") && stderr.contains("--join"), "{stderr}");

@@ -315,6 +315,23 @@ mod tests {
     }
 
     #[test]
+    fn peers_and_clients_have_separate_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (dir.path().join("client"), dir.path().join("peer"));
+        std::fs::write(&client, "c-secret\n").unwrap();
+        std::fs::write(&peer, "p-secret\n").unwrap();
+        let (c, p) = (client.to_str().unwrap(), peer.to_str().unwrap());
+        let err = parse(&["--token-file", c]).unwrap_err();
+        assert!(err.contains("--peer-token-file"), "the peer port is not left open: {err}");
+        let err = parse(&["--token-file", c, "--peer-token-file", c]).unwrap_err();
+        assert!(err.contains("same secret"), "{err}");
+        let config = parse(&["--token-file", c, "--peer-token-file", p]).unwrap();
+        assert_eq!(config.token.as_deref(), Some("c-secret"));
+        assert_eq!(config.peer_token.as_deref(), Some("p-secret"));
+        assert_eq!(parse(&["--peer-token-file", p]).unwrap().token, None);
+    }
+
+    #[test]
     fn nodes_listening_on_every_interface_advertise_a_reachable_address() {
         let c = parse(&["--initial-cluster", "1=127.0.0.1:7001"]).unwrap();
         assert_eq!(
