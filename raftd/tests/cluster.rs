@@ -207,7 +207,8 @@ fn bad_bytes_on_each_port_leave_the_cluster_serving() {
             let mut s = TcpStream::connect(addr).unwrap();
             let _ = s.write_all(&u32::MAX.to_le_bytes());
             let mut s = TcpStream::connect(addr).unwrap();
-            let hello = Hello { cluster_id: "other".into(), ..peer_hello(9, 1) };
+            let hello =
+                Hello { cluster_id: "other".into(), ..peer_hello(&cluster.cluster_id, 9, 1) };
             let _ = write_frame(&mut s, &hello);
         }
     }
@@ -265,7 +266,7 @@ fn a_node_joins_through_a_membership_change() {
             "--listen-client".into(),
             format!("127.0.0.1:{}", ports[1]),
             "--cluster-id".into(),
-            "test".into(),
+            cluster.cluster_id.clone(),
             "--tick-interval-ms".into(),
             "20".into(),
         ],
@@ -335,7 +336,7 @@ fn a_token_is_required_when_configured_and_faults_need_permission() {
     let peer_addr = cluster.procs[0].peer_addr.clone();
     for (secret, accepted) in [("s3cret", false), ("p33r", true)] {
         let mut p = TcpStream::connect(&peer_addr).unwrap();
-        let hello = Hello { token: Some(secret.into()), ..peer_hello(1, 1) };
+        let hello = Hello { token: Some(secret.into()), ..peer_hello(&cluster.cluster_id, 1, 1) };
         write_frame(&mut p, &hello).unwrap();
         match read_frame::<HelloAck>(&mut p).unwrap() {
             HelloAck::Refused { reason } if !accepted => assert!(reason.contains("wrong token")),
@@ -404,7 +405,11 @@ fn a_removed_node_is_refused_by_its_former_peers_and_stops() {
     );
     // A stale incarnation of the removed node, knocking on the leader's peer port.
     let mut s = TcpStream::connect(&cluster.procs[leader as usize - 1].peer_addr).unwrap();
-    let hello = peer_hello(victim, incarnation_of(&cluster.procs[victim as usize - 1].data_dir));
+    let hello = peer_hello(
+        &cluster.cluster_id,
+        victim,
+        incarnation_of(&cluster.procs[victim as usize - 1].data_dir),
+    );
     write_frame(&mut s, &hello).unwrap();
     match read_frame::<HelloAck>(&mut s).unwrap() {
         HelloAck::Removed { node_id } => assert_eq!(node_id, leader),
@@ -522,7 +527,7 @@ fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
     let mut stream = loop {
         let mut stream = TcpStream::connect_timeout(&peer_addr, Duration::from_secs(2)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write_frame(&mut stream, &peer_hello(leader, incarnation)).unwrap();
+        write_frame(&mut stream, &peer_hello(&cluster.cluster_id, leader, incarnation)).unwrap();
         match read_frame::<HelloAck>(&mut stream).unwrap() {
             HelloAck::Welcome { .. } => break stream,
             // The killed leader's connection is not closed yet.

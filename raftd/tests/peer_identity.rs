@@ -108,12 +108,12 @@ fn only_members_speak_raft_on_one_connection_each_and_never_move_an_address() {
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     let addr = cluster.node(follower).peer_addr.clone();
     // A non-member, however well formed.
-    match hello_answer(&addr, &peer_hello(9, 0x1234)) {
+    match hello_answer(&addr, &peer_hello(&cluster.cluster_id, 9, 0x1234)) {
         HelloAck::Refused { reason } => assert!(reason.contains("not a member"), "{reason}"),
         other => panic!("{other:?}"),
     }
     // A member's id without its data dir: refused as replaced.
-    match hello_answer(&addr, &peer_hello(leader, 0x1234)) {
+    match hello_answer(&addr, &peer_hello(&cluster.cluster_id, leader, 0x1234)) {
         HelloAck::Replaced { expected, found, .. } => {
             assert_eq!(expected, incarnation_of(&cluster.node(leader).data_dir));
             assert_eq!(found, 0x1234);
@@ -123,7 +123,10 @@ fn only_members_speak_raft_on_one_connection_each_and_never_move_an_address() {
     // The leader's id and incarnation while the leader is connected: a second connection,
     // refused; the address the configuration holds for it is kept.
     let incarnation = incarnation_of(&cluster.node(leader).data_dir);
-    let hello = Hello { peer_addr: Some("127.0.0.1:1".into()), ..peer_hello(leader, incarnation) };
+    let hello = Hello {
+        peer_addr: Some("127.0.0.1:1".into()),
+        ..peer_hello(&cluster.cluster_id, leader, incarnation)
+    };
     match hello_answer(&addr, &hello) {
         HelloAck::Refused { reason } => assert!(reason.contains("already connected"), "{reason}"),
         other => panic!("{other:?}"),
@@ -202,7 +205,8 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                 loop {
                     let Ok(mut s) = TcpStream::connect(&addr) else { break };
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    write_frame(&mut s, &peer_hello(speaker, incarnation)).unwrap();
+                    write_frame(&mut s, &peer_hello(&cluster.cluster_id, speaker, incarnation))
+                        .unwrap();
                     match read_frame::<HelloAck>(&mut s) {
                         Ok(HelloAck::Welcome { .. }) => {
                             let _ = write_frame(&mut s, &PeerFrame::Raft(m));

@@ -180,7 +180,15 @@ impl Cluster {
             format!("--data-dir={}", data_dir.display()),
             format!("--listen-peer={peer_addr}"),
             format!("--listen-client={client_addr}"),
-            "--cluster-id=faults".to_string(),
+            // Unique per cluster: tests run in parallel, and a node must never take another
+            // test's node (at a reused port) for a member of its own cluster.
+            format!(
+                "--cluster-id=faults{}",
+                self.dir
+                    .path()
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into())
+            ),
             format!("--tick-interval-ms={TICK_MS}"),
             "--allow-fault-injection".to_string(),
             "--request-timeout-ms=1500".to_string(),

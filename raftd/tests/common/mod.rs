@@ -129,10 +129,10 @@ pub fn incarnation_of(data_dir: &std::path::Path) -> u64 {
     u64::from_le_bytes(bytes[24..32].try_into().unwrap())
 }
 
-/// A peer's hello for cluster "test" (as the test clusters are named).
-pub fn peer_hello(node_id: u64, incarnation: u64) -> Hello {
+/// A peer's hello for the cluster named `cluster_id`.
+pub fn peer_hello(cluster_id: &str, node_id: u64, incarnation: u64) -> Hello {
     Hello {
-        cluster_id: "test".into(),
+        cluster_id: cluster_id.into(),
         node_id,
         role: Role::Peer,
         token: None,
@@ -232,6 +232,9 @@ impl Drop for Proc {
 /// A local cluster of raftd processes with their own ports and data dirs.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
+    /// Unique per cluster: tests run in parallel, and a node must never take another test's
+    /// node (at a reused port) for a member of its own cluster.
+    pub cluster_id: String,
     pub procs: Vec<Proc>,
 }
 
@@ -245,6 +248,7 @@ impl TestCluster {
     /// A cluster of `n` nodes of which only `started` are started.
     pub fn start_some(n: usize, started: &[u64], extra: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let cluster_id = format!("test{}", dir.path().file_name().unwrap().to_string_lossy());
         let ports = free_ports(2 * n);
         let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let initial: Vec<String> =
@@ -267,7 +271,7 @@ impl TestCluster {
                 "--initial-cluster".into(),
                 initial.clone(),
                 "--cluster-id".into(),
-                "test".into(),
+                cluster_id.clone(),
                 "--tick-interval-ms".into(),
                 "20".into(),
                 "--segment-size-bytes".into(),
@@ -289,7 +293,7 @@ impl TestCluster {
             }
             procs.push(p);
         }
-        TestCluster { dir, procs }
+        TestCluster { dir, cluster_id, procs }
     }
 
     pub fn node(&mut self, id: u64) -> &mut Proc {
