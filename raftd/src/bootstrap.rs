@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::errors::{Error, Result};
-use crate::node::{tokens_match, NodeConfig};
+use crate::node::{peer_hello, tokens_match, NodeConfig};
 use crate::protocol::{replaced_message, Hello, HelloAck, Role};
 
 /// Largest hello accepted while bootstrapping.
@@ -100,19 +100,6 @@ struct Waiting<'a> {
 }
 
 impl Waiting<'_> {
-    fn hello(&self) -> Hello {
-        Hello {
-            cluster_id: self.config.cluster_id.clone(),
-            node_id: self.config.id,
-            role: Role::Peer,
-            token: self.config.peer_token.clone(),
-            client_addr: Some(self.config.advertise_client.clone()),
-            peer_addr: Some(self.config.advertise_peer.clone()),
-            incarnation: self.incarnation,
-            cluster_incarnation: 0,
-        }
-    }
-
     /// Answers one connection to the peer port.
     fn answer(&mut self, mut stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
@@ -155,7 +142,7 @@ impl Waiting<'_> {
         let mut stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
         let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
         let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-        write_frame(&mut stream, &self.hello()).ok()?;
+        write_frame(&mut stream, &peer_hello(self.config, self.incarnation, 0)).ok()?;
         let ack: HelloAck = read_frame(&mut stream).ok()?;
         let mut refused = |why: String| {
             if self.refusals.get(&id) != Some(&why) {

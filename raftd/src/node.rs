@@ -186,6 +186,21 @@ pub struct Node {
     replaced_peers: BTreeMap<u64, u64>,
 }
 
+/// The hello a node opens each peer connection with (`cluster_incarnation` 0 while it has
+/// none: waiting to bootstrap, or joined and not sent the log yet).
+pub(crate) fn peer_hello(config: &NodeConfig, incarnation: u64, cluster_incarnation: u64) -> Hello {
+    Hello {
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.id,
+        role: Role::Peer,
+        token: config.peer_token.clone(),
+        client_addr: Some(config.advertise_client.clone()),
+        peer_addr: Some(config.advertise_peer.clone()),
+        incarnation,
+        cluster_incarnation,
+    }
+}
+
 /// Whether a handshake's token is the configured one, in time that does not depend on where
 /// they differ (a byte-by-byte comparison that stops early lets a remote guesser learn the
 /// secret a prefix at a time from response times).

@@ -240,16 +240,7 @@ impl Node {
             socket_addr,
             self.config.frame_size_max,
         );
-        let hello = Hello {
-            cluster_id: self.config.cluster_id.clone(),
-            node_id: self.config.id,
-            role: Role::Peer,
-            token: self.config.peer_token.clone(),
-            client_addr: Some(self.config.advertise_client.clone()),
-            peer_addr: Some(self.config.advertise_peer.clone()),
-            incarnation: self.incarnation,
-            cluster_incarnation: self.kv.cluster_incarnation(),
-        };
+        let hello = peer_hello(&self.config, self.incarnation, self.kv.cluster_incarnation());
         if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
             return;
         }
