@@ -52,6 +52,10 @@ pub enum MessageType {
     RequestPreVote,
     /// Peer -> pre-candidate: the pre-vote answer.
     RequestPreVoteResponse,
+    /// Leader -> the voters other than the transferee, sent with `TimeoutNow`: `index` names
+    /// the transferee, the one candidate whose transfer campaign may override this voter's
+    /// leader lease.
+    TransferNotice,
 }
 
 impl MessageType {

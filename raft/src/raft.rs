@@ -114,6 +114,12 @@ pub struct Raft<T: Storage> {
     pub lead: u64,
     /// The target of a leadership transfer in progress, or 0 (Raft thesis §3.10).
     pub lead_transferee: u64,
+    /// On a follower: the transferee its leader announced in this term, or 0. Only its
+    /// transfer campaign may override the leader lease.
+    pub transfer_notice: u64,
+    /// A transfer campaign's vote request that arrived before the leader's notice naming its
+    /// sender (they travel on different connections); stepped again when the notice comes.
+    pending_transfer_vote: Option<Message>,
     /// The index of the latest configuration change; no new change is accepted while it is
     /// above the applied index.
     pub pending_conf_index: u64,
@@ -178,6 +184,8 @@ impl<T: Storage> Raft<T> {
             msgs: Vec::new(),
             lead: INVALID_ID,
             lead_transferee: INVALID_ID,
+            transfer_notice: INVALID_ID,
+            pending_transfer_vote: None,
             pending_conf_index: 0,
             uncommitted_size: 0,
             read_only: ReadOnly::new(config.read_only_option),
@@ -318,6 +326,8 @@ impl<T: Storage> Raft<T> {
         self.heartbeat_elapsed = 0;
         self.reset_randomized_election_timeout();
         self.abort_leader_transfer();
+        self.transfer_notice = INVALID_ID;
+        self.pending_transfer_vote = None;
         self.prs.reset_votes();
         let last_index = self.raft_log.last_index();
         let self_id = self.id;
@@ -570,10 +580,25 @@ impl<T: Storage> Raft<T> {
             // Local message, or a proposal or read forwarded without a term.
         } else if m.term > self.term {
             if matches!(m.msg_type, MessageType::RequestVote | MessageType::RequestPreVote) {
-                let force = m.context == CAMPAIGN_TRANSFER;
                 let in_lease = self.check_quorum
                     && self.lead != INVALID_ID
                     && self.election_elapsed < self.election_timeout;
+                let transfer = m.context == CAMPAIGN_TRANSFER;
+                // A transfer campaign overrides the lease only when this node's leader chose
+                // its candidate: else any peer could depose a healthy leader (and raise the
+                // term) by claiming a transfer.
+                let force = transfer && self.transfer_announced(m.from);
+                if transfer && !force && in_lease {
+                    warn!(
+                        "{:x} [term: {}] holds a transfer campaign's {:?} from {:x} at term {}: \
+                         its leader {:x} has not named it the transferee",
+                        self.id, self.term, m.msg_type, m.from, m.term, self.lead
+                    );
+                    if m.msg_type == MessageType::RequestVote {
+                        self.pending_transfer_vote = Some(m);
+                    }
+                    return Ok(());
+                }
                 if !force && in_lease {
                     // This node heard from a leader within the election timeout: a leader lease
                     // (Raft thesis §4.2.3) keeps a disruptive node from deposing it.
@@ -709,6 +734,17 @@ impl<T: Storage> Raft<T> {
             self.election_elapsed = 0;
             self.vote = m.from;
         }
+    }
+
+    /// Whether this node's leader (or this node, leading) chose `candidate` as the target of
+    /// a leadership transfer in the current term.
+    fn transfer_announced(&self, candidate: u64) -> bool {
+        candidate != INVALID_ID
+            && if self.state == StateType::Leader {
+                self.lead_transferee == candidate
+            } else {
+                self.transfer_notice == candidate
+            }
     }
 
     /// Forgets a leadership transfer in progress.

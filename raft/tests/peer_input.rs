@@ -112,3 +112,79 @@ fn a_probe_rejected_at_or_below_the_followers_match_waits_for_the_next_heartbeat
     assert_eq!(appends_to(&mut r, 2), 1, "one probe per heartbeat");
     assert_eq!(r.prs.progress[&2].matched, 4, "the match never goes back");
 }
+
+fn follower_in_lease() -> Raft<MemoryStorage> {
+    let mut storage = storage_with_peers(&[1, 2, 3]);
+    storage.append(&entries_with_terms(&[1, 1, 2])).unwrap();
+    let mut config = new_test_config(1, 10, 1);
+    config.check_quorum = true;
+    let mut r = new_test_raft_with_config(&config, storage);
+    r.become_follower(2, 2);
+    r
+}
+
+fn transfer_vote(from: u64, term: u64) -> Message {
+    let mut m = new_message(from, 1, MessageType::RequestVote, term);
+    (m.index, m.log_term) = (3, 2);
+    m.context = raft::CAMPAIGN_TRANSFER.to_vec();
+    m
+}
+
+#[test]
+fn a_transfer_campaign_overrides_the_lease_only_for_the_transferee_its_leader_named() {
+    // 3 claims a transfer the leader never started: the lease holds, the term does not move.
+    let mut r = follower_in_lease();
+    r.step(transfer_vote(3, 3)).unwrap();
+    assert_eq!((r.term, r.vote, r.lead), (2, 0, 2), "no vote, no new term");
+    assert!(read_messages(&mut r).is_empty());
+    // A notice from anyone but the leader names nobody.
+    let mut notice = new_message(3, 1, MessageType::TransferNotice, 2);
+    notice.index = 3;
+    r.step(notice).unwrap();
+    assert_eq!((r.term, r.vote), (2, 0));
+    // The leader's notice, arriving after the vote request (another connection): the held
+    // request is granted then.
+    let mut notice = new_message(2, 1, MessageType::TransferNotice, 2);
+    notice.index = 3;
+    r.step(notice).unwrap();
+    assert_eq!((r.term, r.vote), (3, 3));
+    let granted = read_messages(&mut r);
+    assert!(granted
+        .iter()
+        .any(|m| m.msg_type == MessageType::RequestVoteResponse && m.to == 3 && !m.reject));
+    // Once named, a transfer campaign from the named node is granted at once.
+    let mut r = follower_in_lease();
+    let mut notice = new_message(2, 1, MessageType::TransferNotice, 2);
+    notice.index = 3;
+    r.step(notice).unwrap();
+    r.step(transfer_vote(3, 3)).unwrap();
+    assert_eq!((r.term, r.vote), (3, 3));
+}
+
+#[test]
+fn a_second_leader_in_the_same_term_is_ignored() {
+    let mut r = follower();
+    for msg_type in [MessageType::Append, MessageType::Heartbeat, MessageType::Snapshot] {
+        let mut m = new_message(3, 1, msg_type, 2);
+        (m.index, m.log_term, m.commit) = (1, 1, 3);
+        m.entries = vec![entry(2, 2, b"forged")];
+        r.step(m).unwrap();
+        assert_eq!(r.lead, 2, "{msg_type:?}");
+        assert!(read_messages(&mut r).is_empty(), "{msg_type:?}");
+    }
+    assert_eq!(log_entries(&r).iter().map(|e| e.1).collect::<Vec<_>>(), [1, 1, 2]);
+}
+
+#[test]
+fn an_append_rewriting_a_committed_entry_is_refused_not_a_panic() {
+    let mut r = follower();
+    r.raft_log.commit_to(3);
+    // A leader of a later term whose entry 3 differs from the committed one: no correct
+    // leader sends this (Leader Completeness, Raft §5.4).
+    let mut m = new_message(3, 1, MessageType::Append, 3);
+    (m.index, m.log_term) = (2, 1);
+    m.entries = vec![entry(3, 3, b"rewrite")];
+    r.step(m).unwrap();
+    assert_eq!(log_entries(&r).iter().map(|e| e.1).collect::<Vec<_>>(), [1, 1, 2]);
+    assert_eq!(r.raft_log.committed, 3);
+}

@@ -137,58 +137,94 @@ fn only_members_speak_raft_on_one_connection_each_and_never_move_an_address() {
     cluster.put("still", "serving");
 }
 
-/// Every message type, with absurd fields, from a member's identity (its process killed, the
-/// test speaking for it): no node crashes, and every acknowledged write survives.
+const MESSAGE_TYPES: [raft::MessageType; 20] = {
+    use raft::MessageType::*;
+    [
+        Hup,
+        Beat,
+        Propose,
+        Append,
+        AppendResponse,
+        RequestVote,
+        RequestVoteResponse,
+        Snapshot,
+        Heartbeat,
+        HeartbeatResponse,
+        Unreachable,
+        SnapshotStatus,
+        CheckQuorum,
+        TransferLeader,
+        TimeoutNow,
+        ReadIndex,
+        ReadIndexResp,
+        RequestPreVote,
+        RequestPreVoteResponse,
+        TransferNotice,
+    ]
+};
+
+/// Opens a peer connection as `speaker` and sends one frame; a frame that is refused closes
+/// its connection, so every frame gets its own. Retries while the node still holds the
+/// previous connection.
+fn send_as(addr: &str, cluster_id: &str, speaker: u64, incarnation: u64, m: raft::Message) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write_frame(&mut s, &peer_hello(cluster_id, speaker, incarnation)).unwrap();
+            if let Ok(HelloAck::Welcome { .. }) = read_frame::<HelloAck>(&mut s) {
+                let _ = write_frame(&mut s, &PeerFrame::Raft(m));
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} never welcomed {speaker} again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_running(cluster: &mut TestCluster, ids: &[u64]) {
+    for &id in ids {
+        let child = cluster.node(id).child.as_mut().unwrap();
+        assert!(child.try_wait().unwrap().is_none(), "node {id} exited: {}", cluster.logs());
+    }
+}
+
+/// Every message type, with absurd fields and with terms around the current one, from a
+/// member's identity (its process killed, the test speaking for it): no node crashes, and
+/// every acknowledged write survives.
 #[test]
 fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
-    use raft::{Entry, Message, MessageType, Snapshot, SnapshotMetadata};
+    use raft::{Entry, Message, MessageType, Snapshot, SnapshotMetadata, TERM_JUMP_MAX};
     let mut cluster = TestCluster::start(3, &[]);
     let leader = cluster.wait_for_leader();
     for i in 0..20 {
         cluster.put(&format!("k{i}"), "v");
     }
+    let status = cluster.node(leader).wait_client().status().unwrap();
+    let (term, commit) = (status.term, status.commit);
     let speaker = (1..=3).find(|&id| id != leader).unwrap();
     let incarnation = incarnation_of(&cluster.node(speaker).data_dir);
     cluster.node(speaker).kill();
-    let types = [
-        MessageType::Hup,
-        MessageType::Beat,
-        MessageType::Propose,
-        MessageType::Append,
-        MessageType::AppendResponse,
-        MessageType::RequestVote,
-        MessageType::RequestVoteResponse,
-        MessageType::Snapshot,
-        MessageType::Heartbeat,
-        MessageType::HeartbeatResponse,
-        MessageType::Unreachable,
-        MessageType::SnapshotStatus,
-        MessageType::CheckQuorum,
-        MessageType::TransferLeader,
-        MessageType::TimeoutNow,
-        MessageType::ReadIndex,
-        MessageType::ReadIndexResp,
-        MessageType::RequestPreVote,
-        MessageType::RequestPreVoteResponse,
-    ];
-    let absurd = [0, 1, u64::MAX, u64::MAX / 2, 1 << 40];
+    let terms = [0, term - 1, term, term + 1, term + TERM_JUMP_MAX + 1, u64::MAX];
+    let absurd = [0, 1, commit, commit + 1, u64::MAX, u64::MAX / 2, 1 << 40];
     let targets: Vec<u64> = (1..=3).filter(|&id| id != speaker).collect();
+    let cluster_id = cluster.cluster_id.clone();
+    let mut sent = 0;
     for &to in &targets {
         let addr = cluster.node(to).peer_addr.clone();
-        let deadline = Instant::now() + DEADLINE;
-        let mut sent = 0;
-        for (n, &msg_type) in types.iter().enumerate() {
-            for (k, &x) in absurd.iter().enumerate() {
+        for (n, &msg_type) in MESSAGE_TYPES.iter().enumerate() {
+            for (k, &term) in terms.iter().enumerate() {
+                let x = absurd[(k + n) % absurd.len()];
                 let m = Message {
                     msg_type,
                     to,
                     from: speaker,
-                    term: absurd[(k + n) % absurd.len()],
-                    log_term: x,
-                    index: absurd[(k + 1) % absurd.len()],
+                    term,
+                    log_term: absurd[(k + 1) % absurd.len()].min(term),
+                    index: x,
                     entries: vec![Entry {
-                        term: x,
-                        index: x,
+                        term: x.min(term),
+                        index: x.saturating_add(1),
                         data: vec![0xff; 8],
                         ..Entry::default()
                     }],
@@ -199,40 +235,113 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                     }),
                     reject: k % 2 == 0,
                     reject_hint: x,
-                    context: vec![0xee; 4],
+                    context: if k % 3 == 0 {
+                        raft::CAMPAIGN_TRANSFER.to_vec()
+                    } else {
+                        vec![0xee; 4]
+                    },
                 };
-                // A connection per frame: a frame that is refused closes its connection.
-                loop {
-                    let Ok(mut s) = TcpStream::connect(&addr) else { break };
-                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    write_frame(&mut s, &peer_hello(&cluster.cluster_id, speaker, incarnation))
-                        .unwrap();
-                    match read_frame::<HelloAck>(&mut s) {
-                        Ok(HelloAck::Welcome { .. }) => {
-                            let _ = write_frame(&mut s, &PeerFrame::Raft(m));
-                            sent += 1;
-                            break;
-                        }
-                        // The previous connection is still being closed.
-                        _ => assert!(Instant::now() < deadline, "never welcomed again"),
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                send_as(&addr, &cluster_id, speaker, incarnation, m);
+                sent += 1;
             }
         }
-        assert_eq!(sent, types.len() * absurd.len());
     }
-    for &id in &targets {
-        let child = cluster.node(id).child.as_mut().unwrap();
-        assert!(child.try_wait().unwrap().is_none(), "node {id} exited: {}", cluster.logs());
-    }
+    assert_eq!(sent, targets.len() * MESSAGE_TYPES.len() * terms.len());
+    assert_running(&mut cluster, &targets);
     cluster.node(speaker).start();
     cluster.put("after", "1");
     for i in 0..20 {
         assert_eq!(cluster.get(&format!("k{i}")), Some(b"v".to_vec()), "k{i}");
     }
-    for id in 1..=3 {
-        let child = cluster.node(id).child.as_mut().unwrap();
-        assert!(child.try_wait().unwrap().is_none(), "node {id} exited: {}", cluster.logs());
+    assert_running(&mut cluster, &[1, 2, 3]);
+}
+
+/// A transfer campaign's vote request that the leader never asked for (Raft thesis §3.10
+/// lets only the leader start one): the voters' leases hold, the term stays, the leader
+/// keeps leading.
+#[test]
+fn a_transfer_campaign_the_leader_never_started_moves_nothing() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("before", "1");
+    let term = cluster.node(leader).wait_client().status().unwrap().term;
+    let speaker = (1..=3).find(|&id| id != leader).unwrap();
+    let incarnation = incarnation_of(&cluster.node(speaker).data_dir);
+    cluster.node(speaker).kill();
+    let cluster_id = cluster.cluster_id.clone();
+    let targets: Vec<u64> = (1..=3).filter(|&id| id != speaker).collect();
+    for &to in &targets {
+        let mut m = raft::Message {
+            msg_type: raft::MessageType::RequestVote,
+            to,
+            from: speaker,
+            term: term + 1,
+            log_term: term,
+            index: u64::MAX / 2,
+            ..raft::Message::default()
+        };
+        m.context = raft::CAMPAIGN_TRANSFER.to_vec();
+        let addr = cluster.node(to).peer_addr.clone();
+        send_as(&addr, &cluster_id, speaker, incarnation, m);
     }
+    for &id in &targets {
+        let log = cluster.node(id).log.clone();
+        wait_log(&log, "holds a transfer campaign's", &format!("node {id}"));
+        let status = cluster.node(id).wait_client().status().unwrap();
+        assert_eq!((status.term, status.leader), (term, leader), "node {id}");
+    }
+    cluster.put("after", "1");
+    assert_eq!(cluster.node(leader).wait_client().status().unwrap().term, term);
+}
+
+/// A non-member gets no further than its Hello, whatever follows it, and a frame sent in
+/// place of a Hello is refused: the node keeps serving.
+#[test]
+fn frames_of_every_type_from_a_non_member_are_refused_at_the_door() {
+    use std::io::Read;
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("before", "1");
+    let term = cluster.node(leader).wait_client().status().unwrap().term;
+    let cluster_id = cluster.cluster_id.clone();
+    for id in 1..=3u64 {
+        let addr = cluster.node(id).peer_addr.clone();
+        for msg_type in MESSAGE_TYPES {
+            let m = raft::Message {
+                msg_type,
+                to: id,
+                from: 9,
+                term: term + 1,
+                log_term: term,
+                index: u64::MAX / 2,
+                commit: u64::MAX,
+                context: raft::CAMPAIGN_TRANSFER.to_vec(),
+                ..raft::Message::default()
+            };
+            // After a refused Hello: the connection is closed, the frame never read.
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write_frame(&mut s, &peer_hello(&cluster_id, 9, 0x99)).unwrap();
+            let _ = write_frame(&mut s, &PeerFrame::Raft(m.clone()));
+            match read_frame::<HelloAck>(&mut s) {
+                Ok(HelloAck::Refused { reason }) => assert!(reason.contains("not a member")),
+                other => panic!("{other:?}"),
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            // In place of a Hello.
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = write_frame(&mut s, &PeerFrame::Raft(m));
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+    }
+    assert_running(&mut cluster, &[1, 2, 3]);
+    for id in 1..=3 {
+        let status = cluster.node(id).wait_client().status().unwrap();
+        assert_eq!((status.term, status.leader), (term, leader), "node {id}");
+    }
+    cluster.put("after", "1");
+    assert_eq!(cluster.get("before"), Some(b"1".to_vec()));
 }

@@ -312,11 +312,14 @@ impl Sim {
             740..=749 => self.membership(),
             750..=764 => self.snapshot(),
             765..=774 if self.cfg.forgetful_voters => {
-                // The deliberate bug: a node forgets whom it voted for.
+                // The deliberate bug: a node forgets whom it voted for, as one restarted with
+                // its vote unsynced would; such a node also forgets whom it followed (followers
+                // ignore a second leader in a term they know a leader of).
                 let id = self.pick();
                 if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
                     if raw.raft.state != StateType::Leader {
                         raw.raft.vote = 0;
+                        raw.raft.lead = 0;
                     }
                 }
             }

@@ -42,10 +42,11 @@ fn the_same_seed_replays_the_same_run() {
 }
 
 /// A core whose nodes forget their vote (and so may vote twice in a term) is caught: the
-/// invariants bite.
+/// invariants bite. (Seed 606 was the first to catch it when this was written; the range
+/// leaves room for the run to move as the core changes.)
 #[test]
 fn a_node_that_votes_twice_in_a_term_is_caught() {
-    let caught = (1..=500u64).find_map(|seed| {
+    let caught = (1..=3000u64).find_map(|seed| {
         let cfg = SimConfig { seed, steps: 2000, verbose: false, forgetful_voters: true };
         Sim::new(cfg).run().err()
     });

@@ -64,6 +64,19 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn step_follower(&mut self, mut m: Message) -> Result<()> {
+        let from_a_leader = matches!(
+            m.msg_type,
+            MessageType::Append | MessageType::Heartbeat | MessageType::Snapshot
+        );
+        if from_a_leader && self.lead != INVALID_ID && m.from != self.lead {
+            // A term has at most one leader (Raft §5.2): a second one claiming ours is a bug or
+            // a forgery, and following it could truncate what the real leader replicated.
+            warn!(
+                "{:x} [term {}] ignored a {:?} from {:x}: its leader in this term is {:x}",
+                self.id, self.term, m.msg_type, m.from, self.lead
+            );
+            return Ok(());
+        }
         match m.msg_type {
             MessageType::Propose => {
                 if self.lead == INVALID_ID {
@@ -127,6 +140,19 @@ impl<T: Storage> Raft<T> {
                 // partition to recover from.
                 self.hup(CampaignType::Transfer);
             }
+            MessageType::TransferNotice if m.from != self.lead => {
+                warn!(
+                    "{:x} [term {}] ignored a transfer notice from {:x}, which is not its leader \
+                     {:x}",
+                    self.id, self.term, m.from, self.lead
+                );
+            }
+            MessageType::TransferNotice => {
+                self.transfer_notice = m.index;
+                if let Some(vote) = self.pending_transfer_vote.take_if(|v| v.from == m.index) {
+                    return self.step(vote);
+                }
+            }
             MessageType::ReadIndex => {
                 if self.lead == INVALID_ID {
                     info!(
@@ -159,6 +185,8 @@ impl<T: Storage> Raft<T> {
     /// Appends the leader's entries if the logs match at the preceding entry, else rejects
     /// with a hint for fast backtracking (Raft §5.3).
     pub fn handle_append_entries(&mut self, m: &Message) {
+        // Entries at or below the commit index are never rewritten (Raft §5.4): an append
+        // before it, even a forged one, only learns our commit index.
         if m.index < self.raft_log.committed {
             self.send(Message {
                 msg_type: MessageType::AppendResponse,

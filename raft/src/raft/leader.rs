@@ -530,7 +530,25 @@ impl<T: Storage> Raft<T> {
         }
     }
 
+    /// Tells the transferee to campaign, and every other voter that its campaign is the one
+    /// that may override their lease.
     pub(super) fn send_timeout_now(&mut self, to: u64) {
+        let voters: Vec<u64> = self
+            .prs
+            .conf
+            .voters
+            .ids()
+            .into_iter()
+            .filter(|&id| id != self.id && id != to)
+            .collect();
+        for voter in voters {
+            self.send(Message {
+                msg_type: MessageType::TransferNotice,
+                to: voter,
+                index: to,
+                ..Message::default()
+            });
+        }
         self.send(Message { msg_type: MessageType::TimeoutNow, to, ..Message::default() });
     }
 
