@@ -167,13 +167,26 @@ const MESSAGE_TYPES: [raft::MessageType; 20] = {
 /// its connection, so every frame gets its own. Retries while the node still holds the
 /// previous connection.
 fn send_as(addr: &str, cluster_id: &str, speaker: u64, incarnation: u64, m: raft::Message) {
+    send_frame_as(addr, cluster_id, speaker, incarnation, &[PeerFrame::Raft(m)]);
+}
+
+/// Opens a peer connection as `speaker` and sends `frames` on it.
+fn send_frame_as(
+    addr: &str,
+    cluster_id: &str,
+    speaker: u64,
+    incarnation: u64,
+    frames: &[PeerFrame],
+) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Ok(mut s) = TcpStream::connect(addr) {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             write_frame(&mut s, &peer_hello(cluster_id, speaker, incarnation)).unwrap();
             if let Ok(HelloAck::Welcome { .. }) = read_frame::<HelloAck>(&mut s) {
-                let _ = write_frame(&mut s, &PeerFrame::Raft(m));
+                for frame in frames {
+                    let _ = write_frame(&mut s, frame);
+                }
                 return;
             }
         }
@@ -344,4 +357,64 @@ fn frames_of_every_type_from_a_non_member_are_refused_at_the_door() {
     }
     cluster.put("after", "1");
     assert_eq!(cluster.get("before"), Some(b"1".to_vec()));
+}
+
+/// Only the leader streams snapshots, one stream at a time, announced within
+/// `SNAPSHOT_RECEIVE_BYTES_MAX`, chunk after chunk in order: a stream from a follower, one
+/// announcing more, and chunks out of order are each refused and close their connection,
+/// and nothing of them is kept.
+#[test]
+fn a_snapshot_stream_is_taken_only_from_the_leader_in_order_and_within_its_cap() {
+    use raft::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
+    // Long election timeouts (6-12 s): the receiver still follows the killed leader while the
+    // test speaks for it.
+    let mut cluster = TestCluster::start(3, &["--election-tick", "300"]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("k", "v1");
+    let mut others = (1..=3).filter(|&id| id != leader);
+    let (receiver, follower) = (others.next().unwrap(), others.next().unwrap());
+    let status = cluster.node(receiver).wait_client().status().unwrap();
+    let leader_incarnation = incarnation_of(&cluster.node(leader).data_dir);
+    let follower_incarnation = incarnation_of(&cluster.node(follower).data_dir);
+    cluster.node(leader).kill();
+    cluster.node(follower).kill();
+    let chunk = |from: u64, offset: u64, total: u64, data: Vec<u8>| PeerFrame::SnapshotChunk {
+        message: Message {
+            msg_type: MessageType::Snapshot,
+            to: receiver,
+            from,
+            term: status.term,
+            snapshot: Some(Snapshot {
+                data: Vec::new(),
+                metadata: SnapshotMetadata {
+                    conf_state: ConfState { voters: vec![1, 2, 3], ..Default::default() },
+                    index: status.last_index + 1000,
+                    term: status.term,
+                },
+            }),
+            ..Default::default()
+        },
+        offset,
+        total,
+        data,
+    };
+    let addr = cluster.node(receiver).peer_addr.clone();
+    let log = cluster.node(receiver).log.clone();
+    let id = cluster.cluster_id.clone();
+    send_frame_as(&addr, &id, follower, follower_incarnation, &[chunk(follower, 0, 8, vec![0; 8])]);
+    wait_log(&log, &format!("a snapshot from {follower}, which is not the leader"), "follower");
+    let over = raftd::node::SNAPSHOT_RECEIVE_BYTES_MAX + 1;
+    send_frame_as(&addr, &id, leader, leader_incarnation, &[chunk(leader, 0, over, vec![0; 8])]);
+    wait_log(&log, &format!("a snapshot of {over} bytes, more than"), "oversize");
+    let frames = [chunk(leader, 0, 64, vec![0; 8]), chunk(leader, 32, 64, vec![0; 8])];
+    send_frame_as(&addr, &id, leader, leader_incarnation, &frames);
+    wait_log(&log, "snapshot chunk out of order", "out of order");
+    assert_running(&mut cluster, &[receiver]);
+    let after = cluster.node(receiver).wait_client().status().unwrap();
+    assert!(after.snapshot_index < status.last_index + 1000, "no refused snapshot in force");
+    cluster.node(leader).start();
+    cluster.node(follower).start();
+    cluster.put("k", "v2");
+    assert_eq!(cluster.get("k"), Some(b"v2".to_vec()));
+    assert_running(&mut cluster, &[1, 2, 3]);
 }
