@@ -26,11 +26,8 @@ impl Node {
             let leader = self.is_leader();
             let mut messages = std::mem::take(&mut rd.messages);
             for rs in rd.read_states.drain(..) {
-                let mut ctx = [0u8; 8];
-                if rs.request_ctx.len() == 8 {
-                    ctx.copy_from_slice(&rs.request_ctx);
-                }
-                if let Some(batch) = self.reads_in_flight.remove(&u64::from_le_bytes(ctx)) {
+                let n = self.read_contexts.counter(&rs.request_ctx);
+                if let Some(batch) = n.and_then(|n| self.reads_in_flight.remove(&n)) {
                     self.reads_ready.push_back((rs.index, batch));
                 }
             }

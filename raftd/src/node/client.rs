@@ -2,6 +2,46 @@
 
 use super::*;
 
+/// Read contexts unique across the cluster and its restarts: the leader keys waiting reads
+/// and counts heartbeat acknowledgements by context alone, so a context two reads share lets
+/// an acknowledgement of one confirm the other (a stale read), or drops a follower's read.
+/// A context is this node's id, its data dir incarnation, a number drawn at start and a
+/// counter.
+pub(crate) struct ReadContexts {
+    prefix: [u8; 24],
+    next: u64,
+}
+
+impl ReadContexts {
+    /// Length of every context.
+    pub(crate) const LEN: usize = 32;
+
+    pub(crate) fn new(node_id: u64, incarnation: u64) -> ReadContexts {
+        let mut prefix = [0u8; 24];
+        prefix[..8].copy_from_slice(&node_id.to_le_bytes());
+        prefix[8..16].copy_from_slice(&incarnation.to_le_bytes());
+        prefix[16..].copy_from_slice(&wal::new_incarnation().to_le_bytes());
+        ReadContexts { prefix, next: 1 }
+    }
+
+    /// A context never used before, and its counter (the key of the reads waiting on it).
+    pub(crate) fn next(&mut self) -> (u64, Vec<u8>) {
+        let n = self.next;
+        self.next += 1;
+        let mut ctx = Vec::with_capacity(Self::LEN);
+        ctx.extend_from_slice(&self.prefix);
+        ctx.extend_from_slice(&n.to_le_bytes());
+        (n, ctx)
+    }
+
+    /// The counter of a context this node made, `None` for any other.
+    pub(crate) fn counter(&self, ctx: &[u8]) -> Option<u64> {
+        let (prefix, n) = ctx.split_at_checked(self.prefix.len())?;
+        (prefix == self.prefix).then_some(())?;
+        Some(u64::from_le_bytes(n.try_into().ok()?))
+    }
+}
+
 impl Node {
     pub(super) fn respond(&mut self, token: Token, response: ClientResponse) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -123,11 +163,10 @@ impl Node {
         }
         if !self.read_batch.is_empty() {
             let batch = std::mem::take(&mut self.read_batch);
-            let ctx = self.next_read_ctx;
-            self.next_read_ctx += 1;
-            match self.raw.read_index(ctx.to_le_bytes().to_vec()) {
+            let (n, ctx) = self.read_contexts.next();
+            match self.raw.read_index(ctx) {
                 Ok(()) => {
-                    self.reads_in_flight.insert(ctx, batch);
+                    self.reads_in_flight.insert(n, batch);
                 }
                 Err(_) => {
                     let err = self.not_leader();
@@ -332,5 +371,28 @@ impl Node {
             wal_sync_micros: sync.micros,
             wal_sync_max_micros: sync.max_micros,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadContexts;
+
+    #[test]
+    fn read_contexts_are_unique_across_nodes_and_restarts() {
+        let mut seen = std::collections::HashSet::new();
+        // Nodes 1 and 2 of one cluster, and node 1 started again on the same data dir.
+        for (id, incarnation) in [(1, 7), (2, 9), (1, 7)] {
+            let mut contexts = ReadContexts::new(id, incarnation);
+            for want in 1..=100 {
+                let (n, ctx) = contexts.next();
+                assert_eq!((n, ctx.len()), (want, ReadContexts::LEN));
+                assert_eq!(contexts.counter(&ctx), Some(n));
+                assert!(seen.insert(ctx), "node {id}'s context {n} was used before");
+            }
+        }
+        let other = ReadContexts::new(2, 9).next().1;
+        assert_eq!(ReadContexts::new(1, 7).counter(&other), None);
+        assert_eq!(ReadContexts::new(1, 7).counter(&other[..8]), None);
     }
 }
