@@ -1,6 +1,7 @@
 //! The knobs of one Raft node: the seed's `Config`, in snake_case.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::errors::ConfigError;
 
@@ -11,8 +12,12 @@ pub enum ReadOnlyOption {
     /// (Raft thesis §6.4). Safe under any clock behaviour.
     #[default]
     Safe,
-    /// The leader answers from its lease: it heard from a quorum within the election timeout.
-    /// Assumes bounded clock drift; requires `check_quorum`.
+    /// The leader answers its own reads from its lease, without a heartbeat round, while the
+    /// lease holds: [`Config::lease_duration`] from the sending of a heartbeat that a quorum
+    /// acknowledged, on the application's clock. Otherwise (a new leader, a transfer under
+    /// way, no recent acknowledgement, a read forwarded by a follower) it confirms with a
+    /// heartbeat round as `Safe` does. Assumes clocks whose rates differ by less than the
+    /// margin the lease leaves; requires `check_quorum`.
     LeaseBased,
 }
 
@@ -51,6 +56,13 @@ pub struct Config {
     pub pre_vote: bool,
     /// How read-only requests are served.
     pub read_only_option: ReadOnlyOption,
+    /// How long a heartbeat that a quorum acknowledged keeps the leader's lease, counted from
+    /// its sending (`LeaseBased` reads). Followers that heard it refuse other candidates for
+    /// `election_tick` ticks of their own clocks from its arrival, one tick of which may
+    /// already have passed; the lease must end before, with room for the clocks' rates to
+    /// differ: see [`Config::lease_duration_for`]. Zero: no lease (required unless
+    /// `LeaseBased`).
+    pub lease_duration: Duration,
     /// Followers drop proposals instead of forwarding them to the leader.
     pub disable_proposal_forwarding: bool,
 }
@@ -71,6 +83,7 @@ impl Default for Config {
             check_quorum: true,
             pre_vote: true,
             read_only_option: ReadOnlyOption::Safe,
+            lease_duration: Duration::ZERO,
             disable_proposal_forwarding: false,
         }
     }
@@ -80,6 +93,15 @@ impl Config {
     /// A default configuration for node `id`.
     pub fn new(id: u64) -> Config {
         Config { id, ..Config::default() }
+    }
+
+    /// The longest safe lease for ticks of `tick_interval` and clocks whose rates differ by at
+    /// most `drift_percent` percent: `(election_tick - 1)` ticks (a follower may be one tick
+    /// into its count when the heartbeat arrives), less the drift over them.
+    pub fn lease_duration_for(&self, tick_interval: Duration, drift_percent: u32) -> Duration {
+        let ticks = self.election_tick.saturating_sub(1) as u32;
+        let window = tick_interval.saturating_mul(ticks);
+        window.saturating_sub(window * drift_percent.min(100) / 100)
     }
 
     /// Checks every parameter, naming the first mistake found.
@@ -101,6 +123,10 @@ impl Config {
         }
         if self.read_only_option == ReadOnlyOption::LeaseBased && !self.check_quorum {
             return Err(ConfigError::LeaseBasedWithoutCheckQuorum);
+        }
+        let lease_based = self.read_only_option == ReadOnlyOption::LeaseBased;
+        if lease_based == self.lease_duration.is_zero() {
+            return Err(ConfigError::LeaseDurationWithoutLeaseBased);
         }
         let mut seen = HashSet::new();
         for &id in self.peers.iter().chain(&self.learners) {
@@ -142,6 +168,14 @@ mod tests {
                 },
                 ConfigError::LeaseBasedWithoutCheckQuorum,
             ),
+            (
+                Config { read_only_option: ReadOnlyOption::LeaseBased, ..ok.clone() },
+                ConfigError::LeaseDurationWithoutLeaseBased,
+            ),
+            (
+                Config { lease_duration: Duration::from_secs(1), ..ok.clone() },
+                ConfigError::LeaseDurationWithoutLeaseBased,
+            ),
             (Config { learners: vec![2], ..ok.clone() }, ConfigError::PeerIsLearner { id: 2 }),
             (Config { peers: vec![1, 0], ..ok.clone() }, ConfigError::MemberIdZero),
             (Config { peers: vec![1, 2, 1], ..ok.clone() }, ConfigError::DuplicateMember { id: 1 }),
@@ -156,8 +190,22 @@ mod tests {
         let c = Config {
             read_only_option: ReadOnlyOption::LeaseBased,
             check_quorum: true,
+            lease_duration: Duration::from_millis(810),
             ..Config::new(1)
         };
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    /// Ten ticks of 100 ms: a follower refuses other candidates for at least nine ticks after
+    /// a heartbeat arrives; 10% drift leaves 810 ms.
+    #[test]
+    fn a_lease_is_shorter_than_the_shortest_election_timeout_less_drift() {
+        let c = Config::new(1);
+        assert_eq!(
+            c.lease_duration_for(Duration::from_millis(100), 10),
+            Duration::from_millis(810)
+        );
+        assert_eq!(c.lease_duration_for(Duration::from_millis(100), 0), Duration::from_millis(900));
+        assert_eq!(c.lease_duration_for(Duration::from_millis(100), 250), Duration::ZERO);
     }
 }

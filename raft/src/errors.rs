@@ -89,6 +89,9 @@ pub enum ConfigError {
     /// Lease-based reads are only safe when a leader steps down without a quorum.
     #[error("read_only_option LeaseBased requires check_quorum")]
     LeaseBasedWithoutCheckQuorum,
+    /// `lease_duration` is set exactly when reads are `LeaseBased`.
+    #[error("lease_duration must be set for LeaseBased reads, and only for them")]
+    LeaseDurationWithoutLeaseBased,
     /// A node is listed both as a peer (voter) and as a learner.
     #[error("node {id} is both a peer and a learner")]
     PeerIsLearner {

@@ -246,6 +246,10 @@ pub struct Message {
     /// Opaque context: a read request's id, or a campaign marker on votes.
     #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
+    /// Heartbeats: the leader's clock when it sent this one, in nanoseconds of the
+    /// application's clock ([`crate::RawNode::advance_clock`]); the response echoes it. Only
+    /// that leader reads it, to start its lease ([`crate::Config::lease_duration`]).
+    pub sent_at: u64,
 }
 
 impl Message {

@@ -2,6 +2,7 @@
 //! (etcd `raft.go`).
 
 use std::fmt;
+use std::time::Duration;
 
 mod follower;
 mod leader;
@@ -147,6 +148,14 @@ pub struct Raft<T: Storage> {
     pub disable_proposal_forwarding: bool,
     /// Reads received before this leader committed an entry of its term (etcd#7331).
     pending_read_index_messages: Vec<Message>,
+    /// The application's clock ([`crate::RawNode::advance_clock`]); never goes back.
+    pub now: Duration,
+    /// See [`Config::lease_duration`].
+    pub lease_duration: Duration,
+    /// This leader sent `TimeoutNow` in its term: the transferee may be elected at once, so no
+    /// read is answered from the lease until the next term (even if the transfer is aborted,
+    /// the message may still arrive).
+    pub lease_revoked: bool,
     rng: Rng,
 }
 
@@ -198,6 +207,9 @@ impl<T: Storage> Raft<T> {
             randomized_election_timeout: config.election_tick,
             disable_proposal_forwarding: config.disable_proposal_forwarding,
             pending_read_index_messages: Vec::new(),
+            now: Duration::ZERO,
+            lease_duration: config.lease_duration,
+            lease_revoked: false,
             // Distinct, reproducible sequences per node; `seed_election_rng` overrides.
             rng: Rng::new(config.id.wrapping_mul(0x2545_f491_4f6c_dd1d)),
         };
@@ -343,6 +355,44 @@ impl<T: Storage> Raft<T> {
         self.uncommitted_size = 0;
         self.read_only = ReadOnly::new(self.read_only.option);
         self.pending_read_index_messages.clear();
+        self.lease_revoked = false;
+    }
+
+    /// Moves the clock to `now` (a monotonic reading of the application's); a reading behind
+    /// the clock is ignored.
+    pub fn advance_clock(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+    }
+
+    /// The clock in nanoseconds, as heartbeats carry it.
+    pub(crate) fn now_nanos(&self) -> u64 {
+        u64::try_from(self.now.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// When this leader's lease ends, if it holds now (`LeaseBased` reads). It starts at the
+    /// sending of the newest heartbeat a quorum acknowledged (this leader counts as
+    /// acknowledging at once) and lasts `lease_duration`: until then every voter of that quorum
+    /// refuses other candidates, so no other leader can commit.
+    pub fn lease_expiry(&self) -> Option<Duration> {
+        if self.state != StateType::Leader
+            || self.read_only.option != ReadOnlyOption::LeaseBased
+            || self.lease_revoked
+            || self.lead_transferee != INVALID_ID
+        {
+            return None;
+        }
+        let now = self.now_nanos();
+        let start = self.prs.conf.voters.committed_index(|id| {
+            if id == self.id {
+                return Some(now);
+            }
+            self.prs.progress.get(&id).map(|pr| pr.lease_ack).filter(|&t| t > 0)
+        });
+        if start == 0 || start == u64::MAX {
+            return None;
+        }
+        let expiry = Duration::from_nanos(start).saturating_add(self.lease_duration);
+        (expiry > self.now).then_some(expiry)
     }
 
     /// Advances the logical clock by one tick.

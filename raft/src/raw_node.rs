@@ -189,6 +189,13 @@ impl<T: Storage> RawNode<T> {
         self.raft.tick();
     }
 
+    /// Gives the core the application's monotonic clock (any fixed origin), for leases. With
+    /// `LeaseBased` reads, call it before every `tick` and `read_index` with a fresh reading;
+    /// a clock that stops advancing would keep a lease forever.
+    pub fn advance_clock(&mut self, now: std::time::Duration) {
+        self.raft.advance_clock(now);
+    }
+
     /// Starts an election now (pre-vote first when enabled).
     pub fn campaign(&mut self) -> Result<()> {
         self.raft.step(Message::new(MessageType::Hup))

@@ -12,6 +12,11 @@ pub struct ReadState {
     pub index: u64,
     /// The context the application passed to `read_index`.
     pub request_ctx: Vec<u8>,
+    /// Set when the leader answered from its lease: the lease's end on the application's
+    /// clock. The read is linearizable only if the application's clock, read after it took
+    /// this read state, is still before it (a pause between the clock reading the core was
+    /// given and its answer could have outlasted the lease); otherwise ask again.
+    pub lease_expiry: Option<std::time::Duration>,
 }
 
 /// A read waiting for a quorum to confirm the leader's leadership.

@@ -4,6 +4,8 @@ mod common;
 
 use common::cluster::Cluster;
 use common::*;
+use std::time::Duration;
+
 use raft::{
     Config, Entry, Error, HardState, MemoryStorage, Message, MessageType, Raft, ReadOnlyOption,
     StateType,
@@ -50,23 +52,130 @@ fn read_only_safe_through_leader_and_followers() {
     check_reads_through_every_node(leader_1_of_3(|_| {}), &[1, 2, 3]);
 }
 
+const LEASE: Duration = Duration::from_secs(1);
+
+fn lease(c: &mut Config) {
+    c.read_only_option = ReadOnlyOption::LeaseBased;
+    c.check_quorum = true;
+    c.lease_duration = LEASE;
+}
+
+/// Every node's clock at `at`, then a heartbeat round from node 1.
+fn heartbeat_round_at(n: &mut Network, at: Duration) {
+    for id in 1..=3 {
+        n.peer_mut(id).advance_clock(at);
+    }
+    n.send(vec![new_message(1, 1, MessageType::Beat, 0)]);
+}
+
+/// Node 1 reads at `at`: answered from the lease (`Some(expiry)`), or with a heartbeat round
+/// (`None`, the round's messages left in the leader's outbox).
+fn lease_read_at(n: &mut Network, at: Duration, ctx: &[u8]) -> Option<Option<Duration>> {
+    let leader = n.peer_mut(1);
+    leader.advance_clock(at);
+    read_messages(leader);
+    leader.read_states.clear();
+    leader.step(read_index(1, ctx)).unwrap();
+    let state = leader.read_states.pop();
+    if state.is_none() {
+        assert!(
+            leader.msgs.iter().any(|m| m.msg_type == MessageType::Heartbeat && m.context == ctx),
+            "a read not answered from the lease starts a heartbeat round"
+        );
+    }
+    state.map(|s| s.lease_expiry)
+}
+
 /// Lease-based reads are answered from the leader's lease, without a heartbeat round.
 #[test]
 fn read_only_lease_based_answers_without_a_round() {
-    let lease = |c: &mut Config| {
-        c.read_only_option = ReadOnlyOption::LeaseBased;
-        c.check_quorum = true;
-    };
     let mut n = leader_1_of_3(lease);
     n.send(vec![propose(1, b"")]);
+    heartbeat_round_at(&mut n, Duration::from_secs(10));
     let leader = n.peer_mut(1);
     read_messages(leader);
     leader.step(read_index(1, b"lease")).unwrap();
     assert!(read_messages(leader).is_empty(), "no heartbeat round");
     assert_eq!(leader.read_states.len(), 1);
     assert_eq!(leader.read_states[0].index, 2);
+    assert_eq!(leader.read_states[0].lease_expiry, Some(Duration::from_secs(10) + LEASE));
     leader.read_states.clear();
     check_reads_through_every_node(n, &[1, 2, 3]);
+}
+
+/// Raft thesis §6.4.1: the lease starts when the heartbeat round a quorum acknowledged was
+/// sent, not when the acknowledgements arrived or when a tick counted them, and it ends
+/// `lease_duration` later on the clock, however many ticks passed.
+#[test]
+fn a_lease_ends_lease_duration_after_the_heartbeat_a_quorum_acknowledged_was_sent() {
+    let mut n = leader_1_of_3(lease);
+    n.send(vec![propose(1, b"")]);
+    let sent = Duration::from_secs(10);
+    heartbeat_round_at(&mut n, sent);
+    let expiry = Some(Some(sent + LEASE));
+    assert_eq!(lease_read_at(&mut n, sent + LEASE - Duration::from_nanos(1), b"a"), expiry);
+    // No tick passed (a paused process, a slow fsync): the clock alone ends the lease.
+    assert_eq!(lease_read_at(&mut n, sent + LEASE, b"b"), None);
+    // The round that read started renews it from its own sending.
+    let round = read_messages(n.peer_mut(1));
+    n.send(round);
+    assert_eq!(lease_read_at(&mut n, sent + LEASE, b"c"), Some(Some(sent + 2 * LEASE)));
+}
+
+/// Only heartbeats that a quorum acknowledged extend the lease: a leader that lost its
+/// followers keeps sending heartbeats, and its lease still ends.
+#[test]
+fn a_lease_counts_only_heartbeats_a_quorum_acknowledged() {
+    let mut n = leader_1_of_3(lease);
+    n.send(vec![propose(1, b"")]);
+    heartbeat_round_at(&mut n, Duration::from_secs(10));
+    n.isolate(1);
+    heartbeat_round_at(&mut n, Duration::from_secs(10) + LEASE / 2);
+    assert_eq!(lease_read_at(&mut n, Duration::from_secs(10) + LEASE, b"a"), None);
+    // One follower back is a quorum of three with the leader.
+    n.recover();
+    n.cut(1, 3);
+    heartbeat_round_at(&mut n, Duration::from_secs(20));
+    let expiry = Duration::from_secs(20) + LEASE;
+    assert_eq!(lease_read_at(&mut n, Duration::from_secs(20), b"b"), Some(Some(expiry)));
+}
+
+/// A leader that sent `TimeoutNow` may be succeeded at once (the transferee's campaign
+/// overrides the voters' leases): it answers no read from its lease for the rest of its term,
+/// even after the transfer is aborted.
+#[test]
+fn a_leader_that_sent_timeout_now_answers_no_read_from_its_lease() {
+    let mut n = leader_1_of_3(lease);
+    n.send(vec![propose(1, b"")]);
+    heartbeat_round_at(&mut n, Duration::from_secs(10));
+    n.isolate(2);
+    n.send(vec![new_message(2, 1, MessageType::TransferLeader, 0)]);
+    assert_eq!(n.peer(1).lead_transferee, 2);
+    n.recover();
+    n.cut(1, 2);
+    heartbeat_round_at(&mut n, Duration::from_secs(11));
+    assert_eq!(lease_read_at(&mut n, Duration::from_secs(11), b"a"), None);
+    n.peer_mut(1).abort_leader_transfer();
+    heartbeat_round_at(&mut n, Duration::from_secs(12));
+    assert_eq!(lease_read_at(&mut n, Duration::from_secs(12), b"b"), None);
+}
+
+/// A read a follower forwards is confirmed with a heartbeat round even while the leader's
+/// lease holds: its answer reaches the follower after the lease could have ended.
+#[test]
+fn a_forwarded_read_is_confirmed_by_a_round_even_in_lease() {
+    let mut n = leader_1_of_3(lease);
+    n.send(vec![propose(1, b"")]);
+    heartbeat_round_at(&mut n, Duration::from_secs(10));
+    assert!(n.peer(1).lease_expiry().is_some());
+    read_messages(n.peer_mut(1));
+    let leader = n.peer_mut(1);
+    leader.step(read_index(2, b"f")).unwrap();
+    assert!(
+        leader.msgs.iter().any(|m| m.msg_type == MessageType::Heartbeat && m.context == b"f"),
+        "a round for the forwarded read"
+    );
+    assert!(!leader.msgs.iter().any(|m| m.msg_type == MessageType::ReadIndexResp));
 }
 
 /// A learner reads by forwarding to the leader.

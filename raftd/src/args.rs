@@ -139,6 +139,11 @@ fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
     Ok(out)
 }
 
+/// How much faster than a follower's clock a leader's may run, in percent of the lease:
+/// lease-based reads assume the machines' clock rates differ by less (NTP keeps them within
+/// a small fraction of a percent).
+pub const LEASE_CLOCK_DRIFT_PERCENT: u32 = 10;
+
 /// The secret in `path` (trimmed), for the flag `flag`.
 fn read_secret(flag: &str, path: Option<&std::path::Path>) -> Result<Option<String>, String> {
     let Some(path) = path else { return Ok(None) };
@@ -242,6 +247,16 @@ impl Args {
             disable_proposal_forwarding: self.disable_proposal_forwarding,
             ..raft::Config::default()
         };
+        let raft = raft::Config {
+            lease_duration: match raft.read_only_option {
+                raft::ReadOnlyOption::LeaseBased => raft.lease_duration_for(
+                    Duration::from_millis(self.tick_interval_ms),
+                    LEASE_CLOCK_DRIFT_PERCENT,
+                ),
+                raft::ReadOnlyOption::Safe => Duration::ZERO,
+            },
+            ..raft
+        };
         raft.validate().map_err(|e| match e {
             raft::ConfigError::HeartbeatTickZero => {
                 "--heartbeat-tick must be greater than 0".to_string()
@@ -254,6 +269,10 @@ impl Args {
             }
             raft::ConfigError::MaxInflightMsgsZero => {
                 "--max-inflight-msgs must be greater than 0".to_string()
+            }
+            raft::ConfigError::LeaseDurationWithoutLeaseBased => {
+                "--election-tick is too small for a lease (--read-only-option lease-based)"
+                    .to_string()
             }
             raft::ConfigError::LeaseBasedWithoutCheckQuorum => {
                 "--read-only-option lease-based requires --check-quorum true".to_string()

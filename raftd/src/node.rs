@@ -48,6 +48,8 @@ const REMOVED_STOP_AFTER_ELECTION_TIMEOUTS: u32 = 10;
 const FOLD_IN_ENTRIES_PER_ITERATION: usize = 2048;
 /// Time one loop iteration may spend handling Readies before it polls sockets again.
 const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
+/// Most ticks caught up at once after a pause, in election timeouts.
+const TICK_CATCH_UP_ELECTION_TIMEOUTS: u64 = 2;
 /// Largest snapshot accepted from the leader, in bytes (it is received into memory).
 pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// A second connection from a peer that is connected is refused; the first is closed too when
@@ -56,6 +58,17 @@ pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 const STALE_CONNECTION_ELECTION_TIMEOUTS: u32 = 1;
 /// Largest key-value request accepted.
 pub const REQUEST_SIZE_MAX: usize = 4 * 1024 * 1024;
+
+/// The clock leases are measured on: CLOCK_BOOTTIME, which, unlike `Instant`'s
+/// CLOCK_MONOTONIC, keeps counting while the machine is suspended.
+pub(crate) fn lease_clock() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// Everything a node is started with.
 #[derive(Clone, Debug)]
@@ -399,21 +412,19 @@ impl Node {
                     return Err(Error::io("poll", "event loop", e));
                 }
             }
+            // Ticks first: those due passed before what the sockets hold now arrived (a
+            // follower that counted them after a heartbeat would campaign for nothing).
+            let now = Instant::now();
+            if now >= next_tick {
+                self.catch_up_ticks(now, &mut next_tick);
+                self.housekeeping(now);
+            }
             for event in events.iter() {
                 match event.token() {
                     PEER_LISTENER => self.accept(true),
                     CLIENT_LISTENER => self.accept(false),
                     token => self.conn_event(token, event.is_readable(), event.is_writable()),
                 }
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.raw.tick();
-                next_tick += self.config.tick_interval;
-                if next_tick < now {
-                    next_tick = now + self.config.tick_interval;
-                }
-                self.housekeeping(now);
             }
             self.submit_batches();
             self.handle_readies()?;
@@ -430,6 +441,25 @@ impl Node {
         self.finish_snapshot(true)?;
         self.raw.store_mut().sync()?;
         Ok(())
+    }
+
+    /// Ticks for every interval that passed since `next_tick`, also those missed while the
+    /// process was paused or a sync was slow, up to `TICK_CATCH_UP_ELECTION_TIMEOUTS` election
+    /// timeouts' worth (enough to fire every timer; fewer ticks only make timers late, which
+    /// the lease does not depend on: it runs on the clock).
+    fn catch_up_ticks(&mut self, now: Instant, next_tick: &mut Instant) {
+        let interval = self.config.tick_interval;
+        let due = (now.duration_since(*next_tick).as_nanos() / interval.as_nanos()) as u64 + 1;
+        let most = (self.config.raft.election_tick as u64) * TICK_CATCH_UP_ELECTION_TIMEOUTS;
+        let ticks = due.min(most);
+        if due > self.config.raft.election_tick as u64 {
+            info!("{due} ticks were due at once (a pause or a slow sync?); ticking {ticks}");
+        }
+        self.raw.advance_clock(lease_clock());
+        for _ in 0..ticks {
+            self.raw.tick();
+        }
+        *next_tick += interval * u32::try_from(due).unwrap_or(u32::MAX);
     }
 
     fn alloc_token(&mut self) -> Token {

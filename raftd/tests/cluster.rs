@@ -576,3 +576,58 @@ fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 15, item 2, on real processes: a lease-based leader frozen (SIGSTOP) while the others
+/// elect a leader and write, then resumed with a linearizable read waiting on its socket,
+/// never answers the value the new leader overwrote. Before, it resumed, answered from a
+/// check-quorum "lease" that its stopped ticks had not ended, and returned the old value.
+#[test]
+fn a_lease_based_leader_resumed_after_a_pause_answers_no_stale_read() {
+    let mut cluster =
+        TestCluster::start(3, &["--read-only-option", "lease-based", "--allow-fault-injection"]);
+    for round in 0..3 {
+        let old = cluster.wait_for_leader();
+        let before = format!("before-{round}");
+        cluster.put("x", &before);
+        let mut reader = cluster.node(old).wait_client();
+        // Cut off too, so that nothing from the new leader reaches it first when it resumes.
+        let others: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
+        for id in 1..=3 {
+            let drop = if id == old { others.clone() } else { vec![old] };
+            let fault = AdminRequest::Fault { drop_to: drop.clone(), drop_from: drop, delay_ms: 0 };
+            cluster.node(id).wait_client().admin(fault).unwrap().unwrap();
+        }
+        let pid = cluster.node(old).child.as_ref().unwrap().id() as i32;
+        // SAFETY: signals to a child process this test started.
+        #[allow(unsafe_code)]
+        let stop = |sig| assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        stop(libc::SIGSTOP);
+        let deadline = Instant::now() + DEADLINE;
+        let after = format!("after-{round}");
+        'written: loop {
+            for &id in &others {
+                if let Ok(mut c) = cluster.node(id).client() {
+                    let put = Op::Put { key: b"x".to_vec(), value: after.clone().into_bytes() };
+                    if matches!(c.kv(put), Ok(Ok(_))) {
+                        break 'written;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no new leader wrote: {}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The read is on the frozen leader's socket before it runs again.
+        let read = std::thread::spawn(move || {
+            reader.kv(Op::Get { key: b"x".to_vec(), serializable: false })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        stop(libc::SIGCONT);
+        let got = read.join().unwrap();
+        if let Ok(Ok(KvReply { result: OpResult::Get(value), .. })) = &got {
+            assert_eq!(value.as_deref(), Some(after.as_bytes()), "round {round}: a stale read");
+        }
+        for id in 1..=3 {
+            cluster.node(id).wait_client().admin(AdminRequest::Heal).unwrap().unwrap();
+        }
+    }
+}

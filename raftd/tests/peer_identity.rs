@@ -253,6 +253,7 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                     } else {
                         vec![0xee; 4]
                     },
+                    sent_at: absurd[(k + 3) % absurd.len()],
                 };
                 send_as(&addr, &cluster_id, speaker, incarnation, m);
                 sent += 1;

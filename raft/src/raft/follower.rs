@@ -175,7 +175,11 @@ impl<T: Storage> Raft<T> {
                     return Ok(());
                 }
                 let request_ctx = m.entries.pop().map(|e| e.data).unwrap_or_default();
-                self.read_states.push(ReadState { index: m.index, request_ctx });
+                self.read_states.push(ReadState {
+                    index: m.index,
+                    request_ctx,
+                    lease_expiry: None,
+                });
             }
             _ => {}
         }
@@ -247,6 +251,7 @@ impl<T: Storage> Raft<T> {
             msg_type: MessageType::HeartbeatResponse,
             to: m.from,
             context: m.context,
+            sent_at: m.sent_at,
             ..Message::default()
         });
     }

@@ -102,6 +102,7 @@ impl<T: Storage> Raft<T> {
             to,
             commit,
             context: ctx,
+            sent_at: self.now_nanos(),
             ..Message::default()
         });
     }
@@ -308,7 +309,7 @@ impl<T: Storage> Raft<T> {
     pub(super) fn read_index_as_leader(&mut self, m: Message) {
         if self.prs.is_singleton() {
             let committed = self.raft_log.committed;
-            self.respond_to_read_index(m, committed);
+            self.respond_to_read_index(m, committed, None);
             return;
         }
         // A new leader does not know the commit index of its predecessor until it commits an
@@ -327,23 +328,30 @@ impl<T: Storage> Raft<T> {
 
     pub(super) fn send_read_index_response(&mut self, m: Message) {
         let committed = self.raft_log.committed;
-        match self.read_only.option {
-            ReadOnlyOption::Safe => {
-                let ctx = m.entries[0].data.clone();
-                self.read_only.add_request(committed, m);
-                // The leader acknowledges its own round.
-                self.read_only.recv_ack(self.id, &ctx);
-                self.bcast_heartbeat_with_ctx(ctx);
-            }
-            ReadOnlyOption::LeaseBased => self.respond_to_read_index(m, committed),
+        // Only this node's own reads are answered from the lease: a forwarded read's answer
+        // would reach its follower after the lease could have ended.
+        let local = m.from == INVALID_ID || m.from == self.id;
+        if let Some(expiry) = self.lease_expiry().filter(|_| local) {
+            self.respond_to_read_index(m, committed, Some(expiry));
+            return;
         }
+        let ctx = m.entries[0].data.clone();
+        self.read_only.add_request(committed, m);
+        // The leader acknowledges its own round.
+        self.read_only.recv_ack(self.id, &ctx);
+        self.bcast_heartbeat_with_ctx(ctx);
     }
 
-    pub(super) fn respond_to_read_index(&mut self, req: Message, index: u64) {
+    pub(super) fn respond_to_read_index(
+        &mut self,
+        req: Message,
+        index: u64,
+        lease_expiry: Option<Duration>,
+    ) {
         let mut entries = req.entries;
         if req.from == INVALID_ID || req.from == self.id {
             let request_ctx = entries.pop().map(|e| e.data).unwrap_or_default();
-            self.read_states.push(ReadState { index, request_ctx });
+            self.read_states.push(ReadState { index, request_ctx, lease_expiry });
         } else {
             self.send(Message {
                 msg_type: MessageType::ReadIndexResp,
@@ -441,9 +449,12 @@ impl<T: Storage> Raft<T> {
 
     pub(super) fn handle_heartbeat_response(&mut self, m: &Message) {
         let last_index = self.raft_log.last_index();
+        let now = self.now_nanos();
         let pr = self.prs.progress.get_mut(&m.from).expect("checked by step_leader");
         pr.recent_active = true;
         pr.probe_sent = false;
+        // An echo from the future is a bug or a forgery: it never extends the lease past now.
+        pr.lease_ack = pr.lease_ack.max(m.sent_at.min(now));
         // A full pipeline whose acknowledgements were all lost would stall forever: free one
         // slot per heartbeat so an append gets through.
         if pr.state == ProgressState::Replicate && pr.ins.full() {
@@ -452,7 +463,8 @@ impl<T: Storage> Raft<T> {
         if pr.matched < last_index {
             self.send_append(m.from);
         }
-        if self.read_only.option != ReadOnlyOption::Safe || m.context.is_empty() {
+        // Safe reads, and lease-based reads the lease did not cover, wait for a round.
+        if m.context.is_empty() {
             return;
         }
         let Some(acks) = self.read_only.recv_ack(m.from, &m.context) else {
@@ -463,7 +475,7 @@ impl<T: Storage> Raft<T> {
             return;
         }
         for status in self.read_only.advance(&m.context) {
-            self.respond_to_read_index(status.req, status.index);
+            self.respond_to_read_index(status.req, status.index, None);
         }
     }
 
@@ -550,6 +562,7 @@ impl<T: Storage> Raft<T> {
             });
         }
         self.send(Message { msg_type: MessageType::TimeoutNow, to, ..Message::default() });
+        self.lease_revoked = true;
     }
 
     /// After the application applied up to `applied`: a leader in a joint configuration with

@@ -46,6 +46,9 @@ pub struct Progress {
     pub ins: Inflights,
     /// The follower is a learner.
     pub is_learner: bool,
+    /// The sending time (`Message::sent_at`) of the newest heartbeat of this term the follower
+    /// acknowledged, or 0: where the leader's lease may start.
+    pub lease_ack: u64,
 }
 
 impl Progress {
@@ -60,6 +63,7 @@ impl Progress {
             probe_sent: false,
             ins: Inflights::new(inflight_cap),
             is_learner: false,
+            lease_ack: 0,
         }
     }
 

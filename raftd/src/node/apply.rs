@@ -27,7 +27,17 @@ impl Node {
             let mut messages = std::mem::take(&mut rd.messages);
             for rs in rd.read_states.drain(..) {
                 let n = self.read_contexts.counter(&rs.request_ctx);
-                if let Some(batch) = n.and_then(|n| self.reads_in_flight.remove(&n)) {
+                let Some(batch) = n.and_then(|n| self.reads_in_flight.remove(&n)) else {
+                    continue;
+                };
+                // Answered from the lease: still linearizable only if the lease holds now,
+                // after the core took its commit index; else ask again (a heartbeat round).
+                if rs.lease_expiry.is_some_and(|expiry| lease_clock() >= expiry) {
+                    warn!("a lease read outlived the lease (a pause?); confirming it again");
+                    self.read_batch.extend(batch);
+                    continue;
+                }
+                {
                     self.reads_ready.push_back((rs.index, batch));
                 }
             }

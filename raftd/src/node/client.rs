@@ -164,6 +164,7 @@ impl Node {
         if !self.read_batch.is_empty() {
             let batch = std::mem::take(&mut self.read_batch);
             let (n, ctx) = self.read_contexts.next();
+            self.raw.advance_clock(lease_clock());
             match self.raw.read_index(ctx) {
                 Ok(()) => {
                     self.reads_in_flight.insert(n, batch);
