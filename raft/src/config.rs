@@ -99,9 +99,11 @@ impl Config {
     /// most `drift_percent` percent: `(election_tick - 1)` ticks (a follower may be one tick
     /// into its count when the heartbeat arrives), less the drift over them.
     pub fn lease_duration_for(&self, tick_interval: Duration, drift_percent: u32) -> Duration {
-        let ticks = self.election_tick.saturating_sub(1) as u32;
+        let ticks = u32::try_from(self.election_tick.saturating_sub(1)).unwrap_or(u32::MAX);
         let window = tick_interval.saturating_mul(ticks);
-        window.saturating_sub(window * drift_percent.min(100) / 100)
+        // Saturating throughout: an absurd tick interval from a flag gives a long lease, not a
+        // panic (and the flag's election timeout is as long).
+        window.saturating_sub((window / 100).saturating_mul(drift_percent.min(100)))
     }
 
     /// Checks every parameter, naming the first mistake found.
@@ -207,5 +209,7 @@ mod tests {
         );
         assert_eq!(c.lease_duration_for(Duration::from_millis(100), 0), Duration::from_millis(900));
         assert_eq!(c.lease_duration_for(Duration::from_millis(100), 250), Duration::ZERO);
+        let huge = Duration::from_millis(u64::MAX);
+        assert!(c.lease_duration_for(huge, 10) < Duration::MAX);
     }
 }
