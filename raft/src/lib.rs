@@ -90,9 +90,12 @@
 //! let storage = MemoryStorage::new_with_conf_state(ConfState { voters: vec![1], ..Default::default() });
 //! let mut node = RawNode::new(&Config::new(1), storage).expect("new node");
 //! node.campaign().expect("campaign");
-//! let rd = node.ready();
-//! node.store_mut().append(&rd.entries).expect("append");
-//! node.advance(rd);
+//! // The no-op entry of the new term, then (once persisted) its commit.
+//! while node.has_ready() {
+//!     let rd = node.ready();
+//!     node.store_mut().append(&rd.entries).expect("append");
+//!     node.advance(rd);
+//! }
 //!
 //! node.read_index(b"read-42".to_vec()).expect("a leader is known");
 //! let rd = node.ready();

@@ -342,13 +342,15 @@ impl<T: Storage> Raft<T> {
         self.pending_transfer_vote = None;
         self.prs.reset_votes();
         let last_index = self.raft_log.last_index();
+        let persisted = self.raft_log.persisted_index();
         let self_id = self.id;
         for (&id, pr) in self.prs.progress.iter_mut() {
             let is_learner = pr.is_learner;
             *pr = crate::tracker::Progress::new(last_index + 1, self.prs.max_inflight);
             pr.is_learner = is_learner;
             if id == self_id {
-                pr.matched = last_index;
+                // Only what is durable here counts toward a quorum.
+                pr.matched = persisted;
             }
         }
         self.pending_conf_index = 0;

@@ -237,6 +237,16 @@ impl<T: Storage> RaftLog<T> {
         self.unstable.stable_to(index, term);
     }
 
+    /// The last index of the durable prefix of the log: every entry up to it was persisted
+    /// (entries below the unstable tail). 0 while a received snapshot waits to be persisted:
+    /// what precedes it is being replaced.
+    pub fn persisted_index(&self) -> u64 {
+        if self.unstable.snapshot.is_some() {
+            return 0;
+        }
+        self.unstable.offset - 1
+    }
+
     /// The application persisted the snapshot at `index`.
     pub fn stable_snap_to(&mut self, index: u64) {
         self.unstable.stable_snap_to(index);

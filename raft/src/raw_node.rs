@@ -26,12 +26,15 @@ use crate::tracker::{Progress, ProgressState};
 ///    (`raw_node.raft.state == StateType::Leader` when `ready()` returned), its messages may be
 ///    sent before or while it persists, because they never acknowledge its own state and the
 ///    leader only counts itself toward a commit once this Ready is handled (Raft thesis
-///    §10.2.1).
+///    §10.2.1). No message carries a commit index above what a quorum has durably.
 /// 3. Apply `committed_entries` in order; pass configuration-change entries to
-///    [`RawNode::apply_conf_change`]. An entry may be committed in the same Ready that
-///    persists it; it is applied after step 1.
+///    [`RawNode::apply_conf_change`]. On a follower an entry may be committed in the same
+///    Ready that persists it; it is applied after step 1.
 /// 4. Serve each of `read_states` once the applied index reaches its `index`.
-/// 5. Call [`RawNode::advance`] with this Ready.
+/// 5. Call [`RawNode::advance`] with this Ready: it is the persisted notification (raft-rs's
+///    `on_persist_ready`, etcd's self-addressed append response). The persisted entries
+///    become stable and, on a leader, count in its own progress; a single voter commits
+///    them then, so its next Ready holds them as committed.
 #[derive(Debug, Default, PartialEq)]
 pub struct Ready {
     /// The leader and role, when they changed since the last Ready.
@@ -341,8 +344,8 @@ impl<T: Storage> RawNode<T> {
         rd
     }
 
-    /// The application handled `rd`: persisted entries become stable, applied entries move
-    /// the applied index.
+    /// The application handled `rd`: persisted entries become stable (and count toward a
+    /// commit on a leader), applied entries move the applied index.
     pub fn advance(&mut self, rd: Ready) {
         if let Some(hs) = rd.hard_state {
             self.prev_hard_state = hs;
@@ -354,11 +357,11 @@ impl<T: Storage> RawNode<T> {
             (None, Some(s)) => s.metadata.index,
             (None, None) => 0,
         };
-        if let Some(e) = rd.entries.last() {
-            raft.raft_log.stable_to(e.index, e.term);
-        }
         if let Some(s) = &rd.snapshot {
             raft.raft_log.stable_snap_to(s.metadata.index);
+        }
+        if let Some(e) = rd.entries.last() {
+            raft.on_persist_entries(e.index, e.term);
         }
         if applied > 0 {
             let old_applied = raft.raft_log.applied;

@@ -89,6 +89,7 @@ fn learner_ack_never_commits() {
     r.become_leader();
     read_messages(&mut r);
     r.step(propose(1, b"x")).unwrap();
+    persist(&mut r);
     let last = r.raft_log.last_index();
     r.step(Message { index: last, ..new_message(4, 1, MessageType::AppendResponse, r.term) })
         .unwrap();
@@ -269,6 +270,7 @@ fn joint_quorum_needs_both_halves() {
     assert_eq!(r.state, StateType::Leader);
     read_messages(&mut r);
     r.step(propose(1, b"x")).unwrap();
+    persist(&mut r);
     let last = r.raft_log.last_index();
     for from in [2, 3] {
         r.step(Message { index: last, ..new_message(from, 1, MessageType::AppendResponse, term) })

@@ -40,6 +40,7 @@ fn accept_and_reply(m: &Message) -> Message {
 /// Lets a new leader commit its no-op entry and persists everything, as a Ready would.
 fn commit_noop_entry(r: &mut Raft<MemoryStorage>) {
     assert_eq!(r.state, StateType::Leader);
+    persist(r);
     r.bcast_append();
     for m in read_messages(r) {
         assert!(m.msg_type == MessageType::Append && m.entries.len() == 1);
@@ -47,12 +48,8 @@ fn commit_noop_entry(r: &mut Raft<MemoryStorage>) {
         r.step(accept_and_reply(&m)).unwrap();
     }
     read_messages(r);
-    let unstable = r.raft_log.unstable_entries().to_vec();
-    r.raft_log.store.append(&unstable).unwrap();
     let committed = r.raft_log.committed;
     r.raft_log.applied_to(committed);
-    let (last, term) = (r.raft_log.last_index(), r.raft_log.last_term());
-    r.raft_log.stable_to(last, term);
 }
 
 fn update_term_from_message(state: StateType) {
@@ -399,6 +396,7 @@ fn leader_acknowledge_commit() {
         commit_noop_entry(&mut r);
         let li = r.raft_log.last_index();
         r.step(propose(1, b"some data")).unwrap();
+        persist(&mut r);
         for m in read_messages(&mut r) {
             if acceptors.contains(&m.to) {
                 r.step(accept_and_reply(&m)).unwrap();
@@ -627,6 +625,7 @@ fn leader_only_commits_log_from_current_term() {
         r.become_leader();
         read_messages(&mut r);
         r.step(propose(1, b"")).unwrap();
+        persist(&mut r);
         let term = r.term;
         let ack =
             Message { index: ack_index, ..new_message(2, 1, MessageType::AppendResponse, term) };

@@ -447,6 +447,7 @@ fn append_response_wait_reset() {
     let mut r = new_test_raft(1, &[1, 2, 3], 5, 1, storage_with_peers(&[1, 2, 3]));
     r.become_candidate();
     r.become_leader();
+    persist(&mut r);
     r.bcast_append();
     read_messages(&mut r);
     r.step(ack(2, 1)).unwrap();
@@ -517,4 +518,54 @@ fn stale_append_below_commit_is_acknowledged_not_applied() {
         (MessageType::AppendResponse, 3, false)
     );
     assert_eq!(r.raft_log.all_entries(), entries_with_terms(&[1, 1, 1]));
+}
+
+/// Raft thesis §10.2.1 (the leader writes to its disk in parallel, and counts itself in a
+/// quorum only once its entries are durable): acknowledgements that make a quorum only with
+/// the leader's unsynced log commit nothing; the leader's persisted notification commits
+/// and tells the followers.
+#[test]
+fn leader_counts_itself_toward_a_commit_only_once_persisted() {
+    let mut r = leader_of(&[1, 2, 3], |_| {});
+    persist(&mut r);
+    r.step(ack(2, 1)).unwrap();
+    r.step(ack(3, 1)).unwrap();
+    read_messages(&mut r);
+    r.step(propose(1, b"x")).unwrap();
+    read_messages(&mut r);
+    r.step(ack(2, 2)).unwrap();
+    assert_eq!(r.raft_log.committed, 1, "node 2 and the leader's unsynced log: no quorum");
+    assert!(read_messages(&mut r).iter().all(|m| m.commit <= 1));
+    persist(&mut r);
+    assert_eq!(r.raft_log.committed, 2, "synced here too: a quorum holds it durably");
+    let msgs = read_messages(&mut r);
+    let told: Vec<u64> = msgs.iter().filter(|m| m.commit == 2).map(|m| m.to).collect();
+    assert_eq!(told, vec![2, 3], "the new commit index goes out at once");
+}
+
+/// Issue 15 item 3: a single voter with a learner (the README's path for growing a one-node
+/// cluster) never tells the learner of a commit that is not durable on the voter: a power
+/// loss could take it back and the voter write another entry at that index.
+#[test]
+fn single_voter_sends_no_commit_above_its_persisted_log() {
+    let mut r = new_test_learner_raft(1, &[1], &[2], 10, 1);
+    r.become_candidate();
+    r.become_leader();
+    persist(&mut r);
+    assert_eq!(r.raft_log.committed, 1, "the no-op commits once persisted");
+    r.step(Message { index: 1, ..new_message(2, 1, MessageType::AppendResponse, r.term) }).unwrap();
+    read_messages(&mut r);
+    r.step(propose(1, b"x")).unwrap();
+    r.step(propose(1, b"y")).unwrap();
+    let msgs = read_messages(&mut r);
+    assert!(!msgs.is_empty(), "the learner gets the entries before the voter syncs");
+    assert!(
+        msgs.iter().all(|m| m.commit <= 1),
+        "commit above the persisted log sent: {:?}",
+        msgs.iter().map(|m| (m.to, m.commit)).collect::<Vec<_>>()
+    );
+    assert_eq!(r.raft_log.committed, 1);
+    persist(&mut r);
+    assert_eq!(r.raft_log.committed, 3);
+    assert!(read_messages(&mut r).iter().any(|m| m.to == 2 && m.commit == 3));
 }

@@ -35,20 +35,34 @@ fn persist_and_advance(node: &mut RawNode<MemoryStorage>) -> raft::Ready {
     copy
 }
 
-/// A campaign's Ready carries the new role, the term and vote to persist (synced), the
-/// leader's no-op entry, and (single voter) its commitment.
+/// Persists and advances Readies until there is none; returns the committed entries.
+fn persist_until_quiet(node: &mut RawNode<MemoryStorage>) -> Vec<raft::Entry> {
+    let mut committed = Vec::new();
+    while node.has_ready() {
+        committed.extend(persist_and_advance(node).committed_entries);
+    }
+    committed
+}
+
+/// A campaign's Ready carries the new role, the term and vote to persist (synced) and the
+/// leader's no-op entry; a single voter commits it only once it is persisted, in the next
+/// Ready.
 #[test]
-fn ready_after_campaign_holds_state_entries_and_commit() {
+fn ready_after_campaign_holds_state_and_entries_then_the_commit() {
     let mut node = single_node();
     assert!(!node.has_ready(), "a new node has nothing to do");
     node.campaign().unwrap();
     assert!(node.has_ready());
     let rd = persist_and_advance(&mut node);
     assert_eq!(rd.soft_state, Some(SoftState { lead: 1, raft_state: StateType::Leader }));
-    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 1, commit: 1 }));
+    assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 1, commit: 0 }));
     assert_eq!(rd.entries.len(), 1);
-    assert_eq!(rd.committed_entries, rd.entries);
+    assert!(rd.committed_entries.is_empty(), "not durable when the Ready was taken");
     assert!(rd.must_sync);
+    let committed = persist_and_advance(&mut node);
+    assert_eq!(committed.hard_state.map(|hs| hs.commit), Some(1));
+    assert_eq!(committed.committed_entries, rd.entries);
+    assert!(committed.entries.is_empty());
     assert!(!node.has_ready(), "advance consumed everything");
 }
 
@@ -103,8 +117,7 @@ fn committed_entries_per_ready_are_size_limited() {
     config.max_committed_size_per_ready = 1;
     let mut node = RawNode::new(&config, voters_storage(&[1])).unwrap();
     node.campaign().unwrap();
-    let rd = persist_and_advance(&mut node);
-    assert_eq!(rd.committed_entries.len(), 1);
+    assert_eq!(persist_until_quiet(&mut node).len(), 1);
     for i in 0..5u8 {
         node.propose(vec![], vec![i; 100]).unwrap();
     }
@@ -125,10 +138,10 @@ fn committed_entries_per_ready_are_size_limited() {
 fn restart_with_applied_does_not_redeliver_applied_entries() {
     let mut node = single_node();
     node.campaign().unwrap();
-    persist_and_advance(&mut node);
+    persist_until_quiet(&mut node);
     for i in 0..4u8 {
         node.propose(vec![], vec![i]).unwrap();
-        persist_and_advance(&mut node);
+        persist_until_quiet(&mut node);
     }
     let storage = node.store().clone();
     assert_eq!(storage.hard_state().commit, 5);

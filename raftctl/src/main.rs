@@ -548,8 +548,12 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
                         return Ok(());
                     }
                     Ok(other) => return Err(fail(format!("unexpected reply {other:?}"))),
+                    // Until the leader has recorded the learner's data dir incarnation (a
+                    // configuration change of its own, which holds off others while pending).
                     Err(e)
-                        if Instant::now() < deadline && e.to_string().contains("not recorded") =>
+                        if Instant::now() < deadline
+                            && (e.to_string().contains("not recorded")
+                                || e.to_string().contains("already pending")) =>
                     {
                         std::thread::sleep(Duration::from_millis(100));
                     }

@@ -152,15 +152,35 @@ impl<T: Storage> Raft<T> {
             );
             return false;
         }
-        let last_index = self.raft_log.append(entries);
-        self.prs
-            .progress
-            .get_mut(&self.id)
-            .expect("a leader appending entries tracks itself")
-            .maybe_update(last_index);
-        // Whatever maybe_commit says, the caller broadcasts.
-        self.maybe_commit();
+        // The leader's own progress moves only when the entries are durable here
+        // (`on_persist_entries`): a quorum counts what its members have synced, so that no
+        // message carries a commit index that a power loss could take back.
+        self.raft_log.append(entries);
         true
+    }
+
+    /// The application persisted the log up to (`index`, `term`): those entries become stable
+    /// and, on a leader, count in its own progress, which may commit them (Raft thesis §10.2.1:
+    /// the leader acknowledges its own entries like any follower, once they are durable).
+    pub fn on_persist_entries(&mut self, index: u64, term: u64) {
+        self.raft_log.stable_to(index, term);
+        self.ack_persisted();
+    }
+
+    /// A leader counts its durable prefix in its own progress; commits and tells the followers
+    /// when that moves the commit index.
+    pub(crate) fn ack_persisted(&mut self) {
+        if self.state != StateType::Leader {
+            return;
+        }
+        let persisted = self.raft_log.persisted_index();
+        let Some(pr) = self.prs.progress.get_mut(&self.id) else {
+            return; // Removed from the configuration: it no longer counts.
+        };
+        if pr.maybe_update(persisted) && self.maybe_commit() {
+            self.release_pending_read_index_messages();
+            self.bcast_append();
+        }
     }
 
     /// Counts proposed payload against `max_uncommitted_size`. An empty payload always fits,

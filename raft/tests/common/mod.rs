@@ -77,6 +77,21 @@ pub fn read_messages(r: &mut Raft<MemoryStorage>) -> Vec<Message> {
     std::mem::take(&mut r.msgs)
 }
 
+/// Persists what `r` holds unstable, as an application would before `advance`: a pending
+/// snapshot, then the unstable entries; a leader then counts them in its own progress.
+pub fn persist(r: &mut Raft<MemoryStorage>) {
+    if let Some(snapshot) = r.raft_log.unstable.snapshot.clone() {
+        let index = snapshot.metadata.index;
+        r.raft_log.store.apply_snapshot(snapshot).expect("a newer snapshot applies");
+        r.raft_log.stable_snap_to(index);
+    }
+    let entries = r.raft_log.unstable_entries().to_vec();
+    if let Some(last) = entries.last() {
+        r.raft_log.store.append(&entries).expect("unstable entries follow the storage");
+        r.on_persist_entries(last.index, last.term);
+    }
+}
+
 /// An entry of `term` at `index` with `data`.
 pub fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
     Entry::new(term, index, data.to_vec())
@@ -234,6 +249,7 @@ impl Network {
                 continue;
             };
             let _ = p.step(m);
+            persist(p);
             let out = std::mem::take(&mut p.msgs);
             queue.extend(self.filter(out));
         }

@@ -42,7 +42,8 @@ impl Node {
                 }
             }
             // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
-            // state, so they may leave before it syncs. Appends of new entries leave first,
+            // state (the core counts the leader's entries once `advance` says they are
+            // synced), so they may leave before it syncs. Appends of new entries leave first,
             // so that the followers' syncs overlap the leader's.
             if leader && !rd.entries.is_empty() {
                 self.send_messages(std::mem::take(&mut messages));

@@ -148,8 +148,12 @@ pub fn promote(admin: &mut Client, id: u64) -> Result<AdminReply, ClientError> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match admin.admin(AdminRequest::Promote { id }).unwrap() {
-            Err(ClientError::Refused(why)) if why.contains("not recorded") => {
-                assert!(Instant::now() < deadline, "node {id}'s incarnation never recorded");
+            // Until the leader records the learner's incarnation (a configuration change of
+            // its own, which holds off others while pending).
+            Err(ClientError::Refused(why))
+                if why.contains("not recorded") || why.contains("already pending") =>
+            {
+                assert!(Instant::now() < deadline, "node {id}'s incarnation never recorded: {why}");
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return other,
