@@ -164,12 +164,6 @@ impl<T: Storage> Raft<T> {
     /// the leader acknowledges its own entries like any follower, once they are durable).
     pub fn on_persist_entries(&mut self, index: u64, term: u64) {
         self.raft_log.stable_to(index, term);
-        self.ack_persisted();
-    }
-
-    /// A leader counts its durable prefix in its own progress; commits and tells the followers
-    /// when that moves the commit index.
-    pub(crate) fn ack_persisted(&mut self) {
         if self.state != StateType::Leader {
             return;
         }
