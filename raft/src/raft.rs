@@ -156,6 +156,11 @@ pub struct Raft<T: Storage> {
     /// read is answered from the lease until the next term (even if the transfer is aborted,
     /// the message may still arrive).
     pub lease_revoked: bool,
+    /// With leader leases, a node that (re)starts refuses votes as if it had just heard from
+    /// a leader, until an election timeout passed: before the restart it may have acknowledged
+    /// the heartbeat a leader's lease started from, and it no longer knows. Cleared once the
+    /// timeout passed or a leader is known.
+    pub lease_hold_at_start: bool,
     rng: Rng,
 }
 
@@ -210,6 +215,7 @@ impl<T: Storage> Raft<T> {
             now: Duration::ZERO,
             lease_duration: config.lease_duration,
             lease_revoked: false,
+            lease_hold_at_start: config.read_only_option == ReadOnlyOption::LeaseBased,
             // Distinct, reproducible sequences per node; `seed_election_rng` overrides.
             rng: Rng::new(config.id.wrapping_mul(0x2545_f491_4f6c_dd1d)),
         };
@@ -408,6 +414,9 @@ impl<T: Storage> Raft<T> {
     /// The follower's and candidate's tick: campaign after the randomized election timeout.
     pub fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.election_timeout {
+            self.lease_hold_at_start = false;
+        }
         if self.promotable() && self.past_election_timeout() {
             self.election_elapsed = 0;
             let m = Message { from: self.id, ..Message::new(MessageType::Hup) };
@@ -632,8 +641,10 @@ impl<T: Storage> Raft<T> {
             // Local message, or a proposal or read forwarded without a term.
         } else if m.term > self.term {
             if matches!(m.msg_type, MessageType::RequestVote | MessageType::RequestPreVote) {
+                // A restarted voter holds votes too, for an election timeout: the lease it
+                // may have granted before the restart is not known to have ended.
                 let in_lease = self.check_quorum
-                    && self.lead != INVALID_ID
+                    && (self.lead != INVALID_ID || self.lease_hold_at_start)
                     && self.election_elapsed < self.election_timeout;
                 let transfer = m.context == CAMPAIGN_TRANSFER;
                 // A transfer campaign overrides the lease only when this node's leader chose

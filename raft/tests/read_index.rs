@@ -357,3 +357,35 @@ fn raw_node_read_index_through_follower() {
     assert_eq!((rs.index, rs.request_ctx.as_slice()), (2, &b"r1"[..]));
     assert!(follower.raw.raft.raft_log.applied >= rs.index);
 }
+
+/// A voter restarted while the leader's lease holds must not help elect another leader before
+/// that lease could have ended: it acknowledged the heartbeat the lease started from, and
+/// after a restart it no longer knows that it did (its leader is unknown, so the check-quorum
+/// rule that refuses votes within a leader's lease does not apply).
+#[test]
+fn a_voter_restarted_within_the_leaders_lease_elects_no_other_leader_before_it_ends() {
+    let mut n = leader_1_of_3(lease);
+    n.send(vec![propose(1, b"")]);
+    let sent = Duration::from_secs(10);
+    heartbeat_round_at(&mut n, sent);
+    // Node 2 restarts from its durable state.
+    let old = n.peer(2);
+    let mut store = old.raft_log.store.clone();
+    store.set_hard_state(old.hard_state());
+    let mut config = new_test_config(2, 10, 1);
+    lease(&mut config);
+    n.peers.insert(2, Raft::new(&config, store).expect("restarts"));
+    // Node 3, cut off from the leader, campaigns and asks node 2.
+    n.cut(1, 3);
+    expire_lease(n.peer_mut(3));
+    n.send(vec![hup(3)]);
+    let leader = n.peer_mut(1);
+    leader.advance_clock(sent + LEASE - Duration::from_millis(1));
+    leader.step(read_index(1, b"in lease")).unwrap();
+    let answered_from_lease = leader.read_states.pop().is_some();
+    assert!(
+        !(answered_from_lease && n.peer(3).state == StateType::Leader),
+        "node 3 leads term {} while node 1 still answers reads from its lease",
+        n.peer(3).term
+    );
+}

@@ -6,15 +6,28 @@
 //! proposals, reads, leader transfers, membership changes (single-step and joint, with
 //! learners), snapshots and compaction. After every step it checks Raft's safety properties;
 //! at the end it heals everything and checks liveness. The same seed replays the same run.
+//!
+//! With [`SimConfig::lease_reads`], reads are answered from the leader's lease, and time is
+//! modelled ([`clock`]): a global clock, per-node clocks of bounded drift that drive ticks
+//! and the lease, and pauses (a process stopped while the others go on, resumed with a read
+//! waiting on its socket). Every read's index is checked against the writes completed before
+//! it began.
 
 #![warn(clippy::unwrap_used)]
 
+pub mod clock;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::time::Duration;
+
+use clock::{
+    NodeClock, CLOCK_DRIFT_PPM_MAX, STEP_MICROS, TICK_CATCH_UP_ELECTION_TIMEOUTS, TICK_MICROS,
+};
 
 use raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Config,
-    Entry, EntryType, MemoryStorage, Message, RawNode, StateType, Storage,
+    Entry, EntryType, MemoryStorage, Message, RawNode, ReadOnlyOption, StateType, Storage,
 };
 
 /// SplitMix64, seeded: the only source of randomness.
@@ -59,6 +72,30 @@ pub struct SimConfig {
     /// Deliberately break the core: nodes forget their vote now and then (to show that the
     /// checks bite).
     pub forgetful_voters: bool,
+    /// Lease-based reads, with modelled time: clocks of bounded drift, ticks from them,
+    /// pauses.
+    pub lease_reads: bool,
+    /// Deliberately break leases: two election timeouts long (what a lease on check-quorum
+    /// rounds amounted to), to show that the freshness check bites.
+    pub long_leases: bool,
+    /// Deliberately break leases: a restarted voter votes at once (the core's
+    /// `lease_hold_at_start` reverted), though it may have granted the leader's lease.
+    pub restarted_voters_vote: bool,
+}
+
+impl SimConfig {
+    /// A run of `seed` for `steps` steps, every deliberate bug off, safe reads.
+    pub fn new(seed: u64, steps: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            steps,
+            verbose: false,
+            forgetful_voters: false,
+            lease_reads: false,
+            long_leases: false,
+            restarted_voters_vote: false,
+        }
+    }
 }
 
 /// A broken invariant.
@@ -74,6 +111,8 @@ pub struct Violation {
     pub detail: String,
     /// The last events before it.
     pub trace: Vec<String>,
+    /// The run was of lease-based reads (`--lease`).
+    pub lease_reads: bool,
 }
 
 impl fmt::Display for Violation {
@@ -87,7 +126,8 @@ impl fmt::Display for Violation {
         for line in &self.trace {
             writeln!(f, "  {line}")?;
         }
-        write!(f, "replay: cargo run --release -p raft-sim -- --replay {}", self.seed)
+        let mode = if self.lease_reads { "--lease " } else { "" };
+        write!(f, "replay: cargo run --release -p raft-sim -- {mode}--replay {}", self.seed)
     }
 }
 
@@ -102,6 +142,8 @@ pub struct Stats {
     pub committed: u64,
     /// Reads answered.
     pub reads: u64,
+    /// Reads answered from a leader's lease.
+    pub lease_reads: u64,
     /// Configuration changes applied.
     pub conf_changes: u64,
     /// Snapshots taken or installed.
@@ -118,6 +160,8 @@ struct Node {
     commit_seen: u64,
     /// Ticks per step weight: clock drift.
     drift: u64,
+    /// The node's clock, when time is modelled (lease reads).
+    clock: NodeClock,
 }
 
 struct InFlight {
@@ -138,8 +182,10 @@ pub struct Sim {
     trace: VecDeque<String>,
     /// Term -> leader.
     leaders: BTreeMap<u64, u64>,
-    /// Index -> (term, data) of every entry known committed.
-    committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Index -> (term, data, commit term) of every entry known committed. The commit term is
+    /// the term of the node that first saw it committed: at least the term it was committed
+    /// in.
+    committed: BTreeMap<u64, (u64, Vec<u8>, u64)>,
     /// Index -> data applied, from any node.
     applied: BTreeMap<u64, Vec<u8>>,
     /// Proposals whose entry was seen applied, for the liveness check.
@@ -149,6 +195,14 @@ pub struct Sim {
     /// The highest index applied anywhere (writes completed by then).
     completed_write_index: u64,
     next_proposal: u64,
+    /// Reads asked so far: each read's context is unique in the run.
+    next_read: u64,
+    /// Global time in microseconds (advanced only when time is modelled).
+    now_micros: u64,
+    /// No writes are proposed for now.
+    idle: bool,
+    /// Crashed processes to restart at a global time: `(time, id)`.
+    quick_restarts: Vec<(u64, u64)>,
     /// After the faulty phase: no drops, duplicates or delays.
     reliable: bool,
     /// Nodes whose removal was committed: stopped for good, as an operator (or etcd) does.
@@ -181,6 +235,9 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let n = 3 + rng.below(5);
+        // Leases are most exposed in three-node clusters (one voter besides the leader makes
+        // its quorum): half of the lease runs have three.
+        let n = if cfg.lease_reads && rng.chance(500) { 3 } else { n };
         let voters: Vec<u64> = (1..=n).collect();
         let mut sim = Sim {
             cfg,
@@ -198,6 +255,10 @@ impl Sim {
             reads: BTreeMap::new(),
             completed_write_index: 0,
             next_proposal: 1,
+            next_read: 1,
+            now_micros: 0,
+            quick_restarts: Vec::new(),
+            idle: false,
             reliable: false,
             decommissioned: BTreeSet::new(),
             pending_removals: BTreeSet::new(),
@@ -211,11 +272,37 @@ impl Sim {
         sim
     }
 
+    /// A node's configuration: the simulation's, with lease reads when asked.
+    fn node_config(&self, id: u64) -> Config {
+        let config = peers_config(id);
+        if !self.cfg.lease_reads {
+            return config;
+        }
+        let tick = Duration::from_micros(TICK_MICROS);
+        let lease_duration = if self.cfg.long_leases {
+            tick * 2 * config.election_tick as u32
+        } else {
+            // raftd's rule: (election-tick - 1) ticks less 10%.
+            config.lease_duration_for(tick, 10)
+        };
+        Config { read_only_option: ReadOnlyOption::LeaseBased, lease_duration, ..config }
+    }
+
     fn add_node(&mut self, id: u64, peers: Vec<u64>) {
         let drift = 1 + self.rng.below(3);
-        let mut node =
-            Node { raw: None, storage: MemoryStorage::new(), applied: 0, commit_seen: 0, drift };
-        let config = Config { peers, ..peers_config(id) };
+        let rate_ppm =
+            1_000_000 - CLOCK_DRIFT_PPM_MAX + self.rng.below(2 * CLOCK_DRIFT_PPM_MAX + 1);
+        let mut clock = NodeClock::new(rate_ppm, self.rng.below(1_000_000_000));
+        clock.restart(self.now_micros);
+        let mut node = Node {
+            raw: None,
+            storage: MemoryStorage::new(),
+            applied: 0,
+            commit_seen: 0,
+            drift,
+            clock,
+        };
+        let config = Config { peers, ..self.node_config(id) };
         let mut raw = RawNode::new(&config, node.storage.clone()).expect("valid node");
         raw.raft.seed_election_rng(self.rng.next_u64());
         node.raw = Some(raw);
@@ -239,6 +326,7 @@ impl Sim {
             invariant,
             detail,
             trace: self.trace.iter().cloned().collect(),
+            lease_reads: self.cfg.lease_reads,
         }
     }
 
@@ -277,8 +365,30 @@ impl Sim {
     }
 
     fn random_action(&mut self) {
+        if self.cfg.lease_reads {
+            self.advance_time();
+        }
         let roll = self.rng.below(1000);
         match roll {
+            // With modelled time, ticks come from the clocks; a process is stopped instead.
+            0..=9 if self.cfg.lease_reads => self.pause(),
+            // Reads at a node that believes it leads (a deposed one included): the reads a
+            // lease answers.
+            10..=209 if self.cfg.lease_reads => {
+                let leaders: Vec<u64> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| {
+                        n.raw.as_ref().is_some_and(|r| r.raft.state == StateType::Leader)
+                    })
+                    .map(|(&id, _)| id)
+                    .collect();
+                if !leaders.is_empty() {
+                    let id = leaders[self.rng.below(leaders.len() as u64) as usize];
+                    self.read_at(id);
+                }
+            }
+            0..=499 if self.cfg.lease_reads => {}
             0..=499 => {
                 let id = self.pick();
                 let ticks = self.nodes[&id].drift;
@@ -288,8 +398,18 @@ impl Sim {
                     }
                 }
             }
+            // With modelled time, writes come in bursts between idle spells (a log that does
+            // not move lets a candidate cut off from the leader be as up to date as a voter).
+            500..=504 if self.cfg.lease_reads => {
+                self.idle = !self.idle;
+                self.log(format!("writes {}", if self.idle { "pause" } else { "resume" }));
+            }
+            500..=649 if self.idle => {}
             500..=649 => self.propose(),
             650..=699 => self.read(),
+            // With modelled time a step is 10 ms: partitions change a fifth as often, so that
+            // they outlast election timeouts as they do when a step is about a tick.
+            700..=719 if self.cfg.lease_reads && !self.rng.chance(200) => {}
             700..=719 => {
                 // Partitions form and heal.
                 self.stats.faults += 1;
@@ -308,6 +428,7 @@ impl Sim {
                 }
             }
             720..=729 => self.crash_restart(),
+            730..=749 if self.idle => {}
             730..=739 => self.transfer(),
             740..=749 => self.membership(),
             750..=764 => self.snapshot(),
@@ -328,20 +449,87 @@ impl Sim {
         self.deliver_due();
     }
 
+    /// Moves time on by a step: each running process catches up its clock and its ticks; a
+    /// process whose pause ended first reads the request waiting on its socket.
+    fn advance_time(&mut self) {
+        self.now_micros += STEP_MICROS;
+        let now = self.now_micros;
+        let (due, later) = self.quick_restarts.iter().partition(|&&(at, _)| at <= now);
+        self.quick_restarts = later;
+        for (_, id) in due {
+            self.crash_restart_id(id);
+            self.log(format!("restart {id} at once"));
+        }
+        for id in self.random_ids() {
+            let node = self.nodes.get_mut(&id).expect("listed");
+            let Some(raw) = node.raw.as_mut() else { continue };
+            if node.clock.paused(now) {
+                continue;
+            }
+            let resumed = node.clock.paused_until_micros != 0;
+            node.clock.paused_until_micros = 0;
+            raw.advance_clock(node.clock.lease_clock(now));
+            let most = raw.raft.election_timeout as u64 * TICK_CATCH_UP_ELECTION_TIMEOUTS;
+            for _ in 0..node.clock.ticks_due(now, most) {
+                raw.tick();
+            }
+            if resumed {
+                self.log(format!("resume {id}, a read waiting"));
+                self.read_at(id);
+            }
+        }
+    }
+
+    /// Stops a running process for up to three election timeouts.
+    fn pause(&mut self) {
+        let id = self.pick();
+        let now = self.now_micros;
+        let node = self.nodes.get_mut(&id).expect("picked");
+        if node.raw.is_none() || node.clock.paused(now) {
+            return;
+        }
+        let longest = 3 * peers_config(id).election_tick as u64 * TICK_MICROS;
+        let micros = STEP_MICROS + self.rng.below(longest);
+        node.clock.paused_until_micros = now + micros;
+        self.stats.faults += 1;
+        self.log(format!("pause {id} for {} ms", micros / 1000));
+    }
+
+    /// The node, if it runs (not crashed, not paused).
+    fn running(&mut self, id: u64) -> Option<&mut RawNode<MemoryStorage>> {
+        let now = self.now_micros;
+        self.nodes.get_mut(&id).filter(|n| !n.clock.paused(now)).and_then(|n| n.raw.as_mut())
+    }
+
     fn propose(&mut self) {
         let id = self.pick();
         let data = format!("p{}", self.next_proposal).into_bytes();
         self.next_proposal += 1;
-        if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+        if let Some(raw) = self.running(id) {
             let _ = raw.propose(vec![], data);
         }
     }
 
     fn read(&mut self) {
         let id = self.pick();
-        let ctx = format!("r{}", self.step).into_bytes();
+        self.read_at(id);
+    }
+
+    /// A linearizable read at `id`: its index must be at least that of every write completed
+    /// before now. Its context is unique in the run (two reads sharing one could be answered
+    /// by each other's confirmations).
+    fn read_at(&mut self, id: u64) {
+        let ctx = format!("r{}", self.next_read).into_bytes();
+        self.next_read += 1;
         let floor = self.completed_write_index;
-        if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+        let now = self.now_micros;
+        let lease_reads = self.cfg.lease_reads;
+        if let Some(node) = self.nodes.get_mut(&id).filter(|n| !n.clock.paused(now)) {
+            let lease_clock = node.clock.lease_clock(now);
+            let Some(raw) = node.raw.as_mut() else { return };
+            if lease_reads {
+                raw.advance_clock(lease_clock);
+            }
             if raw.read_index(ctx.clone()).is_ok() {
                 self.reads.insert(ctx, floor);
             }
@@ -357,6 +545,11 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("picked");
         if node.raw.take().is_some() {
             self.log(format!("crash {id}"));
+            if self.cfg.lease_reads && self.rng.chance(500) {
+                // Back within a lease: the process restarts at once (a supervisor).
+                let at = self.now_micros + STEP_MICROS * (1 + self.rng.below(20));
+                self.quick_restarts.push((at, id));
+            }
         } else {
             // Restart from what was persisted: the state machine is rebuilt by re-applying
             // from the snapshot, so `applied` restarts there.
@@ -366,10 +559,15 @@ impl Sim {
             let snapshot = node.storage.snapshot(0).unwrap_or_default();
             let snapshot_index = snapshot.metadata.index;
             node.storage.set_conf_state(snapshot.metadata.conf_state);
-            let config = Config { applied: snapshot_index, ..peers_config(id) };
+            let config = Config { applied: snapshot_index, ..self.node_config(id) };
+            let node = self.nodes.get_mut(&id).expect("picked");
             match RawNode::new(&config, node.storage.clone()) {
                 Ok(mut raw) => {
                     raw.raft.seed_election_rng(self.rng.next_u64());
+                    node.clock.restart(self.now_micros);
+                    if self.cfg.restarted_voters_vote {
+                        raw.raft.lease_hold_at_start = false;
+                    }
                     node.raw = Some(raw);
                     node.applied = snapshot_index;
                     node.commit_seen = 0;
@@ -383,7 +581,7 @@ impl Sim {
     fn transfer(&mut self) {
         let Some(leader) = self.leader() else { return };
         let to = self.pick();
-        if let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) {
+        if let Some(raw) = self.running(leader) {
             if raw.transfer_leader(to).is_ok() {
                 self.log(format!("transfer {leader} -> {to}"));
             }
@@ -392,6 +590,9 @@ impl Sim {
 
     fn membership(&mut self) {
         let Some(leader) = self.leader() else { return };
+        if self.running(leader).is_none() {
+            return;
+        }
         let raw = self.nodes[&leader].raw.as_ref().expect("leader runs");
         let conf = raw.raft.prs.conf_state();
         if !conf.voters_outgoing.is_empty() {
@@ -450,7 +651,7 @@ impl Sim {
             _ => return,
         };
         self.log(format!("propose conf change {change:?} at {leader}"));
-        if let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) {
+        if let Some(raw) = self.running(leader) {
             let _ = raw.propose_conf_change(vec![], &change);
         }
     }
@@ -488,7 +689,13 @@ impl Sim {
         self.network = rest;
         while !due.is_empty() {
             let i = self.rng.below(due.len() as u64) as usize;
-            let m = due.swap_remove(i).message;
+            let m = due.swap_remove(i);
+            if self.nodes.get(&m.message.to).is_some_and(|n| n.clock.paused(self.now_micros)) {
+                // Waits in the stopped process's socket.
+                self.network.push(m);
+                continue;
+            }
+            let m = m.message;
             let reachable = !self.cut.contains(&(m.from, m.to))
                 && self.nodes.get(&m.to).is_some_and(|n| n.raw.is_some());
             self.report_snapshot(&m, reachable);
@@ -545,9 +752,10 @@ impl Sim {
 
     fn handle_node(&mut self, id: u64) -> Result<(), Violation> {
         loop {
+            let now = self.now_micros;
             let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
             let Some(raw) = node.raw.as_mut() else { return Ok(()) };
-            if !raw.has_ready() {
+            if !raw.has_ready() || node.clock.paused(now) {
                 return Ok(());
             }
             let mut rd = raw.ready();
@@ -589,6 +797,9 @@ impl Sim {
                     }
                     let _ = applied_now;
                     self.stats.reads += 1;
+                    if rs.lease_expiry.is_some() {
+                        self.stats.lease_reads += 1;
+                    }
                 }
             }
         }
@@ -689,10 +900,16 @@ impl Sim {
                     None => {
                         self.leaders.insert(r.term, id);
                         events.push(format!("{id} leads term {}", r.term));
-                        // Leader completeness: every committed entry it can still see is in
-                        // its log with the same term.
+                        // Leader completeness (Raft §5.4): every entry committed in an earlier
+                        // term that it can still see is in its log with the same term. (A
+                        // leader elected late, by votes of its term that arrived after a later
+                        // term committed entries, need not hold those.)
                         let first = r.raft_log.first_index();
-                        for (&index, (term, _)) in self.committed.range(first..) {
+                        let earlier = self
+                            .committed
+                            .range(first..)
+                            .filter(|(_, (_, _, commit_term))| *commit_term < r.term);
+                        for (&index, (term, _, _)) in earlier {
                             match r.raft_log.term(index) {
                                 Ok(t) if t == *term => {}
                                 other => {
@@ -719,7 +936,7 @@ impl Sim {
                     r.raft_log.slice(first, commit + 1, raft::NO_LIMIT).unwrap_or_default();
                 for e in entries {
                     match self.committed.get(&e.index) {
-                        Some((t, d)) if *t != e.term || *d != e.data => {
+                        Some((t, d, _)) if *t != e.term || *d != e.data => {
                             let detail = format!(
                                 "node {id} committed ({}, {}) at {}, another node ({t}, {d:?})",
                                 e.term,
@@ -730,7 +947,7 @@ impl Sim {
                         }
                         Some(_) => {}
                         None => {
-                            self.committed.insert(e.index, (e.term, e.data.clone()));
+                            self.committed.insert(e.index, (e.term, e.data.clone(), r.term));
                         }
                     }
                 }
@@ -740,6 +957,36 @@ impl Sim {
         for e in events {
             self.log(e);
         }
+        if self.cfg.lease_reads {
+            self.check_lease_exclusivity()?;
+        }
+        Ok(())
+    }
+
+    /// Raft thesis §6.4.1: while a leader's lease holds (by its own clock, now), no later
+    /// leader has committed anything, or a read it answers from the lease could miss that
+    /// write. Checked at every step, whether or not a read arrives in the window.
+    fn check_lease_exclusivity(&self) -> Result<(), Violation> {
+        let Some((&index, &(term, _, _))) =
+            self.committed.iter().max_by_key(|(_, (term, _, _))| *term)
+        else {
+            return Ok(());
+        };
+        for (&id, node) in &self.nodes {
+            let Some(raw) = node.raw.as_ref() else { continue };
+            let local_now = node.clock.lease_clock(self.now_micros);
+            let Some(expiry) = raw.raft.lease_expiry().filter(|&e| e > local_now) else {
+                continue;
+            };
+            if raw.raft.term < term {
+                let detail = format!(
+                    "node {id} leads term {} with a lease until {expiry:?} (its clock: \
+                     {local_now:?}), but an entry of term {term} is committed at {index}",
+                    raw.raft.term
+                );
+                return Err(self.violation("lease exclusivity", detail));
+            }
+        }
         Ok(())
     }
 
@@ -748,6 +995,9 @@ impl Sim {
     fn heal_and_settle(&mut self) -> Result<(), Violation> {
         self.cut.clear();
         self.reliable = true;
+        for node in self.nodes.values_mut() {
+            node.clock.paused_until_micros = 0;
+        }
         for id in self.random_ids() {
             if self.nodes[&id].raw.is_none() {
                 self.crash_restart_id(id);
@@ -758,9 +1008,13 @@ impl Sim {
         let mut marker_proposed = false;
         for _ in 0..bound {
             self.step += 1;
-            for id in self.random_ids() {
-                if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
-                    raw.tick();
+            if self.cfg.lease_reads {
+                self.advance_time();
+            } else {
+                for id in self.random_ids() {
+                    if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+                        raw.tick();
+                    }
                 }
             }
             // Reliable delivery now.
@@ -858,9 +1112,14 @@ impl Sim {
             let snapshot = node.storage.snapshot(0).unwrap_or_default();
             let snapshot_index = snapshot.metadata.index;
             node.storage.set_conf_state(snapshot.metadata.conf_state);
-            let config = Config { applied: snapshot_index, ..peers_config(id) };
+            let config = Config { applied: snapshot_index, ..self.node_config(id) };
+            let node = self.nodes.get_mut(&id).expect("exists");
             if let Ok(mut raw) = RawNode::new(&config, node.storage.clone()) {
                 raw.raft.seed_election_rng(self.rng.next_u64());
+                node.clock.restart(self.now_micros);
+                if self.cfg.restarted_voters_vote {
+                    raw.raft.lease_hold_at_start = false;
+                }
                 node.raw = Some(raw);
                 node.applied = snapshot_index;
                 node.commit_seen = 0;
@@ -881,5 +1140,10 @@ impl Sim {
 
 /// Runs one seed.
 pub fn run_seed(seed: u64, steps: u64, verbose: bool) -> Result<Stats, Violation> {
-    Sim::new(SimConfig { seed, steps, verbose, forgetful_voters: false }).run()
+    Sim::new(SimConfig { verbose, ..SimConfig::new(seed, steps) }).run()
+}
+
+/// Runs one seed with lease-based reads and modelled time (drift, pauses).
+pub fn run_lease_seed(seed: u64, steps: u64, verbose: bool) -> Result<Stats, Violation> {
+    Sim::new(SimConfig { verbose, lease_reads: true, ..SimConfig::new(seed, steps) }).run()
 }
