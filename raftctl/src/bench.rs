@@ -90,7 +90,8 @@ impl Shared {
 }
 
 struct Logical {
-    client_id: u64,
+    /// The session its writes go in (0 until registered).
+    session_id: u64,
     seq: u64,
     sent_at: Instant,
     rng: u64,
@@ -112,6 +113,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::TooLarge { .. } => "too_large",
         ClientError::Refused(_) => "refused",
         ClientError::Stale { .. } => "stale",
+        ClientError::SessionExpired { .. } => "session_expired",
     }
 }
 
@@ -133,12 +135,7 @@ fn run_conn(
     let mut ops = 0u64;
     let value = vec![b'v'; cfg.value_size];
     let mut logical: Vec<Logical> = (0..clients)
-        .map(|_| Logical {
-            client_id: random_u64(),
-            seq: 0,
-            sent_at: Instant::now(),
-            rng: random_u64() | 1,
-        })
+        .map(|_| Logical { session_id: 0, seq: 0, sent_at: Instant::now(), rng: random_u64() | 1 })
         .collect();
     let mut in_flight: HashMap<u64, usize> = HashMap::new();
     let send = |conn: &mut Conn,
@@ -166,19 +163,57 @@ fn run_conn(
         in_flight.insert(request_id, who);
         // Queued: the requests sent in answer to one read of responses leave in one write,
         // made when the connection next waits to read.
-        conn.queue(&ClientRequest::Kv { request_id, client_id: l.client_id, seq: l.seq, op })
+        conn.queue(&ClientRequest::Kv { request_id, session_id: l.session_id, seq: l.seq, op })
+    };
+    // Each logical client registers its session first (writes need one); registrations are
+    // pipelined like the operations.
+    let mut registering: HashMap<u64, usize> = HashMap::new();
+    let register = |conn: &mut Conn, registering: &mut HashMap<u64, usize>, who: usize| {
+        let request_id = conn.request_id();
+        registering.insert(request_id, who);
+        conn.queue(&ClientRequest::RegisterSession { request_id })
     };
     for (who, l) in logical.iter_mut().enumerate() {
         if !shared.take_one() {
             break;
         }
-        send(&mut conn, l, &mut in_flight, who)?;
+        if cfg.op == BenchOp::Get {
+            send(&mut conn, l, &mut in_flight, who)?;
+        } else {
+            register(&mut conn, &mut registering, who)?;
+        }
     }
-    while !in_flight.is_empty() {
+    while !in_flight.is_empty() || !registering.is_empty() {
         let response: ClientResponse = conn.recv()?;
-        let ClientResponse::Kv { request_id, result } = response else { continue };
+        let (request_id, result) = match response {
+            ClientResponse::Kv { request_id, result } => (request_id, result),
+            ClientResponse::Session { request_id, result } => {
+                let Some(who) = registering.remove(&request_id) else { continue };
+                match result {
+                    Ok(session_id) => {
+                        let l = &mut logical[who];
+                        l.session_id = session_id;
+                        l.seq = 0;
+                        send(&mut conn, l, &mut in_flight, who)?;
+                    }
+                    // Without a session this client cannot write: it stops.
+                    Err(e) => *errors.entry(error_kind(&e).to_string()).or_insert(0) += 1,
+                }
+                continue;
+            }
+            ClientResponse::Admin { .. } => continue,
+        };
         let Some(who) = in_flight.remove(&request_id) else { continue };
         let l = &mut logical[who];
+        if let Err(ClientError::SessionExpired { .. }) = result {
+            // Evicted (more clients than --max-sessions, or idle past the TTL): counted, and
+            // the client goes on in a new session.
+            *errors.entry("session_expired".to_string()).or_insert(0) += 1;
+            if shared.take_one() {
+                register(&mut conn, &mut registering, who)?;
+            }
+            continue;
+        }
         match result {
             Ok(_) => {
                 let micros = l.sent_at.elapsed().as_micros().max(1) as u64;

@@ -1,6 +1,9 @@
 //! The client side of raftd's protocol: connections to a cluster's endpoints that follow
-//! `NotLeader` redirects and retry writes with the same `(client_id, seq)`, so that a
-//! retried write is applied once.
+//! `NotLeader` redirects and retry writes with the same `(session_id, seq)`, so that a
+//! retried write is applied once. A [`Client`] registers its session with the leader before
+//! its first write (Raft thesis §6.3); a write refused with `SessionExpired` after an attempt
+//! whose outcome is unknown is reported, never retried under a new session, since the earlier
+//! attempt may have been applied.
 
 #![warn(clippy::unwrap_used)]
 
@@ -179,8 +182,17 @@ pub struct Client {
     token: Option<String>,
     conns: HashMap<String, Conn>,
     leader: Option<String>,
-    client_id: u64,
+    /// The session writes go in, once registered.
+    session_id: Option<u64>,
+    /// The last write's seq in the session.
     seq: u64,
+}
+
+/// Whether an attempt of a write may have been applied.
+fn attempt_outcome_unknown(e: &ClientError) -> bool {
+    // NotLeader, NoLeader, TooLarge and Refused are answered before proposing, and
+    // ProposalDropped when the proposal was not appended; a timeout says nothing.
+    matches!(e, ClientError::Timeout)
 }
 
 impl Client {
@@ -192,7 +204,7 @@ impl Client {
             token,
             conns: HashMap::new(),
             leader: None,
-            client_id: random_u64(),
+            session_id: None,
             seq: 0,
         }
     }
@@ -227,30 +239,27 @@ impl Client {
         out
     }
 
-    /// Runs an operation against the leader, following redirects and retrying until the
-    /// timeout. Writes keep their `(client_id, seq)` across retries.
-    pub fn kv(&mut self, op: Op) -> Result<KvReply, CtlError> {
-        if op.is_write() {
-            self.seq += 1;
-        }
-        let (client_id, seq) = (self.client_id, self.seq);
-        let deadline = Instant::now() + self.timeout;
+    /// The session writes go in, if one is registered.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session_id
+    }
+
+    /// Registers a new session with the leader, following redirects until `deadline`; later
+    /// writes go in it, from seq 1.
+    pub fn register_session(&mut self, deadline: Instant) -> Result<u64, CtlError> {
         let mut last = String::from("no endpoint tried");
         loop {
             for endpoint in self.candidates() {
-                let op = op.clone();
-                let response = self.call_at(&endpoint, |request_id| ClientRequest::Kv {
-                    request_id,
-                    client_id,
-                    seq,
-                    op,
-                });
+                let response = self
+                    .call_at(&endpoint, |request_id| ClientRequest::RegisterSession { request_id });
                 match response {
-                    Ok(ClientResponse::Kv { result: Ok(reply), .. }) => {
+                    Ok(ClientResponse::Session { result: Ok(session_id), .. }) => {
                         self.leader = Some(endpoint);
-                        return Ok(reply);
+                        self.session_id = Some(session_id);
+                        self.seq = 0;
+                        return Ok(session_id);
                     }
-                    Ok(ClientResponse::Kv { result: Err(e), .. }) => match e {
+                    Ok(ClientResponse::Session { result: Err(e), .. }) => match e {
                         ClientError::NotLeader { leader_addr: Some(ref addr), .. } => {
                             last = format!("{endpoint}: {e}");
                             self.leader = Some(addr.clone());
@@ -259,9 +268,7 @@ impl Client {
                         ClientError::NotLeader { .. }
                         | ClientError::NoLeader
                         | ClientError::Timeout
-                        | ClientError::ProposalDropped => {
-                            last = format!("{endpoint}: {e}");
-                        }
+                        | ClientError::ProposalDropped => last = format!("{endpoint}: {e}"),
                         other => return Err(CtlError::Cluster(other)),
                     },
                     Ok(other) => last = format!("{endpoint}: unexpected response {other:?}"),
@@ -275,6 +282,105 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 return Err(CtlError::Timeout { last });
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    /// Runs an operation against the leader, following redirects and retrying until the
+    /// timeout. Writes keep their `(session_id, seq)` across retries. A write refused with
+    /// `SessionExpired` is retried in a new session only when no earlier attempt of it can
+    /// have been applied; otherwise the error is returned, since the write may have been
+    /// applied once already.
+    pub fn kv(&mut self, op: Op) -> Result<KvReply, CtlError> {
+        let deadline = Instant::now() + self.timeout;
+        if !op.is_write() {
+            return self.kv_attempts(0, 0, op, deadline).map_err(|(e, _)| e);
+        }
+        loop {
+            let session_id = match self.session_id {
+                Some(id) => id,
+                None => self.register_session(deadline)?,
+            };
+            self.seq += 1;
+            match self.kv_attempts(session_id, self.seq, op.clone(), deadline) {
+                Ok(reply) => return Ok(reply),
+                Err((CtlError::Cluster(ClientError::SessionExpired { .. }), false)) => {
+                    // Not applied by any attempt: safe to write again in a new session.
+                    self.session_id = None;
+                }
+                Err((e @ CtlError::Cluster(ClientError::SessionExpired { .. }), true)) => {
+                    self.session_id = None;
+                    return Err(e);
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `op` as `(session_id, seq)` until an answer or `deadline`. An error comes with
+    /// whether an attempt's outcome is unknown (it may have been applied).
+    fn kv_attempts(
+        &mut self,
+        session_id: u64,
+        seq: u64,
+        op: Op,
+        deadline: Instant,
+    ) -> Result<KvReply, (CtlError, bool)> {
+        let mut last = String::from("no endpoint tried");
+        let mut unknown = false;
+        loop {
+            for endpoint in self.candidates() {
+                if let Err(e) = self.conn(&endpoint) {
+                    // Not connected: this attempt sent nothing.
+                    last = e.to_string();
+                    continue;
+                }
+                let op = op.clone();
+                let response = self.call_at(&endpoint, |request_id| ClientRequest::Kv {
+                    request_id,
+                    session_id,
+                    seq,
+                    op,
+                });
+                match response {
+                    Ok(ClientResponse::Kv { result: Ok(reply), .. }) => {
+                        self.leader = Some(endpoint);
+                        return Ok(reply);
+                    }
+                    Ok(ClientResponse::Kv { result: Err(e), .. }) => {
+                        unknown |= attempt_outcome_unknown(&e);
+                        match e {
+                            ClientError::NotLeader { leader_addr: Some(ref addr), .. } => {
+                                last = format!("{endpoint}: {e}");
+                                self.leader = Some(addr.clone());
+                                break;
+                            }
+                            ClientError::NotLeader { .. }
+                            | ClientError::NoLeader
+                            | ClientError::Timeout
+                            | ClientError::ProposalDropped => {
+                                last = format!("{endpoint}: {e}");
+                            }
+                            other => return Err((CtlError::Cluster(other), unknown)),
+                        }
+                    }
+                    Ok(other) => {
+                        unknown = true;
+                        last = format!("{endpoint}: unexpected response {other:?}");
+                    }
+                    Err(e) => {
+                        // The request may have reached the node before the connection failed.
+                        unknown = true;
+                        if self.leader.as_deref() == Some(endpoint.as_str()) {
+                            self.leader = None;
+                        }
+                        last = e.to_string();
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err((CtlError::Timeout { last }, unknown));
             }
             std::thread::sleep(RETRY_PAUSE);
         }

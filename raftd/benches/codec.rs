@@ -9,7 +9,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use raft::{Entry, Message, MessageType};
-use raftd::kv::Command;
+use raftd::kv::{Command, CommandBody};
 use raftd::protocol::{ClientRequest, ClientResponse, KvReply, Op, OpResult, PeerFrame};
 
 const VALUE_SIZE_BYTES: usize = 256;
@@ -51,7 +51,7 @@ fn ack() -> PeerFrame {
 fn put() -> ClientRequest {
     ClientRequest::Kv {
         request_id: 77,
-        client_id: 0x1234_5678_9abc_def0,
+        session_id: 0x1234_5678,
         seq: 42,
         op: Op::Put { key: b"key000042".to_vec(), value: vec![b'v'; VALUE_SIZE_BYTES] },
     }
@@ -99,9 +99,12 @@ fn bench_frames(c: &mut Criterion) {
     });
     // What the state machine does per applied write: decode the entry's command.
     let command = Command {
-        client_id: 9,
-        seq: 1,
-        op: Op::Put { key: b"key000042".to_vec(), value: vec![b'v'; VALUE_SIZE_BYTES] },
+        leader_time_ms: 1_796_000_000_000,
+        body: CommandBody::Write {
+            session_id: 9,
+            seq: 1,
+            op: Op::Put { key: b"key000042".to_vec(), value: vec![b'v'; VALUE_SIZE_BYTES] },
+        },
     };
     let bytes = codec::encode_value(&command).expect("encodes");
     group.throughput(Throughput::Bytes(bytes.len() as u64));

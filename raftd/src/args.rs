@@ -117,7 +117,21 @@ pub struct Args {
     /// Size of each WAL segment file, in bytes.
     #[arg(long, default_value_t = wal::SEGMENT_SIZE_BYTES_DEFAULT)]
     pub segment_size_bytes: u64,
+    /// Client sessions the state machine keeps at most; registering one more forgets the
+    /// least recently active, whose next write is refused with SessionExpired. Applied by
+    /// every node from the next session registration this node proposes as leader.
+    #[arg(long, default_value_t = crate::kv::SESSIONS_MAX_DEFAULT)]
+    pub max_sessions: u64,
+    /// Seconds without a write (by the leaders' clocks, replicated in the log) after which a
+    /// client session expires. Takes effect like --max-sessions.
+    #[arg(long, default_value_t = crate::kv::SESSION_TTL_MS_DEFAULT / 1000)]
+    pub session_ttl_secs: u64,
 }
+
+/// Bounds for the session flags: at least one session, kept at least a second; at most ten
+/// million (about a gigabyte) and a year.
+const SESSIONS_MAX_CEILING: u64 = 10_000_000;
+const SESSION_TTL_SECS_CEILING: u64 = 365 * 24 * 3600;
 
 /// Node id to peer address.
 pub type ClusterMap = BTreeMap<u64, String>;
@@ -218,6 +232,14 @@ impl Args {
                 wal::SEGMENT_SIZE_BYTES_MIN
             ));
         }
+        if !(1..=SESSIONS_MAX_CEILING).contains(&self.max_sessions) {
+            return Err(format!("--max-sessions must be within [1, {SESSIONS_MAX_CEILING}]"));
+        }
+        if !(1..=SESSION_TTL_SECS_CEILING).contains(&self.session_ttl_secs) {
+            return Err(format!(
+                "--session-ttl-secs must be within [1, {SESSION_TTL_SECS_CEILING}]"
+            ));
+        }
         let token = read_secret("--token-file", self.token_file.as_deref())?;
         let peer_token = read_secret("--peer-token-file", self.peer_token_file.as_deref())?;
         if token.is_some() && peer_token.is_none() {
@@ -300,6 +322,10 @@ impl Args {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             frame_size_max: self.frame_size_max,
             segment_size_bytes: self.segment_size_bytes,
+            session_limits: crate::kv::SessionLimits {
+                max_sessions: self.max_sessions,
+                ttl_ms: self.session_ttl_secs * 1000,
+            },
         })
     }
 }
@@ -331,6 +357,14 @@ mod tests {
         let err = parse(&["--join", "--initial-cluster", "1=127.0.0.1:7001"]).unwrap_err();
         assert!(err.contains("--join"), "{err}");
         assert!(parse(&["--id", "0"]).unwrap_err().contains("--id"));
+        assert_eq!(c.session_limits, crate::kv::SessionLimits::default());
+        assert!(parse(&["--max-sessions", "0"]).unwrap_err().contains("--max-sessions"));
+        assert!(parse(&["--session-ttl-secs", "0"]).unwrap_err().contains("--session-ttl-secs"));
+        let err = parse(&["--session-ttl-secs", "99999999999"]).unwrap_err();
+        assert!(err.contains("--session-ttl-secs"), "{err}");
+        let c = parse(&["--max-sessions", "5", "--session-ttl-secs", "60"]).unwrap();
+        assert_eq!(c.session_limits.max_sessions, 5);
+        assert_eq!(c.session_limits.ttl_ms, 60_000);
     }
 
     #[test]

@@ -8,22 +8,89 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{ClientError, KvReply, Op, OpResult};
 
-/// Client sessions kept at most; past it the least recently used is forgotten.
-pub const SESSIONS_MAX: usize = 10_000;
-/// A session idle for this many applied entries is forgotten.
-pub const SESSION_IDLE_ENTRIES: u64 = 1_000_000;
-/// How often (in applied entries) idle sessions are swept.
-const SESSION_SWEEP_EVERY_ENTRIES: u64 = 1024;
+/// Client sessions kept at most by default (`--max-sessions`); past it the least recently
+/// active is forgotten.
+pub const SESSIONS_MAX_DEFAULT: u64 = 100_000;
+/// A session idle this long by the replicated clock expires, by default
+/// (`--session-ttl-secs`).
+pub const SESSION_TTL_MS_DEFAULT: u64 = 3_600_000;
 
-/// A write as it travels through the log.
+/// The context that marks an entry whose data is a [`Command`]. Entries written before
+/// sessions were registered have an empty context and carry a [`LegacyWrite`].
+pub const COMMAND_FORMAT: &[u8] = &[2];
+
+/// A command as it travels through the log (Raft thesis §6.3): stamped with the leader's
+/// clock when proposed, so that sessions expire by replicated time, the same on every node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
+    /// The proposing leader's wall clock, milliseconds since the Unix epoch. The state
+    /// machine's clock is the largest stamp applied so far (a new leader's clock behind the
+    /// old one's does not move it back).
+    pub leader_time_ms: u64,
+    /// What to do.
+    pub body: CommandBody,
+}
+
+/// What a [`Command`] does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandBody {
+    /// Opens a client session; its id is this entry's index.
+    RegisterSession {
+        /// Matches the registration to the request waiting on the proposing leader.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// The table's limits from here on: carried in the log so that every node applies
+        /// the same ones (a flag read on each node could make their tables differ).
+        limits: SessionLimits,
+    },
+    /// A write in a session. `(session_id, seq)` identifies it across retries.
+    Write {
+        /// The session, from its registration.
+        session_id: u64,
+        /// Increases with each new write in the session, from 1.
+        seq: u64,
+        /// The write.
+        op: Op,
+    },
+}
+
+/// A write as logs from before registered sessions carry it: the client's random id stands
+/// for a session created on its first write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyWrite {
     /// The client.
     pub client_id: u64,
     /// The client's write sequence number.
     pub seq: u64,
     /// The write.
     pub op: Op,
+}
+
+/// Bounds of the session table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Sessions kept at most; registering one more forgets the least recently active.
+    pub max_sessions: u64,
+    /// A session with no write for this long (replicated clock) expires.
+    pub ttl_ms: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> SessionLimits {
+        SessionLimits { max_sessions: SESSIONS_MAX_DEFAULT, ttl_ms: SESSION_TTL_MS_DEFAULT }
+    }
+}
+
+/// The outcome of applying a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A session was opened with this id.
+    Registered {
+        /// The new session.
+        session_id: u64,
+    },
+    /// A write's reply, or why it was not applied.
+    Write(Result<KvReply, ClientError>),
 }
 
 /// What a configuration-change entry carries besides the change.
@@ -62,12 +129,74 @@ impl MemberContext {
     }
 }
 
-/// The last write of a client, and its reply, for deduplication.
+/// A client session: its last write and that write's reply, for deduplication.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
+    /// The last write applied (0: none yet).
     seq: u64,
-    reply: KvReply,
-    last_index: u64,
+    /// Its reply.
+    reply: Option<KvReply>,
+    /// The replicated clock at its registration or last write.
+    last_active_ms: u64,
+}
+
+/// The session table, bounded by count and by idle time ([`SessionLimits`]), both decided
+/// by replicated state only: every node keeps and forgets the same sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Sessions {
+    by_id: BTreeMap<u64, Session>,
+    /// `(last_active_ms, id)` of every session: the least recently active first, for
+    /// eviction and expiry in O(log n) each.
+    by_age: BTreeSet<(u64, u64)>,
+    /// The replicated clock: the largest leader stamp applied.
+    clock_ms: u64,
+    limits: SessionLimits,
+}
+
+impl Sessions {
+    fn from_parts(by_id: BTreeMap<u64, Session>, clock_ms: u64, limits: SessionLimits) -> Sessions {
+        let by_age = by_id.iter().map(|(&id, s)| (s.last_active_ms, id)).collect();
+        Sessions { by_id, by_age, clock_ms, limits }
+    }
+
+    /// Moves the clock to `leader_time_ms` (never back) and forgets the sessions idle longer
+    /// than the TTL by it.
+    fn advance_clock(&mut self, leader_time_ms: u64) {
+        self.clock_ms = self.clock_ms.max(leader_time_ms);
+        while let Some(&(last_active_ms, id)) = self.by_age.first() {
+            if self.clock_ms.saturating_sub(last_active_ms) <= self.limits.ttl_ms {
+                break;
+            }
+            self.by_age.pop_first();
+            self.by_id.remove(&id);
+        }
+    }
+
+    /// Opens session `id`, forgetting the least recently active ones past the count limit.
+    fn register(&mut self, id: u64) {
+        let session = Session { seq: 0, reply: None, last_active_ms: self.clock_ms };
+        if let Some(old) = self.by_id.insert(id, session) {
+            self.by_age.remove(&(old.last_active_ms, id));
+        }
+        self.by_age.insert((self.clock_ms, id));
+        while self.by_id.len() as u64 > self.limits.max_sessions.max(1) {
+            let (_, oldest) = self.by_age.pop_first().expect("as many as sessions");
+            self.by_id.remove(&oldest);
+        }
+        debug_assert_eq!(self.by_id.len(), self.by_age.len());
+    }
+
+    /// Records the write `seq` of session `id` and its reply.
+    fn record(&mut self, id: u64, seq: u64, reply: KvReply) {
+        let session = self.by_id.get_mut(&id).expect("recorded writes are in open sessions");
+        self.by_age.remove(&(session.last_active_ms, id));
+        *session = Session { seq, reply: Some(reply), last_active_ms: self.clock_ms };
+        self.by_age.insert((self.clock_ms, id));
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 /// The state machine. Everything in it is a function of the applied log, so every node
@@ -75,7 +204,7 @@ struct Session {
 #[derive(Clone, Debug, Default)]
 pub struct Kv {
     data: Data,
-    sessions: BTreeMap<u64, Session>,
+    sessions: Sessions,
     members: BTreeMap<u64, String>,
     /// Ids removed from the cluster, for good: their connections are refused, so that a
     /// removed node restarted with its stale configuration cannot disturb the cluster.
@@ -215,6 +344,8 @@ struct ImageRef<'a> {
     applied: u64,
     incarnations: &'a BTreeMap<u64, u64>,
     cluster_incarnation: u64,
+    session_clock_ms: u64,
+    session_limits: SessionLimits,
 }
 
 /// [`ImageRef`], decoded.
@@ -228,6 +359,29 @@ struct Image {
     applied: u64,
     incarnations: BTreeMap<u64, u64>,
     cluster_incarnation: u64,
+    session_clock_ms: u64,
+    session_limits: SessionLimits,
+}
+
+/// A session as format versions 1 and 2 kept it: aged by applied entries, not by time.
+#[derive(Serialize, Deserialize)]
+struct SessionV2 {
+    seq: u64,
+    reply: KvReply,
+    last_index: u64,
+}
+
+/// [`Image`] of format version 2 (before registered sessions).
+#[derive(Deserialize)]
+struct ImageV2 {
+    #[serde(deserialize_with = "bytes_map::deserialize")]
+    data: HashMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, SessionV2>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+    incarnations: BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
 }
 
 /// [`Image`] of format version 1 (before incarnations).
@@ -235,7 +389,7 @@ struct Image {
 struct ImageV1 {
     #[serde(deserialize_with = "bytes_map::deserialize")]
     data: HashMap<Vec<u8>, Vec<u8>>,
-    sessions: BTreeMap<u64, Session>,
+    sessions: BTreeMap<u64, SessionV2>,
     members: BTreeMap<u64, String>,
     removed: BTreeSet<u64>,
     applied: u64,
@@ -246,6 +400,8 @@ struct ImageV1 {
 pub struct FrozenKv {
     data: Arc<HashMap<Vec<u8>, Vec<u8>>>,
     sessions: BTreeMap<u64, Session>,
+    session_clock_ms: u64,
+    session_limits: SessionLimits,
     members: BTreeMap<u64, String>,
     removed: BTreeSet<u64>,
     incarnations: BTreeMap<u64, u64>,
@@ -266,6 +422,8 @@ impl FrozenKv {
             applied: self.applied,
             incarnations: &self.incarnations,
             cluster_incarnation: self.cluster_incarnation,
+            session_clock_ms: self.session_clock_ms,
+            session_limits: self.session_limits,
         })
     }
 }
@@ -282,7 +440,9 @@ fn encode_image(image: &ImageRef<'_>) -> Vec<u8> {
 impl PartialEq for Kv {
     fn eq(&self, other: &Kv) -> bool {
         self.applied == other.applied
-            && self.sessions == other.sessions
+            && self.sessions.by_id == other.sessions.by_id
+            && self.sessions.clock_ms == other.sessions.clock_ms
+            && self.sessions.limits == other.sessions.limits
             && self.members == other.members
             && self.removed == other.removed
             && self.incarnations == other.incarnations
@@ -307,26 +467,62 @@ impl Kv {
     /// Records that entry `index` (of any kind) was applied.
     pub fn set_applied(&mut self, index: u64) {
         assert!(index >= self.applied, "applied index moves back: {} -> {index}", self.applied);
-        let crossed =
-            index / SESSION_SWEEP_EVERY_ENTRIES != self.applied / SESSION_SWEEP_EVERY_ENTRIES;
         self.applied = index;
-        if crossed {
-            self.sessions.retain(|_, s| s.last_index + SESSION_IDLE_ENTRIES >= index);
+    }
+
+    /// Applies the command at `index`. The replicated clock moves to its stamp first, so a
+    /// session idle past the TTL is gone before the command is looked at.
+    pub fn apply(&mut self, index: u64, command: Command) -> Applied {
+        self.sessions.advance_clock(command.leader_time_ms);
+        match command.body {
+            CommandBody::RegisterSession { limits, .. } => {
+                self.sessions.limits = limits;
+                // A shorter TTL than before takes effect now.
+                self.sessions.advance_clock(0);
+                self.sessions.register(index);
+                Applied::Registered { session_id: index }
+            }
+            CommandBody::Write { session_id, seq, op } => {
+                Applied::Write(self.write(index, session_id, seq, op))
+            }
         }
     }
 
-    /// Applies the write at `index`. A write already applied for this `(client_id, seq)`
-    /// returns its first reply instead of applying again.
-    pub fn apply(&mut self, index: u64, command: Command) -> Result<KvReply, ClientError> {
-        if let Some(session) = self.sessions.get(&command.client_id) {
-            if command.seq == session.seq {
-                return Ok(session.reply.clone());
-            }
-            if command.seq < session.seq {
-                return Err(ClientError::Stale { seq: command.seq });
-            }
+    /// Applies a write of the format before registered sessions: its client id opens a
+    /// session on first use, as that format did.
+    pub fn apply_legacy(&mut self, index: u64, w: LegacyWrite) -> Result<KvReply, ClientError> {
+        if !self.sessions.by_id.contains_key(&w.client_id) {
+            self.sessions.register(w.client_id);
         }
-        let result = match command.op {
+        self.write(index, w.client_id, w.seq, w.op)
+    }
+
+    /// Applies write `seq` of a session at `index`. The write already applied for this
+    /// `(session_id, seq)` returns its first reply instead of applying again; an older one is
+    /// stale; one in a session this table does not hold (never registered, expired or
+    /// evicted) is refused, since whether it was applied before cannot be known.
+    fn write(
+        &mut self,
+        index: u64,
+        session_id: u64,
+        seq: u64,
+        op: Op,
+    ) -> Result<KvReply, ClientError> {
+        let Some(session) = self.sessions.by_id.get(&session_id) else {
+            return Err(ClientError::SessionExpired { session_id });
+        };
+        if seq <= session.seq {
+            return match &session.reply {
+                Some(reply) if seq == session.seq => {
+                    let reply = reply.clone();
+                    // A retry is activity: the session is kept as recently used.
+                    self.sessions.record(session_id, seq, reply.clone());
+                    Ok(reply)
+                }
+                _ => Err(ClientError::Stale { seq }),
+            };
+        }
+        let result = match op {
             Op::Put { key, value } => {
                 self.data.insert(key, value);
                 OpResult::Put
@@ -343,17 +539,19 @@ impl Kv {
             Op::Get { key, .. } => OpResult::Get(self.data.get(&key).cloned()),
         };
         let reply = KvReply { index, result };
-        self.sessions.insert(
-            command.client_id,
-            Session { seq: command.seq, reply: reply.clone(), last_index: index },
-        );
-        if self.sessions.len() > SESSIONS_MAX {
-            let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last_index).map(|(&id, _)| id);
-            if let Some(id) = oldest {
-                self.sessions.remove(&id);
-            }
-        }
+        self.sessions.record(session_id, seq, reply.clone());
         Ok(reply)
+    }
+
+    /// Client sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The replicated clock sessions expire by (milliseconds since the Unix epoch, as the
+    /// leaders stamped their commands).
+    pub fn session_clock_ms(&self) -> u64 {
+        self.sessions.clock_ms
     }
 
     /// Reads a key.
@@ -414,12 +612,14 @@ impl Kv {
     pub fn snapshot(&self) -> Vec<u8> {
         encode_image(&ImageRef {
             data: self.data.sorted(),
-            sessions: &self.sessions,
+            sessions: &self.sessions.by_id,
             members: &self.members,
             removed: &self.removed,
             applied: self.applied,
             incarnations: &self.incarnations,
             cluster_incarnation: self.cluster_incarnation,
+            session_clock_ms: self.sessions.clock_ms,
+            session_limits: self.sessions.limits,
         })
     }
 
@@ -429,7 +629,9 @@ impl Kv {
     pub fn freeze(&mut self) -> FrozenKv {
         FrozenKv {
             data: self.data.freeze(),
-            sessions: self.sessions.clone(),
+            sessions: self.sessions.by_id.clone(),
+            session_clock_ms: self.sessions.clock_ms,
+            session_limits: self.sessions.limits,
             members: self.members.clone(),
             removed: self.removed.clone(),
             incarnations: self.incarnations.clone(),
@@ -464,20 +666,48 @@ impl Kv {
             bytes[SNAPSHOT_MAGIC.len()..SNAPSHOT_HEADER_SIZE].try_into().expect("4 bytes"),
         );
         let body = &bytes[SNAPSHOT_HEADER_SIZE..];
+        // Migration from versions 1 and 2: their sessions were aged by applied entries; they
+        // are kept, as last active at time 0, so the first command stamped with a leader's
+        // clock expires them (their clients, from before registered sessions, are told
+        // SessionExpired rather than risk a duplicate).
+        let old_sessions = |sessions: BTreeMap<u64, SessionV2>| -> BTreeMap<u64, Session> {
+            sessions
+                .into_iter()
+                .map(|(id, s)| {
+                    (id, Session { seq: s.seq, reply: Some(s.reply), last_active_ms: 0 })
+                })
+                .collect()
+        };
         let image: Image = match version {
             SNAPSHOT_FORMAT_VERSION => codec::decode_payload(body)?,
-            // Migration: version 1 had no incarnations; none are recorded, and each member's
-            // is recorded when the leader next hears from it.
+            2 => {
+                let old: ImageV2 = codec::decode_payload(body)?;
+                Image {
+                    data: old.data,
+                    sessions: old_sessions(old.sessions),
+                    members: old.members,
+                    removed: old.removed,
+                    applied: old.applied,
+                    incarnations: old.incarnations,
+                    cluster_incarnation: old.cluster_incarnation,
+                    session_clock_ms: 0,
+                    session_limits: SessionLimits::default(),
+                }
+            }
+            // Version 1 had no incarnations either; none are recorded, and each member's is
+            // recorded when the leader next hears from it.
             1 => {
                 let old: ImageV1 = codec::decode_payload(body)?;
                 Image {
                     data: old.data,
-                    sessions: old.sessions,
+                    sessions: old_sessions(old.sessions),
                     members: old.members,
                     removed: old.removed,
                     applied: old.applied,
                     incarnations: BTreeMap::new(),
                     cluster_incarnation: 0,
+                    session_clock_ms: 0,
+                    session_limits: SessionLimits::default(),
                 }
             }
             found => {
@@ -486,7 +716,11 @@ impl Kv {
         };
         Ok(Kv {
             data: Data { base: Arc::new(image.data), overlay: HashMap::new(), frozen: false },
-            sessions: image.sessions,
+            sessions: Sessions::from_parts(
+                image.sessions,
+                image.session_clock_ms,
+                image.session_limits,
+            ),
             members: image.members,
             removed: image.removed,
             incarnations: image.incarnations,
@@ -500,7 +734,7 @@ impl Kv {
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKV\0";
 /// The snapshot format this build writes and reads. Bump it (and add a migration from the
 /// previous one to [`Kv::restore`]) whenever [`Kv`]'s encoding changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 const SNAPSHOT_HEADER_SIZE: usize = SNAPSHOT_MAGIC.len() + 4;
 
 /// Why snapshot bytes do not restore.
@@ -569,68 +803,232 @@ mod bytes_map {
 mod tests {
     use super::*;
 
-    fn put(client_id: u64, seq: u64, key: &str, value: &str) -> Command {
-        Command { client_id, seq, op: Op::Put { key: key.into(), value: value.into() } }
+    /// A write of session `session_id`, stamped at time 0.
+    fn write(session_id: u64, seq: u64, op: Op) -> Command {
+        Command { leader_time_ms: 0, body: CommandBody::Write { session_id, seq, op } }
+    }
+
+    fn put(session_id: u64, seq: u64, key: &str, value: &str) -> Command {
+        write(session_id, seq, Op::Put { key: key.into(), value: value.into() })
+    }
+
+    fn register_at(leader_time_ms: u64, limits: SessionLimits) -> Command {
+        let body = CommandBody::RegisterSession { token: vec![1; 8], limits };
+        Command { leader_time_ms, body }
+    }
+
+    fn at(leader_time_ms: u64, command: Command) -> Command {
+        Command { leader_time_ms, ..command }
+    }
+
+    /// A state machine holding the sessions `ids`, opened directly.
+    fn with_sessions(ids: &[u64]) -> Kv {
+        let mut kv = Kv::new();
+        for &id in ids {
+            kv.sessions.register(id);
+        }
+        kv
+    }
+
+    trait ApplyWrite {
+        fn apply_write(&mut self, index: u64, command: Command) -> Result<KvReply, ClientError>;
+    }
+
+    impl ApplyWrite for Kv {
+        fn apply_write(&mut self, index: u64, command: Command) -> Result<KvReply, ClientError> {
+            match self.apply(index, command) {
+                Applied::Write(result) => result,
+                other => panic!("not a write: {other:?}"),
+            }
+        }
     }
 
     #[test]
     fn operations_apply_and_report_their_index() {
-        let mut kv = Kv::new();
+        let mut kv = with_sessions(&[1]);
         assert_eq!(
-            kv.apply(1, put(1, 1, "a", "1")).unwrap(),
+            kv.apply_write(1, put(1, 1, "a", "1")).unwrap(),
             KvReply { index: 1, result: OpResult::Put }
         );
-        let cas = |seq, expected: Option<&str>, new: &str| Command {
-            client_id: 1,
-            seq,
-            op: Op::Cas { key: b"a".to_vec(), expected: expected.map(Into::into), new: new.into() },
+        let cas = |seq, expected: Option<&str>, new: &str| {
+            let op =
+                Op::Cas { key: b"a".to_vec(), expected: expected.map(Into::into), new: new.into() };
+            write(1, seq, op)
         };
         assert_eq!(
-            kv.apply(2, cas(2, Some("0"), "2")).unwrap().result,
+            kv.apply_write(2, cas(2, Some("0"), "2")).unwrap().result,
             OpResult::Cas { swapped: false, previous: Some(b"1".to_vec()) }
         );
         assert_eq!(
-            kv.apply(3, cas(3, Some("1"), "2")).unwrap().result,
+            kv.apply_write(3, cas(3, Some("1"), "2")).unwrap().result,
             OpResult::Cas { swapped: true, previous: Some(b"1".to_vec()) }
         );
         assert_eq!(kv.get(b"a"), Some(&b"2".to_vec()));
-        let del = Command { client_id: 1, seq: 4, op: Op::Delete { key: b"a".to_vec() } };
-        assert_eq!(kv.apply(4, del).unwrap().result, OpResult::Delete(true));
+        let del = write(1, 4, Op::Delete { key: b"a".to_vec() });
+        assert_eq!(kv.apply_write(4, del).unwrap().result, OpResult::Delete(true));
         assert_eq!(kv.get(b"a"), None);
     }
 
     #[test]
     fn a_retried_write_applies_once_and_older_ones_are_stale() {
-        let mut kv = Kv::new();
-        let first = kv.apply(5, put(7, 1, "k", "v1")).unwrap();
-        kv.apply(6, put(8, 1, "k", "other")).unwrap();
+        let mut kv = with_sessions(&[7, 8]);
+        let first = kv.apply_write(5, put(7, 1, "k", "v1")).unwrap();
+        kv.apply_write(6, put(8, 1, "k", "other")).unwrap();
         // The same write again (a retry after a leader change) returns the first reply.
-        assert_eq!(kv.apply(9, put(7, 1, "k", "v1")).unwrap(), first);
+        assert_eq!(kv.apply_write(9, put(7, 1, "k", "v1")).unwrap(), first);
         assert_eq!(kv.get(b"k"), Some(&b"other".to_vec()), "not applied twice");
-        kv.apply(10, put(7, 2, "k", "v2")).unwrap();
-        assert_eq!(kv.apply(11, put(7, 1, "k", "v1")), Err(ClientError::Stale { seq: 1 }));
+        kv.apply_write(10, put(7, 2, "k", "v2")).unwrap();
+        assert_eq!(kv.apply_write(11, put(7, 1, "k", "v1")), Err(ClientError::Stale { seq: 1 }));
     }
 
     #[test]
-    fn sessions_expire_deterministically() {
-        let mut a = Kv::new();
-        for client in 0..(SESSIONS_MAX as u64 + 5) {
-            a.apply(client + 1, put(client, 1, "k", "v")).unwrap();
+    fn a_registered_session_is_named_by_its_index_and_takes_writes() {
+        let mut kv = Kv::new();
+        let limits = SessionLimits::default();
+        assert_eq!(kv.apply(4, register_at(1_000, limits)), Applied::Registered { session_id: 4 });
+        assert_eq!(kv.session_count(), 1);
+        assert_eq!(kv.session_clock_ms(), 1_000);
+        let reply = kv.apply_write(5, at(1_001, put(4, 1, "k", "v"))).unwrap();
+        assert_eq!(reply, KvReply { index: 5, result: OpResult::Put });
+    }
+
+    #[test]
+    fn a_write_in_a_session_never_registered_is_refused_and_not_applied() {
+        let mut kv = Kv::new();
+        let refused = kv.apply_write(3, put(99, 1, "k", "v"));
+        assert_eq!(refused, Err(ClientError::SessionExpired { session_id: 99 }));
+        assert_eq!(kv.get(b"k"), None);
+        assert_eq!(kv.session_count(), 0, "a refused write opens no session");
+    }
+
+    /// Raft thesis §6.3: a retry whose session was evicted must not be applied again. With
+    /// sessions forgotten silently (the format before registration: a client id opened a
+    /// session on first use), the retry below applied a second time and undid a later
+    /// acknowledged write.
+    #[test]
+    fn a_retry_after_its_session_was_evicted_is_refused_not_applied_twice() {
+        let mut kv = Kv::new();
+        let limits = SessionLimits { max_sessions: 2, ttl_ms: SESSION_TTL_MS_DEFAULT };
+        let Applied::Registered { session_id: a } = kv.apply(1, register_at(0, limits)) else {
+            panic!("registers")
+        };
+        kv.apply_write(2, put(a, 1, "x", "1")).unwrap();
+        // Another client overwrites x, acknowledged.
+        let Applied::Registered { session_id: b } = kv.apply(3, register_at(0, limits)) else {
+            panic!("registers")
+        };
+        kv.apply_write(4, put(b, 1, "x", "2")).unwrap();
+        // Two more sessions evict the least recently active, a.
+        kv.apply(5, register_at(0, limits));
+        kv.apply(6, register_at(0, limits));
+        assert_eq!(kv.session_count(), 2);
+        // a's write retried (its reply was lost): refused, and x keeps the later write.
+        let retry = kv.apply_write(7, put(a, 1, "x", "1"));
+        assert_eq!(retry, Err(ClientError::SessionExpired { session_id: a }));
+        assert_eq!(kv.get(b"x"), Some(&b"2".to_vec()), "the acknowledged later write stands");
+    }
+
+    #[test]
+    fn sessions_expire_by_the_replicated_clock_not_by_entries() {
+        let mut kv = Kv::new();
+        let limits = SessionLimits { max_sessions: 10, ttl_ms: 60_000 };
+        let Applied::Registered { session_id: idle } = kv.apply(1, register_at(1_000, limits))
+        else {
+            panic!("registers")
+        };
+        let Applied::Registered { session_id: busy } = kv.apply(2, register_at(1_000, limits))
+        else {
+            panic!("registers")
+        };
+        // Thousands of entries in little time expire nothing (entries are not time).
+        for i in 0..5_000u64 {
+            kv.apply_write(3 + i, at(1_000 + i / 100, put(busy, i + 1, "k", "v"))).unwrap();
         }
-        assert_eq!(a.sessions.len(), SESSIONS_MAX);
-        assert!(!a.sessions.contains_key(&0), "the least recently used went first");
-        let mut b = Kv::new();
-        b.apply(1, put(1, 1, "k", "v")).unwrap();
-        b.set_applied(SESSION_IDLE_ENTRIES / 2);
-        assert_eq!(b.sessions.len(), 1, "not idle long enough");
-        b.set_applied(SESSION_IDLE_ENTRIES + SESSION_SWEEP_EVERY_ENTRIES * 2);
-        assert!(b.sessions.is_empty(), "idle sessions are swept at a fixed cadence");
+        assert_eq!(kv.session_count(), 2);
+        // Exactly the TTL after its last activity: still held.
+        kv.apply_write(6_000, at(61_000, put(busy, 5_001, "k", "v"))).unwrap();
+        assert_eq!(kv.session_count(), 2);
+        // Past it: idle is gone, busy (active at 61 s) stays.
+        kv.apply_write(6_001, at(61_001, put(busy, 5_002, "k", "v"))).unwrap();
+        assert_eq!(kv.session_count(), 1);
+        let late = kv.apply_write(6_002, at(61_002, put(idle, 1, "k", "late")));
+        assert_eq!(late, Err(ClientError::SessionExpired { session_id: idle }));
+        // A leader whose clock is behind does not move the replicated clock back.
+        kv.apply_write(6_003, at(5, put(busy, 5_003, "k", "v"))).unwrap();
+        assert_eq!(kv.session_clock_ms(), 61_002);
+    }
+
+    #[test]
+    fn sessions_past_the_count_limit_evict_the_least_recently_active() {
+        let mut kv = Kv::new();
+        let limits = SessionLimits { max_sessions: 3, ttl_ms: 60_000 };
+        for index in 1..=3 {
+            kv.apply(index, register_at(index, limits));
+        }
+        // Session 1 writes, so 2 is now the least recently active.
+        kv.apply_write(4, at(4, put(1, 1, "k", "v"))).unwrap();
+        kv.apply(5, register_at(5, limits));
+        assert_eq!(kv.session_count(), 3);
+        assert!(kv.apply_write(6, at(6, put(1, 2, "k", "v"))).is_ok());
+        let evicted = kv.apply_write(7, at(7, put(2, 1, "k", "v")));
+        assert_eq!(evicted, Err(ClientError::SessionExpired { session_id: 2 }));
+        // A registration with a smaller limit shrinks the table at once.
+        let smaller = SessionLimits { max_sessions: 1, ttl_ms: 60_000 };
+        kv.apply(8, register_at(8, smaller));
+        assert_eq!(kv.session_count(), 1);
+    }
+
+    #[test]
+    fn every_node_keeps_the_same_sessions_and_snapshots_keep_the_clock() {
+        let limits = SessionLimits { max_sessions: 4, ttl_ms: 1_000 };
+        let mut commands = Vec::new();
+        for i in 1..=40u64 {
+            if i % 5 == 1 {
+                commands.push(register_at(i * 100, limits));
+            } else {
+                let session = (i / 5) * 5 + 1;
+                commands.push(at(i * 100, put(session, i % 5, "k", &i.to_string())));
+            }
+        }
+        let run = |commands: &[Command]| {
+            let mut kv = Kv::new();
+            for (i, c) in commands.iter().enumerate() {
+                kv.apply(i as u64 + 1, c.clone());
+                kv.set_applied(i as u64 + 1);
+            }
+            kv
+        };
+        let (a, b) = (run(&commands), run(&commands));
+        assert_eq!(a, b);
+        assert_eq!(a.snapshot(), b.snapshot());
+        let restored = Kv::restore(&a.snapshot()).unwrap();
+        assert_eq!(restored, a);
+        assert_eq!(restored.session_clock_ms(), 4_000);
+        assert_eq!(restored.sessions.limits, limits);
+        // The restored table expires by the same rule: one more stamp far ahead empties it.
+        let mut restored = restored;
+        restored.apply(41, register_at(10_000, limits));
+        assert_eq!(restored.session_count(), 1);
+    }
+
+    #[test]
+    fn legacy_writes_open_their_client_session_on_first_use() {
+        let mut kv = Kv::new();
+        let w = |seq, value: &str| LegacyWrite {
+            client_id: 77,
+            seq,
+            op: Op::Put { key: b"k".to_vec(), value: value.into() },
+        };
+        let first = kv.apply_legacy(1, w(1, "a")).unwrap();
+        assert_eq!(kv.apply_legacy(2, w(1, "a")).unwrap(), first, "deduplicated as before");
+        kv.apply_legacy(3, w(2, "b")).unwrap();
+        assert_eq!(kv.get(b"k"), Some(&b"b".to_vec()));
     }
 
     #[test]
     fn snapshot_round_trips_everything() {
-        let mut kv = Kv::new();
-        kv.apply(1, put(1, 1, "a", "1")).unwrap();
+        let mut kv = with_sessions(&[1]);
+        kv.apply_write(1, put(1, 1, "a", "1")).unwrap();
         kv.set_member(2, "127.0.0.1:7002".into());
         kv.set_applied(1);
         let restored = Kv::restore(&kv.snapshot()).unwrap();
@@ -640,13 +1038,13 @@ mod tests {
 
     #[test]
     fn snapshots_carry_their_format_version_and_other_versions_are_refused() {
-        let mut kv = Kv::new();
-        kv.apply(1, put(1, 1, "a", "1")).unwrap();
+        let mut kv = with_sessions(&[1]);
+        kv.apply_write(1, put(1, 1, "a", "1")).unwrap();
         let mut bytes = kv.snapshot();
         assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
         bytes[4] = 9;
         let e = Kv::restore(&bytes).unwrap_err();
-        assert!(matches!(e, RestoreError::Version { found: 9, supported: 2 }), "{e}");
+        assert!(matches!(e, RestoreError::Version { found: 9, supported: 3 }), "{e}");
         // A snapshot from before format headers: the bare encoded state.
         let bare = kv.snapshot()[SNAPSHOT_HEADER_SIZE..].to_vec();
         assert!(matches!(Kv::restore(&bare), Err(RestoreError::NotASnapshot)));
@@ -661,7 +1059,7 @@ mod tests {
         struct V1<'a> {
             #[serde(serialize_with = "bytes_map::serialize")]
             data: Vec<(&'a Vec<u8>, &'a Vec<u8>)>,
-            sessions: BTreeMap<u64, Session>,
+            sessions: BTreeMap<u64, SessionV2>,
             members: BTreeMap<u64, String>,
             removed: BTreeSet<u64>,
             applied: u64,
@@ -707,12 +1105,12 @@ mod tests {
 
     #[test]
     fn equal_states_give_equal_snapshot_bytes_whatever_the_insertion_order() {
-        let (mut a, mut b) = (Kv::new(), Kv::new());
+        let (mut a, mut b) = (with_sessions(&[1]), with_sessions(&[1]));
         for i in 0..500u64 {
-            a.apply(i + 1, put(1, i + 1, &format!("k{i}"), "v")).unwrap();
+            a.apply_write(i + 1, put(1, i + 1, &format!("k{i}"), "v")).unwrap();
         }
         for i in (0..500u64).rev() {
-            b.apply(500 - i, put(1, 500 - i, &format!("k{i}"), "v")).unwrap();
+            b.apply_write(500 - i, put(1, 500 - i, &format!("k{i}"), "v")).unwrap();
         }
         b.sessions = a.sessions.clone();
         assert_eq!(a, b);
@@ -721,22 +1119,21 @@ mod tests {
 
     #[test]
     fn a_frozen_state_snapshots_as_it_was_while_writes_go_on() {
-        let mut kv = Kv::new();
+        let mut kv = with_sessions(&[1]);
         for i in 0..100u64 {
-            kv.apply(i + 1, put(1, i + 1, &format!("k{i}"), "old")).unwrap();
+            kv.apply_write(i + 1, put(1, i + 1, &format!("k{i}"), "old")).unwrap();
         }
         kv.set_applied(100);
         let expected = kv.snapshot();
         let frozen = kv.freeze();
         // Writes while frozen: an overwrite, a delete, a new key, a delete of a new key.
-        kv.apply(101, put(1, 101, "k1", "new")).unwrap();
-        let del =
-            |seq, key: &str| Command { client_id: 1, seq, op: Op::Delete { key: key.into() } };
-        assert_eq!(kv.apply(102, del(102, "k2")).unwrap().result, OpResult::Delete(true));
-        assert_eq!(kv.apply(103, del(103, "k2")).unwrap().result, OpResult::Delete(false));
-        kv.apply(104, put(1, 104, "fresh", "v")).unwrap();
-        kv.apply(105, put(1, 105, "gone", "v")).unwrap();
-        kv.apply(106, del(106, "gone")).unwrap();
+        kv.apply_write(101, put(1, 101, "k1", "new")).unwrap();
+        let del = |seq, key: &str| write(1, seq, Op::Delete { key: key.into() });
+        assert_eq!(kv.apply_write(102, del(102, "k2")).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.apply_write(103, del(103, "k2")).unwrap().result, OpResult::Delete(false));
+        kv.apply_write(104, put(1, 104, "fresh", "v")).unwrap();
+        kv.apply_write(105, put(1, 105, "gone", "v")).unwrap();
+        kv.apply_write(106, del(106, "gone")).unwrap();
         kv.set_applied(106);
         assert_eq!(kv.get(b"k1"), Some(&b"new".to_vec()), "reads see writes made while frozen");
         assert_eq!(kv.get(b"k2"), None);
@@ -751,10 +1148,10 @@ mod tests {
         assert_eq!(kv, before_thaw, "thawing changes nothing visible");
         // Thawed, writes go to the map while the overlay is folded in a slice at a time; a
         // write to a key still in the overlay must win over it.
-        kv.apply(107, put(1, 107, "k1", "newer")).unwrap();
-        assert_eq!(kv.apply(108, del(108, "k4")).unwrap().result, OpResult::Delete(true));
-        assert_eq!(kv.apply(109, del(109, "k2")).unwrap().result, OpResult::Delete(false));
-        kv.apply(110, put(1, 110, "gone", "back")).unwrap();
+        kv.apply_write(107, put(1, 107, "k1", "newer")).unwrap();
+        assert_eq!(kv.apply_write(108, del(108, "k4")).unwrap().result, OpResult::Delete(true));
+        assert_eq!(kv.apply_write(109, del(109, "k2")).unwrap().result, OpResult::Delete(false));
+        kv.apply_write(110, put(1, 110, "gone", "back")).unwrap();
         kv.set_applied(110);
         let mut steps = 0;
         while kv.folding() {
@@ -771,9 +1168,9 @@ mod tests {
         assert_eq!(Kv::restore(&kv.snapshot()).unwrap(), kv);
         assert_ne!(kv.snapshot(), during);
         // And it can be frozen again (a freeze folds in whatever is left first).
-        kv.apply(111, put(1, 111, "k5", "x")).unwrap();
+        kv.apply_write(111, put(1, 111, "k5", "x")).unwrap();
         let again = kv.freeze();
-        kv.apply(112, put(1, 112, "k6", "y")).unwrap();
+        kv.apply_write(112, put(1, 112, "k6", "y")).unwrap();
         kv.thaw();
         drop(again);
         kv.fold_in(usize::MAX);
@@ -783,11 +1180,11 @@ mod tests {
 
     #[test]
     fn writes_kept_aside_are_folded_in_a_slice_at_a_time() {
-        let mut kv = Kv::new();
-        kv.apply(1, put(1, 1, "base", "b")).unwrap();
+        let mut kv = with_sessions(&[1]);
+        kv.apply_write(1, put(1, 1, "base", "b")).unwrap();
         let frozen = kv.freeze();
         for i in 0..10u64 {
-            kv.apply(2 + i, put(1, 2 + i, &format!("m{i}"), "v")).unwrap();
+            kv.apply_write(2 + i, put(1, 2 + i, &format!("m{i}"), "v")).unwrap();
         }
         drop(frozen);
         kv.thaw();

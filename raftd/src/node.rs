@@ -22,7 +22,7 @@ use raft::{
 };
 
 use crate::errors::{Error, Result};
-use crate::kv::{Command, Kv, MemberContext};
+use crate::kv::{Applied, Command, CommandBody, Kv, LegacyWrite, MemberContext, SessionLimits};
 use crate::protocol::*;
 use crate::storage::{SnapshotJob, WalStorage};
 use crate::transport::{Conn, ConnKind, ReadOutcome};
@@ -113,6 +113,9 @@ pub struct NodeConfig {
     pub frame_size_max: usize,
     /// WAL segment size.
     pub segment_size_bytes: u64,
+    /// Bounds of the client session table, written into each session registration this node
+    /// proposes as leader (the table follows the limits of the last registration applied).
+    pub session_limits: SessionLimits,
 }
 
 struct Waiter {
@@ -159,9 +162,12 @@ pub struct Node {
     kv: Kv,
     peers: BTreeMap<u64, PeerLink>,
     snapshots_in: HashMap<u64, SnapshotIn>,
+    /// Writes proposed, by `(session_id, seq)`.
     write_waiters: HashMap<(u64, u64), Vec<Waiter>>,
+    /// Session registrations proposed, by the counter of their token.
+    session_waiters: HashMap<u64, Waiter>,
     proposals: Vec<(Vec<u8>, Vec<u8>)>,
-    proposal_waiters: Vec<((u64, u64), Waiter)>,
+    proposal_waiters: Vec<(client::Proposed, Waiter)>,
     read_batch: Vec<PendingRead>,
     reads_in_flight: HashMap<u64, Vec<PendingRead>>,
     reads_ready: VecDeque<(u64, Vec<PendingRead>)>,
@@ -350,6 +356,7 @@ impl Node {
             peers: BTreeMap::new(),
             snapshots_in: HashMap::new(),
             write_waiters: HashMap::new(),
+            session_waiters: HashMap::new(),
             proposals: Vec::new(),
             proposal_waiters: Vec::new(),
             read_batch: Vec::new(),

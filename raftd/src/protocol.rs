@@ -233,14 +233,14 @@ pub enum AdminRequest {
 /// What a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// A key-value operation. `(client_id, seq)` identifies a write across retries, so that
-    /// a retried write is applied once.
+    /// A key-value operation. `(session_id, seq)` identifies a write across retries, so that
+    /// a retried write is applied once (reads need no session: give 0).
     Kv {
         /// Matches the response.
         request_id: u64,
-        /// The client's id (random, chosen by the client).
-        client_id: u64,
-        /// Increases with each new write of this client.
+        /// The session the write belongs to, from [`ClientRequest::RegisterSession`].
+        session_id: u64,
+        /// Increases with each new write in the session, from 1.
         seq: u64,
         /// The operation.
         op: Op,
@@ -251,6 +251,14 @@ pub enum ClientRequest {
         request_id: u64,
         /// The request.
         request: AdminRequest,
+    },
+    /// Opens a session for writes (Raft thesis §6.3), answered by [`ClientResponse::Session`]
+    /// once the registration is committed. Sessions are forgotten after a time without
+    /// writes or when the table is full; a write in a forgotten session is refused with
+    /// [`ClientError::SessionExpired`].
+    RegisterSession {
+        /// Matches the response.
+        request_id: u64,
     },
 }
 
@@ -367,11 +375,22 @@ pub enum ClientError {
     /// The request was refused, with the reason.
     #[error("refused: {0}")]
     Refused(String),
-    /// A write with this `(client_id, seq)` was superseded by a later one of the client.
-    #[error("stale request: seq {seq} is older than the client's last applied write")]
+    /// A write with this `(session_id, seq)` was superseded by a later one of the session.
+    #[error("stale request: seq {seq} is older than the session's last applied write")]
     Stale {
         /// The request's seq.
         seq: u64,
+    },
+    /// The write's session is not held (never registered, idle past the TTL, or evicted
+    /// from a full table): the write was not applied now, but an earlier attempt of it may
+    /// have been, and that cannot be known any more. Register a new session for new writes.
+    #[error(
+        "session {session_id} expired or is unknown: the write was not applied now, but an \
+         earlier attempt may have been; register a new session"
+    )]
+    SessionExpired {
+        /// The session.
+        session_id: u64,
     },
 }
 
@@ -407,5 +426,12 @@ pub enum ClientResponse {
         request_id: u64,
         /// The outcome.
         result: Result<AdminReply, ClientError>,
+    },
+    /// The answer to a session registration: the session's id.
+    Session {
+        /// The request's id.
+        request_id: u64,
+        /// The session, or why none was opened.
+        result: Result<u64, ClientError>,
     },
 }

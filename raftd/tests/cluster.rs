@@ -77,7 +77,7 @@ fn a_retried_write_is_applied_once() {
     c.kv(Op::Put { key: b"n".to_vec(), value: b"0".to_vec() }).unwrap().unwrap();
     let first = c.kv(incr("0", "1")).unwrap().unwrap();
     let seq = 2;
-    // The same (client_id, seq) again, as after a lost reply: same answer, no second swap.
+    // The same (session_id, seq) again, as after a lost reply: same answer, no second swap.
     let retry = c.kv_with_seq(incr("0", "1"), seq).unwrap().unwrap();
     assert_eq!(retry, first);
     let now = c.kv(Op::Get { key: b"n".to_vec(), serializable: false }).unwrap().unwrap();
@@ -427,8 +427,8 @@ fn a_removed_node_is_refused_by_its_former_peers_and_stops() {
         std::thread::sleep(Duration::from_millis(50));
     };
     cluster.node(victim).child = None;
-    assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(&cluster.procs[victim as usize - 1].log).unwrap();
+    assert!(status.success(), "{status:?}: {log}");
     assert!(log.contains("was removed from the cluster") && log.contains("stopping"), "{log}");
 }
 

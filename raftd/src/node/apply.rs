@@ -131,30 +131,54 @@ impl Node {
     pub(super) fn apply(&mut self, entry: &Entry) -> Result<()> {
         match entry.entry_type {
             EntryType::Normal if entry.data.is_empty() => {}
-            EntryType::Normal => {
-                let result = match codec::decode_payload::<Command>(&entry.data) {
-                    Ok(command) => {
-                        let key = (command.client_id, command.seq);
-                        let result = self.kv.apply(entry.index, command);
-                        Some((key, result))
-                    }
-                    Err(e) => {
-                        error!("entry {} does not decode as a command: {e}", entry.index);
-                        None
-                    }
-                };
-                if let Some((key, result)) = result {
-                    if let Some(waiters) = self.write_waiters.remove(&key) {
-                        for w in waiters {
-                            self.kv_reply(&w, result.clone());
-                        }
-                    }
+            EntryType::Normal if entry.context == crate::kv::COMMAND_FORMAT => {
+                match codec::decode_payload::<Command>(&entry.data) {
+                    Ok(command) => self.apply_command(entry.index, command),
+                    Err(e) => error!("entry {} does not decode as a command: {e}", entry.index),
                 }
             }
+            EntryType::Normal => match codec::decode_payload::<LegacyWrite>(&entry.data) {
+                Ok(w) => {
+                    let key = (w.client_id, w.seq);
+                    let result = self.kv.apply_legacy(entry.index, w);
+                    self.answer_write(key, result);
+                }
+                Err(e) => error!("entry {} does not decode as a write: {e}", entry.index),
+            },
             EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
         }
         self.kv.set_applied(entry.index);
         Ok(())
+    }
+
+    fn apply_command(&mut self, index: u64, command: Command) {
+        let token = match &command.body {
+            CommandBody::RegisterSession { token, .. } => self.read_contexts.counter(token),
+            CommandBody::Write { .. } => None,
+        };
+        let key = match &command.body {
+            CommandBody::Write { session_id, seq, .. } => Some((*session_id, *seq)),
+            CommandBody::RegisterSession { .. } => None,
+        };
+        match self.kv.apply(index, command) {
+            Applied::Registered { session_id } => {
+                if let Some(w) = token.and_then(|n| self.session_waiters.remove(&n)) {
+                    self.session_reply(&w, Ok(session_id));
+                }
+            }
+            Applied::Write(result) => {
+                self.answer_write(key.expect("a write has a key"), result);
+            }
+        }
+    }
+
+    /// Answers the clients waiting on the write `(session_id, seq)`.
+    fn answer_write(&mut self, key: (u64, u64), result: std::result::Result<KvReply, ClientError>) {
+        if let Some(waiters) = self.write_waiters.remove(&key) {
+            for w in waiters {
+                self.kv_reply(&w, result.clone());
+            }
+        }
     }
 
     pub(super) fn apply_conf_change(&mut self, entry: &Entry) {

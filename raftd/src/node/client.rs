@@ -6,7 +6,7 @@ use super::*;
 /// and counts heartbeat acknowledgements by context alone, so a context two reads share lets
 /// an acknowledgement of one confirm the other (a stale read), or drops a follower's read.
 /// A context is this node's id, its data dir incarnation, a number drawn at start and a
-/// counter.
+/// counter. Session registrations carry one too, as the token that finds their waiter.
 pub(crate) struct ReadContexts {
     prefix: [u8; 24],
     next: u64,
@@ -42,6 +42,23 @@ impl ReadContexts {
     }
 }
 
+/// What a proposal waiting in the batch is, to find its waiter when it applies.
+pub(super) enum Proposed {
+    /// A write, by `(session_id, seq)`.
+    Write(u64, u64),
+    /// A session registration, by its token's counter.
+    Session(u64),
+}
+
+/// The wall clock in milliseconds since the Unix epoch: what a leader stamps on each command
+/// for sessions to expire by (0 for a clock before 1970; the replicated clock then does not
+/// move).
+pub(super) fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Node {
     pub(super) fn respond(&mut self, token: Token, response: ClientResponse) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -63,6 +80,22 @@ impl Node {
         result: std::result::Result<KvReply, ClientError>,
     ) {
         self.respond(w.conn, ClientResponse::Kv { request_id: w.request_id, result });
+    }
+
+    pub(super) fn session_reply(
+        &mut self,
+        w: &Waiter,
+        result: std::result::Result<u64, ClientError>,
+    ) {
+        self.respond(w.conn, ClientResponse::Session { request_id: w.request_id, result });
+    }
+
+    /// Answers a proposal that will not apply.
+    fn proposal_failed(&mut self, proposed: &Proposed, w: &Waiter, e: ClientError) {
+        match proposed {
+            Proposed::Write(..) => self.kv_reply(w, Err(e)),
+            Proposed::Session(_) => self.session_reply(w, Err(e)),
+        }
     }
 
     pub(super) fn admin_reply(
@@ -93,9 +126,20 @@ impl Node {
     pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
         let deadline = Instant::now() + self.config.request_timeout;
         match request {
-            ClientRequest::Kv { request_id, client_id, seq, op } => {
+            ClientRequest::Kv { request_id, session_id, seq, op } => {
                 let waiter = Waiter { conn: token, request_id, deadline };
-                self.kv_request(waiter, client_id, seq, op);
+                self.kv_request(waiter, session_id, seq, op);
+            }
+            ClientRequest::RegisterSession { request_id } => {
+                let waiter = Waiter { conn: token, request_id, deadline };
+                if !self.is_leader() {
+                    let e = self.not_leader();
+                    return self.session_reply(&waiter, Err(e));
+                }
+                let (n, token) = self.read_contexts.next();
+                let limits = self.config.session_limits;
+                let body = CommandBody::RegisterSession { token, limits };
+                self.propose_command(body, Proposed::Session(n), waiter);
             }
             ClientRequest::Admin { request_id, request } => {
                 let waiter = Waiter { conn: token, request_id, deadline };
@@ -104,7 +148,7 @@ impl Node {
         }
     }
 
-    pub(super) fn kv_request(&mut self, waiter: Waiter, client_id: u64, seq: u64, op: Op) {
+    pub(super) fn kv_request(&mut self, waiter: Waiter, session_id: u64, seq: u64, op: Op) {
         match op {
             Op::Get { key, serializable: true } => {
                 let result = OpResult::Get(self.kv.get(&key).cloned());
@@ -120,21 +164,26 @@ impl Node {
                     self.kv_reply(&waiter, Err(e));
                     return;
                 }
-                let command = Command { client_id, seq, op };
-                let data = match codec::encode_value(&command) {
-                    Ok(d) if d.len() <= REQUEST_SIZE_MAX => d,
-                    Ok(d) => {
-                        return self.kv_reply(
-                            &waiter,
-                            Err(ClientError::TooLarge { len: d.len(), max: REQUEST_SIZE_MAX }),
-                        )
-                    }
-                    Err(e) => return self.kv_reply(&waiter, Err(refused(e.to_string()))),
-                };
-                self.proposals.push((Vec::new(), data));
-                self.proposal_waiters.push(((client_id, seq), waiter));
+                let body = CommandBody::Write { session_id, seq, op };
+                self.propose_command(body, Proposed::Write(session_id, seq), waiter);
             }
         }
+    }
+
+    /// Adds a command, stamped with this leader's clock, to the batch proposed at the end of
+    /// the loop iteration.
+    fn propose_command(&mut self, body: CommandBody, proposed: Proposed, waiter: Waiter) {
+        let command = Command { leader_time_ms: wall_clock_ms(), body };
+        let data = match codec::encode_value(&command) {
+            Ok(d) if d.len() <= REQUEST_SIZE_MAX => d,
+            Ok(d) => {
+                let e = ClientError::TooLarge { len: d.len(), max: REQUEST_SIZE_MAX };
+                return self.proposal_failed(&proposed, &waiter, e);
+            }
+            Err(e) => return self.proposal_failed(&proposed, &waiter, refused(e.to_string())),
+        };
+        self.proposals.push((crate::kv::COMMAND_FORMAT.to_vec(), data));
+        self.proposal_waiters.push((proposed, waiter));
     }
 
     /// Proposes the writes and asks one read index for the reads that arrived in this
@@ -145,8 +194,15 @@ impl Node {
             let waiters = std::mem::take(&mut self.proposal_waiters);
             match self.raw.propose_batch(batch) {
                 Ok(()) => {
-                    for (key, w) in waiters {
-                        self.write_waiters.entry(key).or_default().push(w);
+                    for (proposed, w) in waiters {
+                        match proposed {
+                            Proposed::Write(session_id, seq) => {
+                                self.write_waiters.entry((session_id, seq)).or_default().push(w)
+                            }
+                            Proposed::Session(n) => {
+                                self.session_waiters.insert(n, w);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -155,8 +211,8 @@ impl Node {
                         raft::Error::ProposalDropped => ClientError::ProposalDropped,
                         other => refused(other.to_string()),
                     };
-                    for (_, w) in waiters {
-                        self.kv_reply(&w, Err(err.clone()));
+                    for (proposed, w) in waiters {
+                        self.proposal_failed(&proposed, &w, err.clone());
                     }
                 }
             }

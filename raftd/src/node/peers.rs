@@ -288,5 +288,16 @@ impl Node {
         for w in expired {
             self.kv_reply(&w, Err(ClientError::Timeout));
         }
+        let sessions_expired: Vec<u64> = self
+            .session_waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(&n, _)| n)
+            .collect();
+        for n in sessions_expired {
+            if let Some(w) = self.session_waiters.remove(&n) {
+                self.session_reply(&w, Err(ClientError::Timeout));
+            }
+        }
     }
 }

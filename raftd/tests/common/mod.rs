@@ -24,7 +24,8 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub struct Client {
     stream: TcpStream,
     next_request_id: u64,
-    pub client_id: u64,
+    /// The session writes go in: registered before the first write, or set by the test.
+    pub session_id: Option<u64>,
     seq: u64,
 }
 
@@ -46,8 +47,7 @@ impl Client {
             }
             other => return Err(std::io::Error::other(format!("{other:?}"))),
         }
-        let client_id = rand_u64();
-        Ok(Client { stream, next_request_id: 1, client_id, seq: 0 })
+        Ok(Client { stream, next_request_id: 1, session_id: None, seq: 0 })
     }
 
     fn call(&mut self, request: ClientRequest) -> std::io::Result<ClientResponse> {
@@ -55,9 +55,31 @@ impl Client {
         read_frame(&mut self.stream)
     }
 
-    /// A key-value operation; writes take the next seq.
+    /// Registers a session at this node (it must lead); later writes go in it, from seq 1.
+    pub fn register_session(&mut self) -> std::io::Result<Result<u64, ClientError>> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        match self.call(ClientRequest::RegisterSession { request_id })? {
+            ClientResponse::Session { request_id: r, result } if r == request_id => {
+                if let Ok(id) = result {
+                    self.session_id = Some(id);
+                    self.seq = 0;
+                }
+                Ok(result)
+            }
+            other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// A key-value operation; writes take the next seq, in a session registered first if
+    /// there is none.
     pub fn kv(&mut self, op: Op) -> std::io::Result<Result<KvReply, ClientError>> {
         if op.is_write() {
+            if self.session_id.is_none() {
+                if let Err(e) = self.register_session()? {
+                    return Ok(Err(e));
+                }
+            }
             self.seq += 1;
         }
         self.kv_with_seq(op, self.seq)
@@ -71,7 +93,8 @@ impl Client {
     ) -> std::io::Result<Result<KvReply, ClientError>> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        match self.call(ClientRequest::Kv { request_id, client_id: self.client_id, seq, op })? {
+        let session_id = if op.is_write() { self.session_id.unwrap_or(0) } else { 0 };
+        match self.call(ClientRequest::Kv { request_id, session_id, seq, op })? {
             ClientResponse::Kv { request_id: r, result } if r == request_id => Ok(result),
             other => Err(std::io::Error::other(format!("unexpected {other:?}"))),
         }
@@ -341,25 +364,54 @@ impl TestCluster {
         }
     }
 
-    /// Puts through whichever node leads, retrying on redirects; returns the applied index.
-    pub fn put(&self, key: &str, value: &str) -> u64 {
+    /// Registers a session through whichever node leads, retrying until one answers.
+    pub fn register_session(&self) -> u64 {
         let deadline = Instant::now() + DEADLINE;
-        let mut client_id = None;
-        let seq = 1;
         loop {
             for p in self.procs.iter().filter(|p| p.child.is_some()) {
                 let Ok(mut c) = p.client() else { continue };
-                if let Some(id) = client_id {
-                    c.client_id = id;
-                }
-                client_id = Some(c.client_id);
-                let op = Op::Put { key: key.into(), value: value.into() };
-                if let Ok(Ok(reply)) = c.kv_with_seq(op, seq) {
-                    return reply.index;
+                if let Ok(Ok(id)) = c.register_session() {
+                    return id;
                 }
             }
-            assert!(Instant::now() < deadline, "put {key} did not succeed: {}", self.logs());
+            assert!(Instant::now() < deadline, "no session registered: {}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Write `seq` of session `session_id` through whichever node leads, retried (same
+    /// `(session_id, seq)`) until the cluster gives a definite answer: a reply, or an error
+    /// other than a redirect, a missing leader or a timeout.
+    pub fn write_in(&self, session_id: u64, seq: u64, op: Op) -> Result<KvReply, ClientError> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                let Ok(mut c) = p.client() else { continue };
+                c.session_id = Some(session_id);
+                match c.kv_with_seq(op.clone(), seq) {
+                    Ok(Err(
+                        ClientError::NotLeader { .. }
+                        | ClientError::NoLeader
+                        | ClientError::Timeout
+                        | ClientError::ProposalDropped,
+                    ))
+                    | Err(_) => {}
+                    Ok(answer) => return answer,
+                }
+            }
+            assert!(Instant::now() < deadline, "write {seq} in {session_id}: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Puts through whichever node leads, retrying on redirects in one session; returns the
+    /// applied index.
+    pub fn put(&self, key: &str, value: &str) -> u64 {
+        let session_id = self.register_session();
+        let op = Op::Put { key: key.into(), value: value.into() };
+        match self.write_in(session_id, 1, op) {
+            Ok(reply) => reply.index,
+            Err(e) => panic!("put {key}: {e}: {}", self.logs()),
         }
     }
 
