@@ -37,7 +37,8 @@
 //!
 //! The decoder never blocks and never allocates for a declared length above its
 //! `frame_size_max`: such a frame is [`Error::FrameTooLarge`] and the caller closes the
-//! connection. A payload that does not decode as the expected type is [`Error::Malformed`];
+//! connection. Inside a payload, a declared length makes the decoder allocate at most four
+//! times the payload's length (at least 4 KiB), or serde's cautious 1 MiB for a sequence. A payload that does not decode as the expected type is [`Error::Malformed`];
 //! nothing here panics on bytes from a socket.
 
 #![warn(clippy::unwrap_used)]
@@ -95,6 +96,30 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_SIZE_MAX_CEILING>()
 }
 
+/// Decodes `payload` with bincode's allocation guard set near the payload's own length: the
+/// smallest of 4 KiB, 16 KiB, ... 256 MiB (powers of four) that holds it. A length declared
+/// inside the payload (a string, a byte vector) is allocated before its bytes are read, so
+/// with the guard at the ceiling a 9-byte frame declaring a 255 MiB string allocated 255 MiB;
+/// now what one frame can make the decoder allocate for such lengths is at most four times
+/// its length (at least 4 KiB). A sequence preallocates at most serde's cautious 1 MiB. The
+/// guard is a compile-time constant in bincode 2, hence the buckets.
+fn decode_limited<T: DeserializeOwned>(
+    payload: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    macro_rules! bucket {
+        ($($limit:expr),*) => {
+            $(
+                if payload.len() <= $limit {
+                    let config = bincode::config::standard().with_limit::<{ $limit }>();
+                    return bincode::serde::decode_from_slice(payload, config);
+                }
+            )*
+        };
+    }
+    bucket!(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26);
+    bincode::serde::decode_from_slice(payload, bincode_config())
+}
+
 /// Appends one frame holding `value` to `buf`, without allocating when `buf` has room.
 pub fn encode_into<T: Serialize>(
     buf: &mut Vec<u8>,
@@ -132,8 +157,8 @@ pub fn encode_value_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(
 
 /// Decodes exactly one value from a frame's payload.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
-    let (value, used) = bincode::serde::decode_from_slice(payload, bincode_config())
-        .map_err(|e| Error::Malformed { reason: e.to_string() })?;
+    let (value, used) =
+        decode_limited(payload).map_err(|e| Error::Malformed { reason: e.to_string() })?;
     if used != payload.len() {
         return Err(Error::TrailingBytes { extra: payload.len() - used });
     }
