@@ -121,7 +121,15 @@ fn only_members_speak_raft_on_one_connection_each_and_never_move_an_address() {
         other => panic!("{other:?}"),
     }
     // The leader's id and incarnation while the leader is connected: a second connection,
-    // refused; the address the configuration holds for it is kept.
+    // refused; the address the configuration holds for it is kept. (The leader dials the
+    // follower in its own time, after a backoff if it dialled during the bootstrap: wait
+    // until the follower holds a write the leader sent it, so the connection exists.)
+    let index = cluster.put("connected", "1");
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.node(follower).wait_client().status().unwrap().applied < index {
+        assert!(Instant::now() < deadline, "the follower never applied {index}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let incarnation = incarnation_of(&cluster.node(leader).data_dir);
     let hello = Hello {
         peer_addr: Some("127.0.0.1:1".into()),

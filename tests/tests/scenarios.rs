@@ -353,12 +353,20 @@ fn segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     segments
 }
 
-/// The newest segment and where its written bytes end.
+/// The newest segment holding records, and where its written bytes end. (The WAL may have
+/// created the next segment already, holding only its 40-byte header: cutting into that would
+/// damage a header, not tear a record.)
 fn last_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, usize) {
-    let last = segments(data_dir).pop().expect("a segment");
-    let bytes = std::fs::read(&last).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).expect("written") + 1;
-    (last, end)
+    const SEGMENT_HEADER_SIZE: usize = 40;
+    segments(data_dir)
+        .into_iter()
+        .rev()
+        .find_map(|segment| {
+            let bytes = std::fs::read(&segment).unwrap();
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            (end > SEGMENT_HEADER_SIZE).then_some((segment, end))
+        })
+        .expect("a segment holding records")
 }
 
 #[test]
