@@ -37,7 +37,7 @@
 //!
 //! The decoder never blocks and never allocates for a declared length above its
 //! `frame_size_max`: such a frame is [`Error::FrameTooLarge`] and the caller closes the
-//! connection. Inside a payload, a declared length makes the decoder allocate at most four
+//! connection. Inside a payload, a declared length makes the decoder allocate at most 32
 //! times the payload's length (at least 4 KiB), or serde's cautious 1 MiB for a sequence. A payload that does not decode as the expected type is [`Error::Malformed`];
 //! nothing here panics on bytes from a socket.
 
@@ -50,8 +50,9 @@ use serde::Serialize;
 
 /// Bytes of the length prefix.
 pub const FRAME_LEN_SIZE: usize = 4;
-/// The default largest payload accepted or produced: 16 MiB.
-pub const FRAME_SIZE_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// The default largest payload accepted or produced: 32 MiB (room for a 16 MiB value and
+/// what travels with it).
+pub const FRAME_SIZE_MAX_DEFAULT: usize = 32 * 1024 * 1024;
 /// The largest `frame_size_max` that may be configured (the prefix is a u32, and bincode's
 /// allocation guard is fixed at compile time to this).
 pub const FRAME_SIZE_MAX_CEILING: usize = 256 * 1024 * 1024;
@@ -96,28 +97,38 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_SIZE_MAX_CEILING>()
 }
 
-/// Decodes `payload` with bincode's allocation guard set near the payload's own length: the
-/// smallest of 4 KiB, 16 KiB, ... 256 MiB (powers of four) that holds it. A length declared
-/// inside the payload (a string, a byte vector) is allocated before its bytes are read, so
-/// with the guard at the ceiling a 9-byte frame declaring a 255 MiB string allocated 255 MiB;
-/// now what one frame can make the decoder allocate for such lengths is at most four times
-/// its length (at least 4 KiB). A sequence preallocates at most serde's cautious 1 MiB. The
-/// guard is a compile-time constant in bincode 2, hence the buckets.
+/// How many bytes bincode's allocation guard counts at most per payload byte: it counts the
+/// in-memory size of each primitive decoded (8 for a `u64` that a varint encodes in one byte;
+/// 16 for a `u128`) and the declared length of each string or byte vector.
+const GUARD_BYTES_PER_PAYLOAD_BYTE: usize = 16;
+
+/// Decodes `payload` with bincode's allocation guard set from the payload's own length: the
+/// smallest power of two, from 4 KiB, at least [`GUARD_BYTES_PER_PAYLOAD_BYTE`] times it. A
+/// length declared inside the payload (a string, a byte vector) is allocated before its bytes
+/// are read, so with the guard at the 256 MiB ceiling a 5-byte payload declaring a 255 MiB
+/// string allocated 255 MiB; now what one payload can make the decoder allocate for such
+/// lengths is at most 32 times its length (at least 4 KiB), and a sequence preallocates at
+/// most serde's cautious 1 MiB. The guard is a compile-time constant in bincode 2, hence the
+/// buckets.
 fn decode_limited<T: DeserializeOwned>(
     payload: &[u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    let guard = payload.len().saturating_mul(GUARD_BYTES_PER_PAYLOAD_BYTE);
     macro_rules! bucket {
-        ($($limit:expr),*) => {
+        ($($shift:literal),*) => {
             $(
-                if payload.len() <= $limit {
-                    let config = bincode::config::standard().with_limit::<{ $limit }>();
+                if guard <= 1 << $shift {
+                    let config = bincode::config::standard().with_limit::<{ 1 << $shift }>();
                     return bincode::serde::decode_from_slice(payload, config);
                 }
             )*
         };
     }
-    bucket!(1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26);
-    bincode::serde::decode_from_slice(payload, bincode_config())
+    bucket!(12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28);
+    // Values stored elsewhere than a stream (a snapshot image of gigabytes) go beyond the
+    // frame ceiling; their guard still follows their length.
+    bucket!(30, 32, 34, 36, 38);
+    Err(bincode::error::DecodeError::LimitExceeded)
 }
 
 /// Appends one frame holding `value` to `buf`, without allocating when `buf` has room.
@@ -196,6 +207,19 @@ impl FrameEncoder {
         self.buf.len() - self.written
     }
 
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the buffer's memory back when nothing is pending (an idle connection).
+    pub fn release_if_idle(&mut self) {
+        if self.pending_len() == 0 && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.written = 0;
+        }
+    }
+
     /// Marks `n` pending bytes as written. The buffer's memory is kept for the next frames.
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.pending_len(), "consumed {n} of {} pending bytes", self.pending_len());
@@ -246,6 +270,38 @@ impl FrameDecoder {
     /// Bytes received and not yet taken out as frames.
     pub fn buffered_len(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Bytes of memory the buffer holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the buffer's memory back when it holds no received bytes (an idle connection).
+    pub fn release_if_idle(&mut self) {
+        if self.start == self.end && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Changes the largest payload accepted from now on (a connection allowed larger frames
+    /// once it has identified itself).
+    pub fn set_frame_size_max(&mut self, frame_size_max: usize) {
+        assert!(frame_size_max <= FRAME_SIZE_MAX_CEILING, "frame_size_max above the ceiling");
+        self.frame_size_max = frame_size_max;
+    }
+
+    /// Whether [`FrameDecoder::next_payload`] has something to return: a whole frame, or a
+    /// length prefix above the limit (an error).
+    pub fn has_frame(&self) -> bool {
+        let available = &self.buf[self.start..self.end];
+        let Some(prefix) = available.get(..FRAME_LEN_SIZE) else {
+            return false;
+        };
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        len > self.frame_size_max || available.len() >= FRAME_LEN_SIZE + len
     }
 
     /// Takes out the next complete frame's payload, if one has fully arrived. A declared

@@ -549,11 +549,13 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
                     }
                     Ok(other) => return Err(fail(format!("unexpected reply {other:?}"))),
                     // Until the leader has recorded the learner's data dir incarnation (a
-                    // configuration change of its own, which holds off others while pending).
+                    // configuration change of its own, which holds off others while pending)
+                    // and the learner has caught up.
                     Err(e)
                         if Instant::now() < deadline
                             && (e.to_string().contains("not recorded")
-                                || e.to_string().contains("already pending")) =>
+                                || e.to_string().contains("already pending")
+                                || e.to_string().contains("not in sync")) =>
                     {
                         std::thread::sleep(Duration::from_millis(100));
                     }

@@ -114,6 +114,11 @@ pub struct Args {
     /// Largest frame accepted from a socket, in bytes.
     #[arg(long, default_value_t = codec::FRAME_SIZE_MAX_DEFAULT)]
     pub frame_size_max: usize,
+    /// Largest key-value request (the encoded command: value, key and a few bytes), in bytes;
+    /// at most --frame-size-max less 1 MiB [default: 17 MiB (a 16 MiB value), or less to fit
+    /// --frame-size-max]
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
     /// Size of each WAL segment file, in bytes.
     #[arg(long, default_value_t = wal::SEGMENT_SIZE_BYTES_DEFAULT)]
     pub segment_size_bytes: u64,
@@ -126,6 +131,20 @@ pub struct Args {
     /// client session expires. Takes effect like --max-sessions.
     #[arg(long, default_value_t = crate::kv::SESSION_TTL_MS_DEFAULT / 1000)]
     pub session_ttl_secs: u64,
+    /// Client connections kept at most; more are accepted and closed at once.
+    #[arg(long, default_value_t = crate::node::CLIENT_CONNECTIONS_MAX_DEFAULT)]
+    pub max_client_connections: usize,
+    /// Connections whose Hello is not yet accepted, at most, on each port; more are accepted
+    /// and closed at once.
+    #[arg(long, default_value_t = crate::node::PENDING_HANDSHAKES_MAX_DEFAULT)]
+    pub max_pending_handshakes: usize,
+    /// Milliseconds a connection has to send its Hello before it is closed.
+    #[arg(long, default_value_t = crate::node::HANDSHAKE_TIMEOUT_MS_DEFAULT)]
+    pub handshake_timeout_ms: u64,
+    /// Bytes all connections' buffers may hold together; past it, the client connections
+    /// holding the most are closed (peers are kept). At least four times --frame-size-max.
+    #[arg(long, default_value_t = crate::node::BUFFERED_BYTES_MAX_DEFAULT)]
+    pub max_buffered_bytes: usize,
 }
 
 /// Bounds for the session flags: at least one session, kept at least a second; at most ten
@@ -136,16 +155,37 @@ const SESSION_TTL_SECS_CEILING: u64 = 365 * 24 * 3600;
 /// Node id to peer address.
 pub type ClusterMap = BTreeMap<u64, String>;
 
+/// The largest node id: ids are shown in `--json` output, and JSON readers that hold numbers
+/// as doubles (JavaScript) read integers exactly only up to 2^53 - 1.
+pub const NODE_ID_MAX: u64 = (1 << 53) - 1;
+
+/// Checks a node id: 1 to [`NODE_ID_MAX`].
+pub(crate) fn check_node_id(id: u64) -> Result<(), String> {
+    match id {
+        0 => Err("node id 0 is reserved".into()),
+        id if id > NODE_ID_MAX => Err(format!("node id {id} is above the largest, {NODE_ID_MAX}")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a peer address: an IP address and a port other than 0 (`127.0.0.1:7004`,
+/// `[::1]:7004`). Host names are not taken: the node dials addresses without resolving them.
+pub(crate) fn check_peer_address(addr: &str) -> Result<(), String> {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("peer address {addr:?} has port 0")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("peer address {addr:?} is not IP:PORT ({e})")),
+    }
+}
+
 fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) =
             part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
         let id: u64 = id.parse().map_err(|_| format!("{id:?} is not a node id"))?;
-        if id == 0 {
-            return Err("node id 0 is reserved".into());
-        }
-        addr.parse::<SocketAddr>().map_err(|e| format!("{addr:?}: {e}"))?;
+        check_node_id(id)?;
+        check_peer_address(addr)?;
         if out.insert(id, addr.to_string()).is_some() {
             return Err(format!("node {id} is listed twice"));
         }
@@ -194,9 +234,7 @@ fn advertised(
 impl Args {
     /// The node configuration, or a message naming the flag that is wrong.
     pub fn to_config(&self) -> Result<NodeConfig, String> {
-        if self.id == 0 {
-            return Err("--id: node id 0 is reserved".into());
-        }
+        check_node_id(self.id).map_err(|e| format!("--id: {e}"))?;
         if self.join && !self.initial_cluster.is_empty() {
             return Err("--join and --initial-cluster exclude each other".into());
         }
@@ -220,10 +258,38 @@ impl Args {
         if self.tick_interval_ms == 0 {
             return Err("--tick-interval-ms must be greater than 0".into());
         }
-        if self.frame_size_max > codec::FRAME_SIZE_MAX_CEILING || self.frame_size_max < 64 * 1024 {
+        let frame_size_min = 2 * crate::node::FRAME_OVERHEAD_BYTES_MAX;
+        if self.frame_size_max > codec::FRAME_SIZE_MAX_CEILING
+            || self.frame_size_max < frame_size_min
+        {
             return Err(format!(
-                "--frame-size-max must be within [65536, {}]",
+                "--frame-size-max must be within [{frame_size_min}, {}]",
                 codec::FRAME_SIZE_MAX_CEILING
+            ));
+        }
+        let request_room = self.frame_size_max - crate::node::FRAME_OVERHEAD_BYTES_MAX;
+        let max_request_bytes = self
+            .max_request_bytes
+            .unwrap_or(crate::node::REQUEST_SIZE_MAX_DEFAULT.min(request_room));
+        if max_request_bytes == 0 || max_request_bytes > request_room {
+            return Err(format!(
+                "--max-request-bytes must be within [1, {request_room}] (--frame-size-max less \
+                 1 MiB for what travels with a request)"
+            ));
+        }
+        if self.max_client_connections == 0 {
+            return Err("--max-client-connections must be at least 1".into());
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err("--max-pending-handshakes must be at least 1".into());
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err("--handshake-timeout-ms must be greater than 0".into());
+        }
+        let buffered_min = self.frame_size_max.saturating_mul(4);
+        if self.max_buffered_bytes < buffered_min {
+            return Err(format!(
+                "--max-buffered-bytes must be at least {buffered_min} (four times --frame-size-max)"
             ));
         }
         if self.segment_size_bytes < wal::SEGMENT_SIZE_BYTES_MIN {
@@ -321,10 +387,17 @@ impl Args {
             shadow_dir: self.shadow_dir.clone(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             frame_size_max: self.frame_size_max,
+            max_request_bytes,
             segment_size_bytes: self.segment_size_bytes,
             session_limits: crate::kv::SessionLimits {
                 max_sessions: self.max_sessions,
                 ttl_ms: self.session_ttl_secs * 1000,
+            },
+            conn_limits: crate::node::ConnLimits {
+                max_client_connections: self.max_client_connections,
+                max_pending_handshakes: self.max_pending_handshakes,
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                max_buffered_bytes: self.max_buffered_bytes,
             },
         })
     }
@@ -357,7 +430,17 @@ mod tests {
         let err = parse(&["--join", "--initial-cluster", "1=127.0.0.1:7001"]).unwrap_err();
         assert!(err.contains("--join"), "{err}");
         assert!(parse(&["--id", "0"]).unwrap_err().contains("--id"));
+        assert!(parse(&["--id", "18446744073709551615"]).unwrap_err().contains("--id"));
+        let err = parse(&["--initial-cluster", "1=notanaddr:7001"]).unwrap_err();
+        assert!(err.contains("notanaddr"), "{err}");
+        assert!(parse(&["--initial-cluster", "1=127.0.0.1:0"]).unwrap_err().contains("port 0"));
         assert_eq!(c.session_limits, crate::kv::SessionLimits::default());
+        assert_eq!(c.max_request_bytes, crate::node::REQUEST_SIZE_MAX_DEFAULT);
+        let small = parse(&["--frame-size-max", "4194304"]).unwrap();
+        assert_eq!(small.max_request_bytes, 3 * 1024 * 1024, "the default fits the frame");
+        let err = parse(&["--frame-size-max", "4194304", "--max-request-bytes", "4194304"]);
+        assert!(err.unwrap_err().contains("--max-request-bytes"));
+        assert!(parse(&["--frame-size-max", "65536"]).unwrap_err().contains("--frame-size-max"));
         assert!(parse(&["--max-sessions", "0"]).unwrap_err().contains("--max-sessions"));
         assert!(parse(&["--session-ttl-secs", "0"]).unwrap_err().contains("--session-ttl-secs"));
         let err = parse(&["--session-ttl-secs", "99999999999"]).unwrap_err();

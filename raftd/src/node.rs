@@ -56,8 +56,12 @@ pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// nothing arrived on it for this many election timeouts (its peer restarted or its machine
 /// went away without a FIN), so that the peer's next attempt gets in.
 const STALE_CONNECTION_ELECTION_TIMEOUTS: u32 = 1;
-/// Largest key-value request accepted.
-pub const REQUEST_SIZE_MAX: usize = 4 * 1024 * 1024;
+/// Largest key-value command accepted by default (`--max-request-bytes`): a 16 MiB value
+/// with its key.
+pub const REQUEST_SIZE_MAX_DEFAULT: usize = 17 * 1024 * 1024;
+/// Bytes a frame needs besides the command it carries (message and entry headers): the
+/// frame limit must exceed the request limit by this much.
+pub const FRAME_OVERHEAD_BYTES_MAX: usize = 1024 * 1024;
 
 /// The clock leases are measured on: CLOCK_BOOTTIME, which, unlike `Instant`'s
 /// CLOCK_MONOTONIC, keeps counting while the machine is suspended.
@@ -111,11 +115,58 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Largest frame accepted.
     pub frame_size_max: usize,
+    /// Largest key-value command accepted (encoded).
+    pub max_request_bytes: usize,
     /// WAL segment size.
     pub segment_size_bytes: u64,
     /// Bounds of the client session table, written into each session registration this node
     /// proposes as leader (the table follows the limits of the last registration applied).
     pub session_limits: SessionLimits,
+    /// Bounds on connections.
+    pub conn_limits: ConnLimits,
+}
+
+/// Client connections kept at most by default (`--max-client-connections`).
+pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Connections in their handshake at most by default (`--max-pending-handshakes`).
+pub const PENDING_HANDSHAKES_MAX_DEFAULT: usize = 128;
+/// Time to send a Hello by default (`--handshake-timeout-ms`).
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Bytes of connection buffers held at most by default (`--max-buffered-bytes`): 256 MiB,
+/// four frames of the default size and then some.
+pub const BUFFERED_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// A learner is promoted only once its log is within this many entries of the leader's.
+pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
+/// File descriptors kept free for storage (WAL segments, snapshot files, directories):
+/// connections are shed before the process's limit comes closer than this.
+pub const FD_RESERVE: usize = 64;
+/// File descriptors kept for peer connections besides: client connections are shed this
+/// many earlier, so that a flood of clients never keeps a peer from reconnecting.
+pub const PEER_FD_RESERVE: usize = 32;
+
+/// Bounds on connections, so that floods cannot exhaust memory or file descriptors.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Client connections kept at most.
+    pub max_client_connections: usize,
+    /// Inbound connections whose Hello is not yet accepted, at most.
+    pub max_pending_handshakes: usize,
+    /// Time an inbound connection has to send its Hello.
+    pub handshake_timeout: Duration,
+    /// Bytes all connections' buffers may hold together.
+    pub max_buffered_bytes: usize,
+}
+
+/// The process's limit on open file descriptors (its soft RLIMIT_NOFILE).
+fn fd_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, which lives across the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return usize::MAX;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 struct Waiter {
@@ -166,6 +217,17 @@ pub struct Node {
     write_waiters: HashMap<(u64, u64), Vec<Waiter>>,
     /// Session registrations proposed, by the counter of their token.
     session_waiters: HashMap<u64, Waiter>,
+    /// Connections whose reading stopped at the read budget with bytes possibly left in the
+    /// socket: read again in the next iteration (no readiness event will come for them).
+    read_again: std::collections::BTreeSet<Token>,
+    /// The process's file descriptor limit (connections are shed `FD_RESERVE` before it).
+    fd_limit: usize,
+    /// An accept failed (out of file descriptors): the listeners are tried again at the next
+    /// tick, since an edge-triggered listener says nothing more about connections it holds.
+    accept_retry: bool,
+    /// Connections shed since the last log line about it, and when that was.
+    shed_count: u64,
+    shed_logged_at: Instant,
     proposals: Vec<(Vec<u8>, Vec<u8>)>,
     proposal_waiters: Vec<(client::Proposed, Waiter)>,
     read_batch: Vec<PendingRead>,
@@ -357,6 +419,11 @@ impl Node {
             snapshots_in: HashMap::new(),
             write_waiters: HashMap::new(),
             session_waiters: HashMap::new(),
+            read_again: std::collections::BTreeSet::new(),
+            fd_limit: fd_limit(),
+            accept_retry: false,
+            shed_count: 0,
+            shed_logged_at: Instant::now(),
             proposals: Vec::new(),
             proposal_waiters: Vec::new(),
             read_batch: Vec::new(),
@@ -408,8 +475,9 @@ impl Node {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + self.config.tick_interval;
         while !self.shutdown.load(Ordering::Relaxed) {
-            // Readies left over (see handle_readies): look at the sockets, do not wait.
-            let timeout = if self.raw.has_ready() {
+            // Readies left over (see handle_readies), or connections with more to read: look
+            // at the sockets, do not wait.
+            let timeout = if self.raw.has_ready() || !self.read_again.is_empty() {
                 Duration::ZERO
             } else {
                 next_tick.saturating_duration_since(Instant::now())
@@ -432,6 +500,9 @@ impl Node {
                     CLIENT_LISTENER => self.accept(false),
                     token => self.conn_event(token, event.is_readable(), event.is_writable()),
                 }
+            }
+            for token in std::mem::take(&mut self.read_again) {
+                self.conn_event(token, true, false);
             }
             self.submit_batches();
             self.handle_readies()?;
@@ -475,11 +546,64 @@ impl Node {
         token
     }
 
+    /// Why a new connection on this port must be closed at once, if it must: near the file
+    /// descriptor limit, too many handshakes in progress, or (client port) too many clients.
+    fn shed_reason(&self, peer_port: bool) -> Option<String> {
+        let reserve = if peer_port { FD_RESERVE } else { FD_RESERVE + PEER_FD_RESERVE };
+        if self.conns.len().saturating_add(reserve) >= self.fd_limit {
+            return Some(format!(
+                "{} connections, near the file descriptor limit {} (keeping {reserve} for \
+                 storage{})",
+                self.conns.len(),
+                self.fd_limit,
+                if peer_port { "" } else { " and peers" }
+            ));
+        }
+        let limits = &self.config.conn_limits;
+        let pending = self
+            .conns
+            .values()
+            .filter(|c| {
+                c.in_handshake() && matches!(c.kind, ConnKind::InboundPeer { .. }) == peer_port
+            })
+            .count();
+        if pending >= limits.max_pending_handshakes {
+            let port = if peer_port { "peer" } else { "client" };
+            return Some(format!(
+                "{pending} handshakes in progress on the {port} port (--max-pending-handshakes)"
+            ));
+        }
+        if !peer_port {
+            let clients =
+                self.conns.values().filter(|c| matches!(c.kind, ConnKind::Client { .. })).count();
+            if clients >= limits.max_client_connections {
+                return Some(format!("{clients} client connections (--max-client-connections)"));
+            }
+        }
+        None
+    }
+
+    /// Counts a shed connection, logging at most once a second.
+    fn shed(&mut self, remote: std::net::SocketAddr, why: &str) {
+        self.shed_count += 1;
+        let now = Instant::now();
+        if now.duration_since(self.shed_logged_at) >= Duration::from_secs(1) {
+            warn!("closed {} new connection(s), the last from {remote}: {why}", self.shed_count);
+            self.shed_count = 0;
+            self.shed_logged_at = now;
+        }
+    }
+
     fn accept(&mut self, peer_port: bool) {
         loop {
             let listener = if peer_port { &self.peer_listener } else { &self.client_listener };
             match listener.accept() {
                 Ok((stream, remote)) => {
+                    if let Some(why) = self.shed_reason(peer_port) {
+                        drop(stream);
+                        self.shed(remote, &why);
+                        continue;
+                    }
                     let kind = if peer_port {
                         ConnKind::InboundPeer { from: None }
                     } else {
@@ -494,8 +618,13 @@ impl Node {
                     self.conns.insert(token, conn);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("accept: {e}");
+                    // Out of file descriptors (EMFILE, ENFILE) or memory: the connection
+                    // waits in the backlog; try again at the next tick.
+                    let port = if peer_port { "peer" } else { "client" };
+                    warn!("accept on the {port} port: {e}; trying again at the next tick");
+                    self.accept_retry = true;
                     return;
                 }
             }
@@ -574,6 +703,9 @@ impl Node {
         }
         match outcome {
             Ok(ReadOutcome::Open) => {}
+            Ok(ReadOutcome::More) => {
+                self.read_again.insert(token);
+            }
             Ok(ReadOutcome::Closed) => self.close(token, "closed by remote"),
             Err(e) => self.close(token, &format!("read: {e}")),
         }
@@ -696,10 +828,10 @@ impl Node {
             },
         };
         let conn = self.conns.get_mut(&token).expect("dispatching on it");
-        conn.kind = match hello.role {
+        conn.greeted(match hello.role {
             Role::Peer => ConnKind::InboundPeer { from: Some(hello.node_id) },
             Role::Client => ConnKind::Client { greeted: true },
-        };
+        });
         conn.send(&ack).map_err(|e| e.to_string())?;
         if hello.role == Role::Peer {
             self.seen_incarnations.insert(hello.node_id, hello.incarnation);

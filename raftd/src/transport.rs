@@ -8,10 +8,19 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use serde::Serialize;
 
-/// Bytes a peer connection may have queued before the peer counts as unable to keep up.
+/// Bytes a peer connection may have queued before the peer counts as unable to keep up (at
+/// least two frames).
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Bytes a client connection may have queued before it is closed.
-pub const CLIENT_QUEUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Frames' worth of bytes a client connection may have queued before it is closed: a reply
+/// as large as the largest frame must fit.
+pub const CLIENT_QUEUE_FRAMES_MAX: usize = 2;
+/// Bytes read from one connection before its complete frames are handled: reading stops
+/// there once a whole frame is buffered, so that one busy connection does not hold the loop,
+/// and resumes in the next iteration.
+pub const READ_BUDGET_BYTES: usize = 4 * 1024 * 1024;
+/// Largest frame an inbound connection may send before its Hello is accepted: a Hello is a
+/// few hundred bytes, and an unauthenticated connection must not make the node buffer more.
+pub const HELLO_SIZE_MAX: usize = 16 * 1024;
 
 /// What a connection is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +59,9 @@ pub struct Conn {
     pub last_read: std::time::Instant,
     /// Set when the connection must be closed after its output is flushed.
     pub closing: bool,
+    /// When it was accepted or dialled (a handshake must complete within a timeout).
+    pub opened_at: std::time::Instant,
+    frame_size_max: usize,
 }
 
 /// How reading a connection ended.
@@ -57,6 +69,9 @@ pub struct Conn {
 pub enum ReadOutcome {
     /// Everything available was read.
     Open,
+    /// Reading stopped at the budget with whole frames buffered; the socket may hold more,
+    /// and (edge-triggered) will not say so again: read it again without waiting.
+    More,
     /// The remote closed its side.
     Closed,
 }
@@ -71,23 +86,54 @@ impl Conn {
     ) -> Conn {
         // Latency over throughput: small frames go out at once.
         let _ = stream.set_nodelay(true);
+        // Until it has identified itself, an inbound connection may send only a Hello.
+        let inbound = !matches!(kind, ConnKind::OutboundPeer { .. });
+        let read_limit = if inbound { HELLO_SIZE_MAX.min(frame_size_max) } else { frame_size_max };
         Conn {
             stream,
             kind,
             remote,
-            decoder: FrameDecoder::new(frame_size_max),
+            decoder: FrameDecoder::new(read_limit),
             encoder: FrameEncoder::new(frame_size_max),
             writable_registered: false,
             last_read: std::time::Instant::now(),
             closing: false,
+            opened_at: std::time::Instant::now(),
+            frame_size_max,
         }
+    }
+
+    /// Whether the connection is inbound and its Hello not yet accepted.
+    pub fn in_handshake(&self) -> bool {
+        matches!(
+            self.kind,
+            ConnKind::InboundPeer { from: None } | ConnKind::Client { greeted: false }
+        )
+    }
+
+    /// The connection identified itself: it may now send frames up to the frame limit.
+    pub fn greeted(&mut self, kind: ConnKind) {
+        self.kind = kind;
+        self.decoder.set_frame_size_max(self.frame_size_max);
+    }
+
+    /// Bytes of memory its buffers hold.
+    pub fn buffer_bytes(&self) -> usize {
+        self.decoder.capacity() + self.encoder.capacity()
+    }
+
+    /// Gives back the memory of buffers that hold nothing (an idle connection keeps none).
+    pub fn release_idle_buffers(&mut self) {
+        self.decoder.release_if_idle();
+        self.encoder.release_if_idle();
     }
 
     /// The byte limit of this connection's queue.
     pub fn queue_limit(&self) -> usize {
+        let frames = self.frame_size_max.saturating_mul(CLIENT_QUEUE_FRAMES_MAX);
         match self.kind {
-            ConnKind::Client { .. } => CLIENT_QUEUE_BYTES_MAX,
-            _ => PEER_QUEUE_BYTES_MAX,
+            ConnKind::Client { .. } => frames,
+            _ => PEER_QUEUE_BYTES_MAX.max(frames),
         }
     }
 
@@ -104,10 +150,12 @@ impl Conn {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(_) => {
                     self.last_read = std::time::Instant::now();
-                    // Stop reading once a frame's worth is buffered, to bound memory; the
-                    // rest is read after these frames are handled.
-                    if self.decoder.buffered_len() > 4 * 1024 * 1024 {
-                        return Ok(ReadOutcome::Open);
+                    // Past the budget, stop once a whole frame is buffered: the frames are
+                    // handled, and the rest is read in the next iteration. A frame larger
+                    // than the budget is read to its end first (the decoder refuses one above
+                    // the frame limit as soon as its prefix arrives).
+                    if self.decoder.buffered_len() > READ_BUDGET_BYTES && self.decoder.has_frame() {
+                        return Ok(ReadOutcome::More);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),

@@ -255,6 +255,7 @@ fn a_node_joins_through_a_membership_change() {
         data_dir: data_dir.clone(),
         log: cluster.dir.path().join("node-4.log"),
         child: None,
+        fd_limit: None,
         args: vec![
             "--id".into(),
             "4".into(),

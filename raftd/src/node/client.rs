@@ -175,9 +175,9 @@ impl Node {
     fn propose_command(&mut self, body: CommandBody, proposed: Proposed, waiter: Waiter) {
         let command = Command { leader_time_ms: wall_clock_ms(), body };
         let data = match codec::encode_value(&command) {
-            Ok(d) if d.len() <= REQUEST_SIZE_MAX => d,
+            Ok(d) if d.len() <= self.config.max_request_bytes => d,
             Ok(d) => {
-                let e = ClientError::TooLarge { len: d.len(), max: REQUEST_SIZE_MAX };
+                let e = ClientError::TooLarge { len: d.len(), max: self.config.max_request_bytes };
                 return self.proposal_failed(&proposed, &waiter, e);
             }
             Err(e) => return self.proposal_failed(&proposed, &waiter, refused(e.to_string())),
@@ -322,12 +322,22 @@ impl Node {
         let conf = &self.raw.raft.prs.conf;
         let is_voter = conf.voters.contains(id);
         let is_learner = conf.learners.contains(&id);
+        let last_index = self.raw.raft.raft_log.last_index();
+        let matched = self.raw.raft.prs.progress.get(&id).map_or(0, |p| p.matched);
+        let address_taken = addr
+            .as_deref()
+            .and_then(|a| self.kv.members().iter().find(|(_, m)| m.as_str() == a))
+            .map(|(&other, _)| other);
         let refusal = if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
             Some("a configuration change is already pending".to_string())
         } else if conf.voters.is_joint() {
             Some("the configuration is joint; wait for it to settle".to_string())
-        } else if id == 0 {
-            Some("node id 0 is reserved".to_string())
+        } else if let Err(e) = crate::args::check_node_id(id) {
+            Some(e)
+        } else if let Some(Err(e)) = addr.as_deref().map(crate::args::check_peer_address) {
+            Some(e)
+        } else if let (Some(other), Some(a)) = (address_taken, addr.as_deref()) {
+            Some(format!("address {a} is already node {other}'s"))
         } else {
             match (change_type, addr.is_some()) {
                 (ConfChangeType::AddNode, true) | (ConfChangeType::AddLearnerNode, true)
@@ -343,6 +353,16 @@ impl Node {
                         "node {id}'s data dir incarnation is not recorded yet (it is once node \
                          {id} runs and is in contact with the leader): start it with --join and \
                          retry"
+                    ))
+                }
+                // etcd: "can only promote a learner member which is in sync with leader".
+                (ConfChangeType::AddNode, false)
+                    if last_index.saturating_sub(matched) > PROMOTE_LAG_ENTRIES_MAX =>
+                {
+                    Some(format!(
+                        "learner {id} is not in sync with the leader: it holds the log up to \
+                         {matched}, the leader's ends at {last_index} (promotion waits until it \
+                         is within {PROMOTE_LAG_ENTRIES_MAX} entries); retry"
                     ))
                 }
                 (ConfChangeType::RemoveNode, _) if !is_voter && !is_learner => {

@@ -151,6 +151,7 @@ impl Node {
             self.connect(id, &addr, now);
         }
         self.expire_waiters(now);
+        self.police_connections(now);
         self.snapshots_in.retain(|from, s| {
             let keep = now.duration_since(s.last_chunk) < SNAPSHOT_RECEIVE_TIMEOUT;
             if !keep {
@@ -158,6 +159,58 @@ impl Node {
             }
             keep
         });
+    }
+
+    /// Closes connections that did not say Hello in time, gives back idle buffers, sheds the
+    /// client connections holding the most buffered bytes while all of them hold more than
+    /// `--max-buffered-bytes`, and retries accepting after a failure.
+    fn police_connections(&mut self, now: Instant) {
+        let limits = self.config.conn_limits.clone();
+        let late: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.in_handshake() && now.duration_since(c.opened_at) > limits.handshake_timeout
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for token in late {
+            let remote = self.conns[&token].remote;
+            debug!("connection from {remote} sent no Hello within {:?}", limits.handshake_timeout);
+            self.close(token, "handshake timeout");
+        }
+        let mut total = 0usize;
+        for conn in self.conns.values_mut() {
+            conn.release_idle_buffers();
+            total += conn.buffer_bytes();
+        }
+        if total > limits.max_buffered_bytes {
+            let mut clients: Vec<(usize, Token)> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.kind, ConnKind::Client { .. }))
+                .map(|(&t, c)| (c.buffer_bytes(), t))
+                .collect();
+            clients.sort_unstable_by(|a, b| b.cmp(a));
+            for (bytes, token) in clients {
+                if total <= limits.max_buffered_bytes {
+                    break;
+                }
+                let remote = self.conns[&token].remote;
+                warn!(
+                    "closing client connection from {remote} holding {bytes} bytes: connections \
+                     hold {total} bytes, above --max-buffered-bytes {}",
+                    limits.max_buffered_bytes
+                );
+                self.close(token, "buffered bytes above the limit");
+                total -= bytes;
+            }
+        }
+        if self.accept_retry {
+            self.accept_retry = false;
+            self.accept(true);
+            self.accept(false);
+        }
     }
 
     /// On the leader: proposes the record of a member's data dir incarnation that the

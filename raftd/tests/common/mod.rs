@@ -15,9 +15,35 @@ pub const DEADLINE: Duration = Duration::from_secs(90);
 
 /// Ports the OS says are free now.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    // Ports below the kernel's ephemeral range (32768-60999 by default), handed out in turn
+    // from a random start: a port given here is never meanwhile the source port of some
+    // test's outgoing connection (the flood tests open thousands), nor given twice to tests
+    // running in parallel in this process (cargo runs test binaries one at a time).
+    const PORT_LOW: u32 = 10_000;
+    const PORT_HIGH: u32 = 32_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(7919);
+    let _ = NEXT.compare_exchange(
+        0,
+        seed % (PORT_HIGH - PORT_LOW),
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let offset =
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (PORT_HIGH - PORT_LOW);
+        let port = (PORT_LOW + offset) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 /// A blocking client speaking raftd's client protocol.
@@ -100,6 +126,11 @@ impl Client {
         }
     }
 
+    /// The connection, for tests that write frames themselves.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// An admin request.
     pub fn admin(
         &mut self,
@@ -172,15 +203,51 @@ pub fn promote(admin: &mut Client, id: u64) -> Result<AdminReply, ClientError> {
     loop {
         match admin.admin(AdminRequest::Promote { id }).unwrap() {
             // Until the leader records the learner's incarnation (a configuration change of
-            // its own, which holds off others while pending).
+            // its own, which holds off others while pending) and the learner caught up.
             Err(ClientError::Refused(why))
-                if why.contains("not recorded") || why.contains("already pending") =>
+                if why.contains("not recorded")
+                    || why.contains("already pending")
+                    || why.contains("not in sync") =>
             {
                 assert!(Instant::now() < deadline, "node {id}'s incarnation never recorded: {why}");
                 std::thread::sleep(Duration::from_millis(50));
             }
             other => return other,
         }
+    }
+}
+
+/// A node `id` of `cluster` that starts empty with `--join` (not started).
+pub fn joiner(cluster: &TestCluster, id: u64, extra: &[&str]) -> Proc {
+    let ports = free_ports(2);
+    let peer_addr = format!("127.0.0.1:{}", ports[0]);
+    let client_addr = format!("127.0.0.1:{}", ports[1]);
+    let data_dir = cluster.dir.path().join(format!("node-{id}"));
+    let mut args: Vec<String> = vec![
+        "--id".into(),
+        id.to_string(),
+        "--join".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen-peer".into(),
+        peer_addr.clone(),
+        "--listen-client".into(),
+        client_addr.clone(),
+        "--cluster-id".into(),
+        cluster.cluster_id.clone(),
+        "--tick-interval-ms".into(),
+        "20".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc {
+        id,
+        peer_addr,
+        client_addr,
+        data_dir,
+        log: cluster.dir.path().join(format!("node-{id}.log")),
+        child: None,
+        args,
+        fd_limit: None,
     }
 }
 
@@ -193,13 +260,26 @@ pub struct Proc {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub args: Vec<String>,
+    /// Start the process with this limit on open file descriptors.
+    pub fd_limit: Option<u64>,
 }
 
 impl Proc {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} is running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftd"))
+        let mut command = match self.fd_limit {
+            // Through the shell, whose ulimit sets the limit the exec'd raftd inherits.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_raftd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_raftd")),
+        };
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -314,6 +394,7 @@ impl TestCluster {
                 log,
                 child: None,
                 args,
+                fd_limit: None,
             };
             if started.contains(&id) {
                 p.start();
