@@ -245,33 +245,8 @@ fn a_node_joins_through_a_membership_change() {
     let cluster = TestCluster::start(3, &[]);
     let leader = cluster.wait_for_leader();
     cluster.put("before-join", "1");
-    let ports = free_ports(2);
-    let peer_addr = format!("127.0.0.1:{}", ports[0]);
-    let data_dir = cluster.dir.path().join("node-4");
-    let mut joiner = Proc {
-        id: 4,
-        peer_addr: peer_addr.clone(),
-        client_addr: format!("127.0.0.1:{}", ports[1]),
-        data_dir: data_dir.clone(),
-        log: cluster.dir.path().join("node-4.log"),
-        child: None,
-        fd_limit: None,
-        args: vec![
-            "--id".into(),
-            "4".into(),
-            "--join".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen-peer".into(),
-            peer_addr.clone(),
-            "--listen-client".into(),
-            format!("127.0.0.1:{}", ports[1]),
-            "--cluster-id".into(),
-            cluster.cluster_id.clone(),
-            "--tick-interval-ms".into(),
-            "20".into(),
-        ],
-    };
+    let mut joiner = joiner(&cluster, 4, &[]);
+    let peer_addr = joiner.peer_addr.clone();
     joiner.start();
     let mut admin = cluster.procs[leader as usize - 1].client().unwrap();
     let reply = admin.admin(AdminRequest::AddLearner { id: 4, addr: peer_addr.clone() }).unwrap();
