@@ -168,14 +168,11 @@ pub(crate) fn check_node_id(id: u64) -> Result<(), String> {
     }
 }
 
-/// Checks a peer address: an IP address and a port other than 0 (`127.0.0.1:7004`,
-/// `[::1]:7004`). Host names are not taken: the node dials addresses without resolving them.
+/// Checks a peer address: `HOST:PORT` with a port other than 0, where `HOST` is an IP address
+/// (`127.0.0.1:7004`, `[::1]:7004`) or a host name (`node4.example:7004`), resolved when the
+/// node dials it (see [`crate::resolve`]). Nothing is resolved here.
 pub(crate) fn check_peer_address(addr: &str) -> Result<(), String> {
-    match addr.parse::<SocketAddr>() {
-        Ok(a) if a.port() == 0 => Err(format!("peer address {addr:?} has port 0")),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("peer address {addr:?} is not IP:PORT ({e})")),
-    }
+    crate::resolve::check_host_port(addr).map_err(|why| format!("peer address {why}"))
 }
 
 fn parse_cluster(s: &str) -> Result<ClusterMap, String> {
@@ -222,10 +219,13 @@ fn advertised(
                 Err(format!("{flag} {addr}: not an address others can reach"))
             }
             Ok(a) => Ok(a.to_string()),
-            Err(e) => Err(format!("{flag} {addr}: expected IP:PORT ({e})")),
+            Err(_) => match crate::resolve::check_host_port(addr) {
+                Ok(()) => Ok(addr.to_string()),
+                Err(why) => Err(format!("{flag}: {why}")),
+            },
         },
         None if listen.ip().is_unspecified() || listen.port() == 0 => Err(format!(
-            "{listen_flag} {listen} is not an address others can reach: give {flag} IP:PORT"
+            "{listen_flag} {listen} is not an address others can reach: give {flag} HOST:PORT"
         )),
         None => Ok(listen.to_string()),
     }
@@ -431,7 +431,7 @@ mod tests {
         assert!(err.contains("--join"), "{err}");
         assert!(parse(&["--id", "0"]).unwrap_err().contains("--id"));
         assert!(parse(&["--id", "18446744073709551615"]).unwrap_err().contains("--id"));
-        let err = parse(&["--initial-cluster", "1=notanaddr:7001"]).unwrap_err();
+        let err = parse(&["--initial-cluster", "1=notanaddr"]).unwrap_err();
         assert!(err.contains("notanaddr"), "{err}");
         assert!(parse(&["--initial-cluster", "1=127.0.0.1:0"]).unwrap_err().contains("port 0"));
         assert_eq!(c.session_limits, crate::kv::SessionLimits::default());
@@ -496,6 +496,13 @@ mod tests {
         let err = parse(&["--advertise-client", "0.0.0.0:7101"]).unwrap_err();
         assert!(err.contains("--advertise-client"), "{err}");
         let err = parse(&["--advertise-peer", "somewhere"]).unwrap_err();
-        assert!(err.contains("--advertise-peer") && err.contains("IP:PORT"), "{err}");
+        assert!(err.contains("--advertise-peer") && err.contains("HOST:PORT"), "{err}");
+        // Host names are taken (resolved when dialled), in every peer address flag.
+        let named = parse(&["--initial-cluster", "1=node1.example:7001,2=node2.example:7002"]);
+        assert_eq!(named.unwrap().advertise_peer, "node1.example:7001");
+        let named = parse(&["--advertise-peer", "node1.example:7001", "--advertise-client", "n:1"]);
+        assert_eq!(named.unwrap().advertise_client, "n:1");
+        let err = parse(&["--initial-cluster", "1=bad host:7001"]).unwrap_err();
+        assert!(err.contains("not HOST:PORT"), "{err}");
     }
 }

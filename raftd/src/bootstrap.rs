@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,7 @@ impl Waiting<'_> {
 
     /// Asks member `id`; Some when the answer decides the outcome.
     fn ask(&mut self, id: u64, addr: &str) -> Option<Result<Outcome>> {
-        let socket_addr: SocketAddr = addr.parse().ok()?;
+        let socket_addr = crate::resolve::resolve_blocking(addr).ok()?;
         let mut stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
         let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
         let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));

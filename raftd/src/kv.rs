@@ -15,9 +15,39 @@ pub const SESSIONS_MAX_DEFAULT: u64 = 100_000;
 /// (`--session-ttl-secs`).
 pub const SESSION_TTL_MS_DEFAULT: u64 = 3_600_000;
 
-/// The context that marks an entry whose data is a [`Command`]. Entries written before
-/// sessions were registered have an empty context and carry a [`LegacyWrite`].
-pub const COMMAND_FORMAT: &[u8] = &[2];
+/// The first byte of a normal entry's data that holds a [`Command`] (its encoding follows).
+/// Entries written before sessions were registered carry a [`LegacyWrite`], whose encoding
+/// begins with a varint, and no varint begins with 255 (bincode reserves it).
+pub const COMMAND_TAG: u8 = 0xFF;
+/// The entry context that marked a [`Command`] in the builds before [`COMMAND_TAG`] (each
+/// copy of an entry allocated it: five allocations per write). Still read.
+pub const COMMAND_CONTEXT_V1: &[u8] = &[2];
+
+/// What a normal entry's data holds, by its format.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EntryPayload<'a> {
+    /// An encoded [`Command`].
+    Command(&'a [u8]),
+    /// An encoded [`LegacyWrite`].
+    Legacy(&'a [u8]),
+}
+
+impl<'a> EntryPayload<'a> {
+    /// Tells the format of a normal entry from its data and context.
+    pub fn of(data: &'a [u8], context: &[u8]) -> EntryPayload<'a> {
+        match data.split_first() {
+            Some((&COMMAND_TAG, command)) => EntryPayload::Command(command),
+            _ if context == COMMAND_CONTEXT_V1 => EntryPayload::Command(data),
+            _ => EntryPayload::Legacy(data),
+        }
+    }
+}
+
+/// Appends a command entry's data for `command` to `out`: [`COMMAND_TAG`], then its encoding.
+pub fn encode_command(command: &Command, out: &mut Vec<u8>) -> codec::Result<()> {
+    out.push(COMMAND_TAG);
+    codec::encode_value_into(command, out)
+}
 
 /// A command as it travels through the log (Raft thesis §6.3): stamped with the leader's
 /// clock when proposed, so that sessions expire by replicated time, the same on every node.
@@ -52,6 +82,17 @@ pub enum CommandBody {
         /// The write.
         op: Op,
     },
+}
+
+impl CommandBody {
+    /// Bytes of keys, values and tokens it carries (its encoding adds a few bytes of tags,
+    /// lengths and integers).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            CommandBody::RegisterSession { token, .. } => token.len(),
+            CommandBody::Write { op, .. } => op.payload_len(),
+        }
+    }
 }
 
 /// A write as logs from before registered sessions carry it: the client's random id stands
@@ -142,11 +183,16 @@ struct Session {
 
 /// The session table, bounded by count and by idle time ([`SessionLimits`]), both decided
 /// by replicated state only: every node keeps and forgets the same sessions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Sessions {
     by_id: BTreeMap<u64, Session>,
-    /// `(last_active_ms, id)` of every session: the least recently active first, for
-    /// eviction and expiry in O(log n) each.
+    /// One `(time, id)` per session, ordered, where `time` is at most the session's
+    /// `last_active_ms`: a write updates only its session, and an entry is moved up to its
+    /// session's activity only when it reaches the front and is about to decide an expiry
+    /// or an eviction (the rule of a lazily kept LRU list). A front entry that matches its
+    /// session is then the least recently active session, ties to the smaller id, whatever
+    /// the history: the same on every node and after a snapshot. A write no longer removes
+    /// and inserts in the tree (a fifth of the apply path).
     by_age: BTreeSet<(u64, u64)>,
     /// The replicated clock: the largest leader stamp applied.
     clock_ms: u64,
@@ -159,13 +205,31 @@ impl Sessions {
         Sessions { by_id, by_age, clock_ms, limits }
     }
 
+    /// Moves the front entry up to its session's activity, if behind it; true if it moved.
+    fn refresh_front(&mut self) -> bool {
+        let Some(&(time, id)) = self.by_age.first() else {
+            return false;
+        };
+        let active = self.by_id[&id].last_active_ms;
+        debug_assert!(time <= active, "an age entry is never ahead of its session");
+        if time == active {
+            return false;
+        }
+        self.by_age.pop_first();
+        self.by_age.insert((active, id));
+        true
+    }
+
     /// Moves the clock to `leader_time_ms` (never back) and forgets the sessions idle longer
     /// than the TTL by it.
     fn advance_clock(&mut self, leader_time_ms: u64) {
         self.clock_ms = self.clock_ms.max(leader_time_ms);
-        while let Some(&(last_active_ms, id)) = self.by_age.first() {
-            if self.clock_ms.saturating_sub(last_active_ms) <= self.limits.ttl_ms {
+        while let Some(&(time, id)) = self.by_age.first() {
+            if self.clock_ms.saturating_sub(time) <= self.limits.ttl_ms {
                 break;
+            }
+            if self.refresh_front() {
+                continue;
             }
             self.by_age.pop_first();
             self.by_id.remove(&id);
@@ -175,12 +239,17 @@ impl Sessions {
     /// Opens session `id`, forgetting the least recently active ones past the count limit.
     fn register(&mut self, id: u64) {
         let session = Session { seq: 0, reply: None, last_active_ms: self.clock_ms };
-        if let Some(old) = self.by_id.insert(id, session) {
-            self.by_age.remove(&(old.last_active_ms, id));
+        match self.by_id.get_mut(&id) {
+            // Not reached by registrations (an id is an entry index); its entry stays.
+            Some(held) => *held = session,
+            None => {
+                self.by_id.insert(id, session);
+                self.by_age.insert((self.clock_ms, id));
+            }
         }
-        self.by_age.insert((self.clock_ms, id));
         while self.by_id.len() as u64 > self.limits.max_sessions.max(1) {
-            let (_, oldest) = self.by_age.pop_first().expect("as many as sessions");
+            while self.refresh_front() {}
+            let (_, oldest) = self.by_age.pop_first().expect("an age entry for every session");
             self.by_id.remove(&oldest);
         }
         debug_assert_eq!(self.by_id.len(), self.by_age.len());
@@ -189,9 +258,7 @@ impl Sessions {
     /// Records the write `seq` of session `id` and its reply.
     fn record(&mut self, id: u64, seq: u64, reply: KvReply) {
         let session = self.by_id.get_mut(&id).expect("recorded writes are in open sessions");
-        self.by_age.remove(&(session.last_active_ms, id));
         *session = Session { seq, reply: Some(reply), last_active_ms: self.clock_ms };
-        self.by_age.insert((self.clock_ms, id));
     }
 
     fn len(&self) -> usize {
@@ -956,6 +1023,74 @@ mod tests {
         // A leader whose clock is behind does not move the replicated clock back.
         kv.apply_write(6_003, at(5, put(busy, 5_003, "k", "v"))).unwrap();
         assert_eq!(kv.session_clock_ms(), 61_002);
+    }
+
+    /// The table with its appended age entries keeps exactly the sessions a plain ordered
+    /// set of `(last_active_ms, id)` keeps, over random registrations, writes and clock steps
+    /// (ties at one millisecond included), and keeps one age entry per session.
+    #[test]
+    fn sessions_kept_lazily_match_an_ordered_set() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..20 {
+            let limits = SessionLimits { max_sessions: 1 + next(12), ttl_ms: 1 + next(50) };
+            let mut table = Sessions { limits, ..Sessions::default() };
+            // The model: id -> last activity, and the same as an ordered set.
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut clock = 0u64;
+            for step in 0..2_000u64 {
+                clock += next(3); // 0: several events in one millisecond
+                table.advance_clock(clock);
+                model.retain(|_, &mut t| clock - t <= limits.ttl_ms);
+                let open: Vec<u64> = model.keys().copied().collect();
+                if open.is_empty() || next(4) == 0 {
+                    let id = 1_000 * round + step + 1;
+                    table.register(id);
+                    model.insert(id, clock);
+                    while model.len() as u64 > limits.max_sessions {
+                        let (&oldest, _) =
+                            model.iter().min_by_key(|&(&id, &t)| (t, id)).expect("not empty");
+                        model.remove(&oldest);
+                    }
+                } else {
+                    let id = open[next(open.len() as u64) as usize];
+                    table.record(id, step, KvReply { index: step, result: OpResult::Put });
+                    model.insert(id, clock);
+                }
+                let held: BTreeMap<u64, u64> =
+                    table.by_id.iter().map(|(&id, s)| (id, s.last_active_ms)).collect();
+                assert_eq!(held, model, "round {round} step {step}");
+                assert_eq!(table.by_age.len(), table.by_id.len());
+            }
+        }
+    }
+
+    /// A command entry is told from a legacy write by its first byte, from an older build by
+    /// its context, and no legacy write is taken for a command.
+    #[test]
+    fn entry_formats_are_told_apart_by_the_command_tag() {
+        let command = put(7, 3, "k", "v");
+        let mut data = Vec::new();
+        encode_command(&command, &mut data).unwrap();
+        let EntryPayload::Command(bytes) = EntryPayload::of(&data, &[]) else {
+            panic!("a tagged entry is a command")
+        };
+        assert_eq!(codec::decode_payload::<Command>(bytes).unwrap(), command);
+        let untagged = codec::encode_value(&command).unwrap();
+        assert_eq!(
+            EntryPayload::of(&untagged, COMMAND_CONTEXT_V1),
+            EntryPayload::Command(&untagged[..])
+        );
+        for client_id in [0, 1, 250, 251, 65_535, 65_536, u32::MAX as u64, u64::MAX] {
+            let op = Op::Put { key: b"k".to_vec(), value: b"v".to_vec() };
+            let legacy = codec::encode_value(&LegacyWrite { client_id, seq: 1, op }).unwrap();
+            assert_eq!(EntryPayload::of(&legacy, &[]), EntryPayload::Legacy(&legacy[..]));
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod kv;
 pub mod node;
 pub mod protocol;
+pub mod resolve;
 pub mod snapfile;
 pub mod storage;
 pub mod transport;

@@ -22,8 +22,11 @@ use raft::{
 };
 
 use crate::errors::{Error, Result};
-use crate::kv::{Applied, Command, CommandBody, Kv, LegacyWrite, MemberContext, SessionLimits};
+use crate::kv::{
+    Applied, Command, CommandBody, EntryPayload, Kv, LegacyWrite, MemberContext, SessionLimits,
+};
 use crate::protocol::*;
+use crate::resolve::{Lookup, Resolver};
 use crate::storage::{SnapshotJob, WalStorage};
 use crate::transport::{Conn, ConnKind, ReadOutcome};
 
@@ -157,6 +160,20 @@ pub struct ConnLimits {
     pub max_buffered_bytes: usize,
 }
 
+/// How often freed memory is handed back to the system.
+const MEMORY_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Hands memory freed more than the allocator's purge delay ago back to the system. mimalloc
+/// (raftd's allocator) purges only when the thread that freed calls it again; a node gone
+/// idle after a flood kept hundreds of MiB of freed buffers resident.
+fn give_back_freed_memory() {
+    // SAFETY: mi_collect takes no pointers; it walks the calling thread's heap.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(false)
+    };
+}
+
 /// The process's limit on open file descriptors (its soft RLIMIT_NOFILE).
 fn fd_limit() -> usize {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -220,11 +237,19 @@ pub struct Node {
     /// Connections whose reading stopped at the read budget with bytes possibly left in the
     /// socket: read again in the next iteration (no readiness event will come for them).
     read_again: std::collections::BTreeSet<Token>,
+    /// Peer host names, resolved off the loop.
+    resolver: Resolver,
     /// The process's file descriptor limit (connections are shed `FD_RESERVE` before it).
     fd_limit: usize,
     /// An accept failed (out of file descriptors): the listeners are tried again at the next
     /// tick, since an edge-triggered listener says nothing more about connections it holds.
     accept_retry: bool,
+    /// Output queued for clients: exact after each flush, plus the replies queued since. Over
+    /// `--max-buffered-bytes`, the clients holding the most are shed at once, not at the next
+    /// tick (in one tick, 24 clients not reading 1 MiB replies queued hundreds of MiB).
+    client_queued: usize,
+    /// When freed memory was last handed back to the system.
+    memory_collected_at: Instant,
     /// Connections shed since the last log line about it, and when that was.
     shed_count: u64,
     shed_logged_at: Instant,
@@ -420,8 +445,12 @@ impl Node {
             write_waiters: HashMap::new(),
             session_waiters: HashMap::new(),
             read_again: std::collections::BTreeSet::new(),
+            resolver: Resolver::start()
+                .map_err(|e| Error::io("start", "the host name resolver thread", e))?,
             fd_limit: fd_limit(),
             accept_retry: false,
+            client_queued: 0,
+            memory_collected_at: Instant::now(),
             shed_count: 0,
             shed_logged_at: Instant::now(),
             proposals: Vec::new(),

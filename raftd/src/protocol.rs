@@ -174,6 +174,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// Bytes of keys and values it carries (what its encoding is made of, besides a few
+    /// bytes of tags and lengths).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Get { key, .. } | Op::Delete { key } => key.len(),
+            Op::Cas { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
+            }
+        }
+    }
+
     /// True for operations that go through the log.
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. })

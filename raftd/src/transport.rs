@@ -57,6 +57,8 @@ pub struct Conn {
     writable_registered: bool,
     /// When bytes last arrived (a connection silent for long may be stale).
     pub last_read: std::time::Instant,
+    /// Bytes arrived since the last [`Conn::release_idle_buffers`].
+    read_since_release_check: bool,
     /// Set when the connection must be closed after its output is flushed.
     pub closing: bool,
     /// When it was accepted or dialled (a handshake must complete within a timeout).
@@ -97,6 +99,7 @@ impl Conn {
             encoder: FrameEncoder::new(frame_size_max),
             writable_registered: false,
             last_read: std::time::Instant::now(),
+            read_since_release_check: false,
             closing: false,
             opened_at: std::time::Instant::now(),
             frame_size_max,
@@ -122,8 +125,15 @@ impl Conn {
         self.decoder.capacity() + self.encoder.capacity()
     }
 
-    /// Gives back the memory of buffers that hold nothing (an idle connection keeps none).
+    /// Gives back the memory of buffers that hold nothing if nothing arrived since the last
+    /// call (once a tick): an idle connection keeps none, and a busy one keeps its buffers
+    /// rather than allocate and zero 64 KiB again at its next read. (Given back only after a
+    /// longer idle time, buffers of many short-lived connections were all held at once, and
+    /// the allocator kept the memory after they were freed.)
     pub fn release_idle_buffers(&mut self) {
+        if std::mem::take(&mut self.read_since_release_check) {
+            return;
+        }
         self.decoder.release_if_idle();
         self.encoder.release_if_idle();
     }
@@ -150,6 +160,7 @@ impl Conn {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(_) => {
                     self.last_read = std::time::Instant::now();
+                    self.read_since_release_check = true;
                     // Past the budget, stop once a whole frame is buffered: the frames are
                     // handled, and the rest is read in the next iteration. A frame larger
                     // than the budget is read to its end first (the decoder refuses one above

@@ -27,8 +27,10 @@ fn invalid_membership_requests_are_refused_with_the_reason() {
     assert!(why.contains("above the largest"), "{why}");
     let why = refusal(admin.admin(add(0, "127.0.0.1:7009")).unwrap());
     assert!(why.contains("reserved"), "{why}");
-    let why = refusal(admin.admin(add(6, "notanaddr")).unwrap());
-    assert!(why.contains("not IP:PORT"), "{why}");
+    for bad in ["notanaddr", "bad host:7009", "-node:7009", "300.1.1.1:7009", "host:port"] {
+        let why = refusal(admin.admin(add(6, bad)).unwrap());
+        assert!(why.contains("not HOST:PORT"), "{bad}: {why}");
+    }
     let why = refusal(admin.admin(add(6, "127.0.0.1:0")).unwrap());
     assert!(why.contains("port 0"), "{why}");
     let taken = cluster.procs[0].peer_addr.clone();

@@ -131,19 +131,19 @@ impl Node {
     pub(super) fn apply(&mut self, entry: &Entry) -> Result<()> {
         match entry.entry_type {
             EntryType::Normal if entry.data.is_empty() => {}
-            EntryType::Normal if entry.context == crate::kv::COMMAND_FORMAT => {
-                match codec::decode_payload::<Command>(&entry.data) {
+            EntryType::Normal => match EntryPayload::of(&entry.data, &entry.context) {
+                EntryPayload::Command(bytes) => match codec::decode_payload::<Command>(bytes) {
                     Ok(command) => self.apply_command(entry.index, command),
                     Err(e) => error!("entry {} does not decode as a command: {e}", entry.index),
-                }
-            }
-            EntryType::Normal => match codec::decode_payload::<LegacyWrite>(&entry.data) {
-                Ok(w) => {
-                    let key = (w.client_id, w.seq);
-                    let result = self.kv.apply_legacy(entry.index, w);
-                    self.answer_write(key, result);
-                }
-                Err(e) => error!("entry {} does not decode as a write: {e}", entry.index),
+                },
+                EntryPayload::Legacy(bytes) => match codec::decode_payload::<LegacyWrite>(bytes) {
+                    Ok(w) => {
+                        let key = (w.client_id, w.seq);
+                        let result = self.kv.apply_legacy(entry.index, w);
+                        self.answer_write(key, result);
+                    }
+                    Err(e) => error!("entry {} does not decode as a write: {e}", entry.index),
+                },
             },
             EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
         }

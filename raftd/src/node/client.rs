@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Bytes a command's encoding adds to its keys and values: tags, lengths, the session, the
+/// sequence number and the leader's clock, each a varint of at most 9 bytes (an estimate
+/// that sizes the buffer; a larger encoding grows it).
+const COMMAND_OVERHEAD_BYTES: usize = 64;
+
 /// Read contexts unique across the cluster and its restarts: the leader keys waiting reads
 /// and counts heartbeat acknowledgements by context alone, so a context two reads share lets
 /// an acknowledgement of one confirm the other (a stale read), or drops a follower's read.
@@ -64,8 +69,14 @@ impl Node {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
+        let before = conn.encoder.pending_len();
         match conn.send(&response) {
-            Ok(true) => {}
+            Ok(true) => {
+                self.client_queued += conn.encoder.pending_len().saturating_sub(before);
+                if self.client_queued > self.config.conn_limits.max_buffered_bytes {
+                    self.shed_buffered_clients();
+                }
+            }
             Ok(false) => {
                 warn!("client {} is not reading its replies; closing", conn.remote);
                 self.close(token, "output queue over its limit");
@@ -174,15 +185,17 @@ impl Node {
     /// the loop iteration.
     fn propose_command(&mut self, body: CommandBody, proposed: Proposed, waiter: Waiter) {
         let command = Command { leader_time_ms: wall_clock_ms(), body };
-        let data = match codec::encode_value(&command) {
-            Ok(d) if d.len() <= self.config.max_request_bytes => d,
-            Ok(d) => {
-                let e = ClientError::TooLarge { len: d.len(), max: self.config.max_request_bytes };
-                return self.proposal_failed(&proposed, &waiter, e);
-            }
-            Err(e) => return self.proposal_failed(&proposed, &waiter, refused(e.to_string())),
-        };
-        self.proposals.push((crate::kv::COMMAND_FORMAT.to_vec(), data));
+        // Sized once: grown from empty, the buffer was reallocated and copied three times
+        // for a 256-byte value.
+        let mut data = Vec::with_capacity(command.body.payload_len() + COMMAND_OVERHEAD_BYTES);
+        if let Err(e) = crate::kv::encode_command(&command, &mut data) {
+            return self.proposal_failed(&proposed, &waiter, refused(e.to_string()));
+        }
+        if data.len() > self.config.max_request_bytes {
+            let e = ClientError::TooLarge { len: data.len(), max: self.config.max_request_bytes };
+            return self.proposal_failed(&proposed, &waiter, e);
+        }
+        self.proposals.push((Vec::new(), data));
         self.proposal_waiters.push((proposed, waiter));
     }
 

@@ -135,12 +135,53 @@ impl Node {
                 self.close(token, &format!("write: {e}"));
             }
         }
+        self.client_queued = self.client_queued_exact();
+    }
+
+    /// Output queued for clients, counted.
+    fn client_queued_exact(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| matches!(c.kind, ConnKind::Client { .. }))
+            .map(|c| c.encoder.pending_len())
+            .sum()
+    }
+
+    /// While all connections' buffers together hold more than `--max-buffered-bytes`, closes
+    /// the client connections holding the most (peers are not shed: they are members).
+    pub(super) fn shed_buffered_clients(&mut self) {
+        let max_buffered_bytes = self.config.conn_limits.max_buffered_bytes;
+        let mut total: usize = self.conns.values().map(Conn::buffer_bytes).sum();
+        if total > max_buffered_bytes {
+            let mut clients: Vec<(usize, Token)> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.kind, ConnKind::Client { .. }))
+                .map(|(&t, c)| (c.buffer_bytes(), t))
+                .collect();
+            clients.sort_unstable_by(|a, b| b.cmp(a));
+            for (bytes, token) in clients {
+                if total <= max_buffered_bytes {
+                    break;
+                }
+                let remote = self.conns[&token].remote;
+                warn!(
+                    "closing client connection from {remote} holding {bytes} bytes: connections \
+                     hold {total} bytes, above --max-buffered-bytes {max_buffered_bytes}"
+                );
+                self.close(token, "buffered bytes above the limit");
+                total -= bytes;
+            }
+        }
+        self.client_queued = self.client_queued_exact();
     }
 
     /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
     pub(super) fn housekeeping(&mut self, now: Instant) {
         self.stop_if_removed(now);
         self.record_incarnations();
+        self.resolver.collect(now);
+        self.resolver.expire(now);
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let link = &self.peers[&id];
@@ -179,32 +220,13 @@ impl Node {
             debug!("connection from {remote} sent no Hello within {:?}", limits.handshake_timeout);
             self.close(token, "handshake timeout");
         }
-        let mut total = 0usize;
         for conn in self.conns.values_mut() {
             conn.release_idle_buffers();
-            total += conn.buffer_bytes();
         }
-        if total > limits.max_buffered_bytes {
-            let mut clients: Vec<(usize, Token)> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.kind, ConnKind::Client { .. }))
-                .map(|(&t, c)| (c.buffer_bytes(), t))
-                .collect();
-            clients.sort_unstable_by(|a, b| b.cmp(a));
-            for (bytes, token) in clients {
-                if total <= limits.max_buffered_bytes {
-                    break;
-                }
-                let remote = self.conns[&token].remote;
-                warn!(
-                    "closing client connection from {remote} holding {bytes} bytes: connections \
-                     hold {total} bytes, above --max-buffered-bytes {}",
-                    limits.max_buffered_bytes
-                );
-                self.close(token, "buffered bytes above the limit");
-                total -= bytes;
-            }
+        self.shed_buffered_clients();
+        if now.saturating_duration_since(self.memory_collected_at) >= MEMORY_COLLECT_INTERVAL {
+            self.memory_collected_at = now;
+            give_back_freed_memory();
         }
         if self.accept_retry {
             self.accept_retry = false;
@@ -269,16 +291,19 @@ impl Node {
     }
 
     pub(super) fn connect(&mut self, id: u64, addr: &str, now: Instant) {
+        let socket_addr = match self.resolver.lookup(addr, now) {
+            Lookup::Ready(a) => Some(a),
+            // Being resolved: tried again at the next tick, with no backoff.
+            Lookup::Pending => return,
+            Lookup::Failed(why) => {
+                warn!("peer {id} at {addr}: {why}");
+                None
+            }
+        };
         let link = self.peers.get_mut(&id).expect("caller checked");
         link.next_attempt = now + link.backoff;
         link.backoff = (link.backoff * 2).min(RECONNECT_BACKOFF_MAX);
-        let socket_addr: SocketAddr = match addr.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("peer {id} address {addr:?}: {e}");
-                return;
-            }
-        };
+        let Some(socket_addr) = socket_addr else { return };
         let stream = match TcpStream::connect(socket_addr) {
             Ok(s) => s,
             Err(e) => {
