@@ -378,6 +378,7 @@ impl Args {
             initial_cluster: self.initial_cluster.clone(),
             join: self.join,
             raft,
+            election_seed: None,
             tick_interval: Duration::from_millis(self.tick_interval_ms),
             snapshot_entries: self.snapshot_entries,
             snapshot_catchup_entries: self.snapshot_catchup_entries,

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod bootstrap;
+pub mod clock;
 pub mod errors;
 pub mod kv;
 pub mod node;

@@ -21,6 +21,7 @@ use raft::{
     SnapshotStatus, StateType,
 };
 
+use crate::clock::{Clock, SystemClock};
 use crate::errors::{Error, Result};
 use crate::kv::{
     Applied, Command, CommandBody, EntryPayload, Kv, LegacyWrite, MemberContext, SessionLimits,
@@ -66,17 +67,6 @@ pub const REQUEST_SIZE_MAX_DEFAULT: usize = 17 * 1024 * 1024;
 /// frame limit must exceed the request limit by this much.
 pub const FRAME_OVERHEAD_BYTES_MAX: usize = 1024 * 1024;
 
-/// The clock leases are measured on: CLOCK_BOOTTIME, which, unlike `Instant`'s
-/// CLOCK_MONOTONIC, keeps counting while the machine is suspended.
-pub(crate) fn lease_clock() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec for the call to write.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Everything a node is started with.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -100,6 +90,9 @@ pub struct NodeConfig {
     pub join: bool,
     /// The Raft knobs (id, applied and peers are set by the node).
     pub raft: raft::Config,
+    /// Seeds the randomized election timeout (None: from the process id and the time; a
+    /// simulator gives one so that a run replays).
+    pub election_seed: Option<u64>,
     /// Time per tick.
     pub tick_interval: Duration,
     /// Snapshot every this many applied entries (0: never automatically).
@@ -282,6 +275,8 @@ pub struct Node {
     /// Since when every known peer refuses this node as removed.
     refused_as_removed_since: Option<Instant>,
     shutdown: Arc<AtomicBool>,
+    /// Where time is read.
+    clock: Arc<dyn Clock>,
     /// This data dir's incarnation.
     incarnation: u64,
     /// The incarnation each peer presented (in its hello, or its welcome to this node); the
@@ -339,6 +334,15 @@ fn role_name(state: StateType) -> &'static str {
 impl Node {
     /// Opens the node's state and binds its listeners.
     pub fn new(config: NodeConfig, shutdown: Arc<AtomicBool>) -> Result<Node> {
+        Node::with_clock(config, shutdown, Arc::new(SystemClock))
+    }
+
+    /// A node reading time from `clock` (a simulator's).
+    pub fn with_clock(
+        config: NodeConfig,
+        shutdown: Arc<AtomicBool>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node> {
         let identity = wal::Identity { node_id: config.id, cluster_id: config.cluster_id.clone() };
         let wal_options = wal::Options {
             segment_size_bytes: config.segment_size_bytes,
@@ -413,12 +417,13 @@ impl Node {
             ..config.raft.clone()
         };
         let mut raw = RawNode::new(&raft_config, storage)?;
-        let seed = Instant::now().elapsed().as_nanos() as u64
-            ^ std::process::id() as u64
-            ^ config.id.rotate_left(32)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+        let seed = config.election_seed.unwrap_or_else(|| {
+            std::process::id() as u64
+                ^ config.id.rotate_left(32)
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+        });
         raw.raft.seed_election_rng(seed);
 
         let poll = Poll::new().map_err(|e| Error::io("create poll", &config.data_dir, e))?;
@@ -450,9 +455,9 @@ impl Node {
             fd_limit: fd_limit(),
             accept_retry: false,
             client_queued: 0,
-            memory_collected_at: Instant::now(),
+            memory_collected_at: clock.now(),
             shed_count: 0,
-            shed_logged_at: Instant::now(),
+            shed_logged_at: clock.now(),
             proposals: Vec::new(),
             proposal_waiters: Vec::new(),
             read_batch: Vec::new(),
@@ -465,7 +470,7 @@ impl Node {
             drop_from: Vec::new(),
             delay: Duration::ZERO,
             delayed: VecDeque::new(),
-            started: Instant::now(),
+            started: clock.now(),
             last_snapshot_index: applied,
             restored: None,
             snapshot_failure: None,
@@ -474,6 +479,7 @@ impl Node {
             removed_by: std::collections::BTreeSet::new(),
             refused_as_removed_since: None,
             shutdown,
+            clock,
             incarnation,
             seen_incarnations: BTreeMap::from([(config.id, incarnation)]),
             replaced_peers: BTreeMap::new(),
@@ -502,14 +508,14 @@ impl Node {
     /// Runs until SIGTERM/SIGINT (Ok) or a fatal error.
     pub fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + self.config.tick_interval;
+        let mut next_tick = self.clock.now() + self.config.tick_interval;
         while !self.shutdown.load(Ordering::Relaxed) {
             // Readies left over (see handle_readies), or connections with more to read: look
             // at the sockets, do not wait.
             let timeout = if self.raw.has_ready() || !self.read_again.is_empty() {
                 Duration::ZERO
             } else {
-                next_tick.saturating_duration_since(Instant::now())
+                next_tick.saturating_duration_since(self.clock.now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -518,7 +524,7 @@ impl Node {
             }
             // Ticks first: those due passed before what the sockets hold now arrived (a
             // follower that counted them after a heartbeat would campaign for nothing).
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= next_tick {
                 self.catch_up_ticks(now, &mut next_tick);
                 self.housekeeping(now);
@@ -562,7 +568,7 @@ impl Node {
         if due > self.config.raft.election_tick as u64 {
             info!("{due} ticks were due at once (a pause or a slow sync?); ticking {ticks}");
         }
-        self.raw.advance_clock(lease_clock());
+        self.raw.advance_clock(self.clock.lease_now());
         for _ in 0..ticks {
             self.raw.tick();
         }
@@ -615,7 +621,7 @@ impl Node {
     /// Counts a shed connection, logging at most once a second.
     fn shed(&mut self, remote: std::net::SocketAddr, why: &str) {
         self.shed_count += 1;
-        let now = Instant::now();
+        let now = self.clock.now();
         if now.duration_since(self.shed_logged_at) >= Duration::from_secs(1) {
             warn!("closed {} new connection(s), the last from {remote}: {why}", self.shed_count);
             self.shed_count = 0;
@@ -639,7 +645,13 @@ impl Node {
                         ConnKind::Client { greeted: false }
                     };
                     let token = self.alloc_token();
-                    let mut conn = Conn::new(stream, kind, remote, self.config.frame_size_max);
+                    let mut conn = Conn::new(
+                        stream,
+                        kind,
+                        remote,
+                        self.config.frame_size_max,
+                        self.clock.now(),
+                    );
                     if let Err(e) = conn.register(self.poll.registry(), token) {
                         warn!("register connection from {remote}: {e}");
                         continue;
@@ -706,7 +718,7 @@ impl Node {
         if !readable {
             return;
         }
-        let outcome = conn.read_available();
+        let outcome = conn.read_available(self.clock.now());
         // Frames first: a peer may send its last frames and close.
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
@@ -772,7 +784,7 @@ impl Node {
                     HelloAck::Replaced { node_id, expected, found } if node_id == to => {
                         // Nothing changes until an operator acts: ask again rarely.
                         if let Some(link) = self.peers.get_mut(&to) {
-                            link.next_attempt = Instant::now() + RECONNECT_BACKOFF_MAX;
+                            link.next_attempt = self.clock.now() + RECONNECT_BACKOFF_MAX;
                         }
                         Err(format!(
                             "peer {to} says: {}",
@@ -791,7 +803,7 @@ impl Node {
                         self.removed_by.insert(to);
                         let everyone = self.peers.keys().all(|id| self.removed_by.contains(id));
                         if everyone && self.refused_as_removed_since.is_none() {
-                            self.refused_as_removed_since = Some(Instant::now());
+                            self.refused_as_removed_since = Some(self.clock.now());
                         }
                         Err(format!("peer {to} says this node was removed from the cluster"))
                     }
@@ -916,11 +928,12 @@ impl Node {
         }
         let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
         let stale_after = election_timeout * STALE_CONNECTION_ELECTION_TIMEOUTS;
+        let now = self.clock.now();
         let live = self
             .conns
             .iter()
             .find(|(&t, c)| t != token && c.kind == ConnKind::InboundPeer { from: Some(id) })
-            .map(|(&t, c)| (t, c.remote, c.last_read.elapsed() >= stale_after));
+            .map(|(&t, c)| (t, c.remote, now.duration_since(c.last_read) >= stale_after));
         if let Some((existing, remote, stale)) = live {
             if stale {
                 self.close(existing, "silent, and its peer connected again");
@@ -948,7 +961,7 @@ impl Node {
                     error!("{message}");
                 }
                 if let Some(link) = self.peers.get_mut(&to) {
-                    link.next_attempt = Instant::now() + RECONNECT_BACKOFF_MAX;
+                    link.next_attempt = self.clock.now() + RECONNECT_BACKOFF_MAX;
                 }
                 return Err(message);
             }
@@ -991,13 +1004,13 @@ impl Node {
             addr: None,
             client_addr: None,
             conn: None,
-            next_attempt: Instant::now(),
+            next_attempt: self.clock.now(),
             backoff: RECONNECT_BACKOFF_MIN,
             snapshot_out: None,
         });
         if addr.is_some() && link.addr != addr {
             link.addr = addr;
-            link.next_attempt = Instant::now();
+            link.next_attempt = self.clock.now();
         }
         if client_addr.is_some() {
             link.client_addr = client_addr;
@@ -1034,7 +1047,7 @@ impl Node {
                     ));
                 }
                 self.snapshots_in.retain(|&id, _| id == from);
-                let now = Instant::now();
+                let now = self.clock.now();
                 let entry = self.snapshots_in.entry(from);
                 let incoming = if offset == 0 {
                     entry

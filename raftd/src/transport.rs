@@ -85,6 +85,7 @@ impl Conn {
         kind: ConnKind,
         remote: SocketAddr,
         frame_size_max: usize,
+        now: std::time::Instant,
     ) -> Conn {
         // Latency over throughput: small frames go out at once.
         let _ = stream.set_nodelay(true);
@@ -98,10 +99,10 @@ impl Conn {
             decoder: FrameDecoder::new(read_limit),
             encoder: FrameEncoder::new(frame_size_max),
             writable_registered: false,
-            last_read: std::time::Instant::now(),
+            last_read: now,
             read_since_release_check: false,
             closing: false,
-            opened_at: std::time::Instant::now(),
+            opened_at: now,
             frame_size_max,
         }
     }
@@ -153,13 +154,13 @@ impl Conn {
         Ok(self.encoder.pending_len() <= self.queue_limit())
     }
 
-    /// Reads everything available into the decoder.
-    pub fn read_available(&mut self) -> io::Result<ReadOutcome> {
+    /// Reads everything available into the decoder (`now`: when, for [`Conn::last_read`]).
+    pub fn read_available(&mut self, now: std::time::Instant) -> io::Result<ReadOutcome> {
         loop {
             match self.decoder.read_from(&mut self.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
                 Ok(_) => {
-                    self.last_read = std::time::Instant::now();
+                    self.last_read = now;
                     self.read_since_release_check = true;
                     // Past the budget, stop once a whole frame is buffered: the frames are
                     // handled, and the rest is read in the next iteration. A frame larger

@@ -20,8 +20,8 @@ impl Node {
     /// log at startup takes many): the rest wait for the next loop iteration, so that sockets
     /// and timers are served in between.
     pub(super) fn handle_readies(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIME_BUDGET;
-        while self.raw.has_ready() && Instant::now() < deadline {
+        let deadline = self.clock.now() + READY_TIME_BUDGET;
+        while self.raw.has_ready() && self.clock.now() < deadline {
             let mut rd = self.raw.ready();
             let leader = self.is_leader();
             let mut messages = std::mem::take(&mut rd.messages);
@@ -32,7 +32,7 @@ impl Node {
                 };
                 // Answered from the lease: still linearizable only if the lease holds now,
                 // after the core took its commit index; else ask again (a heartbeat round).
-                if rs.lease_expiry.is_some_and(|expiry| lease_clock() >= expiry) {
+                if rs.lease_expiry.is_some_and(|expiry| self.clock.lease_now() >= expiry) {
                     warn!("a lease read outlived the lease (a pause?); confirming it again");
                     self.read_batch.extend(batch);
                     continue;
@@ -291,7 +291,7 @@ impl Node {
 
     fn begin_snapshot(&mut self) -> Result<()> {
         let index = self.kv.applied();
-        let started = Instant::now();
+        let started = self.clock.now();
         // Frozen, not copied: the state is encoded on the writer thread while this one goes
         // on applying; the writes made meanwhile are folded in when the snapshot is finished.
         let frozen = self.kv.freeze();
@@ -321,7 +321,7 @@ impl Node {
         let (job, started) = self.snapshot_job.take().expect("checked");
         let index = job.index;
         let keep = self.config.snapshot_catchup_entries;
-        let finishing = Instant::now();
+        let finishing = self.clock.now();
         let finished = self.raw.store_mut().finish_snapshot(job, keep);
         // The writer thread is done with the frozen map (or this Kv is a newer one, restored
         // from the leader's snapshot meanwhile, and not frozen).
@@ -329,8 +329,8 @@ impl Node {
         match finished {
             Ok(_) => info!(
                 "snapshot at index {index} in {:?} (put in force in {:?} on the loop)",
-                started.elapsed(),
-                finishing.elapsed()
+                self.clock.now().duration_since(started),
+                self.clock.now().duration_since(finishing)
             ),
             Err(Error::SnapshotNotWritten(why)) => self.snapshot_not_written(index, why),
             Err(e) => return Err(e),

@@ -55,15 +55,6 @@ pub(super) enum Proposed {
     Session(u64),
 }
 
-/// The wall clock in milliseconds since the Unix epoch: what a leader stamps on each command
-/// for sessions to expire by (0 for a clock before 1970; the replicated clock then does not
-/// move).
-pub(super) fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Node {
     pub(super) fn respond(&mut self, token: Token, response: ClientResponse) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -135,7 +126,7 @@ impl Node {
     }
 
     pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
-        let deadline = Instant::now() + self.config.request_timeout;
+        let deadline = self.clock.now() + self.config.request_timeout;
         match request {
             ClientRequest::Kv { request_id, session_id, seq, op } => {
                 let waiter = Waiter { conn: token, request_id, deadline };
@@ -184,7 +175,9 @@ impl Node {
     /// Adds a command, stamped with this leader's clock, to the batch proposed at the end of
     /// the loop iteration.
     fn propose_command(&mut self, body: CommandBody, proposed: Proposed, waiter: Waiter) {
-        let command = Command { leader_time_ms: wall_clock_ms(), body };
+        // The wall clock: what sessions expire by (a clock before 1970 reads 0, and then the
+        // replicated clock does not move).
+        let command = Command { leader_time_ms: self.clock.wall_ms(), body };
         // Sized once: grown from empty, the buffer was reallocated and copied three times
         // for a 256-byte value.
         let mut data = Vec::with_capacity(command.body.payload_len() + COMMAND_OVERHEAD_BYTES);
@@ -233,7 +226,7 @@ impl Node {
         if !self.read_batch.is_empty() {
             let batch = std::mem::take(&mut self.read_batch);
             let (n, ctx) = self.read_contexts.next();
-            self.raw.advance_clock(lease_clock());
+            self.raw.advance_clock(self.clock.lease_now());
             match self.raw.read_index(ctx) {
                 Ok(()) => {
                     self.reads_in_flight.insert(n, batch);
@@ -456,7 +449,7 @@ impl Node {
             snapshot_index: self.raw.store().current_snapshot().index,
             joint: !cs.voters_outgoing.is_empty(),
             members,
-            uptime_secs: self.started.elapsed().as_secs(),
+            uptime_secs: self.clock.now().duration_since(self.started).as_secs(),
             wal_syncs: sync.count,
             wal_sync_micros: sync.micros,
             wal_sync_max_micros: sync.max_micros,

@@ -10,7 +10,7 @@ impl Node {
                 continue;
             }
             if !self.delay.is_zero() && m.msg_type != MessageType::Snapshot {
-                self.delayed.push_back((Instant::now() + self.delay, m));
+                self.delayed.push_back((self.clock.now() + self.delay, m));
                 continue;
             }
             if m.msg_type == MessageType::Snapshot {
@@ -98,7 +98,7 @@ impl Node {
 
     /// Sends the delayed messages that are due (fault injection).
     pub(super) fn release_delayed(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         while self.delayed.front().is_some_and(|(due, _)| *due <= now) {
             let (_, m) = self.delayed.pop_front().expect("checked");
             if !self.drop_to.contains(&m.to) {
@@ -317,6 +317,7 @@ impl Node {
             ConnKind::OutboundPeer { to: id },
             socket_addr,
             self.config.frame_size_max,
+            now,
         );
         let hello = peer_hello(&self.config, self.incarnation, self.kv.cluster_incarnation());
         if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
