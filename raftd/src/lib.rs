@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod clock;
 pub mod errors;
 pub mod kv;
+pub mod net;
 pub mod node;
 pub mod protocol;
 pub mod resolve;

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::Token;
 use raft::{
     ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, RawNode,
     SnapshotStatus, StateType,
@@ -26,6 +25,7 @@ use crate::errors::{Error, Result};
 use crate::kv::{
     Applied, Command, CommandBody, EntryPayload, Kv, LegacyWrite, MemberContext, SessionLimits,
 };
+use crate::net::{MioNet, Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 use crate::protocol::*;
 use crate::resolve::{Lookup, Resolver};
 use crate::storage::{SnapshotJob, WalStorage};
@@ -35,8 +35,6 @@ mod apply;
 mod client;
 mod peers;
 
-const PEER_LISTENER: Token = Token(0);
-const CLIENT_LISTENER: Token = Token(1);
 const FIRST_CONN_TOKEN: usize = 2;
 /// A partly received snapshot is dropped after this long without a chunk.
 const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,13 +209,15 @@ struct SnapshotIn {
     last_chunk: Instant,
 }
 
-/// A running node.
-pub struct Node {
+/// A running node, over the network `N`.
+pub struct Node<N: Net = MioNet> {
     config: NodeConfig,
-    poll: Poll,
-    peer_listener: TcpListener,
-    client_listener: TcpListener,
-    conns: HashMap<Token, Conn>,
+    net: N,
+    /// The readiness events of the last poll (kept to reuse their memory).
+    events: Vec<NetEvent>,
+    /// When the next tick is due.
+    next_tick: Instant,
+    conns: HashMap<Token, Conn<N::Stream>>,
     next_token: usize,
     raw: RawNode<WalStorage>,
     kv: Kv,
@@ -331,7 +331,7 @@ fn role_name(state: StateType) -> &'static str {
     }
 }
 
-impl Node {
+impl Node<MioNet> {
     /// Opens the node's state and binds its listeners.
     pub fn new(config: NodeConfig, shutdown: Arc<AtomicBool>) -> Result<Node> {
         Node::with_clock(config, shutdown, Arc::new(SystemClock))
@@ -425,22 +425,26 @@ impl Node {
                     .map_or(0, |d| d.as_nanos() as u64)
         });
         raw.raft.seed_election_rng(seed);
-
-        let poll = Poll::new().map_err(|e| Error::io("create poll", &config.data_dir, e))?;
-        let mut peer_listener = TcpListener::from_std(std_peer_listener);
-        let mut client_listener = TcpListener::bind(config.listen_client)
+        let net = MioNet::new(std_peer_listener, config.listen_client)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
-        poll.registry()
-            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
-            .map_err(|e| Error::io("register", "peer listener", e))?;
-        poll.registry()
-            .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
-            .map_err(|e| Error::io("register", "client listener", e))?;
+        Node::assemble(config, shutdown, clock, (raw, kv, applied), net)
+    }
+}
 
+impl<N: Net> Node<N> {
+    /// The node around its opened core and state machine, on `net`.
+    fn assemble(
+        config: NodeConfig,
+        shutdown: Arc<AtomicBool>,
+        clock: Arc<dyn Clock>,
+        (raw, kv, applied): (RawNode<WalStorage>, Kv, u64),
+        net: N,
+    ) -> Result<Node<N>> {
+        let incarnation = raw.store().incarnation();
         let mut node = Node {
-            poll,
-            peer_listener,
-            client_listener,
+            net,
+            events: Vec::new(),
+            next_tick: clock.now() + config.tick_interval,
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             raw,
@@ -507,48 +511,8 @@ impl Node {
 
     /// Runs until SIGTERM/SIGINT (Ok) or a fatal error.
     pub fn run(&mut self) -> Result<()> {
-        let mut events = Events::with_capacity(1024);
-        let mut next_tick = self.clock.now() + self.config.tick_interval;
         while !self.shutdown.load(Ordering::Relaxed) {
-            // Readies left over (see handle_readies), or connections with more to read: look
-            // at the sockets, do not wait.
-            let timeout = if self.raw.has_ready() || !self.read_again.is_empty() {
-                Duration::ZERO
-            } else {
-                next_tick.saturating_duration_since(self.clock.now())
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::io("poll", "event loop", e));
-                }
-            }
-            // Ticks first: those due passed before what the sockets hold now arrived (a
-            // follower that counted them after a heartbeat would campaign for nothing).
-            let now = self.clock.now();
-            if now >= next_tick {
-                self.catch_up_ticks(now, &mut next_tick);
-                self.housekeeping(now);
-            }
-            for event in events.iter() {
-                match event.token() {
-                    PEER_LISTENER => self.accept(true),
-                    CLIENT_LISTENER => self.accept(false),
-                    token => self.conn_event(token, event.is_readable(), event.is_writable()),
-                }
-            }
-            for token in std::mem::take(&mut self.read_again) {
-                self.conn_event(token, true, false);
-            }
-            self.submit_batches();
-            self.handle_readies()?;
-            self.kv.fold_in(FOLD_IN_ENTRIES_PER_ITERATION);
-            self.finish_snapshot(false)?;
-            self.pump_snapshots();
-            self.release_delayed();
-            self.flush_all();
-            if let Some(e) = self.fatal.take() {
-                return Err(e);
-            }
+            self.turn()?;
         }
         info!("node {}: shutting down", self.config.id);
         self.finish_snapshot(true)?;
@@ -556,13 +520,59 @@ impl Node {
         Ok(())
     }
 
+    /// One turn of the event loop: waits for the network at most until the next tick (not at
+    /// all when work is left over), ticks for the time that passed, handles what arrived,
+    /// proposes, persists, sends and applies, and writes out what is queued.
+    pub fn turn(&mut self) -> Result<()> {
+        // Readies left over (see handle_readies), or connections with more to read: look at
+        // the sockets, do not wait.
+        let timeout = if self.raw.has_ready() || !self.read_again.is_empty() {
+            Duration::ZERO
+        } else {
+            self.next_tick.saturating_duration_since(self.clock.now())
+        };
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.net.poll(&mut events, Some(timeout)) {
+            return Err(Error::io("poll", "event loop", e));
+        }
+        // Ticks first: those due passed before what the sockets hold now arrived (a follower
+        // that counted them after a heartbeat would campaign for nothing).
+        let now = self.clock.now();
+        if now >= self.next_tick {
+            self.catch_up_ticks(now);
+            self.housekeeping(now);
+        }
+        for event in &events {
+            match event.token {
+                PEER_LISTENER => self.accept(true),
+                CLIENT_LISTENER => self.accept(false),
+                token => self.conn_event(token, event.readable, event.writable),
+            }
+        }
+        self.events = events;
+        for token in std::mem::take(&mut self.read_again) {
+            self.conn_event(token, true, false);
+        }
+        self.submit_batches();
+        self.handle_readies()?;
+        self.kv.fold_in(FOLD_IN_ENTRIES_PER_ITERATION);
+        self.finish_snapshot(false)?;
+        self.pump_snapshots();
+        self.release_delayed();
+        self.flush_all();
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Ticks for every interval that passed since `next_tick`, also those missed while the
     /// process was paused or a sync was slow, up to `TICK_CATCH_UP_ELECTION_TIMEOUTS` election
     /// timeouts' worth (enough to fire every timer; fewer ticks only make timers late, which
     /// the lease does not depend on: it runs on the clock).
-    fn catch_up_ticks(&mut self, now: Instant, next_tick: &mut Instant) {
+    fn catch_up_ticks(&mut self, now: Instant) {
         let interval = self.config.tick_interval;
-        let due = (now.duration_since(*next_tick).as_nanos() / interval.as_nanos()) as u64 + 1;
+        let due = (now.duration_since(self.next_tick).as_nanos() / interval.as_nanos()) as u64 + 1;
         let most = (self.config.raft.election_tick as u64) * TICK_CATCH_UP_ELECTION_TIMEOUTS;
         let ticks = due.min(most);
         if due > self.config.raft.election_tick as u64 {
@@ -572,7 +582,7 @@ impl Node {
         for _ in 0..ticks {
             self.raw.tick();
         }
-        *next_tick += interval * u32::try_from(due).unwrap_or(u32::MAX);
+        self.next_tick += interval * u32::try_from(due).unwrap_or(u32::MAX);
     }
 
     fn alloc_token(&mut self) -> Token {
@@ -631,8 +641,8 @@ impl Node {
 
     fn accept(&mut self, peer_port: bool) {
         loop {
-            let listener = if peer_port { &self.peer_listener } else { &self.client_listener };
-            match listener.accept() {
+            let port = if peer_port { Port::Peer } else { Port::Client };
+            match self.net.accept(port) {
                 Ok((stream, remote)) => {
                     if let Some(why) = self.shed_reason(peer_port) {
                         drop(stream);
@@ -652,7 +662,7 @@ impl Node {
                         self.config.frame_size_max,
                         self.clock.now(),
                     );
-                    if let Err(e) = conn.register(self.poll.registry(), token) {
+                    if let Err(e) = conn.register(&mut self.net, token) {
                         warn!("register connection from {remote}: {e}");
                         continue;
                     }
@@ -676,7 +686,7 @@ impl Node {
         let Some(mut conn) = self.conns.remove(&token) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.net.deregister(&mut conn.stream);
         match conn.kind {
             ConnKind::OutboundPeer { to } => {
                 debug!("connection to peer {to} at {} closed: {why}", conn.remote);
@@ -704,13 +714,13 @@ impl Node {
         };
         if writable {
             if let ConnKind::OutboundPeer { .. } = conn.kind {
-                if let Ok(Some(e)) | Err(e) = conn.stream.take_error() {
+                if let Ok(Some(e)) | Err(e) = N::connect_error(&conn.stream) {
                     let why = format!("connect: {e}");
                     self.close(token, &why);
                     return;
                 }
             }
-            if let Err(e) = conn.flush(self.poll.registry(), token) {
+            if let Err(e) = conn.flush(&mut self.net, token) {
                 self.close(token, &format!("write: {e}"));
                 return;
             }
@@ -853,7 +863,7 @@ impl Node {
             };
             let conn = self.conns.get_mut(&token).expect("dispatching on it");
             let _ = conn.send(&ack);
-            let _ = conn.flush(self.poll.registry(), token);
+            let _ = conn.flush(&mut self.net, token);
             return Err(reason);
         }
         let ack = match hello.role {

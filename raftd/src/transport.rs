@@ -1,12 +1,13 @@
-//! Connections: framed, non-blocking TCP streams registered with the node's `mio::Poll`.
+//! Connections: framed, non-blocking byte streams of the node's [`Net`].
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use codec::{FrameDecoder, FrameEncoder};
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::Token;
 use serde::Serialize;
+
+use crate::net::Net;
 
 /// Bytes a peer connection may have queued before the peer counts as unable to keep up (at
 /// least two frames).
@@ -42,10 +43,10 @@ pub enum ConnKind {
     },
 }
 
-/// A framed connection.
-pub struct Conn {
+/// A framed connection over a stream `S`.
+pub struct Conn<S> {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: S,
     /// Its purpose.
     pub kind: ConnKind,
     /// The remote address, for log lines.
@@ -78,17 +79,15 @@ pub enum ReadOutcome {
     Closed,
 }
 
-impl Conn {
+impl<S: Read + Write> Conn<S> {
     /// A connection over `stream`.
     pub fn new(
-        stream: TcpStream,
+        stream: S,
         kind: ConnKind,
         remote: SocketAddr,
         frame_size_max: usize,
         now: std::time::Instant,
-    ) -> Conn {
-        // Latency over throughput: small frames go out at once.
-        let _ = stream.set_nodelay(true);
+    ) -> Conn<S> {
         // Until it has identified itself, an inbound connection may send only a Hello.
         let inbound = !matches!(kind, ConnKind::OutboundPeer { .. });
         let read_limit = if inbound { HELLO_SIZE_MAX.min(frame_size_max) } else { frame_size_max };
@@ -179,7 +178,7 @@ impl Conn {
 
     /// Writes as much queued output as the socket takes, and asks for a writable event when
     /// some remains.
-    pub fn flush(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub fn flush<N: Net<Stream = S>>(&mut self, net: &mut N, token: Token) -> io::Result<()> {
         while self.encoder.pending_len() > 0 {
             match self.stream.write(self.encoder.pending()) {
                 Ok(0) => {
@@ -193,23 +192,16 @@ impl Conn {
         }
         let want_writable = self.encoder.pending_len() > 0;
         if want_writable != self.writable_registered {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            registry.reregister(&mut self.stream, token, interest)?;
+            net.reregister(&mut self.stream, token, want_writable)?;
             self.writable_registered = want_writable;
         }
         Ok(())
     }
 
     /// Registers the connection; outbound connections also wait for writability (connect).
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub fn register<N: Net<Stream = S>>(&mut self, net: &mut N, token: Token) -> io::Result<()> {
         let outbound = matches!(self.kind, ConnKind::OutboundPeer { .. });
-        let interest =
-            if outbound { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         self.writable_registered = outbound;
-        registry.register(&mut self.stream, token, interest)
+        net.register(&mut self.stream, token, outbound)
     }
 }

@@ -15,7 +15,7 @@ pub(super) fn durable_committed_prefix(rd: &raft::Ready) -> usize {
     rd.committed_entries.partition_point(|e| e.index < durable_below)
 }
 
-impl Node {
+impl<N: Net> Node<N> {
     /// Handles Readies until none is left or [`READY_TIME_BUDGET`] is spent (replaying a long
     /// log at startup takes many): the rest wait for the next loop iteration, so that sockets
     /// and timers are served in between.

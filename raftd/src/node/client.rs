@@ -55,7 +55,7 @@ pub(super) enum Proposed {
     Session(u64),
 }
 
-impl Node {
+impl<N: Net> Node<N> {
     pub(super) fn respond(&mut self, token: Token, response: ClientResponse) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;

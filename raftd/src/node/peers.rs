@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Node {
+impl<N: Net> Node<N> {
     pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
         for m in messages {
             let to = m.to;
@@ -116,7 +116,7 @@ impl Node {
             if conn.encoder.pending_len() == 0 {
                 continue;
             }
-            if let Err(e) = conn.flush(self.poll.registry(), token) {
+            if let Err(e) = conn.flush(&mut self.net, token) {
                 self.close(token, &format!("write: {e}"));
             }
         }
@@ -131,7 +131,7 @@ impl Node {
             .collect();
         for token in tokens {
             let Some(conn) = self.conns.get_mut(&token) else { continue };
-            if let Err(e) = conn.flush(self.poll.registry(), token) {
+            if let Err(e) = conn.flush(&mut self.net, token) {
                 self.close(token, &format!("write: {e}"));
             }
         }
@@ -304,7 +304,7 @@ impl Node {
         link.next_attempt = now + link.backoff;
         link.backoff = (link.backoff * 2).min(RECONNECT_BACKOFF_MAX);
         let Some(socket_addr) = socket_addr else { return };
-        let stream = match TcpStream::connect(socket_addr) {
+        let stream = match self.net.connect(socket_addr) {
             Ok(s) => s,
             Err(e) => {
                 debug!("connect to peer {id} at {addr}: {e}");
@@ -320,7 +320,7 @@ impl Node {
             now,
         );
         let hello = peer_hello(&self.config, self.incarnation, self.kv.cluster_incarnation());
-        if conn.send(&hello).is_err() || conn.register(self.poll.registry(), token).is_err() {
+        if conn.send(&hello).is_err() || conn.register(&mut self.net, token).is_err() {
             return;
         }
         self.conns.insert(token, conn);
