@@ -23,7 +23,7 @@ pub const CLIENT_LISTENER: Token = Token(1);
 const EVENTS_CAPACITY: usize = 1024;
 
 /// One of the node's two listening ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Port {
     /// Connections from other nodes.
     Peer,

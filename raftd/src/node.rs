@@ -6,7 +6,7 @@
 //! the reads -> while the core has a Ready: persist (one sync for the batch; a leader sends
 //! first), send, apply, answer clients, advance -> flush sockets.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,7 +209,8 @@ struct SnapshotIn {
     last_chunk: Instant,
 }
 
-/// A running node, over the network `N`.
+/// A running node, over the network `N`. Its maps are ordered, not hashed: what the node
+/// does depends on no random hash seed, so that a simulated run replays.
 pub struct Node<N: Net = MioNet> {
     config: NodeConfig,
     net: N,
@@ -217,16 +218,16 @@ pub struct Node<N: Net = MioNet> {
     events: Vec<NetEvent>,
     /// When the next tick is due.
     next_tick: Instant,
-    conns: HashMap<Token, Conn<N::Stream>>,
+    conns: BTreeMap<Token, Conn<N::Stream>>,
     next_token: usize,
     raw: RawNode<WalStorage>,
     kv: Kv,
     peers: BTreeMap<u64, PeerLink>,
-    snapshots_in: HashMap<u64, SnapshotIn>,
+    snapshots_in: BTreeMap<u64, SnapshotIn>,
     /// Writes proposed, by `(session_id, seq)`.
-    write_waiters: HashMap<(u64, u64), Vec<Waiter>>,
+    write_waiters: BTreeMap<(u64, u64), Vec<Waiter>>,
     /// Session registrations proposed, by the counter of their token.
-    session_waiters: HashMap<u64, Waiter>,
+    session_waiters: BTreeMap<u64, Waiter>,
     /// Connections whose reading stopped at the read budget with bytes possibly left in the
     /// socket: read again in the next iteration (no readiness event will come for them).
     read_again: std::collections::BTreeSet<Token>,
@@ -249,10 +250,10 @@ pub struct Node<N: Net = MioNet> {
     proposals: Vec<(Vec<u8>, Vec<u8>)>,
     proposal_waiters: Vec<(client::Proposed, Waiter)>,
     read_batch: Vec<PendingRead>,
-    reads_in_flight: HashMap<u64, Vec<PendingRead>>,
+    reads_in_flight: BTreeMap<u64, Vec<PendingRead>>,
     reads_ready: VecDeque<(u64, Vec<PendingRead>)>,
     read_contexts: client::ReadContexts,
-    conf_waiters: HashMap<u64, ConfWaiter>,
+    conf_waiters: BTreeMap<u64, ConfWaiter>,
     next_conf_token: u64,
     drop_to: Vec<u64>,
     drop_from: Vec<u64>,
@@ -343,11 +344,6 @@ impl Node<MioNet> {
         shutdown: Arc<AtomicBool>,
         clock: Arc<dyn Clock>,
     ) -> Result<Node> {
-        let identity = wal::Identity { node_id: config.id, cluster_id: config.cluster_id.clone() };
-        let wal_options = wal::Options {
-            segment_size_bytes: config.segment_size_bytes,
-            ..wal::Options::default()
-        };
         let fs: Arc<dyn wal::fs::Fs> = match &config.shadow_dir {
             None => wal::fs::os(),
             Some(shadow) => {
@@ -359,11 +355,7 @@ impl Node<MioNet> {
                 Arc::new(fs)
             }
         };
-        let (mut storage, recovery) =
-            WalStorage::open_on(fs, &config.data_dir, &identity, wal_options)?;
-        if let Some(torn) = &recovery.torn_tail {
-            warn!("recovered after a torn write: {torn:?}");
-        }
+        let mut storage = open_storage(&config, fs, None)?;
         let incarnation = storage.incarnation();
         // Bound first: while it waits to bootstrap, the node answers its peers.
         let std_peer_listener = std::net::TcpListener::bind(config.listen_peer)
@@ -396,35 +388,7 @@ impl Node<MioNet> {
                 }
             }
         }
-        let snapshot = storage.take_loaded_snapshot().unwrap_or_default();
-        let kv = if snapshot.is_empty() {
-            Kv::new()
-        } else {
-            Kv::restore(&snapshot.data).map_err(|e| {
-                Error::Fatal(format!(
-                    "the state machine snapshot at index {} in {} cannot be restored: {e}",
-                    snapshot.metadata.index,
-                    config.data_dir.display()
-                ))
-            })?
-        };
-        let applied = snapshot.metadata.index;
-        let raft_config = raft::Config {
-            id: config.id,
-            applied,
-            peers: vec![],
-            learners: vec![],
-            ..config.raft.clone()
-        };
-        let mut raw = RawNode::new(&raft_config, storage)?;
-        let seed = config.election_seed.unwrap_or_else(|| {
-            std::process::id() as u64
-                ^ config.id.rotate_left(32)
-                ^ std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64)
-        });
-        raw.raft.seed_election_rng(seed);
+        let (raw, kv, applied) = open_core(&config, storage)?;
         let net = MioNet::new(std_peer_listener, config.listen_client)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
         Node::assemble(config, shutdown, clock, (raw, kv, applied), net)
@@ -432,6 +396,28 @@ impl Node<MioNet> {
 }
 
 impl<N: Net> Node<N> {
+    /// A node whose world is given (a simulator's): its data dir on `fs` (a new one gets the
+    /// incarnation `new_incarnation`; an empty one with an `--initial-cluster` is bootstrapped
+    /// with the members' incarnations `initial`, which the real node learns by asking its
+    /// peers), its network `net` and its clock `clock`. Snapshot files are written, and old
+    /// files deleted, on the loop's thread, so that a run replays.
+    pub fn simulated(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        fs: Arc<dyn wal::fs::Fs>,
+        net: N,
+        new_incarnation: u64,
+        initial: &BTreeMap<u64, u64>,
+    ) -> Result<Node<N>> {
+        let mut storage = open_storage(&config, fs, Some(new_incarnation))?;
+        storage.set_inline(true);
+        if storage.is_empty() && !config.join && !config.initial_cluster.is_empty() {
+            bootstrap(&mut storage, &config, initial)?;
+        }
+        let core = open_core(&config, storage)?;
+        Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)
+    }
+
     /// The node around its opened core and state machine, on `net`.
     fn assemble(
         config: NodeConfig,
@@ -445,14 +431,14 @@ impl<N: Net> Node<N> {
             net,
             events: Vec::new(),
             next_tick: clock.now() + config.tick_interval,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             next_token: FIRST_CONN_TOKEN,
             raw,
             kv,
             peers: BTreeMap::new(),
-            snapshots_in: HashMap::new(),
-            write_waiters: HashMap::new(),
-            session_waiters: HashMap::new(),
+            snapshots_in: BTreeMap::new(),
+            write_waiters: BTreeMap::new(),
+            session_waiters: BTreeMap::new(),
             read_again: std::collections::BTreeSet::new(),
             resolver: Resolver::start()
                 .map_err(|e| Error::io("start", "the host name resolver thread", e))?,
@@ -465,10 +451,10 @@ impl<N: Net> Node<N> {
             proposals: Vec::new(),
             proposal_waiters: Vec::new(),
             read_batch: Vec::new(),
-            reads_in_flight: HashMap::new(),
+            reads_in_flight: BTreeMap::new(),
             reads_ready: VecDeque::new(),
             read_contexts: client::ReadContexts::new(config.id, incarnation),
-            conf_waiters: HashMap::new(),
+            conf_waiters: BTreeMap::new(),
             next_conf_token: 1,
             drop_to: Vec::new(),
             drop_from: Vec::new(),
@@ -1058,21 +1044,12 @@ impl<N: Net> Node<N> {
                 }
                 self.snapshots_in.retain(|&id, _| id == from);
                 let now = self.clock.now();
-                let entry = self.snapshots_in.entry(from);
-                let incoming = if offset == 0 {
-                    entry
-                        .insert_entry(SnapshotIn {
-                            message,
-                            data: Vec::new(),
-                            total,
-                            last_chunk: now,
-                        })
-                        .into_mut()
-                } else {
-                    match entry {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(_) => return Ok(()),
-                    }
+                if offset == 0 {
+                    let first = SnapshotIn { message, data: Vec::new(), total, last_chunk: now };
+                    self.snapshots_in.insert(from, first);
+                }
+                let Some(incoming) = self.snapshots_in.get_mut(&from) else {
+                    return Ok(());
                 };
                 if incoming.data.len() as u64 != offset
                     || incoming.total != total
@@ -1119,6 +1096,64 @@ impl<N: Net> Node<N> {
             debug!("step {t:?} from {from}: {e}");
         }
     }
+}
+
+/// Opens the data dir on `fs` (a new one gets the incarnation `new_incarnation`, else a
+/// random one).
+fn open_storage(
+    config: &NodeConfig,
+    fs: Arc<dyn wal::fs::Fs>,
+    new_incarnation: Option<u64>,
+) -> Result<WalStorage> {
+    let identity = wal::Identity { node_id: config.id, cluster_id: config.cluster_id.clone() };
+    let wal_options = wal::Options {
+        segment_size_bytes: config.segment_size_bytes,
+        new_incarnation,
+        ..wal::Options::default()
+    };
+    let (storage, recovery) = WalStorage::open_on(fs, &config.data_dir, &identity, wal_options)?;
+    if let Some(torn) = &recovery.torn_tail {
+        warn!("recovered after a torn write: {torn:?}");
+    }
+    Ok(storage)
+}
+
+/// The Raft core and the state machine over opened (and, if new, bootstrapped) storage, and
+/// the index applied.
+fn open_core(
+    config: &NodeConfig,
+    mut storage: WalStorage,
+) -> Result<(RawNode<WalStorage>, Kv, u64)> {
+    let snapshot = storage.take_loaded_snapshot().unwrap_or_default();
+    let kv = if snapshot.is_empty() {
+        Kv::new()
+    } else {
+        Kv::restore(&snapshot.data).map_err(|e| {
+            Error::Fatal(format!(
+                "the state machine snapshot at index {} in {} cannot be restored: {e}",
+                snapshot.metadata.index,
+                config.data_dir.display()
+            ))
+        })?
+    };
+    let applied = snapshot.metadata.index;
+    let raft_config = raft::Config {
+        id: config.id,
+        applied,
+        peers: vec![],
+        learners: vec![],
+        ..config.raft.clone()
+    };
+    let mut raw = RawNode::new(&raft_config, storage)?;
+    let seed = config.election_seed.unwrap_or_else(|| {
+        std::process::id() as u64
+            ^ config.id.rotate_left(32)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+    });
+    raw.raft.seed_election_rng(seed);
+    Ok((raw, kv, applied))
 }
 
 /// Writes the initial configuration into an empty log: one committed configuration change

@@ -62,13 +62,24 @@ fn storage_error(e: wal::Error) -> StorageError {
 pub struct SnapshotJob {
     /// The applied index it images.
     pub index: u64,
-    handle: std::thread::JoinHandle<Result<SnapshotMetadata>>,
+    writer: SnapshotWriter,
+}
+
+/// Where a snapshot's file is written.
+enum SnapshotWriter {
+    /// On a thread of its own.
+    Thread(std::thread::JoinHandle<Result<SnapshotMetadata>>),
+    /// Already, on the caller's thread (see [`WalStorage::set_inline`]).
+    Done(Result<SnapshotMetadata>),
 }
 
 impl SnapshotJob {
     /// True once its file is written (or failed): finishing it will not wait.
     pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
+        match &self.writer {
+            SnapshotWriter::Thread(handle) => handle.is_finished(),
+            SnapshotWriter::Done(_) => true,
+        }
     }
 }
 
@@ -97,8 +108,9 @@ pub struct WalStorage {
     fs: Arc<dyn wal::fs::Fs>,
     snap_dir: PathBuf,
     scratch: Vec<Vec<u8>>,
-    /// Delete old files on the calling thread (deterministic crash tests), not a helper.
-    deletes_inline: bool,
+    /// Write snapshot files and delete old files on the calling thread, not helpers
+    /// (deterministic crash tests and the simulator).
+    inline: bool,
 }
 
 impl WalStorage {
@@ -158,7 +170,7 @@ impl WalStorage {
                 fs,
                 snap_dir,
                 scratch: Vec::new(),
-                deletes_inline: false,
+                inline: false,
             },
             recovery,
         ))
@@ -259,16 +271,20 @@ impl WalStorage {
         let metadata = SnapshotMetadata { conf_state, index, term };
         let dir = self.snap_dir.clone();
         let fs = self.fs.clone();
+        let write = move || {
+            let snapshot = Snapshot { data: encode(), metadata };
+            snapfile::write(fs.as_ref(), &dir, &snapshot)?;
+            // Freed here, not on the loop: the image may be hundreds of megabytes.
+            Ok(snapshot.metadata)
+        };
+        if self.inline {
+            return Ok(SnapshotJob { index, writer: SnapshotWriter::Done(write()) });
+        }
         let handle = std::thread::Builder::new()
             .name("snapshot-writer".into())
-            .spawn(move || {
-                let snapshot = Snapshot { data: encode(), metadata };
-                snapfile::write(fs.as_ref(), &dir, &snapshot)?;
-                // Freed here, not on the loop: the image may be hundreds of megabytes.
-                Ok(snapshot.metadata)
-            })
+            .spawn(write)
             .map_err(|e| Error::SnapshotNotWritten(format!("cannot start its writer: {e}")))?;
-        Ok(SnapshotJob { index, handle })
+        Ok(SnapshotJob { index, writer: SnapshotWriter::Thread(handle) })
     }
 
     /// Waits for a snapshot's file, then puts the snapshot in force (the log's marker, durably)
@@ -278,10 +294,12 @@ impl WalStorage {
     /// one in force (one installed from the leader meanwhile) is discarded. Returns the index
     /// of the snapshot in force.
     pub fn finish_snapshot(&mut self, job: SnapshotJob, keep_entries: u64) -> Result<u64> {
-        let written = job
-            .handle
-            .join()
-            .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))?;
+        let written = match job.writer {
+            SnapshotWriter::Thread(handle) => handle
+                .join()
+                .map_err(|_| Error::Fatal("the snapshot writer thread panicked".into()))?,
+            SnapshotWriter::Done(written) => written,
+        };
         let metadata = match written {
             Ok(metadata) => metadata,
             // A failed sync is never retried: the node stops.
@@ -321,7 +339,7 @@ impl WalStorage {
                 warn!("deleting old snapshot files: {e}");
             }
         };
-        if self.deletes_inline {
+        if self.inline {
             delete();
         } else if let Err(e) =
             std::thread::Builder::new().name("snapshot-janitor".into()).spawn(delete)
@@ -346,11 +364,11 @@ impl WalStorage {
         self.finish_snapshot(job, keep_entries).map(drop)
     }
 
-    /// Deletes compacted segments and old snapshot files on the calling thread instead of a
-    /// helper thread, so that the order of file-system operations is deterministic (crash-state
-    /// tests).
-    pub fn set_deletes_inline(&mut self, inline: bool) {
-        self.deletes_inline = inline;
+    /// Writes snapshot files and deletes compacted segments and old snapshot files on the
+    /// calling thread instead of helper threads, so that the order of file-system operations
+    /// is deterministic (crash-state tests, the simulator).
+    pub fn set_inline(&mut self, inline: bool) {
+        self.inline = inline;
     }
 
     /// Makes everything written durable. An error is fatal to the node.

@@ -21,7 +21,7 @@ fn open(disk: &SimFs) -> raftd::errors::Result<WalStorage> {
     let identity = wal::Identity { node_id: 1, cluster_id: "crash".into() };
     let options = wal::Options { segment_size_bytes: 4096, ..wal::Options::default() };
     let (mut storage, _) = WalStorage::open_on(shared, Path::new(DIR), &identity, options)?;
-    storage.set_deletes_inline(true);
+    storage.set_inline(true);
     Ok(storage)
 }
 

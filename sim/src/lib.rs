@@ -16,6 +16,8 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod clock;
+pub mod net;
+pub mod whole;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

@@ -113,8 +113,16 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<(Identity, Option<u64>)> {
 }
 
 /// Checks the directory's identity against `expected`, or records it with a new
-/// incarnation in a new directory; returns the directory's incarnation.
-pub fn check_or_create(fs: &dyn Fs, dir: &Path, expected: &Identity, new_dir: bool) -> Result<u64> {
+/// incarnation (`given`, else a random one) in a new directory; returns the directory's
+/// incarnation.
+pub fn check_or_create(
+    fs: &dyn Fs,
+    dir: &Path,
+    expected: &Identity,
+    new_dir: bool,
+    given: Option<u64>,
+) -> Result<u64> {
+    let new_incarnation = || given.filter(|&i| i != 0).unwrap_or_else(new_incarnation);
     if expected.cluster_id.len() > CLUSTER_ID_LEN_MAX {
         return Err(Error::Invalid(format!("cluster id longer than {CLUSTER_ID_LEN_MAX} bytes")));
     }
@@ -179,9 +187,13 @@ mod tests {
         assert_eq!(decode(&path, &v1).unwrap(), (id.clone(), None));
         std::fs::write(&path, &v1).unwrap();
         let fs = crate::fs::OsFs;
-        let incarnation = check_or_create(&fs, dir.path(), &id, false).unwrap();
+        let incarnation = check_or_create(&fs, dir.path(), &id, false, None).unwrap();
         assert_ne!(incarnation, 0);
-        assert_eq!(check_or_create(&fs, dir.path(), &id, false).unwrap(), incarnation, "kept");
+        assert_eq!(
+            check_or_create(&fs, dir.path(), &id, false, None).unwrap(),
+            incarnation,
+            "kept"
+        );
     }
 
     #[test]
@@ -190,9 +202,20 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let id = Identity { node_id: 1, cluster_id: "c".to_string() };
         let fs = crate::fs::OsFs;
-        let ia = check_or_create(&fs, a.path(), &id, true).unwrap();
-        let ib = check_or_create(&fs, b.path(), &id, true).unwrap();
+        let ia = check_or_create(&fs, a.path(), &id, true, None).unwrap();
+        let ib = check_or_create(&fs, b.path(), &id, true, None).unwrap();
         assert_ne!(ia, ib, "a wiped and recreated directory is a new incarnation");
-        assert_eq!(check_or_create(&fs, a.path(), &id, false).unwrap(), ia);
+        assert_eq!(check_or_create(&fs, a.path(), &id, false, None).unwrap(), ia);
+    }
+
+    #[test]
+    fn a_given_incarnation_is_used_for_a_new_directory_only() {
+        let fs = crate::fs::OsFs;
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity { node_id: 3, cluster_id: "c".into() };
+        assert_eq!(check_or_create(&fs, dir.path(), &id, true, Some(42)).unwrap(), 42);
+        assert_eq!(check_or_create(&fs, dir.path(), &id, false, Some(7)).unwrap(), 42, "kept");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(check_or_create(&fs, other.path(), &id, true, Some(0)).unwrap(), 0);
     }
 }

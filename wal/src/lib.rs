@@ -157,6 +157,9 @@ pub struct Options {
     pub segment_size_bytes: u64,
     /// What to do with corruption found on open.
     pub recovery_mode: RecoveryMode,
+    /// The incarnation a new directory gets (None: a random one, as it must be in use; a
+    /// simulator gives one so that a run replays). Never 0.
+    pub new_incarnation: Option<u64>,
 }
 
 impl Default for Options {
@@ -164,6 +167,7 @@ impl Default for Options {
         Options {
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             recovery_mode: RecoveryMode::TruncateTornTail,
+            new_incarnation: None,
         }
     }
 }
@@ -341,7 +345,13 @@ impl Wal {
                 reason: "segments without an IDENTITY file".to_string(),
             });
         }
-        let incarnation = identity::check_or_create(fs.as_ref(), dir, identity, new_dir)?;
+        let incarnation = identity::check_or_create(
+            fs.as_ref(),
+            dir,
+            identity,
+            new_dir,
+            options.new_incarnation,
+        )?;
         let mut wal = Wal {
             incarnation,
             fs,

@@ -400,7 +400,14 @@ impl<N: Net> Node<N> {
         }
     }
 
-    pub(super) fn status(&self) -> NodeStatus {
+    /// `key` in this node's state machine as applied so far: a serializable read (a
+    /// simulator checks every node's state with it).
+    pub fn applied_value(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.kv.get(key)
+    }
+
+    /// This node's view of itself and the cluster (what `raftctl status` shows).
+    pub fn status(&self) -> NodeStatus {
         let status = self.raw.status();
         let sync = self.raw.store().sync_stats();
         let cs = &status.conf_state;

@@ -1,0 +1,663 @@
+//! The whole node under simulation (issue 17): N `raftd` nodes, the daemon's own code
+//! (`raftd::node::Node`: its event loop's turn, sessions, reads, snapshots, WAL recovery),
+//! run in one thread from one seed over the simulated network ([`crate::net`]), simulated
+//! disks (`wal::fs::SimFs`: a crash keeps a random part of what was not synced) and manual
+//! clocks, with clients that put and read over the client protocol.
+//!
+//! Faults: partitions of one node from the others (its streams held, as TCP holds them),
+//! resets of its streams, and crashes with power loss (the node's process is dropped, its
+//! disk keeps a random subset of its unsynced writes, and it restarts later from it).
+//!
+//! Checks, on the client history: every key is written once, by one put, with a value of its
+//! own, so each key is a register written once, and the history is linearizable exactly when
+//! no read returns the value before its put was invoked, and no read that began after a put
+//! was acknowledged misses it. At the end, with every fault healed, each acknowledged put is
+//! read back through a linearizable get: acknowledged writes survived every crash.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use codec::FrameDecoder;
+use raftd::args::Args;
+use raftd::clock::ManualClock;
+use raftd::node::{Node, NodeConfig};
+use raftd::protocol::{ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op, OpResult};
+use wal::fs::SimFs;
+
+use crate::net::{Endpoint, SimNet, SimStream, World};
+use crate::Rng;
+
+/// Simulated time per step.
+const STEP: Duration = Duration::from_millis(1);
+/// The nodes' tick (`--tick-interval-ms`); elections after 10 ticks.
+const TICK_MS: u64 = 10;
+/// Steps given to the healed cluster at the end to settle and answer the final reads.
+const SETTLE_STEPS: u64 = 5_000;
+/// A client waits this long for an answer before it gives the connection up.
+const CLIENT_PATIENCE: Duration = Duration::from_millis(1_500);
+/// Largest frame a test client reads.
+const CLIENT_FRAME_MAX: usize = 1 << 20;
+
+/// How one whole-node simulation runs.
+#[derive(Clone, Debug)]
+pub struct WholeConfig {
+    /// The seed.
+    pub seed: u64,
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Steps (1 ms of simulated time each) with faults.
+    pub steps: u64,
+}
+
+impl WholeConfig {
+    /// Three nodes, three clients, `steps` steps.
+    pub fn new(seed: u64, steps: u64) -> WholeConfig {
+        WholeConfig { seed, nodes: 3, clients: 3, steps }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WholeOutcome {
+    /// Puts acknowledged.
+    pub puts_acknowledged: u64,
+    /// Reads answered and checked.
+    pub reads_checked: u64,
+    /// Crashes with power loss.
+    pub crashes: u64,
+    /// Partitions.
+    pub partitions: u64,
+}
+
+/// A run that broke a property: the seed, what broke, and the last events.
+#[derive(Debug)]
+pub struct WholeFailure {
+    /// The seed that replays it.
+    pub seed: u64,
+    /// What broke.
+    pub reason: String,
+    /// The last events, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for WholeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {}: {}", self.seed, self.reason)?;
+        writeln!(f, "last events:")?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+fn peer_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7001))
+}
+
+fn client_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8 + 1], 7101))
+}
+
+/// One simulated node: its disk, its clock, and its process when running.
+struct SimNode {
+    config: NodeConfig,
+    fs: SimFs,
+    clock: Arc<ManualClock>,
+    incarnation: u64,
+    node: Option<Node<SimNet>>,
+    /// When a crashed node starts again.
+    restart_at: Option<Duration>,
+}
+
+/// A put, by key: when invoked and when acknowledged (None: not, or not known).
+#[derive(Clone, Debug)]
+struct PutRecord {
+    acknowledged: Option<Duration>,
+    /// When a read that returned the value first completed.
+    seen: Option<Duration>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Hello,
+    Register { request_id: u64 },
+    Put { request_id: u64, key: String, seq: u64 },
+    Get { request_id: u64, key: String, invoked: Duration },
+}
+
+/// A client of the test: one connection at a time, one request at a time.
+struct SimClient {
+    index: usize,
+    conn: Option<(SimStream, FrameDecoder, usize)>,
+    session: Option<u64>,
+    seq: u64,
+    pending: Option<Pending>,
+    /// When the pending request was sent.
+    sent_at: Duration,
+    /// The put in progress (retried with its seq until answered).
+    put: Option<(String, u64)>,
+    next_request_id: u64,
+    next_key: u64,
+    /// Where to connect next.
+    target: usize,
+}
+
+struct Sim {
+    cfg: WholeConfig,
+    rng: Rng,
+    world: World,
+    nodes: Vec<SimNode>,
+    clients: Vec<SimClient>,
+    now: Duration,
+    puts: BTreeMap<String, PutRecord>,
+    outcome: WholeOutcome,
+    trace: std::collections::VecDeque<String>,
+    /// The node cut from the others, and until when.
+    partition: Option<(usize, Duration)>,
+}
+
+/// Events kept for a failure's report.
+const TRACE_KEPT: usize = 200;
+
+impl Sim {
+    fn note(&mut self, event: String) {
+        if self.trace.len() == TRACE_KEPT {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>7.3}s {event}", self.now.as_secs_f64()));
+    }
+
+    fn fail(&self, reason: String) -> WholeFailure {
+        let mut trace: Vec<String> = self.trace.iter().cloned().collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            trace.push(match &n.node {
+                Some(node) => {
+                    let s = node.status();
+                    format!(
+                        "now: node {} {} term {} leader {} commit {} applied {} last {}",
+                        i + 1,
+                        s.role,
+                        s.term,
+                        s.leader,
+                        s.commit,
+                        s.applied,
+                        s.last_index
+                    )
+                }
+                None => format!("now: node {} down", i + 1),
+            });
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            trace.push(format!(
+                "now: client {i} at node {:?} session {:?} pending {:?} put {:?}",
+                c.conn.as_ref().map(|(_, _, n)| n + 1),
+                c.session,
+                c.pending,
+                c.put
+            ));
+        }
+        WholeFailure { seed: self.cfg.seed, reason, trace }
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<(), WholeFailure> {
+        let initial: BTreeMap<u64, u64> =
+            self.nodes.iter().map(|n| (n.config.id, n.incarnation)).collect();
+        let n = &mut self.nodes[i];
+        let net = self.world.attach(i, peer_addr(i), client_addr(i));
+        let fs: Arc<dyn wal::fs::Fs> = Arc::new(n.fs.clone());
+        let clock: Arc<dyn raftd::clock::Clock> = n.clock.clone();
+        match Node::simulated(n.config.clone(), clock, fs, net, n.incarnation, &initial) {
+            Ok(node) => {
+                n.node = Some(node);
+                n.restart_at = None;
+                self.note(format!("node {} started", i + 1));
+                Ok(())
+            }
+            Err(e) => Err(self.fail(format!("node {} does not start from its disk: {e}", i + 1))),
+        }
+    }
+
+    fn crash_node(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let Some(node) = n.node.take() else { return };
+        drop(node);
+        let rng = &mut self.rng;
+        let kept = n.fs.power_cut(&mut |_| rng.chance(500));
+        let unsynced = n.fs.unsynced_items();
+        n.fs = kept;
+        n.restart_at = Some(self.now + Duration::from_millis(50 + self.rng.below(500)));
+        self.outcome.crashes += 1;
+        self.note(format!("node {} crashed, power lost ({unsynced} unsynced items)", i + 1));
+    }
+
+    fn faults(&mut self) -> Result<(), WholeFailure> {
+        if let Some((node, until)) = self.partition {
+            if self.now >= until {
+                self.world.heal();
+                self.partition = None;
+                self.note(format!("node {} reconnected", node + 1));
+            }
+        } else if self.rng.chance(2) {
+            let node = self.rng.below(self.cfg.nodes as u64) as usize;
+            for other in 0..self.cfg.nodes {
+                if other != node {
+                    self.world.set_cut(Endpoint::Node(node), Endpoint::Node(other), true);
+                }
+            }
+            if self.rng.chance(300) {
+                for other in 0..self.cfg.nodes {
+                    self.world.reset_between(Endpoint::Node(node), Endpoint::Node(other));
+                }
+            }
+            let length = Duration::from_millis(100 + self.rng.below(1_500));
+            self.partition = Some((node, self.now + length));
+            self.outcome.partitions += 1;
+            self.note(format!("node {} cut off for {length:?}", node + 1));
+        }
+        let running = self.nodes.iter().filter(|n| n.node.is_some()).count();
+        if running == self.cfg.nodes && self.rng.chance(1) {
+            let node = self.rng.below(self.cfg.nodes as u64) as usize;
+            self.crash_node(node);
+        }
+        for i in 0..self.cfg.nodes {
+            if self.nodes[i].restart_at.is_some_and(|at| self.now >= at) {
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step: time moves, faults, every node's loop turns once, clients act.
+    fn step(&mut self, with_faults: bool) -> Result<(), WholeFailure> {
+        self.now += STEP;
+        self.world.set_now(self.now);
+        for n in &self.nodes {
+            n.clock.advance(STEP);
+        }
+        if with_faults {
+            self.faults()?;
+        }
+        for i in 0..self.cfg.nodes {
+            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            if let Err(e) = node.turn() {
+                self.note(format!("node {} stopped: {e}", i + 1));
+                self.nodes[i].node = None;
+                self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
+            }
+        }
+        for c in 0..self.clients.len() {
+            self.client_step(c, with_faults)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, c: usize, request: &impl serde::Serialize) -> bool {
+        let client = &mut self.clients[c];
+        let Some((stream, _, _)) = client.conn.as_mut() else { return false };
+        let mut frame = Vec::new();
+        if codec::encode_into(&mut frame, request, CLIENT_FRAME_MAX).is_err() {
+            return false;
+        }
+        if stream.write_all(&frame).is_err() {
+            client.conn = None;
+            return false;
+        }
+        client.sent_at = self.now;
+        true
+    }
+
+    fn client_step(&mut self, c: usize, issue_new: bool) -> Result<(), WholeFailure> {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        if client.conn.is_none() {
+            client.pending = None;
+            let target = client.target;
+            match self.world.dial(client.index, client_addr(target)) {
+                Ok(stream) => {
+                    client.conn = Some((stream, FrameDecoder::new(CLIENT_FRAME_MAX), target));
+                    client.pending = Some(Pending::Hello);
+                    self.send(c, &Hello::client("sim", None));
+                }
+                Err(_) => {
+                    client.target = (target + 1) % self.cfg.nodes;
+                }
+            }
+            return Ok(());
+        }
+        // Read what arrived.
+        let mut answers = Vec::new();
+        let mut broken = false;
+        {
+            let (stream, decoder, _) = client.conn.as_mut().expect("checked");
+            loop {
+                match decoder.read_from(stream) {
+                    Ok(0) => {
+                        broken = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            while let Ok(Some(payload)) = decoder.next_payload() {
+                answers.push(payload.to_vec());
+            }
+        }
+        for payload in answers {
+            self.client_answer(c, &payload)?;
+        }
+        let client = &mut self.clients[c];
+        if broken || (client.pending.is_some() && now - client.sent_at > CLIENT_PATIENCE) {
+            client.conn = None;
+            client.target = (client.target + 1) % self.cfg.nodes;
+            return Ok(());
+        }
+        if client.pending.is_some() {
+            return Ok(());
+        }
+        // Next request: the put in progress, a new put, or a read of a written key.
+        if client.session.is_none() {
+            let request_id = client.next_request_id;
+            client.next_request_id += 1;
+            client.pending = Some(Pending::Register { request_id });
+            self.send(c, &ClientRequest::RegisterSession { request_id });
+            return Ok(());
+        }
+        let client = &mut self.clients[c];
+        let session_id = client.session.expect("checked");
+        let request_id = client.next_request_id;
+        client.next_request_id += 1;
+        if let Some((key, seq)) = client.put.clone() {
+            client.pending = Some(Pending::Put { request_id, key: key.clone(), seq });
+            let op = Op::Put { key: key.clone().into_bytes(), value: value_of(&key) };
+            self.send(c, &ClientRequest::Kv { request_id, session_id, seq, op });
+            return Ok(());
+        }
+        if !issue_new {
+            return Ok(());
+        }
+        if self.rng.chance(500) || self.puts.is_empty() {
+            let client = &mut self.clients[c];
+            let key = format!("c{}k{}", client.index, client.next_key);
+            client.next_key += 1;
+            client.seq += 1;
+            let seq = client.seq;
+            client.put = Some((key.clone(), seq));
+            client.pending = Some(Pending::Put { request_id, key: key.clone(), seq });
+            self.puts.insert(key.clone(), PutRecord { acknowledged: None, seen: None });
+            self.note(format!("client {c} puts {key}"));
+            let op = Op::Put { key: key.clone().into_bytes(), value: value_of(&key) };
+            self.send(c, &ClientRequest::Kv { request_id, session_id, seq, op });
+        } else {
+            let nth = self.rng.below(self.puts.len() as u64) as usize;
+            let key = self.puts.keys().nth(nth).expect("in range").clone();
+            self.clients[c].pending =
+                Some(Pending::Get { request_id, key: key.clone(), invoked: now });
+            let op = Op::Get { key: key.into_bytes(), serializable: false };
+            self.send(c, &ClientRequest::Kv { request_id, session_id: 0, seq: 0, op });
+        }
+        Ok(())
+    }
+
+    fn client_answer(&mut self, c: usize, payload: &[u8]) -> Result<(), WholeFailure> {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        match client.pending.take() {
+            None => {}
+            Some(Pending::Hello) => match codec::decode_payload::<HelloAck>(payload) {
+                Ok(HelloAck::Welcome { .. }) => {}
+                _ => client.conn = None,
+            },
+            Some(Pending::Register { request_id }) => {
+                if let Ok(ClientResponse::Session { request_id: r, result }) =
+                    codec::decode_payload::<ClientResponse>(payload)
+                {
+                    match result {
+                        Ok(id) if r == request_id => client.session = Some(id),
+                        Err(e) => self.redirect(c, &e),
+                        _ => {}
+                    }
+                }
+            }
+            Some(Pending::Put { request_id, key, seq }) => {
+                let Ok(ClientResponse::Kv { request_id: r, result }) =
+                    codec::decode_payload::<ClientResponse>(payload)
+                else {
+                    return Ok(());
+                };
+                if r != request_id {
+                    client.pending = Some(Pending::Put { request_id, key, seq });
+                    return Ok(());
+                }
+                match result {
+                    Ok(_) => {
+                        client.put = None;
+                        if let Some(p) = self.puts.get_mut(&key) {
+                            p.acknowledged = Some(now);
+                        }
+                        self.outcome.puts_acknowledged += 1;
+                        self.note(format!("client {c} put {key} acknowledged"));
+                    }
+                    Err(ClientError::SessionExpired { .. }) => {
+                        // Its outcome cannot be known any more: not retried, not checked.
+                        client.put = None;
+                        client.session = None;
+                    }
+                    Err(e) => self.redirect(c, &e),
+                }
+            }
+            Some(Pending::Get { request_id, key, invoked }) => {
+                let Ok(ClientResponse::Kv { request_id: r, result }) =
+                    codec::decode_payload::<ClientResponse>(payload)
+                else {
+                    return Ok(());
+                };
+                if r != request_id {
+                    return Ok(());
+                }
+                match result {
+                    Ok(reply) => {
+                        let OpResult::Get(value) = reply.result else {
+                            return Err(self.fail(format!("a get of {key} answered {reply:?}")));
+                        };
+                        self.check_read(&key, invoked, value)?;
+                    }
+                    Err(e) => self.redirect(c, &e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows a redirect to the leader; other errors retry elsewhere later.
+    fn redirect(&mut self, c: usize, e: &ClientError) {
+        let client = &mut self.clients[c];
+        if let ClientError::NotLeader { leader_addr: Some(addr), .. } = e {
+            if let Some(i) = (0..self.cfg.nodes).find(|&i| client_addr(i).to_string() == *addr) {
+                if client.conn.as_ref().is_some_and(|(_, _, at)| *at != i) {
+                    client.conn = None;
+                }
+                client.target = i;
+                return;
+            }
+        }
+        if !matches!(e, ClientError::NotLeader { .. }) {
+            return;
+        }
+        client.conn = None;
+        client.target = (client.target + 1) % self.cfg.nodes;
+    }
+
+    /// A linearizable read of a write-once register.
+    fn check_read(
+        &mut self,
+        key: &str,
+        invoked: Duration,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), WholeFailure> {
+        let put = self.puts.get(key).cloned().expect("reads are of keys put");
+        self.outcome.reads_checked += 1;
+        // (A read is only of a key whose put was invoked: no value can come from the future.)
+        match value {
+            Some(v) if v != value_of(key) => {
+                Err(self.fail(format!("a read of {key} returned a value never written: {v:?}")))
+            }
+            Some(_) => {
+                let now = self.now;
+                let seen = &mut self.puts.get_mut(key).expect("checked").seen;
+                seen.get_or_insert(now);
+                Ok(())
+            }
+            None if put.acknowledged.is_some_and(|at| at < invoked) => Err(self.fail(format!(
+                "stale read: {key} was acknowledged at {:?} and a read begun at {invoked:?} \
+                 did not see it",
+                put.acknowledged.expect("checked")
+            ))),
+            None if put.seen.is_some_and(|at| at < invoked) => Err(self.fail(format!(
+                "stale read: {key} was read at {:?} and a read begun at {invoked:?} did not \
+                 see it",
+                put.seen.expect("checked")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn value_of(key: &str) -> Vec<u8> {
+    format!("value of {key}").into_bytes()
+}
+
+/// Runs one seed.
+pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
+    let mut rng = Rng::new(cfg.seed);
+    let world_rng = Rng::new(rng.next_u64());
+    let world = World::new(world_rng, Duration::from_micros(100), Duration::from_millis(3));
+    let initial: Vec<String> =
+        (0..cfg.nodes).map(|i| format!("{}={}", i + 1, peer_addr(i))).collect();
+    let initial = initial.join(",");
+    let mut nodes = Vec::new();
+    for i in 0..cfg.nodes {
+        let args = Args::parse_from([
+            "raftd".to_string(),
+            "--id".into(),
+            (i + 1).to_string(),
+            "--data-dir".into(),
+            format!("/data/node-{}", i + 1),
+            "--listen-peer".into(),
+            peer_addr(i).to_string(),
+            "--listen-client".into(),
+            client_addr(i).to_string(),
+            "--initial-cluster".into(),
+            initial.clone(),
+            "--cluster-id".into(),
+            "sim".into(),
+            "--tick-interval-ms".into(),
+            TICK_MS.to_string(),
+            "--segment-size-bytes".into(),
+            (64 * 1024).to_string(),
+            "--snapshot-entries".into(),
+            "200".into(),
+        ]);
+        let mut config = args.to_config().map_err(|e| WholeFailure {
+            seed: cfg.seed,
+            reason: format!("configuration: {e}"),
+            trace: Vec::new(),
+        })?;
+        config.election_seed = Some(rng.next_u64());
+        nodes.push(SimNode {
+            config,
+            fs: SimFs::new(),
+            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            incarnation: rng.next_u64() | 1,
+            node: None,
+            restart_at: None,
+        });
+    }
+    let clients = (0..cfg.clients)
+        .map(|index| SimClient {
+            index,
+            conn: None,
+            session: None,
+            seq: 0,
+            pending: None,
+            sent_at: Duration::ZERO,
+            put: None,
+            next_request_id: 1,
+            next_key: 0,
+            target: index % cfg.nodes,
+        })
+        .collect();
+    let mut sim = Sim {
+        cfg: cfg.clone(),
+        rng,
+        world,
+        nodes,
+        clients,
+        now: Duration::ZERO,
+        puts: BTreeMap::new(),
+        outcome: WholeOutcome::default(),
+        trace: Default::default(),
+        partition: None,
+    };
+    for i in 0..cfg.nodes {
+        sim.start_node(i)?;
+    }
+    for _ in 0..cfg.steps {
+        sim.step(true)?;
+    }
+    // Heal everything, restart every node, let the clients finish, then read every
+    // acknowledged key back.
+    sim.world.heal();
+    sim.partition = None;
+    for i in 0..cfg.nodes {
+        if sim.nodes[i].node.is_none() {
+            sim.start_node(i)?;
+        }
+    }
+    for _ in 0..SETTLE_STEPS {
+        sim.step(false)?;
+        if sim.clients.iter().any(|c| c.put.is_some()) {
+            continue;
+        }
+        let applied: Vec<(u64, u64)> = sim
+            .nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref().map(|node| node.status()))
+            .map(|s| (s.applied, s.commit))
+            .collect();
+        let settled = applied.len() == cfg.nodes
+            && applied.iter().all(|&(a, c)| a == c && (a, c) == applied[0]);
+        if !settled {
+            continue;
+        }
+        // Every acknowledged write is in every node's state machine.
+        for (key, put) in &sim.puts {
+            if put.acknowledged.is_none() {
+                continue;
+            }
+            for (i, n) in sim.nodes.iter().enumerate() {
+                let node = n.node.as_ref().expect("all running");
+                if node.applied_value(key.as_bytes()) != Some(&value_of(key)) {
+                    return Err(sim.fail(format!(
+                        "acknowledged write {key} is missing on node {} at applied index {}",
+                        i + 1,
+                        applied[0].0
+                    )));
+                }
+            }
+        }
+        return Ok(sim.outcome);
+    }
+    Err(sim.fail(format!("the healed cluster did not settle within {SETTLE_STEPS} steps")))
+}
