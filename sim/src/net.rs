@@ -20,6 +20,8 @@ use std::time::Duration;
 use mio::Token;
 use raftd::net::{Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 
+use wal::fs::SimFs;
+
 use crate::Rng;
 
 /// Bytes a stream holds in flight one way before its writer is told `WouldBlock`.
@@ -37,8 +39,9 @@ pub enum Endpoint {
 /// One direction of a stream.
 #[derive(Debug, Default)]
 struct Flow {
-    /// Chunks written, with when each arrives.
-    in_flight: VecDeque<(Duration, Vec<u8>)>,
+    /// Chunks written, with when each arrives and how many file-system operations the
+    /// writing node had done then (a crash at an operation takes back what it wrote later).
+    in_flight: VecDeque<(Duration, Vec<u8>, u64)>,
     /// Arrived, not read yet.
     arrived: VecDeque<u8>,
     /// The writer closed its end (after what is in flight).
@@ -77,6 +80,8 @@ struct State {
     registered: BTreeMap<(u64, usize), (Token, bool)>,
     /// Next ephemeral port handed to a dialling end.
     next_port: u16,
+    /// Each node's disk, whose operation count stamps what the node writes.
+    disks: BTreeMap<usize, SimFs>,
 }
 
 impl State {
@@ -100,8 +105,8 @@ impl State {
                 continue;
             }
             for flow in &mut stream.flows {
-                while flow.in_flight.front().is_some_and(|(at, _)| *at <= now) {
-                    let (_, bytes) = flow.in_flight.pop_front().expect("checked");
+                while flow.in_flight.front().is_some_and(|(at, _, _)| *at <= now) {
+                    let (_, bytes, _) = flow.in_flight.pop_front().expect("checked");
                     flow.arrived.extend(bytes);
                 }
             }
@@ -135,9 +140,16 @@ impl World {
         s.deliver();
     }
 
-    /// Node `node`'s view of the network, listening on the two addresses.
-    pub fn attach(&self, node: usize, peer: SocketAddr, client: SocketAddr) -> SimNet {
+    /// Node `node`'s view of the network, listening on the two addresses; `disk` is its disk.
+    pub fn attach(
+        &self,
+        node: usize,
+        peer: SocketAddr,
+        client: SocketAddr,
+        disk: &SimFs,
+    ) -> SimNet {
         let mut s = self.state.borrow_mut();
+        s.disks.insert(node, disk.clone());
         s.listeners.insert(peer, (node, Port::Peer));
         s.listeners.insert(client, (node, Port::Client));
         SimNet { world: self.clone(), node, addrs: [peer, client] }
@@ -152,6 +164,20 @@ impl World {
         } else {
             s.cut.remove(&key);
             s.deliver();
+        }
+    }
+
+    /// Takes back what node `node` wrote once its disk had done `ops` operations or more: it
+    /// crashed just before its disk operation number `ops` (counted from 1), and what it wrote
+    /// after operation `ops - 1` was never written.
+    pub fn take_back_after(&self, node: usize, ops: u64) {
+        let mut s = self.state.borrow_mut();
+        for stream in s.streams.values_mut() {
+            for (end, &holder) in stream.ends.iter().enumerate() {
+                if holder == Endpoint::Node(node) {
+                    stream.flows[1 - end].in_flight.retain(|&(_, _, stamp)| stamp < ops);
+                }
+            }
         }
     }
 
@@ -210,7 +236,7 @@ impl World {
         s.streams
             .values()
             .flat_map(|st| st.flows.iter())
-            .map(|f| f.arrived.len() + f.in_flight.iter().map(|(_, b)| b.len()).sum::<usize>())
+            .map(|f| f.arrived.len() + f.in_flight.iter().map(|(_, b, _)| b.len()).sum::<usize>())
             .sum()
     }
 
@@ -279,15 +305,21 @@ impl Write for SimStream {
             return Err(io::Error::from(io::ErrorKind::BrokenPipe));
         }
         let flow = &mut stream.flows[1 - self.end];
-        let held = flow.arrived.len() + flow.in_flight.iter().map(|(_, b)| b.len()).sum::<usize>();
+        let held =
+            flow.arrived.len() + flow.in_flight.iter().map(|(_, b, _)| b.len()).sum::<usize>();
         let room = STREAM_WINDOW_BYTES.saturating_sub(held);
         if room == 0 {
             return Err(io::Error::from(io::ErrorKind::WouldBlock));
         }
         let n = buf.len().min(room);
         // Never earlier than what was written before it: the stream keeps its order.
-        let at = flow.in_flight.back().map_or(at, |(last, _)| at.max(*last));
-        flow.in_flight.push_back((at, buf[..n].to_vec()));
+        let at = flow.in_flight.back().map_or(at, |(last, _, _)| at.max(*last));
+        let ops = match stream.ends[self.end] {
+            Endpoint::Node(node) => s.disks.get(&node).map_or(0, SimFs::op_count),
+            Endpoint::Client(_) => 0,
+        };
+        let stream = s.streams.get_mut(&self.id).expect("a held stream exists");
+        stream.flows[1 - self.end].in_flight.push_back((at, buf[..n].to_vec(), ops));
         Ok(n)
     }
 

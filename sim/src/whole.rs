@@ -6,7 +6,8 @@
 //!
 //! Faults: partitions of one node from the others (its streams held, as TCP holds them),
 //! resets of its streams, and crashes with power loss (the node's process is dropped, its
-//! disk keeps a random subset of its unsynced writes, and it restarts later from it).
+//! disk keeps a random subset of its unsynced writes, and it restarts later from it), of one
+//! node or of all of them at once (they come back one by one).
 //!
 //! Checks, on the client history: every key is written once, by one put, with a value of its
 //! own, so each key is a register written once, and the history is linearizable exactly when
@@ -39,6 +40,8 @@ const TICK_MS: u64 = 10;
 const SETTLE_STEPS: u64 = 5_000;
 /// A client waits this long for an answer before it gives the connection up.
 const CLIENT_PATIENCE: Duration = Duration::from_millis(1_500);
+/// A crash within a node's turn interrupts one of its next this many disk operations.
+const CRASH_OPS_AHEAD: u64 = 8;
 /// Largest frame a test client reads.
 const CLIENT_FRAME_MAX: usize = 1 << 20;
 
@@ -161,6 +164,8 @@ struct Sim {
     trace: std::collections::VecDeque<String>,
     /// The node cut from the others, and until when.
     partition: Option<(usize, Duration)>,
+    /// Nodes that crash during this step's turn.
+    crashing: Vec<usize>,
 }
 
 /// Events kept for a failure's report.
@@ -210,7 +215,7 @@ impl Sim {
         let initial: BTreeMap<u64, u64> =
             self.nodes.iter().map(|n| (n.config.id, n.incarnation)).collect();
         let n = &mut self.nodes[i];
-        let net = self.world.attach(i, peer_addr(i), client_addr(i));
+        let net = self.world.attach(i, peer_addr(i), client_addr(i), &n.fs);
         let fs: Arc<dyn wal::fs::Fs> = Arc::new(n.fs.clone());
         let clock: Arc<dyn raftd::clock::Clock> = n.clock.clone();
         match Node::simulated(n.config.clone(), clock, fs, net, n.incarnation, &initial) {
@@ -224,13 +229,23 @@ impl Sim {
         }
     }
 
-    fn crash_node(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        let Some(node) = n.node.take() else { return };
+    /// Crashes node `i` with power loss: its disk keeps a random half of what was not synced
+    /// (of `at_op`, the disk as it was just before the operation the crash interrupted).
+    fn crash_node(&mut self, i: usize, at_op: Option<(u64, SimFs)>) {
+        let Some(node) = self.nodes[i].node.take() else { return };
         drop(node);
+        let disk = match at_op {
+            Some((op, captured)) => {
+                self.world.take_back_after(i, op);
+                self.note(format!("node {} crashes before its disk operation {op}", i + 1));
+                captured
+            }
+            None => self.nodes[i].fs.clone(),
+        };
         let rng = &mut self.rng;
-        let kept = n.fs.power_cut(&mut |_| rng.chance(500));
-        let unsynced = n.fs.unsynced_items();
+        let kept = disk.power_cut(&mut |_| rng.chance(500));
+        let unsynced = disk.unsynced_items();
+        let n = &mut self.nodes[i];
         n.fs = kept;
         n.restart_at = Some(self.now + Duration::from_millis(50 + self.rng.below(500)));
         self.outcome.crashes += 1;
@@ -264,7 +279,12 @@ impl Sim {
         let running = self.nodes.iter().filter(|n| n.node.is_some()).count();
         if running == self.cfg.nodes && self.rng.chance(1) {
             let node = self.rng.below(self.cfg.nodes as u64) as usize;
-            self.crash_node(node);
+            self.crashing.push(node);
+        } else if running == self.cfg.nodes && self.rng.below(10_000) < 3 {
+            // The whole cluster loses power (one rack, one building); the nodes come back
+            // one by one.
+            self.note("every node loses power".into());
+            self.crashing.extend(0..self.cfg.nodes);
         }
         for i in 0..self.cfg.nodes {
             if self.nodes[i].restart_at.is_some_and(|at| self.now >= at) {
@@ -284,12 +304,30 @@ impl Sim {
         if with_faults {
             self.faults()?;
         }
+        let crashing = std::mem::take(&mut self.crashing);
         for i in 0..self.cfg.nodes {
-            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            if self.nodes[i].node.is_none() {
+                continue;
+            }
+            // A node crashing in this step crashes within its turn: just before one of its
+            // next few disk operations (what it sent after it is taken back), or after the
+            // turn if it does fewer.
+            let crash_op = crashing.contains(&i).then(|| {
+                let op = self.nodes[i].fs.op_count() + 1 + self.rng.below(CRASH_OPS_AHEAD);
+                self.nodes[i].fs.arm_capture(op);
+                op
+            });
+            let node = self.nodes[i].node.as_mut().expect("checked");
             if let Err(e) = node.turn() {
                 self.note(format!("node {} stopped: {e}", i + 1));
                 self.nodes[i].node = None;
                 self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
+            }
+            if let Some(op) = crash_op {
+                let captured = self.nodes[i].fs.take_captured().map(|disk| (op, disk));
+                // Disarmed: an operation this far is never reached.
+                self.nodes[i].fs.arm_capture(u64::MAX);
+                self.crash_node(i, captured);
             }
         }
         for c in 0..self.clients.len() {
@@ -448,6 +486,15 @@ impl Sim {
                         }
                         self.outcome.puts_acknowledged += 1;
                         self.note(format!("client {c} put {key} acknowledged"));
+                    }
+                    Err(ClientError::Stale { seq }) => {
+                        // Only another writer in this client's session can have moved it past
+                        // the seq this client is still retrying.
+                        let session = client.session;
+                        return Err(self.fail(format!(
+                            "client {c}'s put {key} (seq {seq}) refused as stale: another \
+                             client wrote in its session {session:?}"
+                        )));
                     }
                     Err(ClientError::SessionExpired { .. }) => {
                         // Its outcome cannot be known any more: not retried, not checked.
@@ -609,6 +656,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         outcome: WholeOutcome::default(),
         trace: Default::default(),
         partition: None,
+        crashing: Vec::new(),
     };
     for i in 0..cfg.nodes {
         sim.start_node(i)?;
@@ -630,14 +678,18 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         if sim.clients.iter().any(|c| c.put.is_some()) {
             continue;
         }
-        let applied: Vec<(u64, u64)> = sim
+        // Settled: a leader, and every node's log committed and applied to its end, the same
+        // end (a leader just elected has not committed the entries of earlier terms yet).
+        let applied: Vec<(u64, u64, u64, u64)> = sim
             .nodes
             .iter()
             .filter_map(|n| n.node.as_ref().map(|node| node.status()))
-            .map(|s| (s.applied, s.commit))
+            .map(|s| (s.applied, s.commit, s.last_index, s.leader))
             .collect();
         let settled = applied.len() == cfg.nodes
-            && applied.iter().all(|&(a, c)| a == c && (a, c) == applied[0]);
+            && applied.iter().all(|&(a, c, l, leader)| {
+                a == c && c == l && leader != 0 && (a, leader) == (applied[0].0, applied[0].3)
+            });
         if !settled {
             continue;
         }
