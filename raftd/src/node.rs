@@ -50,6 +50,11 @@ const REMOVED_STOP_AFTER_ELECTION_TIMEOUTS: u32 = 10;
 const FOLD_IN_ENTRIES_PER_ITERATION: usize = 2048;
 /// Time one loop iteration may spend handling Readies before it polls sockets again.
 const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
+/// A read index not answered after this long is asked again, with the same context: the
+/// request or its answer may have been lost with a connection, or the leader may have changed
+/// (a new leader never heard of it). A leader that still holds the request ignores the
+/// repeat, and whichever answer comes first serves the reads. (etcd retries after 500 ms too.)
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// Most ticks caught up at once after a pause, in election timeouts.
 const TICK_CATCH_UP_ELECTION_TIMEOUTS: u64 = 2;
 /// Largest snapshot accepted from the leader, in bytes (it is received into memory).
@@ -188,6 +193,14 @@ struct PendingRead {
     key: Vec<u8>,
 }
 
+/// Reads waiting for the read index asked with `ctx`.
+struct ReadsInFlight {
+    ctx: Vec<u8>,
+    /// When the read index was last asked: see [`READ_INDEX_RETRY`].
+    asked: Instant,
+    reads: Vec<PendingRead>,
+}
+
 struct ConfWaiter {
     waiter: Waiter,
 }
@@ -250,7 +263,7 @@ pub struct Node<N: Net = MioNet> {
     proposals: Vec<(Vec<u8>, Vec<u8>)>,
     proposal_waiters: Vec<(client::Proposed, Waiter)>,
     read_batch: Vec<PendingRead>,
-    reads_in_flight: BTreeMap<u64, Vec<PendingRead>>,
+    reads_in_flight: BTreeMap<u64, ReadsInFlight>,
     reads_ready: VecDeque<(u64, Vec<PendingRead>)>,
     read_contexts: client::ReadContexts,
     conf_waiters: BTreeMap<u64, ConfWaiter>,

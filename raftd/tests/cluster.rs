@@ -64,6 +64,46 @@ fn a_follower_answers_writes_with_the_leader_and_reads_linearizably() {
     assert_eq!(got.result, OpResult::Get(Some(b"1".to_vec())));
 }
 
+/// A follower asks the leader for a read index. If the request (or its answer) is lost, the
+/// follower asks again with the same context: the read is answered once the link is back, not
+/// left waiting until the request times out.
+#[test]
+fn a_follower_read_whose_read_index_request_was_lost_is_asked_again() {
+    // The request timeout is under the test client's 10 s socket timeout: without asking again,
+    // the read is answered Timeout.
+    let cluster = TestCluster::start(3, &["--allow-fault-injection", "--request-timeout-ms=8000"]);
+    let leader = cluster.wait_for_leader();
+    cluster.put("a", "1");
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let proc = &cluster.procs[follower as usize - 1];
+    let mut admin = proc.wait_client();
+    let deadline = Instant::now() + DEADLINE;
+    while admin.status().unwrap().leader != leader {
+        assert!(Instant::now() < deadline, "node {follower} never heard of leader {leader}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut reader = proc.wait_client();
+    // The follower still hears the leader (it stays a follower that knows its leader), but
+    // what it sends the leader is lost: its read index request among them.
+    let lose = AdminRequest::Fault { drop_to: vec![leader], drop_from: vec![], delay_ms: 0 };
+    admin.admin(lose).unwrap().unwrap();
+    let asked = Instant::now();
+    let read =
+        std::thread::spawn(move || reader.kv(Op::Get { key: b"a".to_vec(), serializable: false }));
+    // Long enough for the request to reach the follower and be lost; shorter than an election
+    // timeout, so that the leader keeps its place.
+    std::thread::sleep(Duration::from_millis(150));
+    admin.admin(AdminRequest::Heal).unwrap().unwrap();
+    let got = read.join().unwrap().unwrap();
+    assert_eq!(
+        got.map(|r| r.result),
+        Ok(OpResult::Get(Some(b"1".to_vec()))),
+        "after {:?}: {}",
+        asked.elapsed(),
+        cluster.logs()
+    );
+}
+
 #[test]
 fn a_retried_write_is_applied_once() {
     let cluster = TestCluster::start(3, &[]);

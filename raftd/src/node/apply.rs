@@ -24,10 +24,17 @@ impl<N: Net> Node<N> {
         while self.raw.has_ready() && self.clock.now() < deadline {
             let mut rd = self.raw.ready();
             let leader = self.is_leader();
+            if rd.soft_state.is_some_and(|ss| ss.lead != raft::INVALID_ID) {
+                // A leader (new, or the same after an election): one that was not leading
+                // when the reads in flight were asked never heard of them.
+                self.ask_read_index_again(|_| true);
+            }
             let mut messages = std::mem::take(&mut rd.messages);
             for rs in rd.read_states.drain(..) {
                 let n = self.read_contexts.counter(&rs.request_ctx);
-                let Some(batch) = n.and_then(|n| self.reads_in_flight.remove(&n)) else {
+                let Some(ReadsInFlight { reads: batch, .. }) =
+                    n.and_then(|n| self.reads_in_flight.remove(&n))
+                else {
                     continue;
                 };
                 // Answered from the lease: still linearizable only if the lease holds now,

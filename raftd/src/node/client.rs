@@ -227,9 +227,10 @@ impl<N: Net> Node<N> {
             let batch = std::mem::take(&mut self.read_batch);
             let (n, ctx) = self.read_contexts.next();
             self.raw.advance_clock(self.clock.lease_now());
-            match self.raw.read_index(ctx) {
+            match self.raw.read_index(ctx.clone()) {
                 Ok(()) => {
-                    self.reads_in_flight.insert(n, batch);
+                    let asked = self.clock.now();
+                    self.reads_in_flight.insert(n, ReadsInFlight { ctx, asked, reads: batch });
                 }
                 Err(_) => {
                     let err = self.not_leader();

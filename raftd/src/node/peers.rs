@@ -192,6 +192,7 @@ impl<N: Net> Node<N> {
             self.connect(id, &addr, now);
         }
         self.expire_waiters(now);
+        self.ask_read_index_again(|asked| now.duration_since(asked) >= READ_INDEX_RETRY);
         self.police_connections(now);
         self.snapshots_in.retain(|from, s| {
             let keep = now.duration_since(s.last_chunk) < SNAPSHOT_RECEIVE_TIMEOUT;
@@ -329,6 +330,27 @@ impl<N: Net> Node<N> {
         link.backoff = RECONNECT_BACKOFF_MIN;
     }
 
+    /// Asks the read index again for the reads in flight for which `due(asked)` holds, each
+    /// batch with its own context (see [`READ_INDEX_RETRY`]).
+    pub(super) fn ask_read_index_again(&mut self, due: impl Fn(Instant) -> bool) {
+        let now = self.clock.now();
+        let mut asked_again = 0;
+        for in_flight in self.reads_in_flight.values_mut() {
+            if !due(in_flight.asked) {
+                continue;
+            }
+            in_flight.asked = now;
+            self.raw.advance_clock(self.clock.lease_now());
+            // Refused only without a leader to ask; asked again after the next interval.
+            if self.raw.read_index(in_flight.ctx.clone()).is_ok() {
+                asked_again += 1;
+            }
+        }
+        if asked_again > 0 {
+            debug!("asked the read index again for {asked_again} batches of reads");
+        }
+    }
+
     pub(super) fn expire_waiters(&mut self, now: Instant) {
         let mut expired: Vec<Waiter> = Vec::new();
         self.write_waiters.retain(|_, ws| {
@@ -338,12 +360,14 @@ impl<N: Net> Node<N> {
             *ws = kept;
             !ws.is_empty()
         });
-        self.reads_in_flight.retain(|_, batch| {
-            let timed_out = batch.first().is_some_and(|r| r.waiter.deadline <= now);
-            if timed_out {
-                expired.extend(std::mem::take(batch).into_iter().map(|r| r.waiter));
-            }
-            !timed_out
+        self.reads_in_flight.retain(|_, in_flight| {
+            let (gone, kept): (Vec<PendingRead>, Vec<PendingRead>) =
+                std::mem::take(&mut in_flight.reads)
+                    .into_iter()
+                    .partition(|r| r.waiter.deadline <= now);
+            expired.extend(gone.into_iter().map(|r| r.waiter));
+            in_flight.reads = kept;
+            !in_flight.reads.is_empty()
         });
         while self
             .reads_ready
