@@ -78,8 +78,6 @@ struct State {
     cut: BTreeSet<(Endpoint, Endpoint)>,
     /// Registrations: (stream, end) -> (token, wants writable).
     registered: BTreeMap<(u64, usize), (Token, bool)>,
-    /// Next ephemeral port handed to a dialling end.
-    next_port: u16,
     /// Each node's disk, whose operation count stamps what the node writes.
     disks: BTreeMap<usize, SimFs>,
 }
@@ -123,13 +121,7 @@ pub struct World {
 impl World {
     /// A network whose latencies are drawn from `rng` between the two bounds.
     pub fn new(rng: Rng, latency_min: Duration, latency_max: Duration) -> World {
-        let state = State {
-            rng: Some(rng),
-            latency_min,
-            latency_max,
-            next_port: 40_000,
-            ..State::default()
-        };
+        let state = State { rng: Some(rng), latency_min, latency_max, ..State::default() };
         World { state: Rc::new(RefCell::new(state)) }
     }
 
@@ -224,20 +216,7 @@ impl World {
         };
         s.streams.insert(id, stream);
         s.backlog.entry((node, port)).or_default().push_back(id);
-        let local_port = s.next_port;
-        s.next_port = s.next_port.wrapping_add(1).max(40_000);
-        let local = SocketAddr::from(([127, 0, 0, 1], local_port));
-        Ok(SimStream { world: self.clone(), id, end: 0, peer: local })
-    }
-
-    /// Bytes in flight or unread anywhere (a quiet network has none).
-    pub fn bytes_pending(&self) -> usize {
-        let s = self.state.borrow();
-        s.streams
-            .values()
-            .flat_map(|st| st.flows.iter())
-            .map(|f| f.arrived.len() + f.in_flight.iter().map(|(_, b, _)| b.len()).sum::<usize>())
-            .sum()
+        Ok(SimStream { world: self.clone(), id, end: 0 })
     }
 
     /// Forgets node `node`'s listeners (its process is gone).
@@ -263,15 +242,6 @@ pub struct SimStream {
     id: u64,
     /// 0: the dialling end, 1: the accepting end.
     end: usize,
-    /// The remote address as this end sees it.
-    peer: SocketAddr,
-}
-
-impl SimStream {
-    /// The other end's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 impl Read for SimStream {
@@ -402,7 +372,7 @@ impl Net for SimNet {
             Endpoint::Node(n) => SocketAddr::from(([127, 0, 1, n as u8], 50_000)),
             Endpoint::Client(c) => SocketAddr::from(([127, 0, 2, c as u8], 50_000)),
         };
-        Ok((SimStream { world: self.world.clone(), id, end: 1, peer: remote }, remote))
+        Ok((SimStream { world: self.world.clone(), id, end: 1 }, remote))
     }
 
     fn connect(&mut self, addr: SocketAddr) -> io::Result<SimStream> {

@@ -2,7 +2,6 @@
 //! and a concurrent workload that records a history for the checker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +13,7 @@ use raftctl::{Client, CtlError};
 use raftd::protocol::*;
 
 use crate::checker::{Input, Operation, Output};
+use crate::ports::free_ports;
 
 /// A generous bound for conditions on a slow, loaded machine.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -36,38 +36,6 @@ pub fn bin_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    // Ports below the kernel's ephemeral range (32768-60999 by default), handed out in turn
-    // from a random start: a port given here is never meanwhile the source port of some
-    // test's outgoing connection (the flood tests open thousands), nor given twice to tests
-    // running in parallel in this process (cargo runs test binaries one at a time).
-    const PORT_LOW: u32 = 10_000;
-    const PORT_HIGH: u32 = 32_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().wrapping_mul(7919);
-    let _ = NEXT.compare_exchange(
-        0,
-        seed % (PORT_HIGH - PORT_LOW),
-        std::sync::atomic::Ordering::Relaxed,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let mut listeners = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let offset =
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (PORT_HIGH - PORT_LOW);
-        let port = (PORT_LOW + offset) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            listeners.push(listener);
-            ports.push(port);
-        }
-    }
-    ports
 }
 
 /// One raftd process.
@@ -122,7 +90,12 @@ impl Node {
                 self.child = None;
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "node {} did not exit", self.id);
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("node {} did not exit; its log ends:\n{}", self.id, tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -311,6 +284,30 @@ impl Cluster {
         match self.admin(id, AdminRequest::Status) {
             Ok(AdminReply::Status(s)) => Some(*s),
             _ => None,
+        }
+    }
+
+    /// Waits until node `id` has applied the leader's commit index as it is now. (A node that
+    /// joined late, or is still asking the others whether the cluster exists, may not have.)
+    pub fn wait_caught_up(&self, id: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        let commit = loop {
+            if let Some(s) = self.status(self.wait_for_leader()) {
+                break s.commit;
+            }
+            assert!(Instant::now() < deadline, "no leader answered its status");
+        };
+        loop {
+            let applied = self.status(id).map_or(0, |s| s.applied);
+            if applied >= commit {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} applied {applied} of {commit}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

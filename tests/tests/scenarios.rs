@@ -341,7 +341,6 @@ fn membership_changes_under_load() {
     );
 }
 
-/// The last WAL segment of a node and where its written bytes end.
 /// A node's WAL segment files, oldest first.
 fn segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("wal"))
@@ -369,6 +368,35 @@ fn last_segment(data_dir: &std::path::Path) -> (std::path::PathBuf, usize) {
         .expect("a segment holding records")
 }
 
+/// A payload byte of the first record in this segment that a later record in it was written
+/// after a sync covering (the layouts of wal/src/record.rs: a 40-byte segment header, then
+/// records of a 32-byte header, payload length at 0, number at 16, number synced at 24,
+/// padded to 8 bytes).
+fn synced_record_byte(bytes: &[u8]) -> usize {
+    const SEGMENT_HEADER_SIZE: usize = 40;
+    const RECORD_HEADER_SIZE: usize = 32;
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let mut records = Vec::new(); // (offset, payload length, number, number synced)
+    let mut at = SEGMENT_HEADER_SIZE;
+    while at + RECORD_HEADER_SIZE <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let lsn = u64_at(at + 16);
+        if lsn == 0 || at + RECORD_HEADER_SIZE + len > bytes.len() {
+            break;
+        }
+        records.push((at, len, lsn, u64_at(at + 24)));
+        at += (RECORD_HEADER_SIZE + len).div_ceil(8) * 8;
+    }
+    records
+        .iter()
+        .enumerate()
+        .find(|&(i, &(_, len, lsn, _))| {
+            len > 0 && records[i + 1..].iter().any(|&(_, _, _, synced)| synced >= lsn)
+        })
+        .map(|(_, &(at, len, _, _))| at + RECORD_HEADER_SIZE + len / 2)
+        .unwrap_or_else(|| panic!("no record known to be synced among {records:?}"))
+}
+
 #[test]
 fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     let mut cluster = Cluster::start(3, &[]);
@@ -376,6 +404,7 @@ fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     let victim = if leader == 1 { 2 } else { 1 };
     let workload = Workload::start(&cluster, 4, 5);
     workload.wait_ops(40);
+    cluster.wait_caught_up(victim);
 
     // A torn tail: the last record cut short. The node recovers and catches up.
     cluster.kill(victim);
@@ -397,13 +426,14 @@ fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     assert!(log.contains("torn"), "the torn tail is reported:\n{log}");
 
     // Corruption in the middle of the log: the node refuses to start, naming file and offset.
-    // The damaged byte is in the log's first record (right after the 40-byte segment header,
-    // wal/src/record.rs), which later records, written after syncs that covered it, follow
-    // whatever the batching was: damage to the last record would rightly count as a torn tail.
+    // The damaged byte is in a record that a later record shows a completed sync covered:
+    // damage to a record no sync is known to have covered rightly counts as a torn tail.
+    cluster.wait_caught_up(victim);
     cluster.kill(victim);
     let segment = segments(&cluster.nodes[&victim].data_dir).remove(0);
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[40 + 40] ^= 0xff;
+    let damaged = synced_record_byte(&bytes);
+    bytes[damaged] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
     cluster.restart(victim);
     let code = cluster.node(victim).wait_exit();
