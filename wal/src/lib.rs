@@ -20,12 +20,13 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "RAFTWALS"
-//! 8       4     format version (1)
+//! 8       4     format version (2)
 //! 12      4     reserved, zero
 //! 16      8     segment sequence number
-//! 24      4     crc32 of bytes 0..24
-//! 28      4     reserved, zero
-//! 32      ...   records, each starting at a multiple of 8; zeros after the last
+//! 24      8     number (log sequence number) of its first record
+//! 32      4     crc32 of bytes 0..32
+//! 36      4     reserved, zero
+//! 40      ...   records, each starting at a multiple of 8; zeros after the last
 //! ```
 //!
 //! # Record layout
@@ -33,11 +34,13 @@
 //! ```text
 //! offset  size  field
 //! 0       4     payload length N
-//! 4       4     crc32 over: segment sequence (u64), kind (u8), payload
+//! 4       4     crc32 over: segment sequence (u64), bytes 8..32, payload
 //! 8       1     kind: 1 entries, 2 hard state, 3 snapshot marker, 4 compaction
 //! 9       7     reserved, zero
-//! 16      N     payload
-//! 16+N    ...   zero padding to a multiple of 8
+//! 16      8     the record's number (log sequence number): one more than the record before
+//! 24      8     the number of the last record a completed sync covered when it was written
+//! 32      N     payload
+//! 32+N    ...   zero padding to a multiple of 8
 //!
 //! entries payload:   first index u64, count u32, reserved u32,
 //!                    count x (term u64, data offset u32, data length u32), data...
@@ -51,11 +54,12 @@
 //!
 //! # Recovery
 //!
-//! [`Wal::open`] scans every segment and verifies every record. Damage at the end of the last
-//! segment with nothing valid after it is a torn write: it is truncated and reported in
-//! [`Recovery::torn_tail`]. Damage followed by valid records, or in a segment that is not the
-//! last, is corruption: open fails naming the segment, offset and reason, unless the log is
-//! opened with [`RecoveryMode::Repair`], which truncates there and reports what it dropped.
+//! [`Wal::open`] scans every segment and verifies every record. A record damaged or missing
+//! where no later record says that a completed sync covered it is a write the crash did not
+//! keep (torn, or pages a power loss dropped, in any order): the log is truncated there and
+//! it is reported in [`Recovery::torn_tail`]. Damage to a record that a later record shows
+//! was synced is corruption: open fails naming the segment, offset and reason, unless the log
+//! is opened with [`RecoveryMode::Repair`], which truncates there and reports what it dropped.
 //!
 //! # Use
 //!
