@@ -131,6 +131,11 @@ pub struct Args {
     /// client session expires. Takes effect like --max-sessions.
     #[arg(long, default_value_t = crate::kv::SESSION_TTL_MS_DEFAULT / 1000)]
     pub session_ttl_secs: u64,
+    /// Bytes of values the sessions' kept replies may hold, all together (a compare-and-swap's
+    /// reply holds the value it replaced); past it the least recently active sessions are
+    /// forgotten. Takes effect like --max-sessions.
+    #[arg(long, default_value_t = crate::kv::SESSION_REPLY_BYTES_MAX_DEFAULT)]
+    pub max_session_reply_bytes: u64,
     /// Client connections kept at most; more are accepted and closed at once.
     #[arg(long, default_value_t = crate::node::CLIENT_CONNECTIONS_MAX_DEFAULT)]
     pub max_client_connections: usize,
@@ -393,6 +398,7 @@ impl Args {
             session_limits: crate::kv::SessionLimits {
                 max_sessions: self.max_sessions,
                 ttl_ms: self.session_ttl_secs * 1000,
+                max_reply_bytes: self.max_session_reply_bytes,
             },
             conn_limits: crate::node::ConnLimits {
                 max_client_connections: self.max_client_connections,

@@ -14,6 +14,11 @@ pub const SESSIONS_MAX_DEFAULT: u64 = 100_000;
 /// A session idle this long by the replicated clock expires, by default
 /// (`--session-ttl-secs`).
 pub const SESSION_TTL_MS_DEFAULT: u64 = 3_600_000;
+/// Bytes of values the kept replies may hold, all sessions together, by default
+/// (`--max-session-reply-bytes`); past it the least recently active sessions are forgotten.
+/// (A compare-and-swap's reply holds the value it replaced, up to a request's size: bounded
+/// by count alone, 100,000 sessions could hold 100,000 such values.)
+pub const SESSION_REPLY_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 
 /// The first byte of a normal entry's data that holds a [`Command`] (its encoding follows).
 /// Entries written before sessions were registered carry a [`LegacyWrite`], whose encoding
@@ -64,14 +69,14 @@ pub struct Command {
 /// What a [`Command`] does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandBody {
-    /// Opens a client session; its id is this entry's index.
-    RegisterSession {
-        /// Matches the registration to the request waiting on the proposing leader.
+    /// [`CommandBody::RegisterSession`] as written before the bound on reply bytes (still
+    /// read: the bound is then [`SESSION_REPLY_BYTES_MAX_DEFAULT`]).
+    RegisterSessionV1 {
+        /// As in [`CommandBody::RegisterSession`].
         #[serde(with = "serde_bytes")]
         token: Vec<u8>,
-        /// The table's limits from here on: carried in the log so that every node applies
-        /// the same ones (a flag read on each node could make their tables differ).
-        limits: SessionLimits,
+        /// The limits of that format.
+        limits: SessionLimitsV1,
     },
     /// A write in a session. `(session_id, seq)` identifies it across retries.
     Write {
@@ -82,6 +87,15 @@ pub enum CommandBody {
         /// The write.
         op: Op,
     },
+    /// Opens a client session; its id is this entry's index.
+    RegisterSession {
+        /// Matches the registration to the request waiting on the proposing leader.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// The table's limits from here on: carried in the log so that every node applies
+        /// the same ones (a flag read on each node could make their tables differ).
+        limits: SessionLimits,
+    },
 }
 
 impl CommandBody {
@@ -89,7 +103,8 @@ impl CommandBody {
     /// lengths and integers).
     pub fn payload_len(&self) -> usize {
         match self {
-            CommandBody::RegisterSession { token, .. } => token.len(),
+            CommandBody::RegisterSession { token, .. }
+            | CommandBody::RegisterSessionV1 { token, .. } => token.len(),
             CommandBody::Write { op, .. } => op.payload_len(),
         }
     }
@@ -114,11 +129,37 @@ pub struct SessionLimits {
     pub max_sessions: u64,
     /// A session with no write for this long (replicated clock) expires.
     pub ttl_ms: u64,
+    /// Bytes of values held in the kept replies, all sessions together, at most; past it
+    /// the least recently active sessions are forgotten.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for SessionLimits {
     fn default() -> SessionLimits {
-        SessionLimits { max_sessions: SESSIONS_MAX_DEFAULT, ttl_ms: SESSION_TTL_MS_DEFAULT }
+        SessionLimits {
+            max_sessions: SESSIONS_MAX_DEFAULT,
+            ttl_ms: SESSION_TTL_MS_DEFAULT,
+            max_reply_bytes: SESSION_REPLY_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// [`SessionLimits`] as written before the bound on reply bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimitsV1 {
+    /// As in [`SessionLimits`].
+    pub max_sessions: u64,
+    /// As in [`SessionLimits`].
+    pub ttl_ms: u64,
+}
+
+impl From<SessionLimitsV1> for SessionLimits {
+    fn from(v1: SessionLimitsV1) -> SessionLimits {
+        SessionLimits {
+            max_sessions: v1.max_sessions,
+            ttl_ms: v1.ttl_ms,
+            max_reply_bytes: SESSION_REPLY_BYTES_MAX_DEFAULT,
+        }
     }
 }
 
@@ -181,8 +222,18 @@ struct Session {
     last_active_ms: u64,
 }
 
-/// The session table, bounded by count and by idle time ([`SessionLimits`]), both decided
-/// by replicated state only: every node keeps and forgets the same sessions.
+/// Bytes of values a reply holds (the rest of a session is bounded by the count limit).
+fn reply_bytes(reply: &Option<KvReply>) -> u64 {
+    let value = match reply.as_ref().map(|r| &r.result) {
+        Some(OpResult::Get(Some(v))) | Some(OpResult::Cas { previous: Some(v), .. }) => v.len(),
+        _ => 0,
+    };
+    value as u64
+}
+
+/// The session table, bounded by count, by the bytes its replies hold and by idle time
+/// ([`SessionLimits`]), all decided by replicated state only: every node keeps and forgets
+/// the same sessions.
 #[derive(Clone, Debug, Default)]
 struct Sessions {
     by_id: BTreeMap<u64, Session>,
@@ -197,12 +248,18 @@ struct Sessions {
     /// The replicated clock: the largest leader stamp applied.
     clock_ms: u64,
     limits: SessionLimits,
+    /// [`reply_bytes`] of every session, summed.
+    reply_bytes: u64,
 }
 
 impl Sessions {
     fn from_parts(by_id: BTreeMap<u64, Session>, clock_ms: u64, limits: SessionLimits) -> Sessions {
         let by_age = by_id.iter().map(|(&id, s)| (s.last_active_ms, id)).collect();
-        Sessions { by_id, by_age, clock_ms, limits }
+        let reply_bytes = by_id.values().map(|s| reply_bytes(&s.reply)).sum();
+        let mut sessions = Sessions { by_id, by_age, clock_ms, limits, reply_bytes };
+        // A snapshot taken under other limits (or before the bound on reply bytes).
+        sessions.enforce_limits();
+        sessions
     }
 
     /// Moves the front entry up to its session's activity, if behind it; true if it moved.
@@ -232,8 +289,27 @@ impl Sessions {
                 continue;
             }
             self.by_age.pop_first();
-            self.by_id.remove(&id);
+            self.forget(id);
         }
+    }
+
+    /// Forgets session `id` (its age entry is already gone).
+    fn forget(&mut self, id: u64) {
+        let session = self.by_id.remove(&id).expect("an age entry for every session");
+        self.reply_bytes -= reply_bytes(&session.reply);
+    }
+
+    /// Forgets the least recently active sessions while the table holds more sessions, or
+    /// more bytes of replies, than its limits.
+    fn enforce_limits(&mut self) {
+        while self.by_id.len() as u64 > self.limits.max_sessions.max(1)
+            || self.reply_bytes > self.limits.max_reply_bytes
+        {
+            while self.refresh_front() {}
+            let (_, oldest) = self.by_age.pop_first().expect("an age entry for every session");
+            self.forget(oldest);
+        }
+        debug_assert_eq!(self.by_id.len(), self.by_age.len());
     }
 
     /// Opens session `id`, forgetting the least recently active ones past the count limit.
@@ -241,24 +317,27 @@ impl Sessions {
         let session = Session { seq: 0, reply: None, last_active_ms: self.clock_ms };
         match self.by_id.get_mut(&id) {
             // Not reached by registrations (an id is an entry index); its entry stays.
-            Some(held) => *held = session,
+            Some(held) => {
+                self.reply_bytes -= reply_bytes(&held.reply);
+                *held = session;
+            }
             None => {
                 self.by_id.insert(id, session);
                 self.by_age.insert((self.clock_ms, id));
             }
         }
-        while self.by_id.len() as u64 > self.limits.max_sessions.max(1) {
-            while self.refresh_front() {}
-            let (_, oldest) = self.by_age.pop_first().expect("an age entry for every session");
-            self.by_id.remove(&oldest);
-        }
-        debug_assert_eq!(self.by_id.len(), self.by_age.len());
+        self.enforce_limits();
     }
 
-    /// Records the write `seq` of session `id` and its reply.
+    /// Records the write `seq` of session `id` and its reply. Past the bound on reply bytes
+    /// the least recently active sessions are forgotten: this one too if its reply alone is
+    /// larger (the write is applied and answered; a retry of it is refused SessionExpired).
     fn record(&mut self, id: u64, seq: u64, reply: KvReply) {
         let session = self.by_id.get_mut(&id).expect("recorded writes are in open sessions");
-        *session = Session { seq, reply: Some(reply), last_active_ms: self.clock_ms };
+        let reply = Some(reply);
+        self.reply_bytes = self.reply_bytes - reply_bytes(&session.reply) + reply_bytes(&reply);
+        *session = Session { seq, reply, last_active_ms: self.clock_ms };
+        self.enforce_limits();
     }
 
     fn len(&self) -> usize {
@@ -430,6 +509,21 @@ struct Image {
     session_limits: SessionLimits,
 }
 
+/// [`Image`] of format version 3 (before the bound on reply bytes).
+#[derive(Deserialize)]
+struct ImageV3 {
+    #[serde(deserialize_with = "bytes_map::deserialize")]
+    data: HashMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+    incarnations: BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
+    session_clock_ms: u64,
+    session_limits: SessionLimitsV1,
+}
+
 /// A session as format versions 1 and 2 kept it: aged by applied entries, not by time.
 #[derive(Serialize, Deserialize)]
 struct SessionV2 {
@@ -542,17 +636,21 @@ impl Kv {
     pub fn apply(&mut self, index: u64, command: Command) -> Applied {
         self.sessions.advance_clock(command.leader_time_ms);
         match command.body {
-            CommandBody::RegisterSession { limits, .. } => {
-                self.sessions.limits = limits;
-                // A shorter TTL than before takes effect now.
-                self.sessions.advance_clock(0);
-                self.sessions.register(index);
-                Applied::Registered { session_id: index }
-            }
+            CommandBody::RegisterSession { limits, .. } => self.register(index, limits),
+            CommandBody::RegisterSessionV1 { limits, .. } => self.register(index, limits.into()),
             CommandBody::Write { session_id, seq, op } => {
                 Applied::Write(self.write(index, session_id, seq, op))
             }
         }
+    }
+
+    /// Opens session `index` under `limits`.
+    fn register(&mut self, index: u64, limits: SessionLimits) -> Applied {
+        self.sessions.limits = limits;
+        // A shorter TTL than before takes effect now (and smaller bounds, at the registration).
+        self.sessions.advance_clock(0);
+        self.sessions.register(index);
+        Applied::Registered { session_id: index }
     }
 
     /// Applies a write of the format before registered sessions: its client id opens a
@@ -747,6 +845,20 @@ impl Kv {
         };
         let image: Image = match version {
             SNAPSHOT_FORMAT_VERSION => codec::decode_payload(body)?,
+            3 => {
+                let old: ImageV3 = codec::decode_payload(body)?;
+                Image {
+                    data: old.data,
+                    sessions: old.sessions,
+                    members: old.members,
+                    removed: old.removed,
+                    applied: old.applied,
+                    incarnations: old.incarnations,
+                    cluster_incarnation: old.cluster_incarnation,
+                    session_clock_ms: old.session_clock_ms,
+                    session_limits: old.session_limits.into(),
+                }
+            }
             2 => {
                 let old: ImageV2 = codec::decode_payload(body)?;
                 Image {
@@ -801,7 +913,7 @@ impl Kv {
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKV\0";
 /// The snapshot format this build writes and reads. Bump it (and add a migration from the
 /// previous one to [`Kv::restore`]) whenever [`Kv`]'s encoding changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 const SNAPSHOT_HEADER_SIZE: usize = SNAPSHOT_MAGIC.len() + 4;
 
 /// Why snapshot bytes do not restore.
@@ -975,7 +1087,11 @@ mod tests {
     #[test]
     fn a_retry_after_its_session_was_evicted_is_refused_not_applied_twice() {
         let mut kv = Kv::new();
-        let limits = SessionLimits { max_sessions: 2, ttl_ms: SESSION_TTL_MS_DEFAULT };
+        let limits = SessionLimits {
+            max_sessions: 2,
+            ttl_ms: SESSION_TTL_MS_DEFAULT,
+            ..SessionLimits::default()
+        };
         let Applied::Registered { session_id: a } = kv.apply(1, register_at(0, limits)) else {
             panic!("registers")
         };
@@ -998,7 +1114,7 @@ mod tests {
     #[test]
     fn sessions_expire_by_the_replicated_clock_not_by_entries() {
         let mut kv = Kv::new();
-        let limits = SessionLimits { max_sessions: 10, ttl_ms: 60_000 };
+        let limits = SessionLimits { max_sessions: 10, ttl_ms: 60_000, ..SessionLimits::default() };
         let Applied::Registered { session_id: idle } = kv.apply(1, register_at(1_000, limits))
         else {
             panic!("registers")
@@ -1026,8 +1142,9 @@ mod tests {
     }
 
     /// The table with its appended age entries keeps exactly the sessions a plain ordered
-    /// set of `(last_active_ms, id)` keeps, over random registrations, writes and clock steps
-    /// (ties at one millisecond included), and keeps one age entry per session.
+    /// set of `(last_active_ms, id)` keeps, over random registrations, writes with replies of
+    /// random sizes and clock steps (ties at one millisecond included), and keeps one age
+    /// entry per session and the sum of its replies' bytes.
     #[test]
     fn sessions_kept_lazily_match_an_ordered_set() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -1038,34 +1155,48 @@ mod tests {
             state % n
         };
         for round in 0..20 {
-            let limits = SessionLimits { max_sessions: 1 + next(12), ttl_ms: 1 + next(50) };
+            let limits = SessionLimits {
+                max_sessions: 1 + next(12),
+                ttl_ms: 1 + next(50),
+                max_reply_bytes: next(60),
+            };
             let mut table = Sessions { limits, ..Sessions::default() };
-            // The model: id -> last activity, and the same as an ordered set.
-            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            // The model: id -> (last activity, reply bytes), evicting by a scan for the least
+            // `(last activity, id)`.
+            let mut model: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
             let mut clock = 0u64;
             for step in 0..2_000u64 {
                 clock += next(3); // 0: several events in one millisecond
                 table.advance_clock(clock);
-                model.retain(|_, &mut t| clock - t <= limits.ttl_ms);
+                model.retain(|_, &mut (t, _)| clock - t <= limits.ttl_ms);
                 let open: Vec<u64> = model.keys().copied().collect();
                 if open.is_empty() || next(4) == 0 {
                     let id = 1_000 * round + step + 1;
                     table.register(id);
-                    model.insert(id, clock);
-                    while model.len() as u64 > limits.max_sessions {
-                        let (&oldest, _) =
-                            model.iter().min_by_key(|&(&id, &t)| (t, id)).expect("not empty");
-                        model.remove(&oldest);
-                    }
+                    model.insert(id, (clock, 0));
                 } else {
                     let id = open[next(open.len() as u64) as usize];
-                    table.record(id, step, KvReply { index: step, result: OpResult::Put });
-                    model.insert(id, clock);
+                    let bytes = next(4) * next(10); // often none, as a put's reply
+                    let previous = (bytes > 0).then(|| vec![b'p'; bytes as usize]);
+                    let result = OpResult::Cas { swapped: true, previous };
+                    table.record(id, step, KvReply { index: step, result });
+                    model.insert(id, (clock, bytes));
                 }
-                let held: BTreeMap<u64, u64> =
-                    table.by_id.iter().map(|(&id, s)| (id, s.last_active_ms)).collect();
+                while model.len() as u64 > limits.max_sessions
+                    || model.values().map(|&(_, b)| b).sum::<u64>() > limits.max_reply_bytes
+                {
+                    let (&oldest, _) =
+                        model.iter().min_by_key(|&(&id, &(t, _))| (t, id)).expect("not empty");
+                    model.remove(&oldest);
+                }
+                let held: BTreeMap<u64, (u64, u64)> = table
+                    .by_id
+                    .iter()
+                    .map(|(&id, s)| (id, (s.last_active_ms, reply_bytes(&s.reply))))
+                    .collect();
                 assert_eq!(held, model, "round {round} step {step}");
                 assert_eq!(table.by_age.len(), table.by_id.len());
+                assert_eq!(table.reply_bytes, model.values().map(|&(_, b)| b).sum::<u64>());
             }
         }
     }
@@ -1096,7 +1227,7 @@ mod tests {
     #[test]
     fn sessions_past_the_count_limit_evict_the_least_recently_active() {
         let mut kv = Kv::new();
-        let limits = SessionLimits { max_sessions: 3, ttl_ms: 60_000 };
+        let limits = SessionLimits { max_sessions: 3, ttl_ms: 60_000, ..SessionLimits::default() };
         for index in 1..=3 {
             kv.apply(index, register_at(index, limits));
         }
@@ -1108,14 +1239,14 @@ mod tests {
         let evicted = kv.apply_write(7, at(7, put(2, 1, "k", "v")));
         assert_eq!(evicted, Err(ClientError::SessionExpired { session_id: 2 }));
         // A registration with a smaller limit shrinks the table at once.
-        let smaller = SessionLimits { max_sessions: 1, ttl_ms: 60_000 };
+        let smaller = SessionLimits { max_sessions: 1, ttl_ms: 60_000, ..SessionLimits::default() };
         kv.apply(8, register_at(8, smaller));
         assert_eq!(kv.session_count(), 1);
     }
 
     #[test]
     fn every_node_keeps_the_same_sessions_and_snapshots_keep_the_clock() {
-        let limits = SessionLimits { max_sessions: 4, ttl_ms: 1_000 };
+        let limits = SessionLimits { max_sessions: 4, ttl_ms: 1_000, ..SessionLimits::default() };
         let mut commands = Vec::new();
         for i in 1..=40u64 {
             if i % 5 == 1 {
@@ -1179,7 +1310,7 @@ mod tests {
         assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
         bytes[4] = 9;
         let e = Kv::restore(&bytes).unwrap_err();
-        assert!(matches!(e, RestoreError::Version { found: 9, supported: 3 }), "{e}");
+        assert!(matches!(e, RestoreError::Version { found: 9, supported: 4 }), "{e}");
         // A snapshot from before format headers: the bare encoded state.
         let bare = kv.snapshot()[SNAPSHOT_HEADER_SIZE..].to_vec();
         assert!(matches!(Kv::restore(&bare), Err(RestoreError::NotASnapshot)));
@@ -1219,6 +1350,155 @@ mod tests {
         kv.set_incarnation(2, Some(0xabc));
         kv.set_cluster_incarnation(0xdef);
         assert_eq!(Kv::restore(&kv.snapshot()).unwrap(), kv);
+    }
+
+    /// A registration as builds before the bound on reply bytes wrote it decodes and opens a
+    /// session under the default bound; one of this build carries its own bound.
+    #[test]
+    fn registrations_of_the_format_before_reply_bytes_still_apply() {
+        #[derive(Serialize)]
+        enum OldBody {
+            RegisterSession {
+                #[serde(with = "serde_bytes")]
+                token: Vec<u8>,
+                limits: SessionLimitsV1,
+            },
+        }
+        #[derive(Serialize)]
+        struct OldCommand {
+            leader_time_ms: u64,
+            body: OldBody,
+        }
+        let limits = SessionLimitsV1 { max_sessions: 7, ttl_ms: 9_000 };
+        let old = OldCommand {
+            leader_time_ms: 5,
+            body: OldBody::RegisterSession { token: vec![3; 8], limits },
+        };
+        let bytes = codec::encode_value(&old).unwrap();
+        let command: Command = codec::decode_payload(&bytes).unwrap();
+        assert_eq!(command.body.payload_len(), 8);
+        let mut kv = Kv::new();
+        assert_eq!(kv.apply(4, command), Applied::Registered { session_id: 4 });
+        let held = kv.sessions.limits;
+        assert_eq!((held.max_sessions, held.ttl_ms), (7, 9_000));
+        assert_eq!(held.max_reply_bytes, SESSION_REPLY_BYTES_MAX_DEFAULT);
+        let limits = SessionLimits { max_reply_bytes: 11, ..SessionLimits::default() };
+        let bytes = codec::encode_value(&register_at(6, limits)).unwrap();
+        kv.apply(6, codec::decode_payload(&bytes).unwrap());
+        assert_eq!(kv.sessions.limits, limits);
+    }
+
+    /// Issue 16: a compare-and-swap's reply holds the value it replaced, and each session
+    /// keeps its last reply; bounded by count alone, the table could hold a request's worth
+    /// of bytes per session. Past `max_reply_bytes` the least recently active sessions are
+    /// forgotten: their retries are refused SessionExpired, never applied twice.
+    #[test]
+    fn sessions_holding_more_reply_bytes_than_the_bound_are_forgotten_oldest_first() {
+        let limits = SessionLimits { max_reply_bytes: 2_500, ..SessionLimits::default() };
+        let mut kv = Kv::new();
+        let mut sessions = Vec::new();
+        for index in 1..=4 {
+            let Applied::Registered { session_id } = kv.apply(index, register_at(index, limits))
+            else {
+                panic!("a registration registers");
+            };
+            sessions.push(session_id);
+        }
+        // Each session swaps out a 1,000-byte value: its reply holds it.
+        let cas = |session_id, leader_time_ms, old: u8, new: u8| Command {
+            leader_time_ms,
+            body: CommandBody::Write {
+                session_id,
+                seq: 1,
+                op: Op::Cas {
+                    key: b"k".to_vec(),
+                    expected: Some(vec![old; 1_000]),
+                    new: vec![new; 1_000],
+                },
+            },
+        };
+        let Applied::Write(Ok(_)) = kv.apply(
+            5,
+            Command {
+                leader_time_ms: 5,
+                body: CommandBody::Write {
+                    session_id: sessions[3],
+                    seq: 1,
+                    op: Op::Put { key: b"k".to_vec(), value: vec![0; 1_000] },
+                },
+            },
+        ) else {
+            panic!("the first put applies")
+        };
+        for (i, &session_id) in sessions[..3].iter().enumerate() {
+            let at = 6 + i as u64;
+            let applied = kv.apply(at, cas(session_id, at, i as u8, i as u8 + 1));
+            let Applied::Write(Ok(KvReply { result: OpResult::Cas { swapped, .. }, .. })) = applied
+            else {
+                panic!("{applied:?}")
+            };
+            assert!(swapped);
+        }
+        assert!(kv.sessions.reply_bytes <= 2_500, "{} bytes held", kv.sessions.reply_bytes);
+        // Three replies of 1,000 bytes do not fit: the first swap's session is forgotten, and
+        // its retry refused; the last two are answered again from their replies.
+        let retry = kv.apply(9, cas(sessions[0], 9, 0, 1));
+        let refused = Applied::Write(Err(ClientError::SessionExpired { session_id: sessions[0] }));
+        assert_eq!(retry, refused);
+        assert_eq!(kv.get(b"k"), Some(&vec![3; 1_000]));
+        for (i, &session_id) in sessions[1..3].iter().enumerate() {
+            let i = i as u8 + 1;
+            let Applied::Write(Ok(KvReply { result: OpResult::Cas { swapped, previous }, .. })) =
+                kv.apply(10, cas(session_id, 10, i, i + 1))
+            else {
+                panic!("a retry of a kept session is answered")
+            };
+            assert!(swapped && previous == Some(vec![i; 1_000]));
+        }
+        // A snapshot keeps the count of bytes.
+        let restored = Kv::restore(&kv.snapshot()).unwrap();
+        assert_eq!(restored.sessions.reply_bytes, kv.sessions.reply_bytes);
+    }
+
+    /// A snapshot of format 3 (before the bound on reply bytes) restores under the default
+    /// bound, its sessions and limits kept.
+    #[test]
+    fn a_version_3_snapshot_restores_with_the_default_reply_bound() {
+        #[derive(Serialize)]
+        struct V3<'a> {
+            #[serde(serialize_with = "bytes_map::serialize")]
+            data: Vec<(&'a Vec<u8>, &'a Vec<u8>)>,
+            sessions: BTreeMap<u64, Session>,
+            members: BTreeMap<u64, String>,
+            removed: BTreeSet<u64>,
+            applied: u64,
+            incarnations: BTreeMap<u64, u64>,
+            cluster_incarnation: u64,
+            session_clock_ms: u64,
+            session_limits: SessionLimitsV1,
+        }
+        let (k, v) = (b"a".to_vec(), b"1".to_vec());
+        let reply = KvReply { index: 3, result: OpResult::Delete(true) };
+        let session = Session { seq: 2, reply: Some(reply), last_active_ms: 40 };
+        let image = V3 {
+            data: vec![(&k, &v)],
+            sessions: [(3, session.clone())].into(),
+            members: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            applied: 9,
+            incarnations: BTreeMap::new(),
+            cluster_incarnation: 4,
+            session_clock_ms: 50,
+            session_limits: SessionLimitsV1 { max_sessions: 6, ttl_ms: 70 },
+        };
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        codec::encode_value_into(&image, &mut bytes).unwrap();
+        let kv = Kv::restore(&bytes).unwrap();
+        assert_eq!((kv.get(b"a"), kv.applied(), kv.cluster_incarnation()), (Some(&v), 9, 4));
+        assert_eq!(kv.sessions.by_id[&3], session);
+        let limits = SessionLimits { max_sessions: 6, ttl_ms: 70, max_reply_bytes: 64 << 20 };
+        assert_eq!((kv.sessions.limits, kv.session_clock_ms()), (limits, 50));
     }
 
     #[test]

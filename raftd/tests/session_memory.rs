@@ -38,7 +38,8 @@ const SESSION_BYTES_MAX: isize = 200;
 
 #[test]
 fn a_session_costs_under_its_stated_bound() {
-    let limits = SessionLimits { max_sessions: SESSIONS, ttl_ms: 3_600_000 };
+    let limits =
+        SessionLimits { max_sessions: SESSIONS, ttl_ms: 3_600_000, ..SessionLimits::default() };
     let mut kv = Kv::new();
     // The keys written: counted apart, they are data, not sessions.
     let mut index = 0;

@@ -69,3 +69,41 @@ fn a_session_idle_past_its_ttl_expires_and_its_retry_is_refused() {
     cluster.write_in(c, 1, put("x", "3")).unwrap();
     assert_eq!(cluster.get("x"), Some(b"3".to_vec()));
 }
+
+/// Issue 16: a compare-and-swap's reply holds the value it replaced, and every session keeps
+/// its last reply. Bounded by count only, sessions could hold a request's worth of bytes each.
+/// Past `--max-session-reply-bytes` the least recently active sessions are forgotten, and a
+/// retry in one of them is refused, not applied again.
+#[test]
+fn sessions_past_the_reply_bytes_bound_are_forgotten_and_their_retries_refused() {
+    const MIB: usize = 1 << 20;
+    let cluster = TestCluster::start(3, &["--max-session-reply-bytes", "3000000"]);
+    let value = |n: u8| vec![n; MIB];
+    let swap = |from: u8, to: u8| Op::Cas {
+        key: b"k".to_vec(),
+        expected: Some(value(from)),
+        new: value(to),
+    };
+    let writer = cluster.register_session();
+    cluster.write_in(writer, 1, Op::Put { key: b"k".to_vec(), value: value(0) }).unwrap();
+    // Three sessions each swap out a 1 MiB value: three replies of 1 MiB do not fit in 3 MB.
+    let swappers: Vec<u64> = (0..3).map(|_| cluster.register_session()).collect();
+    let mut replies = Vec::new();
+    for (n, &session) in swappers.iter().enumerate() {
+        let reply = cluster.write_in(session, 1, swap(n as u8, n as u8 + 1)).unwrap();
+        assert!(matches!(reply.result, OpResult::Cas { swapped: true, .. }), "{reply:?}");
+        replies.push(reply);
+    }
+    // The oldest swapper is forgotten: its retry is refused, and the value stays the last one.
+    let retry = cluster.write_in(swappers[0], 1, swap(0, 1));
+    let refused = Err(ClientError::SessionExpired { session_id: swappers[0] });
+    assert_eq!(retry, refused, "{}", cluster.logs());
+    assert_eq!(cluster.get("k"), Some(value(3)));
+    // The newer ones still answer a retry with their first reply.
+    for n in 1..3 {
+        assert_eq!(
+            cluster.write_in(swappers[n], 1, swap(n as u8, n as u8 + 1)),
+            Ok(replies[n].clone())
+        );
+    }
+}

@@ -160,12 +160,13 @@ impl<N: Net> Node<N> {
 
     fn apply_command(&mut self, index: u64, command: Command) {
         let token = match &command.body {
-            CommandBody::RegisterSession { token, .. } => self.read_contexts.counter(token),
+            CommandBody::RegisterSession { token, .. }
+            | CommandBody::RegisterSessionV1 { token, .. } => self.read_contexts.counter(token),
             CommandBody::Write { .. } => None,
         };
         let key = match &command.body {
             CommandBody::Write { session_id, seq, .. } => Some((*session_id, *seq)),
-            CommandBody::RegisterSession { .. } => None,
+            CommandBody::RegisterSession { .. } | CommandBody::RegisterSessionV1 { .. } => None,
         };
         match self.kv.apply(index, command) {
             Applied::Registered { session_id } => {
