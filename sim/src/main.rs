@@ -1,10 +1,11 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease | --whole] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
-//! client protocol) over a simulated network (see `raft_sim::whole`).
+//! client protocol) over a simulated network (see `raft_sim::whole`); with `--timing` their
+//! clocks drift and they pause, and with `--lease` as well they answer reads from the lease.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let mut replay = None;
     let mut lease = false;
     let mut whole = false;
+    let mut timing = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -27,6 +29,10 @@ fn main() -> ExitCode {
         }
         if flag == "--whole" {
             whole = true;
+            continue;
+        }
+        if flag == "--timing" {
+            timing = true;
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
@@ -45,7 +51,12 @@ fn main() -> ExitCode {
         }
     }
     if whole {
-        return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), steps);
+        let config = |seed| match (lease, timing) {
+            (true, _) => WholeConfig::lease(seed, steps),
+            (false, true) => WholeConfig::timed(seed, steps),
+            (false, false) => WholeConfig::new(seed, steps),
+        };
+        return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
     let run = |seed: u64, steps: u64, verbose: bool| -> Result<Stats, Violation> {
         if lease {
@@ -104,16 +115,18 @@ fn main() -> ExitCode {
 }
 
 /// `--whole`: seeds of whole nodes; a failure prints its seed, reason and last events.
-fn run_whole_seeds(start: u64, seeds: u64, steps: u64) -> ExitCode {
+fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) -> ExitCode {
     let began = Instant::now();
     let mut total = WholeOutcome::default();
+    let first = config(start);
     for seed in start..start + seeds {
-        match run_whole(&WholeConfig::new(seed, steps)) {
+        match run_whole(&config(seed)) {
             Ok(o) => {
                 total.puts_acknowledged += o.puts_acknowledged;
                 total.reads_checked += o.reads_checked;
                 total.crashes += o.crashes;
                 total.partitions += o.partitions;
+                total.pauses += o.pauses;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -124,14 +137,21 @@ fn run_whole_seeds(start: u64, seeds: u64, steps: u64) -> ExitCode {
             eprintln!("{} seeds, {:.0}s", seed - start + 1, began.elapsed().as_secs_f64());
         }
     }
+    let mode = match (first.lease, first.timing) {
+        (true, _) => " --lease",
+        (false, true) => " --timing",
+        (false, false) => "",
+    };
     println!(
-        "raft-sim --whole: {seeds} seeds from {start}, {steps} steps (1 ms) each: every \
+        "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
-         checked, {} crashes with power loss, {} partitions, {:.0}s",
+         checked, {} crashes with power loss, {} partitions, {} pauses, {:.0}s",
+        first.steps,
         total.puts_acknowledged,
         total.reads_checked,
         total.crashes,
         total.partitions,
+        total.pauses,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

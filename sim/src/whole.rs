@@ -5,9 +5,15 @@
 //! clocks, with clients that put and read over the client protocol.
 //!
 //! Faults: partitions of one node from the others (its streams held, as TCP holds them),
-//! resets of its streams, and crashes with power loss (the node's process is dropped, its
-//! disk keeps a random subset of its unsynced writes, and it restarts later from it), of one
-//! node or of all of them at once (they come back one by one).
+//! resets of its streams, crashes with power loss (the node's process is dropped, its disk
+//! keeps a random subset of its unsynced writes, and it restarts later from it), of one node
+//! or of all of them at once (they come back one by one), and pauses (a process stopped, as by
+//! SIGSTOP or a long stall, while time goes on: it does not turn, its clock runs). Each node's
+//! monotonic clock runs at its own rate, within [`crate::clock::CLOCK_DRIFT_PPM_MAX`] of true
+//! time, and its wall clock (which stamps session commands) is offset by up to two seconds.
+//! With [`WholeConfig::lease`] the nodes answer reads from the leader's lease
+//! (`--read-only-option lease-based`), so a pause or a drifting clock that let a deposed
+//! leader answer from its lease shows as a stale read.
 //!
 //! Checks, on the client history: every key is written once, by one put, with a value of its
 //! own, so each key is a register written once, and the history is linearizable exactly when
@@ -40,10 +46,18 @@ const TICK_MS: u64 = 10;
 const SETTLE_STEPS: u64 = 5_000;
 /// A client waits this long for an answer before it gives the connection up.
 const CLIENT_PATIENCE: Duration = Duration::from_millis(1_500);
+/// The same with timing faults: clients leave a paused or cut-off node sooner, so that writes
+/// go on at a new leader while the old one may still believe it leads.
+const CLIENT_PATIENCE_TIMING: Duration = Duration::from_millis(300);
 /// A crash within a node's turn interrupts one of its next this many disk operations.
 const CRASH_OPS_AHEAD: u64 = 8;
 /// Largest frame a test client reads.
 const CLIENT_FRAME_MAX: usize = 1 << 20;
+/// Longest pause of a node, in milliseconds: three election timeouts (10 ticks of
+/// [`TICK_MS`]), long enough for the others to elect a new leader and write under it.
+const PAUSE_MS_MAX: u64 = 300;
+/// Largest offset of a node's wall clock from true time, in milliseconds.
+const WALL_SKEW_MS_MAX: u64 = 2_000;
 
 /// How one whole-node simulation runs.
 #[derive(Clone, Debug)]
@@ -56,12 +70,29 @@ pub struct WholeConfig {
     pub clients: usize,
     /// Steps (1 ms of simulated time each) with faults.
     pub steps: u64,
+    /// Timing faults: clocks that drift and wall clocks offset, and pauses. Drawn from a
+    /// random stream of their own, so that runs without them are those of the seeds before
+    /// them (the bite seeds stay valid).
+    pub timing: bool,
+    /// Reads answered from the leader's lease instead of a heartbeat round (with timing
+    /// faults: they are what a lease must survive).
+    pub lease: bool,
 }
 
 impl WholeConfig {
     /// Three nodes, three clients, `steps` steps.
     pub fn new(seed: u64, steps: u64) -> WholeConfig {
-        WholeConfig { seed, nodes: 3, clients: 3, steps }
+        WholeConfig { seed, nodes: 3, clients: 3, steps, timing: false, lease: false }
+    }
+
+    /// The same, with timing faults.
+    pub fn timed(seed: u64, steps: u64) -> WholeConfig {
+        WholeConfig { timing: true, ..WholeConfig::new(seed, steps) }
+    }
+
+    /// The same, with timing faults and reads answered from the leader's lease.
+    pub fn lease(seed: u64, steps: u64) -> WholeConfig {
+        WholeConfig { lease: true, ..WholeConfig::timed(seed, steps) }
     }
 }
 
@@ -76,6 +107,8 @@ pub struct WholeOutcome {
     pub crashes: u64,
     /// Partitions.
     pub partitions: u64,
+    /// Pauses of a running node.
+    pub pauses: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -113,10 +146,14 @@ struct SimNode {
     config: NodeConfig,
     fs: SimFs,
     clock: Arc<ManualClock>,
+    /// Its clock's nanoseconds per simulated millisecond (1,000,000: true time).
+    clock_rate: u64,
     incarnation: u64,
     node: Option<Node<SimNet>>,
     /// When a crashed node starts again.
     restart_at: Option<Duration>,
+    /// Until when the running process is stopped.
+    paused_until: Option<Duration>,
 }
 
 /// A put, by key: when invoked and when acknowledged (None: not, or not known).
@@ -150,11 +187,17 @@ struct SimClient {
     next_key: u64,
     /// Where to connect next.
     target: usize,
+    /// Reads only, from each node in turn, not following redirects (with timing faults): it
+    /// asks a deposed leader that still believes it leads, which must not answer from a
+    /// lease that is over.
+    roams: bool,
 }
 
 struct Sim {
     cfg: WholeConfig,
     rng: Rng,
+    /// Draws the timing faults (see [`WholeConfig::timing`]).
+    timing_rng: Rng,
     world: World,
     nodes: Vec<SimNode>,
     clients: Vec<SimClient>,
@@ -234,6 +277,7 @@ impl Sim {
     fn crash_node(&mut self, i: usize, at_op: Option<(u64, SimFs)>) {
         let Some(node) = self.nodes[i].node.take() else { return };
         drop(node);
+        self.nodes[i].paused_until = None;
         let disk = match at_op {
             Some((op, captured)) => {
                 self.world.take_back_after(i, op);
@@ -276,6 +320,22 @@ impl Sim {
             self.outcome.partitions += 1;
             self.note(format!("node {} cut off for {length:?}", node + 1));
         }
+        for i in 0..self.cfg.nodes {
+            if self.nodes[i].paused_until.is_some_and(|until| self.now >= until) {
+                self.nodes[i].paused_until = None;
+                self.note(format!("node {} resumes", i + 1));
+            }
+        }
+        let unpaused = self.nodes.iter().all(|n| n.paused_until.is_none());
+        if self.cfg.timing && unpaused && self.timing_rng.chance(1) {
+            let i = self.timing_rng.below(self.cfg.nodes as u64) as usize;
+            if self.nodes[i].node.is_some() {
+                let length = Duration::from_millis(1 + self.timing_rng.below(PAUSE_MS_MAX));
+                self.nodes[i].paused_until = Some(self.now + length);
+                self.outcome.pauses += 1;
+                self.note(format!("node {} paused for {length:?}", i + 1));
+            }
+        }
         let running = self.nodes.iter().filter(|n| n.node.is_some()).count();
         if running == self.cfg.nodes && self.rng.chance(1) {
             let node = self.rng.below(self.cfg.nodes as u64) as usize;
@@ -299,7 +359,8 @@ impl Sim {
         self.now += STEP;
         self.world.set_now(self.now);
         for n in &self.nodes {
-            n.clock.advance(STEP);
+            // Monotonic time runs through pauses and crashes, at the node's own rate.
+            n.clock.advance(Duration::from_nanos(n.clock_rate));
         }
         if with_faults {
             self.faults()?;
@@ -307,6 +368,13 @@ impl Sim {
         let crashing = std::mem::take(&mut self.crashing);
         for i in 0..self.cfg.nodes {
             if self.nodes[i].node.is_none() {
+                continue;
+            }
+            if self.nodes[i].paused_until.is_some() {
+                // Stopped: it does not turn; power lost now is lost while it was stopped.
+                if crashing.contains(&i) {
+                    self.crash_node(i, None);
+                }
                 continue;
             }
             // A node crashing in this step crashes within its turn: just before one of its
@@ -396,7 +464,8 @@ impl Sim {
             self.client_answer(c, &payload)?;
         }
         let client = &mut self.clients[c];
-        if broken || (client.pending.is_some() && now - client.sent_at > CLIENT_PATIENCE) {
+        let patience = if self.cfg.timing { CLIENT_PATIENCE_TIMING } else { CLIENT_PATIENCE };
+        if broken || (client.pending.is_some() && now - client.sent_at > patience) {
             client.conn = None;
             client.target = (client.target + 1) % self.cfg.nodes;
             return Ok(());
@@ -405,6 +474,20 @@ impl Sim {
             return Ok(());
         }
         // Next request: the put in progress, a new put, or a read of a written key.
+        if client.roams {
+            if !issue_new || self.puts.is_empty() {
+                return Ok(());
+            }
+            let request_id = client.next_request_id;
+            client.next_request_id += 1;
+            let nth = self.rng.below(self.puts.len() as u64) as usize;
+            let key = self.puts.keys().nth(nth).expect("in range").clone();
+            self.clients[c].pending =
+                Some(Pending::Get { request_id, key: key.clone(), invoked: now });
+            let op = Op::Get { key: key.into_bytes(), serializable: false };
+            self.send(c, &ClientRequest::Kv { request_id, session_id: 0, seq: 0, op });
+            return Ok(());
+        }
         if client.session.is_none() {
             let request_id = client.next_request_id;
             client.next_request_id += 1;
@@ -518,7 +601,14 @@ impl Sim {
                         let OpResult::Get(value) = reply.result else {
                             return Err(self.fail(format!("a get of {key} answered {reply:?}")));
                         };
-                        self.check_read(&key, invoked, value)?;
+                        let at = self.clients[c].conn.as_ref().map_or(0, |(_, _, n)| n + 1);
+                        self.check_read(&key, invoked, value).map_err(|f| WholeFailure {
+                            reason: format!("{} (answered by node {at})", f.reason),
+                            ..f
+                        })?;
+                        if self.clients[c].roams {
+                            self.roam(c);
+                        }
                     }
                     Err(e) => self.redirect(c, &e),
                 }
@@ -527,8 +617,18 @@ impl Sim {
         Ok(())
     }
 
+    /// A roaming client moves on to the next node.
+    fn roam(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        client.conn = None;
+        client.target = (client.target + 1) % self.cfg.nodes;
+    }
+
     /// Follows a redirect to the leader; other errors retry elsewhere later.
     fn redirect(&mut self, c: usize, e: &ClientError) {
+        if self.clients[c].roams {
+            return self.roam(c);
+        }
         let client = &mut self.clients[c];
         if let ClientError::NotLeader { leader_addr: Some(addr), .. } = e {
             if let Some(i) = (0..self.cfg.nodes).find(|&i| client_addr(i).to_string() == *addr) {
@@ -593,9 +693,10 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     let initial: Vec<String> =
         (0..cfg.nodes).map(|i| format!("{}={}", i + 1, peer_addr(i))).collect();
     let initial = initial.join(",");
+    let mut timing_rng = Rng::new(cfg.seed ^ 0x7469_6d69_6e67);
     let mut nodes = Vec::new();
     for i in 0..cfg.nodes {
-        let args = Args::parse_from([
+        let mut flags: Vec<String> = vec![
             "raftd".to_string(),
             "--id".into(),
             (i + 1).to_string(),
@@ -615,23 +716,38 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             (64 * 1024).to_string(),
             "--snapshot-entries".into(),
             "200".into(),
-        ]);
+        ];
+        if cfg.lease {
+            flags.extend(["--read-only-option".into(), "lease-based".into()]);
+        }
+        let args = Args::parse_from(flags);
         let mut config = args.to_config().map_err(|e| WholeFailure {
             seed: cfg.seed,
             reason: format!("configuration: {e}"),
             trace: Vec::new(),
         })?;
         config.election_seed = Some(rng.next_u64());
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let mut clock_rate = 1_000_000;
+        if cfg.timing {
+            let skew = timing_rng.below(2 * WALL_SKEW_MS_MAX + 1) as i64 - WALL_SKEW_MS_MAX as i64;
+            clock.set_wall_offset_ms(skew);
+            let drift = crate::clock::CLOCK_DRIFT_PPM_MAX;
+            clock_rate = 1_000_000 - drift + timing_rng.below(2 * drift + 1);
+        }
         nodes.push(SimNode {
             config,
             fs: SimFs::new(),
-            clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+            clock,
+            clock_rate,
             incarnation: rng.next_u64() | 1,
             node: None,
             restart_at: None,
+            paused_until: None,
         });
     }
-    let clients = (0..cfg.clients)
+    // With timing faults, one more client: a reader roaming over the nodes.
+    let clients = (0..cfg.clients + usize::from(cfg.timing))
         .map(|index| SimClient {
             index,
             conn: None,
@@ -643,11 +759,13 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             next_request_id: 1,
             next_key: 0,
             target: index % cfg.nodes,
+            roams: index == cfg.clients,
         })
         .collect();
     let mut sim = Sim {
         cfg: cfg.clone(),
         rng,
+        timing_rng,
         world,
         nodes,
         clients,
@@ -668,6 +786,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     // acknowledged key back.
     sim.world.heal();
     sim.partition = None;
+    for n in &mut sim.nodes {
+        n.paused_until = None;
+    }
     for i in 0..cfg.nodes {
         if sim.nodes[i].node.is_none() {
             sim.start_node(i)?;

@@ -30,12 +30,38 @@ fn whole_node_seeds_keep_every_acknowledged_write_and_read_fresh() {
     assert!(totals.0 > seeds * 10, "too few writes acknowledged to mean anything: {totals:?}");
 }
 
+/// With timing faults (clocks that drift, wall clocks offset, paused nodes, a reader roaming
+/// over the nodes), in both read modes: `WHOLE_TIMED_SEEDS` (default 4) of each, and the seed
+/// that found a lease three times too long (TESTING.md's bite table).
+#[test]
+fn whole_node_seeds_with_drifting_clocks_and_pauses_read_fresh_in_both_read_modes() {
+    let seeds: u64 =
+        std::env::var("WHOLE_TIMED_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut totals = (0, 0, 0);
+    let timed = (0..seeds).map(|seed| WholeConfig::timed(seed, 4_000));
+    let lease = (0..seeds).chain([2493]).map(|seed| WholeConfig::lease(seed, 4_000));
+    for cfg in timed.chain(lease) {
+        match run_whole(&cfg) {
+            Ok(o) => {
+                totals.0 += o.puts_acknowledged;
+                totals.1 += o.reads_checked;
+                totals.2 += o.pauses;
+            }
+            Err(failure) => panic!("lease {}: {failure}", cfg.lease),
+        }
+    }
+    println!("{} puts acknowledged, {} reads checked, {} pauses", totals.0, totals.1, totals.2);
+    assert!(totals.2 > 0, "no pause in {seeds} seeds: {totals:?}");
+    assert!(totals.1 > seeds * 20, "too few reads to mean anything: {totals:?}");
+}
+
 /// A seed replays: the node's maps are ordered, its clock, disk, network and random seeds are
 /// the simulation's, so the same seed makes the same run (a failure's seed reproduces it).
 #[test]
 fn a_whole_node_seed_replays_exactly() {
-    let cfg = WholeConfig::new(17, 3_000);
-    let first = run_whole(&cfg).unwrap();
-    assert_eq!(run_whole(&cfg).unwrap(), first);
-    assert!(first.puts_acknowledged > 0, "{first:?}");
+    for cfg in [WholeConfig::new(17, 3_000), WholeConfig::lease(17, 3_000)] {
+        let first = run_whole(&cfg).unwrap();
+        assert_eq!(run_whole(&cfg).unwrap(), first);
+        assert!(first.puts_acknowledged > 0, "{first:?}");
+    }
 }
