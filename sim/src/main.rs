@@ -127,6 +127,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.crashes += o.crashes;
                 total.partitions += o.partitions;
                 total.pauses += o.pauses;
+                total.transfers += o.transfers;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -145,13 +146,15 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
-         checked, {} crashes with power loss, {} partitions, {} pauses, {:.0}s",
+         checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
+         {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
         total.crashes,
         total.partitions,
         total.pauses,
+        total.transfers,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

@@ -32,7 +32,9 @@ use codec::FrameDecoder;
 use raftd::args::Args;
 use raftd::clock::ManualClock;
 use raftd::node::{Node, NodeConfig};
-use raftd::protocol::{ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op, OpResult};
+use raftd::protocol::{
+    AdminRequest, ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op, OpResult,
+};
 use wal::fs::SimFs;
 
 use crate::net::{Endpoint, SimNet, SimStream, World};
@@ -56,6 +58,8 @@ const CLIENT_FRAME_MAX: usize = 1 << 20;
 /// Longest pause of a node, in milliseconds: three election timeouts (10 ticks of
 /// [`TICK_MS`]), long enough for the others to elect a new leader and write under it.
 const PAUSE_MS_MAX: u64 = 300;
+/// The roaming reader's requests that ask for a leader transfer, per mille.
+const TRANSFER_PER_MILLE: u64 = 20;
 /// Largest offset of a node's wall clock from true time, in milliseconds.
 const WALL_SKEW_MS_MAX: u64 = 2_000;
 
@@ -109,6 +113,8 @@ pub struct WholeOutcome {
     pub partitions: u64,
     /// Pauses of a running node.
     pub pauses: u64,
+    /// Leader transfers a leader accepted.
+    pub transfers: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -170,6 +176,7 @@ enum Pending {
     Register { request_id: u64 },
     Put { request_id: u64, key: String, seq: u64 },
     Get { request_id: u64, key: String, invoked: Duration },
+    Transfer { request_id: u64, to: u64 },
 }
 
 /// A client of the test: one connection at a time, one request at a time.
@@ -189,7 +196,8 @@ struct SimClient {
     target: usize,
     /// Reads only, from each node in turn, not following redirects (with timing faults): it
     /// asks a deposed leader that still believes it leads, which must not answer from a
-    /// lease that is over.
+    /// lease that is over. Now and then it asks the node for a leader transfer instead (a
+    /// leader hands over; the others refuse).
     roams: bool,
 }
 
@@ -480,6 +488,13 @@ impl Sim {
             }
             let request_id = client.next_request_id;
             client.next_request_id += 1;
+            if self.timing_rng.chance(TRANSFER_PER_MILLE) {
+                let to = 1 + self.timing_rng.below(self.cfg.nodes as u64);
+                self.clients[c].pending = Some(Pending::Transfer { request_id, to });
+                let request = AdminRequest::TransferLeader { to };
+                self.send(c, &ClientRequest::Admin { request_id, request });
+                return Ok(());
+            }
             let nth = self.rng.below(self.puts.len() as u64) as usize;
             let key = self.puts.keys().nth(nth).expect("in range").clone();
             self.clients[c].pending =
@@ -585,6 +600,20 @@ impl Sim {
                         client.session = None;
                     }
                     Err(e) => self.redirect(c, &e),
+                }
+            }
+            Some(Pending::Transfer { request_id, to }) => {
+                if let Ok(ClientResponse::Admin { request_id: r, result }) =
+                    codec::decode_payload::<ClientResponse>(payload)
+                {
+                    if r == request_id {
+                        let at = client.conn.as_ref().map_or(0, |(_, _, n)| n + 1);
+                        if result.is_ok() {
+                            self.outcome.transfers += 1;
+                            self.note(format!("node {at} hands leadership to node {to}"));
+                        }
+                        self.roam(c);
+                    }
                 }
             }
             Some(Pending::Get { request_id, key, invoked }) => {
