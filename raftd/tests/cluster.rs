@@ -662,3 +662,42 @@ fn a_lease_based_leader_resumed_after_a_pause_answers_no_stale_read() {
     }
     println!("{rounds} rounds: {fresh} reads answered by the resumed leader, none stale; refused: {refused:?}");
 }
+
+/// A committed entry the node cannot decode (written by a newer build, or damaged past its
+/// checksum) stops the node with the entry's index. Before, it was logged and skipped: the
+/// node's state machine then differed from the others' at the same applied index, and its
+/// reads with it.
+#[test]
+fn a_committed_entry_that_does_not_decode_stops_the_node() {
+    let mut cluster = TestCluster::start(1, &[]);
+    cluster.wait_for_leader();
+    cluster.put("a", "1");
+    assert!(cluster.node(1).terminate().success());
+    // Append to its log, offline, an entry that is committed but not a command this build
+    // reads (a command tag, then a byte bincode never starts an encoding with).
+    let data_dir = cluster.procs[0].data_dir.clone();
+    let identity = wal::Identity { node_id: 1, cluster_id: cluster.cluster_id.clone() };
+    let options = wal::Options { segment_size_bytes: 1 << 20, ..wal::Options::default() };
+    let (mut storage, _) = raftd::storage::WalStorage::open(&data_dir, &identity, options).unwrap();
+    let hs = raft::Storage::initial_state(&storage).unwrap().hard_state;
+    let index = storage.last_index_now() + 1;
+    let data = vec![raftd::kv::COMMAND_TAG, 0xff, 0xff, 0xff];
+    let entry = raft::Entry { index, term: hs.term, data, ..raft::Entry::default() };
+    storage.append(&[entry]).unwrap();
+    storage.set_hard_state(&raft::HardState { commit: index, ..hs }).unwrap();
+    storage.sync().unwrap();
+    drop(storage);
+    cluster.node(1).start();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = cluster.node(1).child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node goes on: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cluster.node(1).child = None;
+    assert_eq!(status.code(), Some(1), "{}", cluster.logs());
+    let log = std::fs::read_to_string(&cluster.procs[0].log).unwrap();
+    assert!(log.contains(&format!("committed entry {index} does not decode")), "{log}");
+}

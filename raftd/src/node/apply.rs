@@ -141,7 +141,7 @@ impl<N: Net> Node<N> {
             EntryType::Normal => match EntryPayload::of(&entry.data, &entry.context) {
                 EntryPayload::Command(bytes) => match codec::decode_payload::<Command>(bytes) {
                     Ok(command) => self.apply_command(entry.index, command),
-                    Err(e) => error!("entry {} does not decode as a command: {e}", entry.index),
+                    Err(e) => return Err(undecodable(entry.index, "a command", e)),
                 },
                 EntryPayload::Legacy(bytes) => match codec::decode_payload::<LegacyWrite>(bytes) {
                     Ok(w) => {
@@ -149,7 +149,7 @@ impl<N: Net> Node<N> {
                         let result = self.kv.apply_legacy(entry.index, w);
                         self.answer_write(key, result);
                     }
-                    Err(e) => error!("entry {} does not decode as a write: {e}", entry.index),
+                    Err(e) => return Err(undecodable(entry.index, "a write", e)),
                 },
             },
             EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
@@ -372,6 +372,17 @@ impl<N: Net> Node<N> {
         }
         Ok(self.last_snapshot_index)
     }
+}
+
+/// A committed entry this build cannot decode stops the node: skipping it would leave its
+/// state machine different from the others' (which applied it) at the same index, and every
+/// read it answers after that possibly wrong.
+fn undecodable(index: u64, what: &str, e: codec::Error) -> Error {
+    Error::Fatal(format!(
+        "committed entry {index} does not decode as {what} ({e}): written by a newer build than \
+         this one, or damaged; stopping rather than applying a state the other nodes do not \
+         have (upgrade this node to the leader's build)"
+    ))
 }
 
 #[cfg(test)]
