@@ -38,6 +38,11 @@ fn invalid_membership_requests_are_refused_with_the_reason() {
     assert!(why.contains("already node 1's"), "{why}");
     let why = refusal(admin.admin(add(2, "127.0.0.1:7009")).unwrap());
     assert!(why.contains("already a member"), "{why}");
+    // A member added again at its own address (a retry whose first answer was lost) is told
+    // it is a member, not that its address is taken (by itself).
+    let own = cluster.procs[1].peer_addr.clone();
+    let why = refusal(admin.admin(add(2, &own)).unwrap());
+    assert!(why.contains("node 2 is already a member"), "{why}");
     let why = refusal(admin.admin(AdminRequest::Promote { id: 9 }).unwrap());
     assert!(why.contains("not a learner"), "{why}");
 

@@ -333,7 +333,7 @@ impl<N: Net> Node<N> {
         let matched = self.raw.raft.prs.progress.get(&id).map_or(0, |p| p.matched);
         let address_taken = addr
             .as_deref()
-            .and_then(|a| self.kv.members().iter().find(|(_, m)| m.as_str() == a))
+            .and_then(|a| self.kv.members().iter().find(|(&o, m)| o != id && m.as_str() == a))
             .map(|(&other, _)| other);
         let refusal = if self.raw.raft.pending_conf_index > self.raw.raft.raft_log.applied {
             Some("a configuration change is already pending".to_string())
