@@ -1,11 +1,12 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease] [--whole [--timing]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing] [--membership]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
 //! client protocol) over a simulated network (see `raft_sim::whole`); with `--timing` their
-//! clocks drift and they pause, and with `--lease` as well they answer reads from the lease.
+//! clocks drift and they pause, and with `--lease` as well they answer reads from the lease;
+//! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     let mut lease = false;
     let mut whole = false;
     let mut timing = false;
+    let mut membership = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -33,6 +35,10 @@ fn main() -> ExitCode {
         }
         if flag == "--timing" {
             timing = true;
+            continue;
+        }
+        if flag == "--membership" {
+            membership = true;
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
@@ -51,10 +57,13 @@ fn main() -> ExitCode {
         }
     }
     if whole {
-        let config = |seed| match (lease, timing) {
-            (true, _) => WholeConfig::lease(seed, steps),
-            (false, true) => WholeConfig::timed(seed, steps),
-            (false, false) => WholeConfig::new(seed, steps),
+        let config = |seed| {
+            let cfg = match (lease, timing) {
+                (true, _) => WholeConfig::lease(seed, steps),
+                (false, true) => WholeConfig::timed(seed, steps),
+                (false, false) => WholeConfig::new(seed, steps),
+            };
+            WholeConfig { membership, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -128,6 +137,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.partitions += o.partitions;
                 total.pauses += o.pauses;
                 total.transfers += o.transfers;
+                total.disks_replaced += o.disks_replaced;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -143,11 +153,12 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, true) => " --timing",
         (false, false) => "",
     };
+    let mode = format!("{mode}{}", if first.membership { " --membership" } else { "" });
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
-         {:.0}s",
+         {} disks replaced, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -155,6 +166,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.partitions,
         total.pauses,
         total.transfers,
+        total.disks_replaced,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

@@ -33,7 +33,8 @@ use raftd::args::Args;
 use raftd::clock::ManualClock;
 use raftd::node::{Node, NodeConfig};
 use raftd::protocol::{
-    AdminRequest, ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op, OpResult,
+    AdminReply, AdminRequest, ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op,
+    OpResult,
 };
 use wal::fs::SimFs;
 
@@ -58,6 +59,10 @@ const CLIENT_FRAME_MAX: usize = 1 << 20;
 /// Longest pause of a node, in milliseconds: three election timeouts (10 ticks of
 /// [`TICK_MS`]), long enough for the others to elect a new leader and write under it.
 const PAUSE_MS_MAX: u64 = 300;
+/// Chance per step that the operator, idle, starts replacing a node's disk, per mille.
+const REPLACE_PER_MILLE: u64 = 1;
+/// The operator waits this long after a refusal before asking again.
+const OPERATOR_RETRY: Duration = Duration::from_millis(50);
 /// The roaming reader's requests that ask for a leader transfer, per mille.
 const TRANSFER_PER_MILLE: u64 = 20;
 /// Largest offset of a node's wall clock from true time, in milliseconds.
@@ -81,12 +86,29 @@ pub struct WholeConfig {
     /// Reads answered from the leader's lease instead of a heartbeat round (with timing
     /// faults: they are what a lease must survive).
     pub lease: bool,
+    /// An operator replaces nodes' disks: removes a member, gives it an empty disk and a new
+    /// incarnation, starts it with `--join`, adds it back as a learner and promotes it, all
+    /// over the admin protocol while the faults go on. Drawn from a stream of its own too.
+    pub membership: bool,
 }
 
 impl WholeConfig {
     /// Three nodes, three clients, `steps` steps.
     pub fn new(seed: u64, steps: u64) -> WholeConfig {
-        WholeConfig { seed, nodes: 3, clients: 3, steps, timing: false, lease: false }
+        WholeConfig {
+            seed,
+            nodes: 3,
+            clients: 3,
+            steps,
+            timing: false,
+            lease: false,
+            membership: false,
+        }
+    }
+
+    /// The same, with an operator replacing disks (see [`WholeConfig::membership`]).
+    pub fn with_membership(self) -> WholeConfig {
+        WholeConfig { membership: true, ..self }
     }
 
     /// The same, with timing faults.
@@ -115,6 +137,8 @@ pub struct WholeOutcome {
     pub pauses: u64,
     /// Leader transfers a leader accepted.
     pub transfers: u64,
+    /// Nodes removed, given a new disk and added back as voters.
+    pub disks_replaced: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -177,6 +201,33 @@ enum Pending {
     Put { request_id: u64, key: String, seq: u64 },
     Get { request_id: u64, key: String, invoked: Duration },
     Transfer { request_id: u64, to: u64 },
+    Change { request_id: u64 },
+}
+
+/// What a client of the simulation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Puts (retried in its session until answered) and linearizable reads, at the leader.
+    Writer,
+    /// Reads only, from each node in turn, not following redirects (with timing faults): it
+    /// asks a deposed leader that still believes it leads, which must not answer from a
+    /// lease that is over. Now and then it asks the node for a leader transfer instead (a
+    /// leader hands over; the others refuse).
+    Roamer,
+    /// Replaces disks (see [`WholeConfig::membership`]).
+    Operator,
+}
+
+/// Where the operator's disk replacement stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replacement {
+    Idle,
+    /// Removing node `.0` (an index) from the configuration.
+    Removing(usize),
+    /// Node `.0` runs on its new disk; adding it as a learner.
+    Adding(usize),
+    /// Promoting the learner `.0`.
+    Promoting(usize),
 }
 
 /// A client of the test: one connection at a time, one request at a time.
@@ -194,11 +245,7 @@ struct SimClient {
     next_key: u64,
     /// Where to connect next.
     target: usize,
-    /// Reads only, from each node in turn, not following redirects (with timing faults): it
-    /// asks a deposed leader that still believes it leads, which must not answer from a
-    /// lease that is over. Now and then it asks the node for a leader transfer instead (a
-    /// leader hands over; the others refuse).
-    roams: bool,
+    role: Role,
 }
 
 struct Sim {
@@ -217,6 +264,12 @@ struct Sim {
     partition: Option<(usize, Duration)>,
     /// Nodes that crash during this step's turn.
     crashing: Vec<usize>,
+    /// Draws the operator's changes (see [`WholeConfig::membership`]).
+    members_rng: Rng,
+    /// The operator's disk replacement in progress.
+    replacement: Replacement,
+    /// When the operator may send its next request (after a refusal).
+    operator_retry_at: Duration,
 }
 
 /// Events kept for a failure's report.
@@ -372,6 +425,13 @@ impl Sim {
         }
         if with_faults {
             self.faults()?;
+        } else if self.cfg.membership {
+            // A disk the operator replaced while the cluster settles comes back too.
+            for i in 0..self.cfg.nodes {
+                if self.nodes[i].restart_at.is_some_and(|at| self.now >= at) {
+                    self.start_node(i)?;
+                }
+            }
         }
         let crashing = std::mem::take(&mut self.crashing);
         for i in 0..self.cfg.nodes {
@@ -482,7 +542,10 @@ impl Sim {
             return Ok(());
         }
         // Next request: the put in progress, a new put, or a read of a written key.
-        if client.roams {
+        if client.role == Role::Operator {
+            return self.operator_step(c, issue_new);
+        }
+        if client.role == Role::Roamer {
             if !issue_new || self.puts.is_empty() {
                 return Ok(());
             }
@@ -616,6 +679,17 @@ impl Sim {
                     }
                 }
             }
+            Some(Pending::Change { request_id }) => {
+                if let Ok(ClientResponse::Admin { request_id: r, result }) =
+                    codec::decode_payload::<ClientResponse>(payload)
+                {
+                    if r == request_id {
+                        self.operator_answer(c, result);
+                    } else {
+                        self.clients[c].pending = Some(Pending::Change { request_id });
+                    }
+                }
+            }
             Some(Pending::Get { request_id, key, invoked }) => {
                 let Ok(ClientResponse::Kv { request_id: r, result }) =
                     codec::decode_payload::<ClientResponse>(payload)
@@ -635,7 +709,7 @@ impl Sim {
                             reason: format!("{} (answered by node {at})", f.reason),
                             ..f
                         })?;
-                        if self.clients[c].roams {
+                        if self.clients[c].role == Role::Roamer {
                             self.roam(c);
                         }
                     }
@@ -644,6 +718,94 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The operator's next request for the replacement in progress, or a new replacement.
+    fn operator_step(&mut self, c: usize, issue_new: bool) -> Result<(), WholeFailure> {
+        if self.now < self.operator_retry_at {
+            return Ok(());
+        }
+        if self.replacement == Replacement::Idle {
+            if !issue_new || !self.members_rng.chance(REPLACE_PER_MILLE) {
+                return Ok(());
+            }
+            let v = self.members_rng.below(self.cfg.nodes as u64) as usize;
+            self.replacement = Replacement::Removing(v);
+            self.note(format!("operator: node {} gets a new disk; removing it", v + 1));
+        }
+        let request = match self.replacement {
+            Replacement::Idle => unreachable!("a replacement was just started"),
+            Replacement::Removing(v) => AdminRequest::Remove { id: v as u64 + 1 },
+            Replacement::Adding(v) => {
+                AdminRequest::AddLearner { id: v as u64 + 1, addr: peer_addr(v).to_string() }
+            }
+            Replacement::Promoting(v) => AdminRequest::Promote { id: v as u64 + 1 },
+        };
+        let client = &mut self.clients[c];
+        let request_id = client.next_request_id;
+        client.next_request_id += 1;
+        client.pending = Some(Pending::Change { request_id });
+        self.send(c, &ClientRequest::Admin { request_id, request });
+        Ok(())
+    }
+
+    /// The answer to the operator's request: the next stage, or the same again later. A
+    /// refusal saying the change is in force already (its first answer was lost) counts as
+    /// done.
+    fn operator_answer(&mut self, c: usize, result: Result<AdminReply, ClientError>) {
+        let done = match &result {
+            Ok(_) => true,
+            Err(ClientError::Refused(reason)) => match self.replacement {
+                Replacement::Removing(_) => reason.contains("is not a member"),
+                Replacement::Adding(_) => reason.contains("is already a member"),
+                Replacement::Promoting(_) => reason.contains("is not a learner"),
+                Replacement::Idle => false,
+            },
+            Err(e) => {
+                self.redirect(c, e);
+                false
+            }
+        };
+        if !done && matches!(result, Err(ClientError::Refused(_))) {
+            // Refused for now (a change pending, a learner behind), or by a node that is not
+            // the leader's peer: asked again later, elsewhere in turn (redirects lead back).
+            self.roam(c);
+        }
+        if !done {
+            self.operator_retry_at = self.now + OPERATOR_RETRY;
+            return;
+        }
+        match self.replacement {
+            Replacement::Idle => {}
+            Replacement::Removing(v) => {
+                self.replace_disk(v);
+                self.replacement = Replacement::Adding(v);
+            }
+            Replacement::Adding(v) => {
+                self.note(format!("operator: node {} is a learner; promoting it", v + 1));
+                self.replacement = Replacement::Promoting(v);
+            }
+            Replacement::Promoting(v) => {
+                self.note(format!("operator: node {} is a voter again", v + 1));
+                self.replacement = Replacement::Idle;
+                self.outcome.disks_replaced += 1;
+            }
+        }
+    }
+
+    /// Node `v`, removed, is stopped and comes back on an empty disk with a new incarnation,
+    /// started with `--join` (waiting to be added).
+    fn replace_disk(&mut self, v: usize) {
+        drop(self.nodes[v].node.take());
+        let incarnation = self.members_rng.next_u64() | 1;
+        let n = &mut self.nodes[v];
+        n.fs = SimFs::new();
+        n.incarnation = incarnation;
+        n.config.join = true;
+        n.config.initial_cluster.clear();
+        n.paused_until = None;
+        n.restart_at = Some(self.now + Duration::from_millis(50));
+        self.note(format!("operator: node {} removed; its disk replaced", v + 1));
     }
 
     /// A roaming client moves on to the next node.
@@ -655,7 +817,7 @@ impl Sim {
 
     /// Follows a redirect to the leader; other errors retry elsewhere later.
     fn redirect(&mut self, c: usize, e: &ClientError) {
-        if self.clients[c].roams {
+        if self.clients[c].role == Role::Roamer {
             return self.roam(c);
         }
         let client = &mut self.clients[c];
@@ -668,7 +830,11 @@ impl Sim {
                 return;
             }
         }
-        if !matches!(e, ClientError::NotLeader { .. }) {
+        // A node that waits to be added (membership changes) knows no leader and will not for
+        // a while: the client moves on. (Without membership changes it waits out an election
+        // where it is, as the seeds of the bite table were found with.)
+        let no_leader = matches!(e, ClientError::NoLeader) && self.cfg.membership;
+        if !matches!(e, ClientError::NotLeader { .. }) && !no_leader {
             return;
         }
         client.conn = None;
@@ -775,8 +941,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             paused_until: None,
         });
     }
-    // With timing faults, one more client: a reader roaming over the nodes.
-    let clients = (0..cfg.clients + usize::from(cfg.timing))
+    // With timing faults, one more client: a reader roaming over the nodes; with membership
+    // changes, an operator.
+    let clients = (0..cfg.clients + usize::from(cfg.timing) + usize::from(cfg.membership))
         .map(|index| SimClient {
             index,
             conn: None,
@@ -788,7 +955,13 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             next_request_id: 1,
             next_key: 0,
             target: index % cfg.nodes,
-            roams: index == cfg.clients,
+            role: if index < cfg.clients {
+                Role::Writer
+            } else if index == cfg.clients && cfg.timing {
+                Role::Roamer
+            } else {
+                Role::Operator
+            },
         })
         .collect();
     let mut sim = Sim {
@@ -804,6 +977,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         trace: Default::default(),
         partition: None,
         crashing: Vec::new(),
+        members_rng: Rng::new(cfg.seed ^ 0x006d_656d_6265_7273),
+        replacement: Replacement::Idle,
+        operator_retry_at: Duration::ZERO,
     };
     for i in 0..cfg.nodes {
         sim.start_node(i)?;
@@ -825,7 +1001,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     }
     for _ in 0..SETTLE_STEPS {
         sim.step(false)?;
-        if sim.clients.iter().any(|c| c.put.is_some()) {
+        if sim.clients.iter().any(|c| c.put.is_some()) || sim.replacement != Replacement::Idle {
             continue;
         }
         // Settled: a leader, and every node's log committed and applied to its end, the same

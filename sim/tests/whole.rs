@@ -55,6 +55,26 @@ fn whole_node_seeds_with_drifting_clocks_and_pauses_read_fresh_in_both_read_mode
     assert!(totals.1 > seeds * 20, "too few reads to mean anything: {totals:?}");
 }
 
+/// With an operator replacing disks (remove, empty disk and new incarnation, join, add as a
+/// learner, promote) while the faults go on, with and without timing faults and leases:
+/// `WHOLE_MEMBERSHIP_SEEDS` (default 4) of each.
+#[test]
+fn whole_node_seeds_with_disks_replaced_keep_every_acknowledged_write() {
+    let seeds: u64 =
+        std::env::var("WHOLE_MEMBERSHIP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut replaced = 0;
+    for seed in 0..seeds {
+        for cfg in [WholeConfig::new(seed, 4_000), WholeConfig::lease(seed, 4_000)] {
+            match run_whole(&cfg.with_membership()) {
+                Ok(o) => replaced += o.disks_replaced,
+                Err(failure) => panic!("{failure}"),
+            }
+        }
+    }
+    println!("{replaced} disks replaced");
+    assert!(replaced > 0, "no disk replaced in {seeds} seeds");
+}
+
 /// A seed replays: the node's maps are ordered, its clock, disk, network and random seeds are
 /// the simulation's, so the same seed makes the same run (a failure's seed reproduces it).
 #[test]
