@@ -357,6 +357,11 @@ pub struct Kv {
     removed: BTreeSet<u64>,
     /// The data dir incarnation recorded for each member, once known.
     incarnations: BTreeMap<u64, u64>,
+    /// `(id, incarnation)` of every member removed with its incarnation recorded: that data
+    /// dir is never a member again, even once the id is added back (on a new disk). A process
+    /// of its former life (its bytes may still arrive over a connection that a partition held)
+    /// must not be taken for the new one and have its incarnation recorded in its place.
+    retired: BTreeSet<(u64, u64)>,
     /// The cluster's incarnation, from the bootstrap entries (0: a cluster bootstrapped
     /// before incarnations existed).
     cluster_incarnation: u64,
@@ -492,6 +497,7 @@ struct ImageRef<'a> {
     cluster_incarnation: u64,
     session_clock_ms: u64,
     session_limits: SessionLimits,
+    retired: &'a BTreeSet<(u64, u64)>,
 }
 
 /// [`ImageRef`], decoded.
@@ -507,6 +513,7 @@ struct Image {
     cluster_incarnation: u64,
     session_clock_ms: u64,
     session_limits: SessionLimits,
+    retired: BTreeSet<(u64, u64)>,
 }
 
 /// [`Image`] of format version 3 (before the bound on reply bytes).
@@ -566,6 +573,7 @@ pub struct FrozenKv {
     members: BTreeMap<u64, String>,
     removed: BTreeSet<u64>,
     incarnations: BTreeMap<u64, u64>,
+    retired: BTreeSet<(u64, u64)>,
     cluster_incarnation: u64,
     applied: u64,
 }
@@ -585,6 +593,7 @@ impl FrozenKv {
             cluster_incarnation: self.cluster_incarnation,
             session_clock_ms: self.session_clock_ms,
             session_limits: self.session_limits,
+            retired: &self.retired,
         })
     }
 }
@@ -607,6 +616,7 @@ impl PartialEq for Kv {
             && self.members == other.members
             && self.removed == other.removed
             && self.incarnations == other.incarnations
+            && self.retired == other.retired
             && self.cluster_incarnation == other.cluster_incarnation
             && self.data.sorted() == other.data.sorted()
     }
@@ -755,11 +765,18 @@ impl Kv {
         self.cluster_incarnation
     }
 
-    /// Forgets a removed member and remembers that it was removed.
+    /// Forgets a removed member and remembers that it was removed, and its data dir for good.
     pub fn remove_member(&mut self, id: u64) {
         self.members.remove(&id);
-        self.incarnations.remove(&id);
+        if let Some(incarnation) = self.incarnations.remove(&id) {
+            self.retired.insert((id, incarnation));
+        }
         self.removed.insert(id);
+    }
+
+    /// True for the data dir `incarnation` of node `id` once that member was removed.
+    pub fn is_retired(&self, id: u64, incarnation: u64) -> bool {
+        self.retired.contains(&(id, incarnation))
     }
 
     /// True for a node removed from the cluster.
@@ -785,6 +802,7 @@ impl Kv {
             cluster_incarnation: self.cluster_incarnation,
             session_clock_ms: self.sessions.clock_ms,
             session_limits: self.sessions.limits,
+            retired: &self.retired,
         })
     }
 
@@ -800,6 +818,7 @@ impl Kv {
             members: self.members.clone(),
             removed: self.removed.clone(),
             incarnations: self.incarnations.clone(),
+            retired: self.retired.clone(),
             cluster_incarnation: self.cluster_incarnation,
             applied: self.applied,
         }
@@ -857,6 +876,7 @@ impl Kv {
                     cluster_incarnation: old.cluster_incarnation,
                     session_clock_ms: old.session_clock_ms,
                     session_limits: old.session_limits.into(),
+                    retired: BTreeSet::new(),
                 }
             }
             2 => {
@@ -871,6 +891,7 @@ impl Kv {
                     cluster_incarnation: old.cluster_incarnation,
                     session_clock_ms: 0,
                     session_limits: SessionLimits::default(),
+                    retired: BTreeSet::new(),
                 }
             }
             // Version 1 had no incarnations either; none are recorded, and each member's is
@@ -887,6 +908,7 @@ impl Kv {
                     cluster_incarnation: 0,
                     session_clock_ms: 0,
                     session_limits: SessionLimits::default(),
+                    retired: BTreeSet::new(),
                 }
             }
             found => {
@@ -903,6 +925,7 @@ impl Kv {
             members: image.members,
             removed: image.removed,
             incarnations: image.incarnations,
+            retired: image.retired,
             cluster_incarnation: image.cluster_incarnation,
             applied: image.applied,
         })
@@ -1458,6 +1481,32 @@ mod tests {
         // A snapshot keeps the count of bytes.
         let restored = Kv::restore(&kv.snapshot()).unwrap();
         assert_eq!(restored.sessions.reply_bytes, kv.sessions.reply_bytes);
+    }
+
+    /// A removed member's data dir is retired for good: once its id is added back (on a new
+    /// disk), that incarnation is still not the member's, and the state says so after a
+    /// snapshot too.
+    #[test]
+    fn a_removed_members_incarnation_is_retired_for_good() {
+        let mut kv = Kv::new();
+        kv.set_member(2, "10.0.0.2:7001".into());
+        kv.set_incarnation(2, Some(0xa));
+        assert!(!kv.is_retired(2, 0xa));
+        kv.remove_member(2);
+        assert!(kv.is_removed(2) && kv.is_retired(2, 0xa));
+        // Added back: no longer removed, its new incarnation not yet known, the old one retired.
+        kv.set_member(2, "10.0.0.2:7001".into());
+        kv.set_incarnation(2, None);
+        assert!(!kv.is_removed(2) && kv.is_retired(2, 0xa) && !kv.is_retired(2, 0xb));
+        kv.set_incarnation(2, Some(0xb));
+        let restored = Kv::restore(&kv.snapshot()).unwrap();
+        assert!(restored.is_retired(2, 0xa) && !restored.is_retired(2, 0xb));
+        assert_eq!(restored, kv);
+        let frozen = Kv::restore(&kv.freeze().encode()).unwrap();
+        assert!(frozen.is_retired(2, 0xa));
+        // A member removed before its incarnation was recorded retires nothing.
+        kv.remove_member(3);
+        assert!(!kv.is_retired(3, 0));
     }
 
     /// A snapshot of format 3 (before the bound on reply bytes) restores under the default

@@ -900,7 +900,9 @@ impl<N: Net> Node<N> {
         if id == 0 || id == self.config.id {
             return refused(format!("bad node id {id}"));
         }
-        if self.kv.is_removed(id) {
+        // A removed member, or a former life of one added back on a new disk: a process of that
+        // data dir is no member, and it stops once refused for long enough.
+        if self.kv.is_removed(id) || self.kv.is_retired(id, hello.incarnation) {
             return Some(HelloAck::Removed { node_id: self.config.id });
         }
         if hello.incarnation == 0 {
@@ -963,6 +965,12 @@ impl<N: Net> Node<N> {
         incarnation: u64,
         cluster_incarnation: u64,
     ) -> std::result::Result<(), String> {
+        if self.kv.is_retired(to, incarnation) {
+            return Err(format!(
+                "node {to} answered from data dir {incarnation:016x}, which was removed from the \
+                 cluster"
+            ));
+        }
         if let Some(expected) = self.kv.incarnation(to) {
             if incarnation != expected {
                 let message = replaced_message(to, incarnation, expected);

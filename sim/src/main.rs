@@ -15,6 +15,8 @@ use raft_sim::whole::{run_whole, WholeConfig, WholeOutcome};
 use raft_sim::{run_lease_seed, run_seed, Stats, Violation};
 
 fn main() -> ExitCode {
+    // The nodes' own log lines (raftd's), for a replayed seed: RUST_LOG=info.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let mut seeds = 1000u64;
     let mut start = 1u64;
     let mut steps = 2000u64;

@@ -298,7 +298,13 @@ impl Sim {
                         s.commit,
                         s.applied,
                         s.last_index
-                    )
+                    ) + &s
+                        .members
+                        .iter()
+                        .filter_map(|m| {
+                            Some(format!(" [{} {} matched {}]", m.id, m.role, m.matched?))
+                        })
+                        .collect::<String>()
                 }
                 None => format!("now: node {} down", i + 1),
             });

@@ -152,7 +152,7 @@ impl<N: Net> Node<N> {
                     Err(e) => return Err(undecodable(entry.index, "a write", e)),
                 },
             },
-            EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
+            EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry)?,
         }
         self.kv.set_applied(entry.index);
         Ok(())
@@ -189,7 +189,7 @@ impl<N: Net> Node<N> {
         }
     }
 
-    pub(super) fn apply_conf_change(&mut self, entry: &Entry) {
+    pub(super) fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
         let decoded = if entry.entry_type == EntryType::ConfChange {
             ConfChange::decode(&entry.data).map(|cc| (cc.context.clone(), cc.into_v2()))
         } else {
@@ -197,10 +197,7 @@ impl<N: Net> Node<N> {
         };
         let (context, cc) = match decoded {
             Ok(d) => d,
-            Err(e) => {
-                error!("configuration change at {} does not decode: {e}", entry.index);
-                return;
-            }
+            Err(e) => return Err(undecodable(entry.index, "a configuration change", e)),
         };
         let member = MemberContext::decode(&context);
         let result = self.raw.apply_conf_change(&cc);
@@ -268,6 +265,7 @@ impl<N: Net> Node<N> {
                 }
             }
         }
+        Ok(())
     }
 
     pub(super) fn serve_reads(&mut self) {
@@ -377,7 +375,7 @@ impl<N: Net> Node<N> {
 /// A committed entry this build cannot decode stops the node: skipping it would leave its
 /// state machine different from the others' (which applied it) at the same index, and every
 /// read it answers after that possibly wrong.
-fn undecodable(index: u64, what: &str, e: codec::Error) -> Error {
+fn undecodable(index: u64, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Fatal(format!(
         "committed entry {index} does not decode as {what} ({e}): written by a newer build than \
          this one, or damaged; stopping rather than applying a state the other nodes do not \

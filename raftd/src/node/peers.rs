@@ -248,9 +248,10 @@ impl<N: Net> Node<N> {
             return;
         }
         let cs = self.raw.raft.prs.conf_state();
-        let unrecorded = self.seen_incarnations.iter().find(|(&id, _)| {
+        let unrecorded = self.seen_incarnations.iter().find(|(&id, &incarnation)| {
             (cs.voters.contains(&id) || cs.learners.contains(&id))
                 && self.kv.incarnation(id).is_none()
+                && !self.kv.is_retired(id, incarnation)
         });
         let Some((&id, &incarnation)) = unrecorded else { return };
         let context = codec::encode_value(&MemberContext {
