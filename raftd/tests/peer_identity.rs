@@ -427,3 +427,56 @@ fn a_snapshot_stream_is_taken_only_from_the_leader_in_order_and_within_its_cap()
     assert_eq!(cluster.get("k"), Some(b"v2".to_vec()));
     assert_running(&mut cluster, &[1, 2, 3]);
 }
+
+/// A member removed and added back on a new disk: a process of its former data dir (whose
+/// hello a partition held, or that had not stopped yet) is refused as removed, and never has
+/// its incarnation recorded in place of the new disk's. Before, the id being a member again,
+/// the old hello was welcomed and its incarnation recorded first: the new process was then
+/// refused for good as a replaced data dir, while its promotion went through (the whole-node
+/// simulator's seed 6064).
+#[test]
+fn a_removed_members_former_data_dir_never_takes_the_place_of_its_new_one() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    let old = incarnation_of(&cluster.procs[victim as usize - 1].data_dir);
+    cluster.node(victim).kill();
+    let leader_proc = &cluster.procs[leader as usize - 1];
+    let leader_peer = leader_proc.peer_addr.clone();
+    let mut admin = leader_proc.client().unwrap();
+    let reply = admin.admin(AdminRequest::Remove { id: victim }).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    cluster.put("while-removed", "1");
+    // Its replacement: a new disk, at a new address, added as a learner before it starts.
+    let dir = cluster.dir.path().join(format!("node-{victim}-new"));
+    let mut new = joiner(&cluster, victim, &[]);
+    let i = new.args.iter().position(|a| a == "--data-dir").unwrap();
+    new.args[i + 1] = dir.display().to_string();
+    new.data_dir = dir;
+    let add = AdminRequest::AddLearner { id: victim, addr: new.peer_addr.clone() };
+    let reply = admin.admin(add).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+    // The former data dir's hello arrives now.
+    let hello = peer_hello(&cluster.cluster_id, victim, old);
+    match hello_answer(&leader_peer, &hello) {
+        HelloAck::Removed { node_id } => assert_eq!(node_id, leader),
+        other => panic!("a former data dir of node {victim} was answered {other:?}"),
+    }
+    // The new one gets in, is promoted and catches up.
+    new.start();
+    let reply = promote(&mut admin, victim);
+    assert!(
+        matches!(&reply, Ok(AdminReply::Membership { voters, .. }) if voters.contains(&victim)),
+        "{reply:?}"
+    );
+    let commit = cluster.put("after", "2");
+    let mut c = new.wait_client();
+    let deadline = Instant::now() + DEADLINE;
+    while c.status().unwrap().applied < commit {
+        assert!(Instant::now() < deadline, "the new node {victim} never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut status = cluster.procs[leader as usize - 1].client().unwrap().status().unwrap();
+    status.members.retain(|m| m.id == victim);
+    assert_eq!(status.members[0].role, "voter", "{status:?}");
+}
