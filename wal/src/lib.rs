@@ -572,9 +572,10 @@ impl Wal {
         Ok(None)
     }
 
-    /// Checks that what was replayed is a whole log, makes every segment durable (a process
-    /// that crashed may have left unsynced pages in the cache, which this process must not
-    /// take for durable), and readies the active segment for writing.
+    /// Checks that what was replayed is a whole log, makes every segment and the directory
+    /// durable (a process that crashed may have left unsynced pages and names in the cache,
+    /// which this process must not take for durable), and readies the active segment for
+    /// writing.
     fn finish_recovery(&mut self) -> Result<()> {
         let missing = match &self.snapshot {
             Some(s) => self.first_index > s.index + 1,
@@ -596,6 +597,10 @@ impl Wal {
         for segment in self.segments.values() {
             segment.sync_all()?;
         }
+        // And their names: a segment the crashed process created may be in the directory only
+        // in the cache (one whose preallocation failed on a full disk, initialized above), and
+        // records synced into it would vanish with it at a power cut.
+        self.sync_dir()?;
         self.synced_lsn = self.next_lsn - 1;
         let size = self.options.segment_size_bytes;
         let active = self.segments.get_mut(&self.active).expect("recovered at least one segment");
