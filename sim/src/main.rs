@@ -1,12 +1,13 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease] [--whole [--timing] [--membership]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing] [--membership] [--disk-faults]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
 //! client protocol) over a simulated network (see `raft_sim::whole`); with `--timing` their
 //! clocks drift and they pause, and with `--lease` as well they answer reads from the lease;
-//! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote).
+//! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote);
+//! with `--disk-faults` disks fill up for a while and syncs take time.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     let mut whole = false;
     let mut timing = false;
     let mut membership = false;
+    let mut disk_faults = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -41,6 +43,10 @@ fn main() -> ExitCode {
         }
         if flag == "--membership" {
             membership = true;
+            continue;
+        }
+        if flag == "--disk-faults" {
+            disk_faults = true;
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
@@ -65,7 +71,7 @@ fn main() -> ExitCode {
                 (false, true) => WholeConfig::timed(seed, steps),
                 (false, false) => WholeConfig::new(seed, steps),
             };
-            WholeConfig { membership, ..cfg }
+            WholeConfig { membership, disk_faults, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -140,6 +146,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.pauses += o.pauses;
                 total.transfers += o.transfers;
                 total.disks_replaced += o.disks_replaced;
+                total.disks_full += o.disks_full;
+                total.slow_syncs += o.slow_syncs;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -155,12 +163,16 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, true) => " --timing",
         (false, false) => "",
     };
-    let mode = format!("{mode}{}", if first.membership { " --membership" } else { "" });
+    let mode = format!(
+        "{mode}{}{}",
+        if first.membership { " --membership" } else { "" },
+        if first.disk_faults { " --disk-faults" } else { "" }
+    );
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
-         {} disks replaced, {:.0}s",
+         {} disks replaced, {} disks full, {} slow syncs, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -169,6 +181,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.pauses,
         total.transfers,
         total.disks_replaced,
+        total.disks_full,
+        total.slow_syncs,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

@@ -63,6 +63,9 @@ const PAUSE_MS_MAX: u64 = 300;
 const REPLACE_PER_MILLE: u64 = 1;
 /// The operator waits this long after a refusal before asking again.
 const OPERATOR_RETRY: Duration = Duration::from_millis(50);
+/// A change a leader says is in force already is taken as done when a leader says so again
+/// this long after (five election timeouts: any deposed leader has stepped down by then).
+const OPERATOR_CONFIRM_AFTER: Duration = Duration::from_millis(500);
 /// The roaming reader's requests that ask for a leader transfer, per mille.
 const TRANSFER_PER_MILLE: u64 = 20;
 /// Largest offset of a node's wall clock from true time, in milliseconds.
@@ -90,6 +93,11 @@ pub struct WholeConfig {
     /// incarnation, starts it with `--join`, adds it back as a learner and promotes it, all
     /// over the admin protocol while the faults go on. Drawn from a stream of its own too.
     pub membership: bool,
+    /// Disk faults: a node's disk full for a while (writes past it fail with ENOSPC: the node
+    /// stops, and starts again once there is room), and the time its writes and syncs take
+    /// (its loop is blocked meanwhile: after a turn that wrote, it does not turn for a few
+    /// milliseconds, now and then for tens or hundreds). A stream of its own too.
+    pub disk_faults: bool,
 }
 
 impl WholeConfig {
@@ -103,7 +111,13 @@ impl WholeConfig {
             timing: false,
             lease: false,
             membership: false,
+            disk_faults: false,
         }
+    }
+
+    /// The same, with disk faults (see [`WholeConfig::disk_faults`]).
+    pub fn with_disk_faults(self) -> WholeConfig {
+        WholeConfig { disk_faults: true, ..self }
     }
 
     /// The same, with an operator replacing disks (see [`WholeConfig::membership`]).
@@ -139,6 +153,10 @@ pub struct WholeOutcome {
     pub transfers: u64,
     /// Nodes removed, given a new disk and added back as voters.
     pub disks_replaced: u64,
+    /// Times a node's disk was full.
+    pub disks_full: u64,
+    /// Turns whose writes and syncs took 50 ms or more.
+    pub slow_syncs: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -184,6 +202,10 @@ struct SimNode {
     restart_at: Option<Duration>,
     /// Until when the running process is stopped.
     paused_until: Option<Duration>,
+    /// Until when its disk is full, and the bytes it holds then.
+    disk_full: Option<(Duration, u64)>,
+    /// Until when its loop is blocked in the writes and syncs of its last turn.
+    stalled_until: Duration,
 }
 
 /// A put, by key: when invoked and when acknowledged (None: not, or not known).
@@ -268,8 +290,12 @@ struct Sim {
     members_rng: Rng,
     /// The operator's disk replacement in progress.
     replacement: Replacement,
+    /// Draws the disk faults (see [`WholeConfig::disk_faults`]).
+    disk_rng: Rng,
     /// When the operator may send its next request (after a refusal).
     operator_retry_at: Duration,
+    /// Since when leaders have said the change in progress is in force already.
+    operator_in_force_since: Option<Duration>,
 }
 
 /// Events kept for a failure's report.
@@ -280,7 +306,10 @@ impl Sim {
         if self.trace.len() == TRACE_KEPT {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("{:>7.3}s {event}", self.now.as_secs_f64()));
+        let line = format!("{:>7.3}s {event}", self.now.as_secs_f64());
+        // Inline with the nodes' own log lines when they are shown (RUST_LOG=info).
+        log::info!(target: "sim", "{line}");
+        self.trace.push_back(line);
     }
 
     fn fail(&self, reason: String) -> WholeFailure {
@@ -335,8 +364,52 @@ impl Sim {
                 self.note(format!("node {} started", i + 1));
                 Ok(())
             }
+            Err(e) if self.nodes[i].disk_full.is_some() => {
+                self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
+                self.note(format!("node {} does not start, its disk full: {e}", i + 1));
+                Ok(())
+            }
             Err(e) => Err(self.fail(format!("node {} does not start from its disk: {e}", i + 1))),
         }
+    }
+
+    /// Disk faults of this step: a disk full from now, or no longer; the limit applied to the
+    /// node's disk as it is now (a power cut or a replacement gives it another).
+    fn disk_faults(&mut self, with_faults: bool) {
+        let none_full = self.nodes.iter().all(|n| n.disk_full.is_none());
+        if with_faults && none_full && self.disk_rng.chance(1) {
+            let i = self.disk_rng.below(self.cfg.nodes as u64) as usize;
+            let limit = self.nodes[i].fs.used_bytes() + self.disk_rng.below(4 * 1024);
+            let length = Duration::from_millis(100 + self.disk_rng.below(1_400));
+            self.nodes[i].disk_full = Some((self.now + length, limit));
+            self.outcome.disks_full += 1;
+            self.note(format!("node {}'s disk full for {length:?}", i + 1));
+        }
+        for i in 0..self.cfg.nodes {
+            match self.nodes[i].disk_full {
+                Some((until, _)) if self.now >= until || !with_faults => {
+                    self.nodes[i].disk_full = None;
+                    self.nodes[i].fs.set_space_bytes_max(None);
+                    self.note(format!("node {}'s disk has room again", i + 1));
+                }
+                Some((_, limit)) => self.nodes[i].fs.set_space_bytes_max(Some(limit)),
+                None => {}
+            }
+        }
+    }
+
+    /// The time a turn's writes and syncs took: the loop was blocked in them.
+    fn sync_latency(&mut self, i: usize) {
+        if !self.disk_rng.chance(300) {
+            return;
+        }
+        let ms = if self.disk_rng.chance(20) {
+            self.outcome.slow_syncs += 1;
+            50 + self.disk_rng.below(200)
+        } else {
+            1 + self.disk_rng.below(4)
+        };
+        self.nodes[i].stalled_until = self.now + Duration::from_millis(ms);
     }
 
     /// Crashes node `i` with power loss: its disk keeps a random half of what was not synced
@@ -345,6 +418,7 @@ impl Sim {
         let Some(node) = self.nodes[i].node.take() else { return };
         drop(node);
         self.nodes[i].paused_until = None;
+        self.nodes[i].stalled_until = Duration::ZERO;
         let disk = match at_op {
             Some((op, captured)) => {
                 self.world.take_back_after(i, op);
@@ -429,9 +503,12 @@ impl Sim {
             // Monotonic time runs through pauses and crashes, at the node's own rate.
             n.clock.advance(Duration::from_nanos(n.clock_rate));
         }
+        if self.cfg.disk_faults {
+            self.disk_faults(with_faults);
+        }
         if with_faults {
             self.faults()?;
-        } else if self.cfg.membership {
+        } else if self.cfg.membership || self.cfg.disk_faults {
             // A disk the operator replaced while the cluster settles comes back too.
             for i in 0..self.cfg.nodes {
                 if self.nodes[i].restart_at.is_some_and(|at| self.now >= at) {
@@ -444,8 +521,9 @@ impl Sim {
             if self.nodes[i].node.is_none() {
                 continue;
             }
-            if self.nodes[i].paused_until.is_some() {
-                // Stopped: it does not turn; power lost now is lost while it was stopped.
+            if self.nodes[i].paused_until.is_some() || self.now < self.nodes[i].stalled_until {
+                // Stopped, or blocked in a sync: it does not turn; power lost now is lost
+                // while it was stopped (or in the middle of that sync).
                 if crashing.contains(&i) {
                     self.crash_node(i, None);
                 }
@@ -459,11 +537,16 @@ impl Sim {
                 self.nodes[i].fs.arm_capture(op);
                 op
             });
+            let ops_before = self.nodes[i].fs.op_count();
             let node = self.nodes[i].node.as_mut().expect("checked");
             if let Err(e) = node.turn() {
                 self.note(format!("node {} stopped: {e}", i + 1));
                 self.nodes[i].node = None;
                 self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
+            }
+            let wrote = self.nodes[i].fs.op_count() > ops_before;
+            if self.cfg.disk_faults && wrote && crash_op.is_none() && self.nodes[i].node.is_some() {
+                self.sync_latency(i);
             }
             if let Some(op) = crash_op {
                 let captured = self.nodes[i].fs.take_captured().map(|disk| (op, disk));
@@ -757,21 +840,39 @@ impl Sim {
 
     /// The answer to the operator's request: the next stage, or the same again later. A
     /// refusal saying the change is in force already (its first answer was lost) counts as
-    /// done.
+    /// done only when a leader says so again [`OPERATOR_CONFIRM_AFTER`] later: the first may
+    /// come from a deposed leader that does not know yet (its view of the configuration is
+    /// stale until check-quorum steps it down, within an election timeout).
     fn operator_answer(&mut self, c: usize, result: Result<AdminReply, ClientError>) {
-        let done = match &result {
-            Ok(_) => true,
+        let in_force = match &result {
             Err(ClientError::Refused(reason)) => match self.replacement {
                 Replacement::Removing(_) => reason.contains("is not a member"),
                 Replacement::Adding(_) => reason.contains("is already a member"),
                 Replacement::Promoting(_) => reason.contains("is not a learner"),
                 Replacement::Idle => false,
             },
+            _ => false,
+        };
+        let done = match &result {
+            Ok(_) => true,
+            Err(_) if in_force => match self.operator_in_force_since {
+                Some(since) => self.now - since >= OPERATOR_CONFIRM_AFTER,
+                None => {
+                    self.operator_in_force_since = Some(self.now);
+                    false
+                }
+            },
+            Err(ClientError::Refused(_)) => false,
             Err(e) => {
                 self.redirect(c, e);
                 false
             }
         };
+        // A refusal for another reason says the change is not (or no longer) in force; a
+        // redirect says nothing of it.
+        if done || (!in_force && matches!(result, Err(ClientError::Refused(_)))) {
+            self.operator_in_force_since = None;
+        }
         if !done && matches!(result, Err(ClientError::Refused(_))) {
             // Refused for now (a change pending, a learner behind), or by a node that is not
             // the leader's peer: asked again later, elsewhere in turn (redirects lead back).
@@ -914,7 +1015,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             "--tick-interval-ms".into(),
             TICK_MS.to_string(),
             "--segment-size-bytes".into(),
-            (64 * 1024).to_string(),
+            // With disk faults, small segments: the log rotates often, and a full disk meets a
+            // new segment as well as a snapshot file.
+            if cfg.disk_faults { 8 * 1024 } else { 64 * 1024 }.to_string(),
             "--snapshot-entries".into(),
             "200".into(),
         ];
@@ -945,6 +1048,8 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             node: None,
             restart_at: None,
             paused_until: None,
+            disk_full: None,
+            stalled_until: Duration::ZERO,
         });
     }
     // With timing faults, one more client: a reader roaming over the nodes; with membership
@@ -985,7 +1090,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         crashing: Vec::new(),
         members_rng: Rng::new(cfg.seed ^ 0x006d_656d_6265_7273),
         replacement: Replacement::Idle,
+        disk_rng: Rng::new(cfg.seed ^ 0x6469_736b),
         operator_retry_at: Duration::ZERO,
+        operator_in_force_since: None,
     };
     for i in 0..cfg.nodes {
         sim.start_node(i)?;
