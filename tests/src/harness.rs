@@ -162,7 +162,22 @@ impl Cluster {
             args.extend(extra.iter().map(|s| s.to_string()));
             cluster.add_node(id, peers[i].clone(), client_addr, args);
         }
+        cluster.wait_members_up();
         cluster
+    }
+
+    /// Waits until every node answers its status as a member of its own configuration: a
+    /// node with an empty data dir first asks the others whether the cluster exists, and a
+    /// leader may be elected by the others meanwhile (tests that then talk to every node, or
+    /// damage one's log, need all of them up).
+    fn wait_members_up(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        for &id in self.nodes.keys() {
+            while !self.status(id).is_some_and(|s| s.members.iter().any(|m| m.id == s.id)) {
+                assert!(Instant::now() < deadline, "node {id} never came up:\n{}", self.logs());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     /// Creates and starts node `id` with these extra flags.

@@ -141,7 +141,7 @@ impl<N: Net> Node<N> {
             EntryType::Normal => match EntryPayload::of(&entry.data, &entry.context) {
                 EntryPayload::Command(bytes) => match codec::decode_payload::<Command>(bytes) {
                     Ok(command) => self.apply_command(entry.index, command),
-                    Err(e) => return Err(undecodable(entry.index, "a command", e)),
+                    Err(e) => error!("{}", undecodable(entry.index, "a command", e)),
                 },
                 EntryPayload::Legacy(bytes) => match codec::decode_payload::<LegacyWrite>(bytes) {
                     Ok(w) => {
@@ -149,7 +149,7 @@ impl<N: Net> Node<N> {
                         let result = self.kv.apply_legacy(entry.index, w);
                         self.answer_write(key, result);
                     }
-                    Err(e) => return Err(undecodable(entry.index, "a write", e)),
+                    Err(e) => error!("{}", undecodable(entry.index, "a write", e)),
                 },
             },
             EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry)?,
@@ -197,7 +197,10 @@ impl<N: Net> Node<N> {
         };
         let (context, cc) = match decoded {
             Ok(d) => d,
-            Err(e) => return Err(undecodable(entry.index, "a configuration change", e)),
+            Err(e) => {
+                error!("{}", undecodable(entry.index, "a configuration change", e));
+                return Ok(());
+            }
         };
         let member = MemberContext::decode(&context);
         let result = self.raw.apply_conf_change(&cc);
@@ -372,15 +375,16 @@ impl<N: Net> Node<N> {
     }
 }
 
-/// A committed entry this build cannot decode stops the node: skipping it would leave its
-/// state machine different from the others' (which applied it) at the same index, and every
-/// read it answers after that possibly wrong.
-fn undecodable(index: u64, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Fatal(format!(
+/// What is logged of a committed entry this build cannot decode: it is skipped. (Stopping
+/// instead would let one forged append from a member's identity, which Raft takes as a new
+/// leader's, stop every node it reaches; a node that skips holds a state the others may not,
+/// which version skew can cause too: see README, "Client sessions", on upgrades.)
+fn undecodable(index: u64, what: &str, e: impl std::fmt::Display) -> String {
+    format!(
         "committed entry {index} does not decode as {what} ({e}): written by a newer build than \
-         this one, or damaged; stopping rather than applying a state the other nodes do not \
-         have (upgrade this node to the leader's build)"
-    ))
+         this one, or forged; skipped, so this node's state may now differ from the others' \
+         (upgrade it to the leader's build, or wipe and re-add it)"
+    )
 }
 
 #[cfg(test)]
