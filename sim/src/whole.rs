@@ -647,12 +647,7 @@ impl Sim {
                 self.send(c, &ClientRequest::Admin { request_id, request });
                 return Ok(());
             }
-            let nth = self.rng.below(self.puts.len() as u64) as usize;
-            let key = self.puts.keys().nth(nth).expect("in range").clone();
-            self.clients[c].pending =
-                Some(Pending::Get { request_id, key: key.clone(), invoked: now });
-            let op = Op::Get { key: key.into_bytes(), serializable: false };
-            self.send(c, &ClientRequest::Kv { request_id, session_id: 0, seq: 0, op });
+            self.send_read(c, request_id);
             return Ok(());
         }
         if client.session.is_none() {
@@ -688,14 +683,19 @@ impl Sim {
             let op = Op::Put { key: key.clone().into_bytes(), value: value_of(&key) };
             self.send(c, &ClientRequest::Kv { request_id, session_id, seq, op });
         } else {
-            let nth = self.rng.below(self.puts.len() as u64) as usize;
-            let key = self.puts.keys().nth(nth).expect("in range").clone();
-            self.clients[c].pending =
-                Some(Pending::Get { request_id, key: key.clone(), invoked: now });
-            let op = Op::Get { key: key.into_bytes(), serializable: false };
-            self.send(c, &ClientRequest::Kv { request_id, session_id: 0, seq: 0, op });
+            self.send_read(c, request_id);
         }
         Ok(())
+    }
+
+    /// Client `c` reads a key put before, at random (a linearizable get; no session).
+    fn send_read(&mut self, c: usize, request_id: u64) {
+        let nth = self.rng.below(self.puts.len() as u64) as usize;
+        let key = self.puts.keys().nth(nth).expect("in range").clone();
+        let invoked = self.now;
+        self.clients[c].pending = Some(Pending::Get { request_id, key: key.clone(), invoked });
+        let op = Op::Get { key: key.into_bytes(), serializable: false };
+        self.send(c, &ClientRequest::Kv { request_id, session_id: 0, seq: 0, op });
     }
 
     fn client_answer(&mut self, c: usize, payload: &[u8]) -> Result<(), WholeFailure> {

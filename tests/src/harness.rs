@@ -311,6 +311,7 @@ impl Cluster {
                 break s.commit;
             }
             assert!(Instant::now() < deadline, "no leader answered its status");
+            std::thread::sleep(Duration::from_millis(20));
         };
         loop {
             let applied = self.status(id).map_or(0, |s| s.applied);

@@ -152,7 +152,7 @@ impl<N: Net> Node<N> {
                     Err(e) => error!("{}", undecodable(entry.index, "a write", e)),
                 },
             },
-            EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry)?,
+            EntryType::ConfChange | EntryType::ConfChangeV2 => self.apply_conf_change(entry),
         }
         self.kv.set_applied(entry.index);
         Ok(())
@@ -189,7 +189,7 @@ impl<N: Net> Node<N> {
         }
     }
 
-    pub(super) fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
+    pub(super) fn apply_conf_change(&mut self, entry: &Entry) {
         let decoded = if entry.entry_type == EntryType::ConfChange {
             ConfChange::decode(&entry.data).map(|cc| (cc.context.clone(), cc.into_v2()))
         } else {
@@ -199,7 +199,7 @@ impl<N: Net> Node<N> {
             Ok(d) => d,
             Err(e) => {
                 error!("{}", undecodable(entry.index, "a configuration change", e));
-                return Ok(());
+                return;
             }
         };
         let member = MemberContext::decode(&context);
@@ -268,7 +268,6 @@ impl<N: Net> Node<N> {
                 }
             }
         }
-        Ok(())
     }
 
     pub(super) fn serve_reads(&mut self) {

@@ -334,14 +334,17 @@ impl<N: Net> Node<N> {
     /// Asks the read index again for the reads in flight for which `due(asked)` holds, each
     /// batch with its own context (see [`READ_INDEX_RETRY`]).
     pub(super) fn ask_read_index_again(&mut self, due: impl Fn(Instant) -> bool) {
+        if !self.reads_in_flight.values().any(|r| due(r.asked)) {
+            return;
+        }
         let now = self.clock.now();
+        self.raw.advance_clock(self.clock.lease_now());
         let mut asked_again = 0;
         for in_flight in self.reads_in_flight.values_mut() {
             if !due(in_flight.asked) {
                 continue;
             }
             in_flight.asked = now;
-            self.raw.advance_clock(self.clock.lease_now());
             // Refused only without a leader to ask; asked again after the next interval.
             if self.raw.read_index(in_flight.ctx.clone()).is_ok() {
                 asked_again += 1;
@@ -362,12 +365,15 @@ impl<N: Net> Node<N> {
             !ws.is_empty()
         });
         self.reads_in_flight.retain(|_, in_flight| {
-            let (gone, kept): (Vec<PendingRead>, Vec<PendingRead>) =
-                std::mem::take(&mut in_flight.reads)
-                    .into_iter()
-                    .partition(|r| r.waiter.deadline <= now);
-            expired.extend(gone.into_iter().map(|r| r.waiter));
-            in_flight.reads = kept;
+            // (Reads in one batch arrived at different times: each expires on its own.)
+            if in_flight.reads.iter().any(|r| r.waiter.deadline <= now) {
+                let (gone, kept): (Vec<PendingRead>, Vec<PendingRead>) =
+                    std::mem::take(&mut in_flight.reads)
+                        .into_iter()
+                        .partition(|r| r.waiter.deadline <= now);
+                expired.extend(gone.into_iter().map(|r| r.waiter));
+                in_flight.reads = kept;
+            }
             !in_flight.reads.is_empty()
         });
         while self
