@@ -1,13 +1,14 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease] [--whole [--timing] [--membership] [--disk-faults]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing] [--membership] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
 //! client protocol) over a simulated network (see `raft_sim::whole`); with `--timing` their
 //! clocks drift and they pause, and with `--lease` as well they answer reads from the lease;
 //! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote);
-//! with `--disk-faults` disks fill up for a while and syncs take time.
+//! with `--disk-faults` disks fill up for a while and syncs take time; with `--cas` writers
+//! move their keys through versions with compare-and-swaps and renew their sessions.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let mut timing = false;
     let mut membership = false;
     let mut disk_faults = false;
+    let mut cas = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -43,6 +45,10 @@ fn main() -> ExitCode {
         }
         if flag == "--membership" {
             membership = true;
+            continue;
+        }
+        if flag == "--cas" {
+            cas = true;
             continue;
         }
         if flag == "--disk-faults" {
@@ -71,7 +77,7 @@ fn main() -> ExitCode {
                 (false, true) => WholeConfig::timed(seed, steps),
                 (false, false) => WholeConfig::new(seed, steps),
             };
-            WholeConfig { membership, disk_faults, ..cfg }
+            WholeConfig { membership, disk_faults, cas, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -148,6 +154,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.disks_replaced += o.disks_replaced;
                 total.disks_full += o.disks_full;
                 total.slow_syncs += o.slow_syncs;
+                total.cas_checked += o.cas_checked;
+                total.sessions_renewed += o.sessions_renewed;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -164,15 +172,17 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, false) => "",
     };
     let mode = format!(
-        "{mode}{}{}",
+        "{mode}{}{}{}",
         if first.membership { " --membership" } else { "" },
-        if first.disk_faults { " --disk-faults" } else { "" }
+        if first.disk_faults { " --disk-faults" } else { "" },
+        if first.cas { " --cas" } else { "" }
     );
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
-         {} disks replaced, {} disks full, {} slow syncs, {:.0}s",
+         {} disks replaced, {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
+         sessions renewed, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -183,6 +193,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.disks_replaced,
         total.disks_full,
         total.slow_syncs,
+        total.cas_checked,
+        total.sessions_renewed,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

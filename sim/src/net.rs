@@ -173,6 +173,23 @@ impl World {
         }
     }
 
+    /// Holds what node `node` wrote once its disk had done `ops` operations or more until
+    /// `until`: it wrote it after a sync that lasted until then (it reaches the wire no sooner).
+    pub fn hold_after(&self, node: usize, ops: u64, until: Duration) {
+        let mut s = self.state.borrow_mut();
+        for stream in s.streams.values_mut() {
+            for (end, &holder) in stream.ends.iter().enumerate() {
+                if holder == Endpoint::Node(node) {
+                    for chunk in &mut stream.flows[1 - end].in_flight {
+                        if chunk.2 >= ops {
+                            chunk.0 = chunk.0.max(until);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Heals every partition.
     pub fn heal(&self) {
         let mut s = self.state.borrow_mut();

@@ -68,6 +68,10 @@ const OPERATOR_RETRY: Duration = Duration::from_millis(50);
 const OPERATOR_CONFIRM_AFTER: Duration = Duration::from_millis(500);
 /// The roaming reader's requests that ask for a leader transfer, per mille.
 const TRANSFER_PER_MILLE: u64 = 20;
+/// A writer's requests that are compare-and-swaps (with [`WholeConfig::cas`]), per mille.
+const CAS_PER_MILLE: u64 = 300;
+/// Of those, the ones where the writer starts a new session instead, per mille.
+const SESSION_RENEW_PER_MILLE: u64 = 10;
 /// Largest offset of a node's wall clock from true time, in milliseconds.
 const WALL_SKEW_MS_MAX: u64 = 2_000;
 
@@ -98,6 +102,13 @@ pub struct WholeConfig {
     /// (its loop is blocked meanwhile: after a turn that wrote, it does not turn for a few
     /// milliseconds, now and then for tens or hundreds). A stream of its own too.
     pub disk_faults: bool,
+    /// Compare-and-swaps: each writer moves its own keys through versions with CAS (retried
+    /// in its session until answered, so a retry applied twice shows as a swap refused), and
+    /// now and then sends one whose expectation is stale on purpose (it must be refused,
+    /// naming the current version). Writers also start a new session now and then, as a
+    /// restarted client does, with `--max-sessions` at the number of writers, so that
+    /// sessions are evicted under retries. A stream of its own too.
+    pub cas: bool,
 }
 
 impl WholeConfig {
@@ -112,7 +123,13 @@ impl WholeConfig {
             lease: false,
             membership: false,
             disk_faults: false,
+            cas: false,
         }
+    }
+
+    /// The same, with compare-and-swaps and session evictions (see [`WholeConfig::cas`]).
+    pub fn with_cas(self) -> WholeConfig {
+        WholeConfig { cas: true, ..self }
     }
 
     /// The same, with disk faults (see [`WholeConfig::disk_faults`]).
@@ -157,6 +174,10 @@ pub struct WholeOutcome {
     pub disks_full: u64,
     /// Turns whose writes and syncs took 50 ms or more.
     pub slow_syncs: u64,
+    /// Compare-and-swaps answered and checked (swapped, or refused as they had to be).
+    pub cas_checked: u64,
+    /// Sessions a writer gave up for a new one.
+    pub sessions_renewed: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -208,19 +229,50 @@ struct SimNode {
     stalled_until: Duration,
 }
 
-/// A put, by key: when invoked and when acknowledged (None: not, or not known).
-#[derive(Clone, Debug)]
-struct PutRecord {
+/// One version of a key (version 0 its put, the others its compare-and-swaps): when
+/// acknowledged (None: not, or not known), and when a read that returned it first completed.
+#[derive(Clone, Debug, Default)]
+struct VersionRecord {
     acknowledged: Option<Duration>,
-    /// When a read that returned the value first completed.
     seen: Option<Duration>,
+}
+
+/// A key's history. Only its writer writes it, one version after the other, each version
+/// invoked once the one before was acknowledged: the key is a register with one sequential
+/// writer and a value of its own per version.
+#[derive(Clone, Debug)]
+struct KeyHistory {
+    /// The writing client.
+    owner: usize,
+    /// Every version invoked, in order.
+    versions: Vec<VersionRecord>,
+    /// The last write's outcome cannot be known (its session expired): no more writes.
+    frozen: bool,
+}
+
+/// What a write in progress must be answered.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// Version `.0` of the key written.
+    Write(usize),
+    /// A compare-and-swap from a stale version: refused, the key at version `.0`.
+    Refused(usize),
+}
+
+/// A write in progress, retried with its seq in its session until answered.
+#[derive(Clone, Debug)]
+struct WriteOp {
+    key: String,
+    seq: u64,
+    op: Op,
+    expect: Expect,
 }
 
 #[derive(Debug)]
 enum Pending {
     Hello,
     Register { request_id: u64 },
-    Put { request_id: u64, key: String, seq: u64 },
+    Write { request_id: u64 },
     Get { request_id: u64, key: String, invoked: Duration },
     Transfer { request_id: u64, to: u64 },
     Change { request_id: u64 },
@@ -261,8 +313,8 @@ struct SimClient {
     pending: Option<Pending>,
     /// When the pending request was sent.
     sent_at: Duration,
-    /// The put in progress (retried with its seq until answered).
-    put: Option<(String, u64)>,
+    /// The write in progress (retried with its seq until answered).
+    write: Option<WriteOp>,
     next_request_id: u64,
     next_key: u64,
     /// Where to connect next.
@@ -279,7 +331,7 @@ struct Sim {
     nodes: Vec<SimNode>,
     clients: Vec<SimClient>,
     now: Duration,
-    puts: BTreeMap<String, PutRecord>,
+    keys: BTreeMap<String, KeyHistory>,
     outcome: WholeOutcome,
     trace: std::collections::VecDeque<String>,
     /// The node cut from the others, and until when.
@@ -296,6 +348,8 @@ struct Sim {
     operator_retry_at: Duration,
     /// Since when leaders have said the change in progress is in force already.
     operator_in_force_since: Option<Duration>,
+    /// Draws the compare-and-swaps (see [`WholeConfig::cas`]).
+    cas_rng: Rng,
 }
 
 /// Events kept for a failure's report.
@@ -340,11 +394,11 @@ impl Sim {
         }
         for (i, c) in self.clients.iter().enumerate() {
             trace.push(format!(
-                "now: client {i} at node {:?} session {:?} pending {:?} put {:?}",
+                "now: client {i} at node {:?} session {:?} pending {:?} write {:?}",
                 c.conn.as_ref().map(|(_, _, n)| n + 1),
                 c.session,
                 c.pending,
-                c.put
+                c.write
             ));
         }
         WholeFailure { seed: self.cfg.seed, reason, trace }
@@ -398,7 +452,9 @@ impl Sim {
         }
     }
 
-    /// The time a turn's writes and syncs took: the loop was blocked in them.
+    /// The time a turn's writes and syncs took: the loop was blocked in them, and what it
+    /// sent after its first sync waited for them (a follower's acknowledgement goes out once
+    /// its entries are synced; a leader's appends, sent before its sync, do not wait).
     fn sync_latency(&mut self, i: usize) {
         if !self.disk_rng.chance(300) {
             return;
@@ -409,7 +465,11 @@ impl Sim {
         } else {
             1 + self.disk_rng.below(4)
         };
-        self.nodes[i].stalled_until = self.now + Duration::from_millis(ms);
+        let until = self.now + Duration::from_millis(ms);
+        self.nodes[i].stalled_until = until;
+        if let Some(op) = self.nodes[i].fs.first_sync_since_mark() {
+            self.world.hold_after(i, op, until);
+        }
     }
 
     /// Crashes node `i` with power loss: its disk keeps a random half of what was not synced
@@ -538,6 +598,7 @@ impl Sim {
                 op
             });
             let ops_before = self.nodes[i].fs.op_count();
+            self.nodes[i].fs.mark_syncs();
             let node = self.nodes[i].node.as_mut().expect("checked");
             if let Err(e) = node.turn() {
                 self.note(format!("node {} stopped: {e}", i + 1));
@@ -635,7 +696,7 @@ impl Sim {
             return self.operator_step(c, issue_new);
         }
         if client.role == Role::Roamer {
-            if !issue_new || self.puts.is_empty() {
+            if !issue_new || self.keys.is_empty() {
                 return Ok(());
             }
             let request_id = client.next_request_id;
@@ -661,26 +722,50 @@ impl Sim {
         let session_id = client.session.expect("checked");
         let request_id = client.next_request_id;
         client.next_request_id += 1;
-        if let Some((key, seq)) = client.put.clone() {
-            client.pending = Some(Pending::Put { request_id, key: key.clone(), seq });
-            let op = Op::Put { key: key.clone().into_bytes(), value: value_of(&key) };
-            self.send(c, &ClientRequest::Kv { request_id, session_id, seq, op });
+        if let Some(write) = client.write.clone() {
+            client.pending = Some(Pending::Write { request_id });
+            let request =
+                ClientRequest::Kv { request_id, session_id, seq: write.seq, op: write.op };
+            self.send(c, &request);
             return Ok(());
         }
         if !issue_new {
             return Ok(());
         }
-        if self.rng.chance(500) || self.puts.is_empty() {
+        if self.cfg.cas && self.cas_rng.chance(CAS_PER_MILLE) {
+            if self.cas_rng.chance(SESSION_RENEW_PER_MILLE) {
+                // A restarted client: a new session, the old one left to age out (past
+                // --max-sessions, registering it evicts the least recently active one).
+                self.clients[c].session = None;
+                self.outcome.sessions_renewed += 1;
+                self.note(format!("client {c} starts a new session"));
+                return Ok(());
+            }
+            if let Some(write) = self.next_cas(c) {
+                self.note(format!("client {c} sends {} ({:?})", shown_op(&write.op), write.expect));
+                let client = &mut self.clients[c];
+                client.write = Some(write.clone());
+                client.pending = Some(Pending::Write { request_id });
+                let request =
+                    ClientRequest::Kv { request_id, session_id, seq: write.seq, op: write.op };
+                self.send(c, &request);
+                return Ok(());
+            }
+        }
+        if self.rng.chance(500) || self.keys.is_empty() {
             let client = &mut self.clients[c];
             let key = format!("c{}k{}", client.index, client.next_key);
             client.next_key += 1;
             client.seq += 1;
             let seq = client.seq;
-            client.put = Some((key.clone(), seq));
-            client.pending = Some(Pending::Put { request_id, key: key.clone(), seq });
-            self.puts.insert(key.clone(), PutRecord { acknowledged: None, seen: None });
+            let op = Op::Put { key: key.clone().into_bytes(), value: version_value(&key, 0) };
+            let write = WriteOp { key: key.clone(), seq, op: op.clone(), expect: Expect::Write(0) };
+            client.write = Some(write);
+            client.pending = Some(Pending::Write { request_id });
+            let history =
+                KeyHistory { owner: c, versions: vec![VersionRecord::default()], frozen: false };
+            self.keys.insert(key.clone(), history);
             self.note(format!("client {c} puts {key}"));
-            let op = Op::Put { key: key.clone().into_bytes(), value: value_of(&key) };
             self.send(c, &ClientRequest::Kv { request_id, session_id, seq, op });
         } else {
             self.send_read(c, request_id);
@@ -688,10 +773,49 @@ impl Sim {
         Ok(())
     }
 
+    /// A compare-and-swap by client `c` on one of its keys whose last version was
+    /// acknowledged: to the next version, or (one in five) from a stale version, which must be
+    /// refused.
+    fn next_cas(&mut self, c: usize) -> Option<WriteOp> {
+        let writable: Vec<(&String, usize)> = self
+            .keys
+            .iter()
+            .filter(|(_, h)| {
+                h.owner == c
+                    && !h.frozen
+                    && h.versions.last().is_some_and(|v| v.acknowledged.is_some())
+            })
+            .map(|(k, h)| (k, h.versions.len() - 1))
+            .collect();
+        if writable.is_empty() {
+            return None;
+        }
+        let (key, current) = writable[self.cas_rng.below(writable.len() as u64) as usize];
+        let key = key.clone();
+        let stale = self.cas_rng.chance(200);
+        let (expected, new, expect) = if stale {
+            let expected = current.checked_sub(1).map(|v| version_value(&key, v));
+            (
+                expected,
+                format!("value of {key} stale {current}").into_bytes(),
+                Expect::Refused(current),
+            )
+        } else {
+            let history = self.keys.get_mut(&key).expect("listed");
+            history.versions.push(VersionRecord::default());
+            let new = version_value(&key, current + 1);
+            (Some(version_value(&key, current)), new, Expect::Write(current + 1))
+        };
+        let client = &mut self.clients[c];
+        client.seq += 1;
+        let op = Op::Cas { key: key.clone().into_bytes(), expected, new };
+        Some(WriteOp { key, seq: client.seq, op, expect })
+    }
+
     /// Client `c` reads a key put before, at random (a linearizable get; no session).
     fn send_read(&mut self, c: usize, request_id: u64) {
-        let nth = self.rng.below(self.puts.len() as u64) as usize;
-        let key = self.puts.keys().nth(nth).expect("in range").clone();
+        let nth = self.rng.below(self.keys.len() as u64) as usize;
+        let key = self.keys.keys().nth(nth).expect("in range").clone();
         let invoked = self.now;
         self.clients[c].pending = Some(Pending::Get { request_id, key: key.clone(), invoked });
         let op = Op::Get { key: key.into_bytes(), serializable: false };
@@ -699,7 +823,6 @@ impl Sim {
     }
 
     fn client_answer(&mut self, c: usize, payload: &[u8]) -> Result<(), WholeFailure> {
-        let now = self.now;
         let client = &mut self.clients[c];
         match client.pending.take() {
             None => {}
@@ -718,38 +841,41 @@ impl Sim {
                     }
                 }
             }
-            Some(Pending::Put { request_id, key, seq }) => {
+            Some(Pending::Write { request_id }) => {
                 let Ok(ClientResponse::Kv { request_id: r, result }) =
                     codec::decode_payload::<ClientResponse>(payload)
                 else {
                     return Ok(());
                 };
                 if r != request_id {
-                    client.pending = Some(Pending::Put { request_id, key, seq });
+                    client.pending = Some(Pending::Write { request_id });
                     return Ok(());
                 }
+                let write = client.write.clone().expect("a write pending is in progress");
+                let key = write.key.clone();
                 match result {
-                    Ok(_) => {
-                        client.put = None;
-                        if let Some(p) = self.puts.get_mut(&key) {
-                            p.acknowledged = Some(now);
-                        }
-                        self.outcome.puts_acknowledged += 1;
-                        self.note(format!("client {c} put {key} acknowledged"));
+                    Ok(reply) => {
+                        client.write = None;
+                        self.write_answered(c, &write, reply.result)?;
                     }
                     Err(ClientError::Stale { seq }) => {
                         // Only another writer in this client's session can have moved it past
                         // the seq this client is still retrying.
                         let session = client.session;
                         return Err(self.fail(format!(
-                            "client {c}'s put {key} (seq {seq}) refused as stale: another \
+                            "client {c}'s write of {key} (seq {seq}) refused as stale: another \
                              client wrote in its session {session:?}"
                         )));
                     }
                     Err(ClientError::SessionExpired { .. }) => {
-                        // Its outcome cannot be known any more: not retried, not checked.
-                        client.put = None;
+                        // Its outcome cannot be known any more: not retried; the key is not
+                        // written again (either version may be read).
+                        client.write = None;
                         client.session = None;
+                        if let Some(h) = self.keys.get_mut(&key) {
+                            h.frozen = true;
+                        }
+                        self.note(format!("client {c}'s write of {key}: session expired"));
                     }
                     Err(e) => self.redirect(c, &e),
                 }
@@ -948,43 +1074,146 @@ impl Sim {
         client.target = (client.target + 1) % self.cfg.nodes;
     }
 
-    /// A linearizable read of a write-once register.
+    /// Checks the answer to a write: a put or a compare-and-swap to the next version swapped
+    /// from the version before (a retry applied twice would find its own version and refuse);
+    /// one from a stale version was refused and saw the current one.
+    fn write_answered(
+        &mut self,
+        c: usize,
+        write: &WriteOp,
+        result: OpResult,
+    ) -> Result<(), WholeFailure> {
+        let key = &write.key;
+        let now = self.now;
+        let fine = match (&write.expect, &result) {
+            (Expect::Write(0), OpResult::Put) => true,
+            (Expect::Write(v), OpResult::Cas { swapped: true, previous }) => {
+                previous.as_deref() == Some(&version_value(key, v - 1)[..])
+            }
+            (Expect::Refused(v), OpResult::Cas { swapped: false, previous }) => {
+                previous.as_deref() == Some(&version_value(key, *v)[..])
+            }
+            _ => false,
+        };
+        if !fine {
+            return Err(self.fail(format!(
+                "client {c}'s {} (seq {}, expecting {:?}) was answered {}",
+                shown_op(&write.op),
+                write.seq,
+                write.expect,
+                shown_result(&result)
+            )));
+        }
+        match write.expect {
+            Expect::Write(v) => {
+                let history = self.keys.get_mut(key).expect("written keys are recorded");
+                history.versions[v].acknowledged = Some(now);
+                if v == 0 {
+                    self.outcome.puts_acknowledged += 1;
+                } else {
+                    self.outcome.cas_checked += 1;
+                }
+                self.note(format!("client {c}'s write of {key} version {v} acknowledged"));
+            }
+            Expect::Refused(v) => {
+                self.outcome.cas_checked += 1;
+                self.note(format!("client {c}'s stale CAS of {key} refused at version {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A linearizable read of a key: a register with one sequential writer. It must return
+    /// a version that was invoked (or nothing, before the put), and none older than a
+    /// version acknowledged, or returned by a read that completed, before it began.
     fn check_read(
         &mut self,
         key: &str,
         invoked: Duration,
         value: Option<Vec<u8>>,
     ) -> Result<(), WholeFailure> {
-        let put = self.puts.get(key).cloned().expect("reads are of keys put");
+        let history = self.keys.get(key).cloned().expect("reads are of keys put");
         self.outcome.reads_checked += 1;
-        // (A read is only of a key whose put was invoked: no value can come from the future.)
-        match value {
-            Some(v) if v != value_of(key) => {
-                Err(self.fail(format!("a read of {key} returned a value never written: {v:?}")))
-            }
-            Some(_) => {
-                let now = self.now;
-                let seen = &mut self.puts.get_mut(key).expect("checked").seen;
-                seen.get_or_insert(now);
-                Ok(())
-            }
-            None if put.acknowledged.is_some_and(|at| at < invoked) => Err(self.fail(format!(
-                "stale read: {key} was acknowledged at {:?} and a read begun at {invoked:?} \
-                 did not see it",
-                put.acknowledged.expect("checked")
-            ))),
-            None if put.seen.is_some_and(|at| at < invoked) => Err(self.fail(format!(
-                "stale read: {key} was read at {:?} and a read begun at {invoked:?} did not \
-                 see it",
-                put.seen.expect("checked")
-            ))),
-            None => Ok(()),
+        let read = match &value {
+            None => None,
+            Some(v) => match version_of(key, v) {
+                Some(n) if n < history.versions.len() => Some(n),
+                _ => {
+                    return Err(self.fail(format!(
+                        "a read of {key} returned a value never written: {:?}",
+                        String::from_utf8_lossy(v)
+                    )))
+                }
+            },
+        };
+        let newer = read.map_or(0, |n| n + 1);
+        for (n, version) in history.versions.iter().enumerate().skip(newer) {
+            let what = match (version.acknowledged, version.seen) {
+                (Some(at), _) if at < invoked => format!("was acknowledged at {at:?}"),
+                (_, Some(at)) if at < invoked => format!("was read at {at:?}"),
+                _ => continue,
+            };
+            return Err(self.fail(format!(
+                "stale read: {key} version {n} {what} and a read begun at {invoked:?} \
+                 returned {read:?}"
+            )));
         }
+        if let Some(n) = read {
+            let now = self.now;
+            let history = self.keys.get_mut(key).expect("checked");
+            history.versions[n].seen.get_or_insert(now);
+        }
+        Ok(())
     }
 }
 
-fn value_of(key: &str) -> Vec<u8> {
-    format!("value of {key}").into_bytes()
+fn shown(bytes: Option<&[u8]>) -> String {
+    match bytes {
+        Some(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        None => "absent".into(),
+    }
+}
+
+/// A write as a trace shows it: its bytes as text.
+fn shown_op(op: &Op) -> String {
+    match op {
+        Op::Put { key, value } => format!("put {} = {}", shown(Some(key)), shown(Some(value))),
+        Op::Cas { key, expected, new } => format!(
+            "cas {} from {} to {}",
+            shown(Some(key)),
+            shown(expected.as_deref()),
+            shown(Some(new))
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A write's answer as a trace shows it.
+fn shown_result(result: &OpResult) -> String {
+    match result {
+        OpResult::Cas { swapped, previous } => {
+            format!("swapped {swapped}, previous {}", shown(previous.as_deref()))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The value of version `n` of `key` (version 0's is what the runs before compare-and-swaps
+/// wrote: the seeds found with them still replay).
+fn version_value(key: &str, n: usize) -> Vec<u8> {
+    match n {
+        0 => format!("value of {key}").into_bytes(),
+        n => format!("value of {key} v{n}").into_bytes(),
+    }
+}
+
+/// Which version of `key` `value` is, if it is one.
+fn version_of(key: &str, value: &[u8]) -> Option<usize> {
+    let rest = std::str::from_utf8(value).ok()?.strip_prefix("value of ")?.strip_prefix(key)?;
+    match rest {
+        "" => Some(0),
+        rest => rest.strip_prefix(" v")?.parse().ok().filter(|&n| n > 0),
+    }
 }
 
 /// Runs one seed.
@@ -1024,6 +1253,10 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         if cfg.lease {
             flags.extend(["--read-only-option".into(), "lease-based".into()]);
         }
+        if cfg.cas {
+            // As many sessions as writers: a writer's new session evicts another's.
+            flags.extend(["--max-sessions".into(), cfg.clients.to_string()]);
+        }
         let args = Args::parse_from(flags);
         let mut config = args.to_config().map_err(|e| WholeFailure {
             seed: cfg.seed,
@@ -1062,7 +1295,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             seq: 0,
             pending: None,
             sent_at: Duration::ZERO,
-            put: None,
+            write: None,
             next_request_id: 1,
             next_key: 0,
             target: index % cfg.nodes,
@@ -1083,7 +1316,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         nodes,
         clients,
         now: Duration::ZERO,
-        puts: BTreeMap::new(),
+        keys: BTreeMap::new(),
         outcome: WholeOutcome::default(),
         trace: Default::default(),
         partition: None,
@@ -1093,6 +1326,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         disk_rng: Rng::new(cfg.seed ^ 0x6469_736b),
         operator_retry_at: Duration::ZERO,
         operator_in_force_since: None,
+        cas_rng: Rng::new(cfg.seed ^ 0x0063_6173),
     };
     for i in 0..cfg.nodes {
         sim.start_node(i)?;
@@ -1114,7 +1348,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     }
     for _ in 0..SETTLE_STEPS {
         sim.step(false)?;
-        if sim.clients.iter().any(|c| c.put.is_some()) || sim.replacement != Replacement::Idle {
+        if sim.clients.iter().any(|c| c.write.is_some()) || sim.replacement != Replacement::Idle {
             continue;
         }
         // Settled: a leader, and every node's log committed and applied to its end, the same
@@ -1132,18 +1366,32 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         if !settled {
             continue;
         }
-        // Every acknowledged write is in every node's state machine.
-        for (key, put) in &sim.puts {
-            if put.acknowledged.is_none() {
-                continue;
-            }
-            for (i, n) in sim.nodes.iter().enumerate() {
-                let node = n.node.as_ref().expect("all running");
-                if node.applied_value(key.as_bytes()) != Some(&value_of(key)) {
+        // Every acknowledged write is in every node's state machine: each key at its last
+        // acknowledged version, or a later one invoked (whose outcome was not known), the same
+        // on every node.
+        for (key, history) in &sim.keys {
+            let acknowledged = history.versions.iter().rposition(|v| v.acknowledged.is_some());
+            let values: Vec<Option<&Vec<u8>>> = sim
+                .nodes
+                .iter()
+                .map(|n| n.node.as_ref().expect("all running").applied_value(key.as_bytes()))
+                .collect();
+            for (i, value) in values.iter().enumerate() {
+                let version = value.and_then(|v| version_of(key, v));
+                let fine = match (acknowledged, version) {
+                    (_, Some(v)) if v >= history.versions.len() => false,
+                    (Some(a), Some(v)) => v >= a,
+                    (Some(_), None) => false,
+                    (None, _) => value.is_none() || version.is_some(),
+                };
+                if !fine || *value != values[0] {
                     return Err(sim.fail(format!(
-                        "acknowledged write {key} is missing on node {} at applied index {}",
+                        "acknowledged write {key} (version {acknowledged:?}) is missing on node \
+                         {} at applied index {}: it holds {:?} (node 1 {:?})",
                         i + 1,
-                        applied[0].0
+                        applied[0].0,
+                        value.map(|v| String::from_utf8_lossy(v)),
+                        values[0].map(|v| String::from_utf8_lossy(v)),
                     )));
                 }
             }

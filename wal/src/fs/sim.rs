@@ -62,6 +62,8 @@ struct State {
     capture_at: Option<u64>,
     captured: Option<Box<State>>,
     space_bytes_max: Option<u64>,
+    /// The number of the first sync since [`SimFs::mark_syncs`], if any.
+    first_sync: Option<u64>,
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -87,6 +89,12 @@ impl State {
             copy.capture_at = None;
             self.captured = Some(Box::new(copy));
         }
+    }
+
+    /// Counts a sync (of a file, a mapping's range or a directory).
+    fn tick_sync(&mut self) {
+        self.tick();
+        self.first_sync.get_or_insert(self.ops);
     }
 
     fn file(&self, path: &Path) -> io::Result<usize> {
@@ -270,6 +278,18 @@ impl SimFs {
         self.lock_state().captured.take().map(|s| SimFs::from_state(*s))
     }
 
+    /// Starts watching for syncs: [`SimFs::first_sync_since_mark`] names the first one after
+    /// this call.
+    pub fn mark_syncs(&self) {
+        self.lock_state().first_sync = None;
+    }
+
+    /// The number of the first sync (of a file, a mapping's range or a directory) since
+    /// [`SimFs::mark_syncs`]: what was done after it waited for it.
+    pub fn first_sync_since_mark(&self) -> Option<u64> {
+        self.lock_state().first_sync
+    }
+
     /// A copy of the disk, cache included (what a process crash leaves), without locks.
     pub fn fork(&self) -> SimFs {
         let mut state = self.lock_state().clone();
@@ -420,7 +440,7 @@ impl Fs for SimFs {
         if state.names.get(dir) != Some(&Node::Dir) {
             return Err(not_found(dir));
         }
-        state.tick();
+        state.tick_sync();
         let in_dir = |p: &PathBuf| p.as_path() != dir && parent_of(p) == dir;
         let cached: Vec<(PathBuf, Node)> =
             state.names.iter().filter(|(p, _)| in_dir(p)).map(|(p, n)| (p.clone(), *n)).collect();
@@ -485,7 +505,7 @@ impl FsFile for SimFile {
 
     fn sync_all(&self) -> io::Result<()> {
         let mut state = self.fs.lock_state();
-        state.tick();
+        state.tick_sync();
         let inode = &mut state.inodes[self.id];
         inode.durable = inode.data.clone();
         inode.durable_len = inode.data.len();
@@ -524,7 +544,7 @@ impl FsMap for SimMap {
 
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         let mut state = self.fs.lock_state();
-        state.tick();
+        state.tick_sync();
         let inode = &mut state.inodes[self.id];
         let start = offset / PAGE_SIZE * PAGE_SIZE;
         let end =
