@@ -22,11 +22,16 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codec::FrameDecoder;
 use log::{info, warn};
+use mio::Token;
 
+use crate::clock::Clock;
 use crate::errors::{Error, Result};
+use crate::net::{Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 use crate::node::{peer_hello, tokens_match, NodeConfig};
 use crate::protocol::{replaced_message, Hello, HelloAck, Role};
 
@@ -91,21 +96,50 @@ fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io
     codec::decode_payload(&payload).map_err(std::io::Error::other)
 }
 
-struct Waiting<'a> {
-    config: &'a NodeConfig,
+/// The decisions of the exchange, without its I/O: what to answer a member's hello, and what
+/// a member's answer decides. [`await_initial_members`] drives it over blocking sockets before
+/// the daemon's loop starts; [`NetExchange`] over a [`Net`] (a simulator's).
+pub struct Waiting {
+    config: NodeConfig,
     incarnation: u64,
     known: BTreeMap<u64, u64>,
     /// The last refusal logged per member, so that each is logged once.
     refusals: BTreeMap<u64, String>,
 }
 
-impl Waiting<'_> {
-    /// Answers one connection to the peer port.
-    fn answer(&mut self, mut stream: TcpStream) {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-        let Ok(hello) = read_frame::<Hello>(&mut stream) else { return };
+impl Waiting {
+    /// This node (`config`, its data dir's `incarnation`) knows only itself yet.
+    pub fn new(config: &NodeConfig, incarnation: u64) -> Waiting {
+        Waiting {
+            config: config.clone(),
+            incarnation,
+            known: BTreeMap::from([(config.id, incarnation)]),
+            refusals: BTreeMap::new(),
+        }
+    }
+
+    /// The hello this node asks the members with.
+    pub fn hello(&self) -> Hello {
+        peer_hello(&self.config, self.incarnation, 0)
+    }
+
+    /// The members of `--initial-cluster` not heard from yet, with their addresses.
+    pub fn missing(&self) -> Vec<(u64, String)> {
+        self.config
+            .initial_cluster
+            .iter()
+            .filter(|(id, _)| !self.known.contains_key(id))
+            .map(|(&id, addr)| (id, addr.clone()))
+            .collect()
+    }
+
+    /// Bootstrap, once every initial member is known to be new.
+    pub fn complete(&self) -> Option<Outcome> {
+        self.missing().is_empty().then(|| Outcome::Bootstrap(self.known.clone()))
+    }
+
+    /// The answer to a hello received on the peer port.
+    pub fn answer(&mut self, hello: &Hello) -> HelloAck {
         let refusal = if !tokens_match(hello.token.as_deref(), self.config.peer_token.as_deref()) {
             Some("wrong token".to_string())
         } else if hello.role != Role::Peer {
@@ -119,7 +153,7 @@ impl Waiting<'_> {
         } else {
             None
         };
-        let ack = match refusal {
+        match refusal {
             Some(reason) => {
                 warn!("refused a hello while bootstrapping: {reason}");
                 HelloAck::Refused { reason }
@@ -132,18 +166,12 @@ impl Waiting<'_> {
                 }
                 HelloAck::Bootstrapping { node_id: self.config.id, incarnation: self.incarnation }
             }
-        };
-        let _ = write_frame(&mut stream, &ack);
+        }
     }
 
-    /// Asks member `id`; Some when the answer decides the outcome.
-    fn ask(&mut self, id: u64, addr: &str) -> Option<Result<Outcome>> {
-        let socket_addr = crate::resolve::resolve_blocking(addr).ok()?;
-        let mut stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
-        let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-        write_frame(&mut stream, &peer_hello(self.config, self.incarnation, 0)).ok()?;
-        let ack: HelloAck = read_frame(&mut stream).ok()?;
+    /// What member `id`'s (at `addr`) answer to this node's hello decides: Some when it
+    /// decides the outcome.
+    pub fn answered(&mut self, id: u64, addr: &str, ack: HelloAck) -> Option<Result<Outcome>> {
         let mut refused = |why: String| {
             if self.refusals.get(&id) != Some(&why) {
                 warn!("member {id} at {addr}: {why}");
@@ -189,6 +217,37 @@ impl Waiting<'_> {
             }
         }
     }
+
+    /// Logs whom the node waits for.
+    fn log_waiting(&self) {
+        let ids: Vec<u64> = self.missing().iter().map(|(id, _)| *id).collect();
+        info!(
+            "empty data dir: waiting for initial members {ids:?} to start before bootstrapping \
+             cluster {:?}",
+            self.config.cluster_id
+        );
+    }
+}
+
+/// Answers one connection to the peer port, blocking.
+fn answer_blocking(waiting: &mut Waiting, mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
+    let Ok(hello) = read_frame::<Hello>(&mut stream) else { return };
+    let ack = waiting.answer(&hello);
+    let _ = write_frame(&mut stream, &ack);
+}
+
+/// Asks member `id` at `addr`, blocking; Some when the answer decides the outcome.
+fn ask_blocking(waiting: &mut Waiting, id: u64, addr: &str) -> Option<Result<Outcome>> {
+    let socket_addr = crate::resolve::resolve_blocking(addr).ok()?;
+    let mut stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
+    let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
+    write_frame(&mut stream, &waiting.hello()).ok()?;
+    let ack: HelloAck = read_frame(&mut stream).ok()?;
+    waiting.answered(id, addr, ack)
 }
 
 /// Waits until the outcome is known (see the module's description), answering the other
@@ -199,28 +258,17 @@ pub fn await_initial_members(
     incarnation: u64,
     shutdown: &AtomicBool,
 ) -> Result<Outcome> {
-    let mut waiting = Waiting {
-        config,
-        incarnation,
-        known: BTreeMap::from([(config.id, incarnation)]),
-        refusals: BTreeMap::new(),
-    };
+    let mut waiting = Waiting::new(config, incarnation);
     let mut next_log = Instant::now() + WAITING_LOG_INTERVAL;
     loop {
         while let Ok((stream, _)) = listener.accept() {
-            waiting.answer(stream);
+            answer_blocking(&mut waiting, stream);
         }
-        let missing: Vec<(u64, String)> = config
-            .initial_cluster
-            .iter()
-            .filter(|(id, _)| !waiting.known.contains_key(id))
-            .map(|(&id, addr)| (id, addr.clone()))
-            .collect();
-        if missing.is_empty() {
-            return Ok(Outcome::Bootstrap(waiting.known));
+        if let Some(outcome) = waiting.complete() {
+            return Ok(outcome);
         }
-        for (id, addr) in &missing {
-            if let Some(outcome) = waiting.ask(*id, addr) {
+        for (id, addr) in waiting.missing() {
+            if let Some(outcome) = ask_blocking(&mut waiting, id, &addr) {
                 return outcome;
             }
         }
@@ -228,15 +276,210 @@ pub fn await_initial_members(
             return Err(Error::Stopped);
         }
         if Instant::now() >= next_log {
-            let ids: Vec<u64> = missing.iter().map(|(id, _)| *id).collect();
-            info!(
-                "empty data dir: waiting for initial members {ids:?} to start before \
-                 bootstrapping cluster {:?}",
-                config.cluster_id
-            );
+            waiting.log_waiting();
             next_log = Instant::now() + WAITING_LOG_INTERVAL;
         }
         std::thread::sleep(ROUND_INTERVAL);
+    }
+}
+
+/// One connection of [`NetExchange`].
+struct ExchangeConn<S> {
+    stream: S,
+    decoder: FrameDecoder,
+    /// Whom this node asks on it (None: a member asks this node).
+    asking: Option<(u64, String)>,
+    /// The hello is written (asking), or the answer (answering).
+    done_writing: bool,
+    opened: Instant,
+}
+
+/// The same exchange as [`await_initial_members`] over a [`Net`], without blocking: a
+/// simulator's network, where the node's empty data dir asks the members as the daemon's does
+/// (see `Node::simulated_start`). Each [`NetExchange::turn`] answers the hellos that arrived,
+/// reads the answers to this node's, and asks the members not heard from every
+/// [`ROUND_INTERVAL`].
+pub struct NetExchange<N: Net> {
+    waiting: Waiting,
+    net: N,
+    clock: Arc<dyn Clock>,
+    conns: BTreeMap<Token, ExchangeConn<N::Stream>>,
+    next_token: usize,
+    next_round: Instant,
+    next_log: Instant,
+    events: Vec<NetEvent>,
+}
+
+/// The first token of the exchange's connections (after the two listeners').
+const EXCHANGE_FIRST_TOKEN: usize = 2;
+
+impl<N: Net> NetExchange<N> {
+    /// Starts asking at once.
+    pub fn new(config: &NodeConfig, incarnation: u64, net: N, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now();
+        NetExchange {
+            waiting: Waiting::new(config, incarnation),
+            net,
+            clock,
+            conns: BTreeMap::new(),
+            next_token: EXCHANGE_FIRST_TOKEN,
+            next_round: now,
+            next_log: now + WAITING_LOG_INTERVAL,
+            events: Vec::new(),
+        }
+    }
+
+    /// The network, once the outcome is known (the node's loop goes on with it).
+    pub fn into_net(self) -> N {
+        let NetExchange { mut net, conns, .. } = self;
+        for (_, mut conn) in conns {
+            net.deregister(&mut conn.stream);
+        }
+        net
+    }
+
+    fn open(&mut self, stream: N::Stream, asking: Option<(u64, String)>) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let mut conn = ExchangeConn {
+            stream,
+            decoder: FrameDecoder::new(HELLO_SIZE_MAX),
+            done_writing: false,
+            opened: self.clock.now(),
+            asking,
+        };
+        let writable = conn.asking.is_some();
+        if self.net.register(&mut conn.stream, token, writable).is_ok() {
+            self.conns.insert(token, conn);
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(mut conn) = self.conns.remove(&token) {
+            self.net.deregister(&mut conn.stream);
+        }
+    }
+
+    /// One round: Some once the outcome is known (an error: this node must not start).
+    pub fn turn(&mut self) -> Option<Result<Outcome>> {
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.net.poll(&mut events, Some(Duration::from_millis(10))) {
+            return Some(Err(Error::io("poll", "the bootstrap exchange", e)));
+        }
+        for event in &events {
+            match event.token {
+                PEER_LISTENER => {
+                    while let Ok((stream, _)) = self.net.accept(Port::Peer) {
+                        self.open(stream, None);
+                    }
+                }
+                // Clients wait for the node to start; their connections are closed.
+                CLIENT_LISTENER => while self.net.accept(Port::Client).is_ok() {},
+                token => {
+                    if let Some(outcome) = self.serve(token, event.writable) {
+                        self.events = events;
+                        return Some(outcome);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        if let Some(outcome) = self.waiting.complete() {
+            return Some(Ok(outcome));
+        }
+        let now = self.clock.now();
+        let expired: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.opened) >= EXCHANGE_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in expired {
+            self.close(token);
+        }
+        if now >= self.next_round {
+            self.next_round = now + ROUND_INTERVAL;
+            for (id, addr) in self.waiting.missing() {
+                let asked =
+                    self.conns.values().any(|c| c.asking.as_ref().is_some_and(|a| a.0 == id));
+                let Ok(socket_addr) = addr.parse() else { continue };
+                if !asked {
+                    if let Ok(stream) = self.net.connect(socket_addr) {
+                        self.open(stream, Some((id, addr)));
+                    }
+                }
+            }
+        }
+        if now >= self.next_log {
+            self.waiting.log_waiting();
+            self.next_log = now + WAITING_LOG_INTERVAL;
+        }
+        None
+    }
+
+    /// Moves connection `token` on; Some when an answer decides the outcome.
+    fn serve(&mut self, token: Token, writable: bool) -> Option<Result<Outcome>> {
+        let conn = self.conns.get_mut(&token)?;
+        if conn.asking.is_some() && !conn.done_writing && writable {
+            if !matches!(N::connect_error(&conn.stream), Ok(None)) {
+                self.close(token);
+                return None;
+            }
+            let mut frame = Vec::new();
+            let hello = self.waiting.hello();
+            let sent = codec::encode_into(&mut frame, &hello, HELLO_SIZE_MAX).is_ok()
+                && conn.stream.write_all(&frame).is_ok();
+            if !sent {
+                self.close(token);
+                return None;
+            }
+            conn.done_writing = true;
+            let _ = self.net.reregister(&mut conn.stream, token, false);
+        }
+        let conn = self.conns.get_mut(&token)?;
+        let closed = loop {
+            match conn.decoder.read_from(&mut conn.stream) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        let payload = match conn.decoder.next_payload() {
+            Ok(Some(payload)) => Some(payload.to_vec()),
+            Ok(None) => None,
+            Err(_) => {
+                self.close(token);
+                return None;
+            }
+        };
+        let Some(payload) = payload else {
+            if closed {
+                self.close(token);
+            }
+            return None;
+        };
+        match conn.asking.clone() {
+            Some((id, addr)) => {
+                self.close(token);
+                let ack = codec::decode_payload::<HelloAck>(&payload).ok()?;
+                self.waiting.answered(id, &addr, ack)
+            }
+            None => {
+                if !conn.done_writing {
+                    if let Ok(hello) = codec::decode_payload::<Hello>(&payload) {
+                        let ack = self.waiting.answer(&hello);
+                        let mut frame = Vec::new();
+                        if codec::encode_into(&mut frame, &ack, HELLO_SIZE_MAX).is_ok() {
+                            let _ = conn.stream.write_all(&frame);
+                        }
+                    }
+                    conn.done_writing = true;
+                }
+                self.close(token);
+                None
+            }
+        }
     }
 }
 

@@ -408,6 +408,45 @@ impl Node<MioNet> {
     }
 }
 
+/// What [`Node::simulated_start`] opened. (Made once per start and moved at once: the
+/// difference in size between the variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
+pub enum Started<N: Net> {
+    /// The node, serving.
+    Running(Node<N>),
+    /// An empty data dir asking the initial members what it is.
+    Booting(Booting<N>),
+}
+
+/// An empty data dir asking the initial members whether the cluster exists
+/// ([`crate::bootstrap`]), over a simulator's network.
+pub struct Booting<N: Net> {
+    config: NodeConfig,
+    clock: Arc<dyn Clock>,
+    storage: WalStorage,
+    exchange: crate::bootstrap::NetExchange<N>,
+}
+
+impl<N: Net> Booting<N> {
+    /// One turn of the exchange: the node once the answers decided (bootstrapped, or joining
+    /// the cluster that recorded it), an error when this node must not start (its id was
+    /// recorded with another data dir, or removed), or the booting node again.
+    pub fn turn(mut self) -> Result<Started<N>> {
+        let Some(outcome) = self.exchange.turn() else { return Ok(Started::Booting(self)) };
+        let Booting { config, clock, mut storage, exchange } = self;
+        match outcome? {
+            crate::bootstrap::Outcome::Bootstrap(incarnations) => {
+                bootstrap(&mut storage, &config, &incarnations)?
+            }
+            crate::bootstrap::Outcome::Join => {}
+        }
+        let core = open_core(&config, storage)?;
+        let net = exchange.into_net();
+        let node = Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)?;
+        Ok(Started::Running(node))
+    }
+}
+
 impl<N: Net> Node<N> {
     /// A node whose world is given (a simulator's): its data dir on `fs` (a new one gets the
     /// incarnation `new_incarnation`; an empty one with an `--initial-cluster` is bootstrapped
@@ -429,6 +468,30 @@ impl<N: Net> Node<N> {
         }
         let core = open_core(&config, storage)?;
         Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)
+    }
+
+    /// A node whose world is given, as [`Node::simulated`], whose empty data dir started with
+    /// an `--initial-cluster` asks the members what it is, as the daemon's does
+    /// ([`crate::bootstrap`]), over `net`: Booting until the answers decide. A data dir
+    /// replaced under an id the cluster recorded is refused there.
+    pub fn simulated_start(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        fs: Arc<dyn wal::fs::Fs>,
+        net: N,
+        new_incarnation: u64,
+    ) -> Result<Started<N>> {
+        let mut storage = open_storage(&config, fs, Some(new_incarnation))?;
+        storage.set_inline(true);
+        if storage.is_empty() && !config.join && !config.initial_cluster.is_empty() {
+            let incarnation = storage.incarnation();
+            let exchange =
+                crate::bootstrap::NetExchange::new(&config, incarnation, net, clock.clone());
+            return Ok(Started::Booting(Booting { config, clock, storage, exchange }));
+        }
+        let core = open_core(&config, storage)?;
+        let node = Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)?;
+        Ok(Started::Running(node))
     }
 
     /// The node around its opened core and state machine, on `net`.

@@ -156,6 +156,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.slow_syncs += o.slow_syncs;
                 total.cas_checked += o.cas_checked;
                 total.sessions_renewed += o.sessions_renewed;
+                total.replaced_in_place_refused += o.replaced_in_place_refused;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -181,7 +182,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
-         {} disks replaced, {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
+         {} disks replaced ({} in place, refused), {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
          sessions renewed, {:.0}s",
         first.steps,
         total.puts_acknowledged,
@@ -191,6 +192,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.pauses,
         total.transfers,
         total.disks_replaced,
+        total.replaced_in_place_refused,
         total.disks_full,
         total.slow_syncs,
         total.cas_checked,

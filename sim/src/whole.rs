@@ -31,7 +31,7 @@ use clap::Parser;
 use codec::FrameDecoder;
 use raftd::args::Args;
 use raftd::clock::ManualClock;
-use raftd::node::{Node, NodeConfig};
+use raftd::node::{Booting, Node, NodeConfig, Started};
 use raftd::protocol::{
     AdminReply, AdminRequest, ClientError, ClientRequest, ClientResponse, Hello, HelloAck, Op,
     OpResult,
@@ -61,6 +61,8 @@ const CLIENT_FRAME_MAX: usize = 1 << 20;
 const PAUSE_MS_MAX: u64 = 300;
 /// Chance per step that the operator, idle, starts replacing a node's disk, per mille.
 const REPLACE_PER_MILLE: u64 = 1;
+/// The operator's disk replacements done in place, not removing the member first, per mille.
+const WIPE_IN_PLACE_PER_MILLE: u64 = 300;
 /// The operator waits this long after a refusal before asking again.
 const OPERATOR_RETRY: Duration = Duration::from_millis(50);
 /// A change a leader says is in force already is taken as done when a leader says so again
@@ -178,6 +180,9 @@ pub struct WholeOutcome {
     pub cas_checked: u64,
     /// Sessions a writer gave up for a new one.
     pub sessions_renewed: u64,
+    /// Disks replaced in place (the member not removed first) whose node then refused to
+    /// start, as it must.
+    pub replaced_in_place_refused: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -219,6 +224,13 @@ struct SimNode {
     clock_rate: u64,
     incarnation: u64,
     node: Option<Node<SimNet>>,
+    /// Its empty data dir asking the initial members what it is (a disk replaced under its
+    /// old id, started with `--initial-cluster`).
+    booting: Option<Booting<SimNet>>,
+    /// Starts by asking the initial members (its disk was replaced in place).
+    ask_members: bool,
+    /// Kept stopped by the operator (it refused to start on its replaced disk) until removed.
+    held: bool,
     /// When a crashed node starts again.
     restart_at: Option<Duration>,
     /// Until when the running process is stopped.
@@ -296,6 +308,15 @@ enum Role {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Replacement {
     Idle,
+    /// Before replacing node `.0`'s disk in place: waiting until a leader reports every member
+    /// a voter and caught up, twice [`OPERATOR_CONFIRM_AFTER`] apart (as an operator checks
+    /// `raftctl status` first: a node whose vote is still needed, say under a configuration
+    /// a full power loss left uncommitted, cannot be taken away without stalling the cluster).
+    Checking(usize),
+    /// Node `.0`'s disk was replaced in place (not removed first) and it started again under
+    /// its id with `--initial-cluster`: it must refuse to start, as the members recorded
+    /// another data dir for its id. Then it is removed and added back as below.
+    Wiped(usize),
     /// Removing node `.0` (an index) from the configuration.
     Removing(usize),
     /// Node `.0` runs on its new disk; adding it as a learner.
@@ -350,6 +371,10 @@ struct Sim {
     operator_in_force_since: Option<Duration>,
     /// Draws the compare-and-swaps (see [`WholeConfig::cas`]).
     cas_rng: Rng,
+    /// Draws which disk replacements are done in place (see [`Replacement::Wiped`]).
+    wipe_rng: Rng,
+    /// The nodes' `--initial-cluster`, as first started.
+    initial_cluster: BTreeMap<u64, String>,
 }
 
 /// Events kept for a failure's report.
@@ -405,6 +430,9 @@ impl Sim {
     }
 
     fn start_node(&mut self, i: usize) -> Result<(), WholeFailure> {
+        if self.nodes[i].ask_members {
+            return self.boot_node(i);
+        }
         let initial: BTreeMap<u64, u64> =
             self.nodes.iter().map(|n| (n.config.id, n.incarnation)).collect();
         let n = &mut self.nodes[i];
@@ -418,12 +446,75 @@ impl Sim {
                 self.note(format!("node {} started", i + 1));
                 Ok(())
             }
-            Err(e) if self.nodes[i].disk_full.is_some() => {
-                self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
-                self.note(format!("node {} does not start, its disk full: {e}", i + 1));
+            Err(e) => self.not_started(i, e),
+        }
+    }
+
+    fn not_started(&mut self, i: usize, e: raftd::errors::Error) -> Result<(), WholeFailure> {
+        if self.nodes[i].disk_full.is_some() {
+            self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
+            self.note(format!("node {} does not start, its disk full: {e}", i + 1));
+            return Ok(());
+        }
+        Err(self.fail(format!("node {} does not start from its disk: {e}", i + 1)))
+    }
+
+    /// Starts node `i` on its replaced disk as the daemon starts an empty data dir with
+    /// `--initial-cluster`: asking the members what it is, over the network.
+    fn boot_node(&mut self, i: usize) -> Result<(), WholeFailure> {
+        let n = &mut self.nodes[i];
+        let net = self.world.attach(i, peer_addr(i), client_addr(i), &n.fs);
+        let fs: Arc<dyn wal::fs::Fs> = Arc::new(n.fs.clone());
+        let clock: Arc<dyn raftd::clock::Clock> = n.clock.clone();
+        n.restart_at = None;
+        match Node::simulated_start(n.config.clone(), clock, fs, net, n.incarnation) {
+            Ok(started) => {
+                self.note(format!("node {} starts on its new disk, asking the members", i + 1));
+                self.started(i, started)
+            }
+            Err(e) => self.not_started(i, e),
+        }
+    }
+
+    /// What node `i`'s booting came to.
+    fn started(&mut self, i: usize, started: Started<SimNet>) -> Result<(), WholeFailure> {
+        match started {
+            Started::Booting(booting) => {
+                self.nodes[i].booting = Some(booting);
                 Ok(())
             }
-            Err(e) => Err(self.fail(format!("node {} does not start from its disk: {e}", i + 1))),
+            Started::Running(_) => Err(self.fail(format!(
+                "node {}, its disk replaced under the id the cluster recorded with another, was \
+                 let in (it bootstrapped or joined)",
+                i + 1
+            ))),
+        }
+    }
+
+    /// One turn of node `i` asking the members; its refusal to start is what the operator
+    /// waits for (then removes it and adds it back).
+    fn boot_turn(&mut self, i: usize) -> Result<(), WholeFailure> {
+        let booting = self.nodes[i].booting.take().expect("booting");
+        match booting.turn() {
+            Ok(started) => self.started(i, started),
+            Err(raftd::errors::Error::Config(reason)) => {
+                self.note(format!("node {} does not start: {reason}", i + 1));
+                let n = &mut self.nodes[i];
+                n.ask_members = false;
+                n.held = true;
+                self.outcome.replaced_in_place_refused += 1;
+                if self.replacement == Replacement::Wiped(i) {
+                    self.note(format!(
+                        "operator: node {} refused its new disk; removing it",
+                        i + 1
+                    ));
+                    self.replacement = Replacement::Removing(i);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                Err(self.fail(format!("node {} failed while asking the members: {e}", i + 1)))
+            }
         }
     }
 
@@ -578,6 +669,11 @@ impl Sim {
         }
         let crashing = std::mem::take(&mut self.crashing);
         for i in 0..self.cfg.nodes {
+            if self.nodes[i].booting.is_some() {
+                // (Neither paused nor crashed: faults of those kinds wait while a node boots.)
+                self.boot_turn(i)?;
+                continue;
+            }
             if self.nodes[i].node.is_none() {
                 continue;
             }
@@ -945,11 +1041,22 @@ impl Sim {
                 return Ok(());
             }
             let v = self.members_rng.below(self.cfg.nodes as u64) as usize;
-            self.replacement = Replacement::Removing(v);
-            self.note(format!("operator: node {} gets a new disk; removing it", v + 1));
+            if self.wipe_rng.chance(WIPE_IN_PLACE_PER_MILLE) {
+                self.note(format!(
+                    "operator: node {} gets a new disk in place; checking first",
+                    v + 1
+                ));
+                self.replacement = Replacement::Checking(v);
+            } else {
+                self.replacement = Replacement::Removing(v);
+                self.note(format!("operator: node {} gets a new disk; removing it", v + 1));
+            }
         }
         let request = match self.replacement {
             Replacement::Idle => unreachable!("a replacement was just started"),
+            Replacement::Checking(_) => AdminRequest::Status,
+            // Waiting for the node to refuse its new disk.
+            Replacement::Wiped(_) => return Ok(()),
             Replacement::Removing(v) => AdminRequest::Remove { id: v as u64 + 1 },
             Replacement::Adding(v) => {
                 AdminRequest::AddLearner { id: v as u64 + 1, addr: peer_addr(v).to_string() }
@@ -970,12 +1077,15 @@ impl Sim {
     /// come from a deposed leader that does not know yet (its view of the configuration is
     /// stale until check-quorum steps it down, within an election timeout).
     fn operator_answer(&mut self, c: usize, result: Result<AdminReply, ClientError>) {
+        if let Replacement::Checking(v) = self.replacement {
+            return self.operator_checked(c, v, result);
+        }
         let in_force = match &result {
             Err(ClientError::Refused(reason)) => match self.replacement {
                 Replacement::Removing(_) => reason.contains("is not a member"),
                 Replacement::Adding(_) => reason.contains("is already a member"),
                 Replacement::Promoting(_) => reason.contains("is not a learner"),
-                Replacement::Idle => false,
+                Replacement::Idle | Replacement::Checking(_) | Replacement::Wiped(_) => false,
             },
             _ => false,
         };
@@ -1009,7 +1119,7 @@ impl Sim {
             return;
         }
         match self.replacement {
-            Replacement::Idle => {}
+            Replacement::Idle | Replacement::Checking(_) | Replacement::Wiped(_) => {}
             Replacement::Removing(v) => {
                 self.replace_disk(v);
                 self.replacement = Replacement::Adding(v);
@@ -1026,12 +1136,68 @@ impl Sim {
         }
     }
 
+    /// The status the operator asked for before replacing node `v`'s disk in place: healthy
+    /// when from a leader that has every node a voter, caught up, and everything committed.
+    fn operator_checked(&mut self, c: usize, v: usize, result: Result<AdminReply, ClientError>) {
+        let healthy = match &result {
+            Ok(AdminReply::Status(s)) => {
+                let voters = s.members.iter().filter(|m| m.role == "voter").count();
+                s.role == "leader"
+                    && !s.joint
+                    && voters == self.cfg.nodes
+                    && s.members.len() == self.cfg.nodes
+                    && s.commit == s.last_index
+                    && s.members.iter().all(|m| m.matched == Some(s.last_index))
+            }
+            _ => false,
+        };
+        self.operator_retry_at = self.now + OPERATOR_RETRY;
+        if !healthy {
+            self.operator_in_force_since = None;
+            return self.roam(c);
+        }
+        match self.operator_in_force_since {
+            Some(since) if self.now - since >= OPERATOR_CONFIRM_AFTER => {
+                self.operator_in_force_since = None;
+                self.wipe_in_place(v);
+                self.replacement = Replacement::Wiped(v);
+            }
+            Some(_) => {}
+            None => self.operator_in_force_since = Some(self.now),
+        }
+    }
+
+    /// Node `v`'s disk is replaced while it is a member, and it is started again as before,
+    /// under its id with `--initial-cluster` (an operator's mistake the cluster must refuse:
+    /// what its id acknowledged is gone).
+    fn wipe_in_place(&mut self, v: usize) {
+        drop(self.nodes[v].node.take());
+        drop(self.nodes[v].booting.take());
+        let incarnation = self.wipe_rng.next_u64() | 1;
+        let initial_cluster = self.initial_cluster.clone();
+        let n = &mut self.nodes[v];
+        n.fs = SimFs::new();
+        n.incarnation = incarnation;
+        n.config.join = false;
+        n.config.initial_cluster = initial_cluster;
+        n.ask_members = true;
+        n.paused_until = None;
+        n.restart_at = Some(self.now + Duration::from_millis(50));
+        self.note(format!(
+            "operator: node {}'s disk replaced in place; started again with --initial-cluster",
+            v + 1
+        ));
+    }
+
     /// Node `v`, removed, is stopped and comes back on an empty disk with a new incarnation,
     /// started with `--join` (waiting to be added).
     fn replace_disk(&mut self, v: usize) {
         drop(self.nodes[v].node.take());
+        drop(self.nodes[v].booting.take());
         let incarnation = self.members_rng.next_u64() | 1;
         let n = &mut self.nodes[v];
+        n.held = false;
+        n.ask_members = false;
         n.fs = SimFs::new();
         n.incarnation = incarnation;
         n.config.join = true;
@@ -1279,6 +1445,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             clock_rate,
             incarnation: rng.next_u64() | 1,
             node: None,
+            booting: None,
+            ask_members: false,
+            held: false,
             restart_at: None,
             paused_until: None,
             disk_full: None,
@@ -1287,6 +1456,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     }
     // With timing faults, one more client: a reader roaming over the nodes; with membership
     // changes, an operator.
+    let initial_cluster = nodes[0].config.initial_cluster.clone();
     let clients = (0..cfg.clients + usize::from(cfg.timing) + usize::from(cfg.membership))
         .map(|index| SimClient {
             index,
@@ -1327,6 +1497,8 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         operator_retry_at: Duration::ZERO,
         operator_in_force_since: None,
         cas_rng: Rng::new(cfg.seed ^ 0x0063_6173),
+        wipe_rng: Rng::new(cfg.seed ^ 0x7769_7065),
+        initial_cluster,
     };
     for i in 0..cfg.nodes {
         sim.start_node(i)?;
@@ -1342,7 +1514,8 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         n.paused_until = None;
     }
     for i in 0..cfg.nodes {
-        if sim.nodes[i].node.is_none() {
+        let n = &sim.nodes[i];
+        if n.node.is_none() && n.booting.is_none() && !n.held {
             sim.start_node(i)?;
         }
     }

@@ -56,7 +56,9 @@ fn whole_node_seeds_with_drifting_clocks_and_pauses_read_fresh_in_both_read_mode
 }
 
 /// With an operator replacing disks (remove, empty disk and new incarnation, join, add as a
-/// learner, promote) while the faults go on, with and without timing faults and leases:
+/// learner, promote; or first in place, under the old id with `--initial-cluster`, which the
+/// node must refuse after asking the members: found at seed 4 with the members' incarnation
+/// check reverted) while the faults go on, with and without timing faults and leases:
 /// `WHOLE_MEMBERSHIP_SEEDS` (default 4) of each, and seed 7303 with leases (the removed
 /// node's former process, its hello held by a partition, had its incarnation recorded for
 /// the new one, which was then refused for good: fixed by retiring a removed member's
@@ -66,17 +68,22 @@ fn whole_node_seeds_with_disks_replaced_keep_every_acknowledged_write() {
     let seeds: u64 =
         std::env::var("WHOLE_MEMBERSHIP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let mut replaced = 0;
+    let mut refused_in_place = 0;
     let runs = (0..seeds)
         .flat_map(|seed| [WholeConfig::new(seed, 4_000), WholeConfig::lease(seed, 4_000)])
         .chain([WholeConfig::lease(7303, 4_000)]);
     for cfg in runs {
         match run_whole(&cfg.with_membership()) {
-            Ok(o) => replaced += o.disks_replaced,
+            Ok(o) => {
+                replaced += o.disks_replaced;
+                refused_in_place += o.replaced_in_place_refused;
+            }
             Err(failure) => panic!("{failure}"),
         }
     }
-    println!("{replaced} disks replaced");
+    println!("{replaced} disks replaced, {refused_in_place} in place and refused");
     assert!(replaced > 0, "no disk replaced in {seeds} seeds");
+    assert!(refused_in_place > 0, "no disk replaced in place in {seeds} seeds");
 }
 
 /// With disk faults (a disk full for a while: the node stops, starts again once there is room;
