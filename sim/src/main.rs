@@ -1,6 +1,6 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease] [--whole [--timing] [--membership] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
@@ -8,7 +8,8 @@
 //! clocks drift and they pause, and with `--lease` as well they answer reads from the lease;
 //! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote);
 //! with `--disk-faults` disks fill up for a while and syncs take time; with `--cas` writers
-//! move their keys through versions with compare-and-swaps and renew their sessions.
+//! move their keys through versions with compare-and-swaps and renew their sessions; with
+//! `--single-voter` the cluster is one voter and two learners the operator adds.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let mut membership = false;
     let mut disk_faults = false;
     let mut cas = false;
+    let mut single_voter = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -51,12 +53,16 @@ fn main() -> ExitCode {
             cas = true;
             continue;
         }
+        if flag == "--single-voter" {
+            single_voter = true;
+            continue;
+        }
         if flag == "--disk-faults" {
             disk_faults = true;
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
-            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--seeds N] [--start S] [--steps K] | --replay SEED");
+            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED");
             return ExitCode::from(2);
         };
         match flag.as_str() {
@@ -71,13 +77,17 @@ fn main() -> ExitCode {
         }
     }
     if whole {
+        if membership && single_voter {
+            eprintln!("raft-sim: --single-voter and --membership do not go together");
+            return ExitCode::from(2);
+        }
         let config = |seed| {
             let cfg = match (lease, timing) {
                 (true, _) => WholeConfig::lease(seed, steps),
                 (false, true) => WholeConfig::timed(seed, steps),
                 (false, false) => WholeConfig::new(seed, steps),
             };
-            WholeConfig { membership, disk_faults, cas, ..cfg }
+            WholeConfig { membership, disk_faults, cas, single_voter, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -157,6 +167,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.cas_checked += o.cas_checked;
                 total.sessions_renewed += o.sessions_renewed;
                 total.replaced_in_place_refused += o.replaced_in_place_refused;
+                total.learners_added += o.learners_added;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -173,8 +184,9 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, false) => "",
     };
     let mode = format!(
-        "{mode}{}{}{}",
+        "{mode}{}{}{}{}",
         if first.membership { " --membership" } else { "" },
+        if first.single_voter { " --single-voter" } else { "" },
         if first.disk_faults { " --disk-faults" } else { "" },
         if first.cas { " --cas" } else { "" }
     );
@@ -183,7 +195,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
          {} disks replaced ({} in place, refused), {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
-         sessions renewed, {:.0}s",
+         sessions renewed, {} learners added to a single voter, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -197,6 +209,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.slow_syncs,
         total.cas_checked,
         total.sessions_renewed,
+        total.learners_added,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

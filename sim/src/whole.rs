@@ -111,6 +111,12 @@ pub struct WholeConfig {
     /// restarted client does, with `--max-sessions` at the number of writers, so that
     /// sessions are evicted under retries. A stream of its own too.
     pub cas: bool,
+    /// One voter and learners, the way the README grows a cluster: node 1 bootstraps alone,
+    /// the others start with `--join` on empty disks and the operator adds them as learners
+    /// (never promoting them). The voter commits what it alone has synced, and its learners
+    /// apply and serve it; a power loss of the voter must take back nothing they applied.
+    /// Not with [`WholeConfig::membership`].
+    pub single_voter: bool,
 }
 
 impl WholeConfig {
@@ -126,7 +132,13 @@ impl WholeConfig {
             membership: false,
             disk_faults: false,
             cas: false,
+            single_voter: false,
         }
+    }
+
+    /// The same, with one voter and learners (see [`WholeConfig::single_voter`]).
+    pub fn with_single_voter(self) -> WholeConfig {
+        WholeConfig { single_voter: true, ..self }
     }
 
     /// The same, with compare-and-swaps and session evictions (see [`WholeConfig::cas`]).
@@ -183,6 +195,8 @@ pub struct WholeOutcome {
     /// Disks replaced in place (the member not removed first) whose node then refused to
     /// start, as it must.
     pub replaced_in_place_refused: u64,
+    /// Learners the operator added to the single voter (see [`WholeConfig::single_voter`]).
+    pub learners_added: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -1037,6 +1051,9 @@ impl Sim {
             return Ok(());
         }
         if self.replacement == Replacement::Idle {
+            if self.cfg.single_voter {
+                return Ok(()); // Its learners added, nothing more to do.
+            }
             if !issue_new || !self.members_rng.chance(REPLACE_PER_MILLE) {
                 return Ok(());
             }
@@ -1123,6 +1140,15 @@ impl Sim {
             Replacement::Removing(v) => {
                 self.replace_disk(v);
                 self.replacement = Replacement::Adding(v);
+            }
+            Replacement::Adding(v) if self.cfg.single_voter => {
+                self.note(format!("operator: node {} is a learner", v + 1));
+                self.outcome.learners_added += 1;
+                self.replacement = if v + 1 < self.cfg.nodes {
+                    Replacement::Adding(v + 1)
+                } else {
+                    Replacement::Idle
+                };
             }
             Replacement::Adding(v) => {
                 self.note(format!("operator: node {} is a learner; promoting it", v + 1));
@@ -1232,7 +1258,8 @@ impl Sim {
         // A node that waits to be added (membership changes) knows no leader and will not for
         // a while: the client moves on. (Without membership changes it waits out an election
         // where it is, as the seeds of the bite table were found with.)
-        let no_leader = matches!(e, ClientError::NoLeader) && self.cfg.membership;
+        let no_leader =
+            matches!(e, ClientError::NoLeader) && (self.cfg.membership || self.cfg.single_voter);
         if !matches!(e, ClientError::NotLeader { .. }) && !no_leader {
             return;
         }
@@ -1387,8 +1414,10 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
     let mut rng = Rng::new(cfg.seed);
     let world_rng = Rng::new(rng.next_u64());
     let world = World::new(world_rng, Duration::from_micros(100), Duration::from_millis(3));
+    // With one voter, node 1 bootstraps alone and the others join.
+    let initial_members = if cfg.single_voter { 1 } else { cfg.nodes };
     let initial: Vec<String> =
-        (0..cfg.nodes).map(|i| format!("{}={}", i + 1, peer_addr(i))).collect();
+        (0..initial_members).map(|i| format!("{}={}", i + 1, peer_addr(i))).collect();
     let initial = initial.join(",");
     let mut timing_rng = Rng::new(cfg.seed ^ 0x7469_6d69_6e67);
     let mut nodes = Vec::new();
@@ -1416,6 +1445,12 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             "--snapshot-entries".into(),
             "200".into(),
         ];
+        if i >= initial_members {
+            // Waits to be added: no --initial-cluster.
+            let at = flags.iter().position(|f| f == "--initial-cluster").expect("given above");
+            flags.drain(at..at + 2);
+            flags.push("--join".into());
+        }
         if cfg.lease {
             flags.extend(["--read-only-option".into(), "lease-based".into()]);
         }
@@ -1430,6 +1465,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
             trace: Vec::new(),
         })?;
         config.election_seed = Some(rng.next_u64());
+
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let mut clock_rate = 1_000_000;
         if cfg.timing {
@@ -1455,9 +1491,10 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         });
     }
     // With timing faults, one more client: a reader roaming over the nodes; with membership
-    // changes, an operator.
+    // changes (or learners to add), an operator.
     let initial_cluster = nodes[0].config.initial_cluster.clone();
-    let clients = (0..cfg.clients + usize::from(cfg.timing) + usize::from(cfg.membership))
+    let operator = cfg.membership || cfg.single_voter;
+    let clients = (0..cfg.clients + usize::from(cfg.timing) + usize::from(operator))
         .map(|index| SimClient {
             index,
             conn: None,
@@ -1492,7 +1529,8 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         partition: None,
         crashing: Vec::new(),
         members_rng: Rng::new(cfg.seed ^ 0x006d_656d_6265_7273),
-        replacement: Replacement::Idle,
+        // With one voter, the operator's first task: adding the others as learners.
+        replacement: if cfg.single_voter { Replacement::Adding(1) } else { Replacement::Idle },
         disk_rng: Rng::new(cfg.seed ^ 0x6469_736b),
         operator_retry_at: Duration::ZERO,
         operator_in_force_since: None,
@@ -1500,76 +1538,96 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         wipe_rng: Rng::new(cfg.seed ^ 0x7769_7065),
         initial_cluster,
     };
-    for i in 0..cfg.nodes {
-        sim.start_node(i)?;
-    }
-    for _ in 0..cfg.steps {
-        sim.step(true)?;
-    }
-    // Heal everything, restart every node, let the clients finish, then read every
-    // acknowledged key back.
-    sim.world.heal();
-    sim.partition = None;
-    for n in &mut sim.nodes {
-        n.paused_until = None;
-    }
-    for i in 0..cfg.nodes {
-        let n = &sim.nodes[i];
-        if n.node.is_none() && n.booting.is_none() && !n.held {
+    // A panic in a node (an invariant of the core or of raftd) fails the seed like any other
+    // broken property, with its trace.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        Err(sim.fail(format!("a node panicked: {message}")))
+    })
+}
+
+impl Sim {
+    /// The faulty steps, then healing and settling, then the check of every acknowledged write.
+    fn run(&mut self) -> Result<WholeOutcome, WholeFailure> {
+        let cfg = self.cfg.clone();
+        let sim = self;
+        for i in 0..cfg.nodes {
             sim.start_node(i)?;
         }
-    }
-    for _ in 0..SETTLE_STEPS {
-        sim.step(false)?;
-        if sim.clients.iter().any(|c| c.write.is_some()) || sim.replacement != Replacement::Idle {
-            continue;
+        for _ in 0..cfg.steps {
+            sim.step(true)?;
         }
-        // Settled: a leader, and every node's log committed and applied to its end, the same
-        // end (a leader just elected has not committed the entries of earlier terms yet).
-        let applied: Vec<(u64, u64, u64, u64)> = sim
-            .nodes
-            .iter()
-            .filter_map(|n| n.node.as_ref().map(|node| node.status()))
-            .map(|s| (s.applied, s.commit, s.last_index, s.leader))
-            .collect();
-        let settled = applied.len() == cfg.nodes
-            && applied.iter().all(|&(a, c, l, leader)| {
-                a == c && c == l && leader != 0 && (a, leader) == (applied[0].0, applied[0].3)
-            });
-        if !settled {
-            continue;
+        // Heal everything, restart every node, let the clients finish, then read every
+        // acknowledged key back.
+        sim.world.heal();
+        sim.partition = None;
+        for n in &mut sim.nodes {
+            n.paused_until = None;
         }
-        // Every acknowledged write is in every node's state machine: each key at its last
-        // acknowledged version, or a later one invoked (whose outcome was not known), the same
-        // on every node.
-        for (key, history) in &sim.keys {
-            let acknowledged = history.versions.iter().rposition(|v| v.acknowledged.is_some());
-            let values: Vec<Option<&Vec<u8>>> = sim
-                .nodes
-                .iter()
-                .map(|n| n.node.as_ref().expect("all running").applied_value(key.as_bytes()))
-                .collect();
-            for (i, value) in values.iter().enumerate() {
-                let version = value.and_then(|v| version_of(key, v));
-                let fine = match (acknowledged, version) {
-                    (_, Some(v)) if v >= history.versions.len() => false,
-                    (Some(a), Some(v)) => v >= a,
-                    (Some(_), None) => false,
-                    (None, _) => value.is_none() || version.is_some(),
-                };
-                if !fine || *value != values[0] {
-                    return Err(sim.fail(format!(
-                        "acknowledged write {key} (version {acknowledged:?}) is missing on node \
-                         {} at applied index {}: it holds {:?} (node 1 {:?})",
-                        i + 1,
-                        applied[0].0,
-                        value.map(|v| String::from_utf8_lossy(v)),
-                        values[0].map(|v| String::from_utf8_lossy(v)),
-                    )));
-                }
+        for i in 0..cfg.nodes {
+            let n = &sim.nodes[i];
+            if n.node.is_none() && n.booting.is_none() && !n.held {
+                sim.start_node(i)?;
             }
         }
-        return Ok(sim.outcome);
+        for _ in 0..SETTLE_STEPS {
+            sim.step(false)?;
+            if sim.clients.iter().any(|c| c.write.is_some()) || sim.replacement != Replacement::Idle
+            {
+                continue;
+            }
+            // Settled: a leader, and every node's log committed and applied to its end, the same
+            // end (a leader just elected has not committed the entries of earlier terms yet).
+            let applied: Vec<(u64, u64, u64, u64)> = sim
+                .nodes
+                .iter()
+                .filter_map(|n| n.node.as_ref().map(|node| node.status()))
+                .map(|s| (s.applied, s.commit, s.last_index, s.leader))
+                .collect();
+            let settled = applied.len() == cfg.nodes
+                && applied.iter().all(|&(a, c, l, leader)| {
+                    a == c && c == l && leader != 0 && (a, leader) == (applied[0].0, applied[0].3)
+                });
+            if !settled {
+                continue;
+            }
+            // Every acknowledged write is in every node's state machine: each key at its last
+            // acknowledged version, or a later one invoked (whose outcome was not known), the same
+            // on every node.
+            for (key, history) in &sim.keys {
+                let acknowledged = history.versions.iter().rposition(|v| v.acknowledged.is_some());
+                let values: Vec<Option<&Vec<u8>>> = sim
+                    .nodes
+                    .iter()
+                    .map(|n| n.node.as_ref().expect("all running").applied_value(key.as_bytes()))
+                    .collect();
+                for (i, value) in values.iter().enumerate() {
+                    let version = value.and_then(|v| version_of(key, v));
+                    let fine = match (acknowledged, version) {
+                        (_, Some(v)) if v >= history.versions.len() => false,
+                        (Some(a), Some(v)) => v >= a,
+                        (Some(_), None) => false,
+                        (None, _) => value.is_none() || version.is_some(),
+                    };
+                    if !fine || *value != values[0] {
+                        return Err(sim.fail(format!(
+                            "acknowledged write {key} (version {acknowledged:?}) is missing on node \
+                             {} at applied index {}: it holds {:?} (node 1 {:?})",
+                            i + 1,
+                            applied[0].0,
+                            value.map(|v| String::from_utf8_lossy(v)),
+                            values[0].map(|v| String::from_utf8_lossy(v)),
+                        )));
+                    }
+                }
+            }
+            return Ok(std::mem::take(&mut sim.outcome));
+        }
+        Err(sim.fail(format!("the healed cluster did not settle within {SETTLE_STEPS} steps")))
     }
-    Err(sim.fail(format!("the healed cluster did not settle within {SETTLE_STEPS} steps")))
 }
