@@ -1,6 +1,6 @@
 //! Runs many seeds, or replays one with a trace.
 //!
-//! Usage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
+//! Usage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas] [--hostile]] [--seeds N] [--start S] [--steps K] | --replay SEED [--steps K]
 //!
 //! `--lease` runs lease-based reads with modelled time (clock drift, pauses). `--whole` runs
 //! whole raftd nodes (the daemon's loop, storage on simulated disks with power loss, the
@@ -9,7 +9,8 @@
 //! with `--membership` an operator replaces nodes' disks (remove, wipe, join, add, promote);
 //! with `--disk-faults` disks fill up for a while and syncs take time; with `--cas` writers
 //! move their keys through versions with compare-and-swaps and renew their sessions; with
-//! `--single-voter` the cluster is one voter and two learners the operator adds.
+//! `--single-voter` the cluster is one voter and two learners the operator adds; with
+//! `--hostile` impostors speak on the peer port.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     let mut disk_faults = false;
     let mut cas = false;
     let mut single_voter = false;
+    let mut hostile = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -53,6 +55,10 @@ fn main() -> ExitCode {
             cas = true;
             continue;
         }
+        if flag == "--hostile" {
+            hostile = true;
+            continue;
+        }
         if flag == "--single-voter" {
             single_voter = true;
             continue;
@@ -62,7 +68,7 @@ fn main() -> ExitCode {
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
-            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas]] [--seeds N] [--start S] [--steps K] | --replay SEED");
+            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas] [--hostile]] [--seeds N] [--start S] [--steps K] | --replay SEED");
             return ExitCode::from(2);
         };
         match flag.as_str() {
@@ -87,7 +93,7 @@ fn main() -> ExitCode {
                 (false, true) => WholeConfig::timed(seed, steps),
                 (false, false) => WholeConfig::new(seed, steps),
             };
-            WholeConfig { membership, disk_faults, cas, single_voter, ..cfg }
+            WholeConfig { membership, disk_faults, cas, single_voter, hostile, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -168,6 +174,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.sessions_renewed += o.sessions_renewed;
                 total.replaced_in_place_refused += o.replaced_in_place_refused;
                 total.learners_added += o.learners_added;
+                total.impostors_refused += o.impostors_refused;
+                total.impostor_frames += o.impostor_frames;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -184,18 +192,20 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, false) => "",
     };
     let mode = format!(
-        "{mode}{}{}{}{}",
+        "{mode}{}{}{}{}{}",
         if first.membership { " --membership" } else { "" },
         if first.single_voter { " --single-voter" } else { "" },
         if first.disk_faults { " --disk-faults" } else { "" },
-        if first.cas { " --cas" } else { "" }
+        if first.cas { " --cas" } else { "" },
+        if first.hostile { " --hostile" } else { "" }
     );
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
          acknowledged write on every node, every read fresh. {} puts acknowledged, {} reads \
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
          {} disks replaced ({} in place, refused), {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
-         sessions renewed, {} learners added to a single voter, {:.0}s",
+         sessions renewed, {} learners added to a single voter, {} impostors refused, {} \
+         impostor frames dropped, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -210,6 +220,8 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.cas_checked,
         total.sessions_renewed,
         total.learners_added,
+        total.impostors_refused,
+        total.impostor_frames,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

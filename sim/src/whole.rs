@@ -41,6 +41,8 @@ use wal::fs::SimFs;
 use crate::net::{Endpoint, SimNet, SimStream, World};
 use crate::Rng;
 
+mod impostor;
+
 /// Simulated time per step.
 const STEP: Duration = Duration::from_millis(1);
 /// The nodes' tick (`--tick-interval-ms`); elections after 10 ticks.
@@ -117,6 +119,11 @@ pub struct WholeConfig {
     /// apply and serve it; a power loss of the voter must take back nothing they applied.
     /// Not with [`WholeConfig::membership`].
     pub single_voter: bool,
+    /// Impostors on the peer port: strangers and members' ids with wrong incarnations, which
+    /// must be refused, and members whose process is down spoken for with their real
+    /// credentials, sending frames a node must drop without effect (see `whole/impostor.rs`).
+    /// A stream of its own too.
+    pub hostile: bool,
 }
 
 impl WholeConfig {
@@ -133,6 +140,7 @@ impl WholeConfig {
             disk_faults: false,
             cas: false,
             single_voter: false,
+            hostile: false,
         }
     }
 
@@ -197,6 +205,10 @@ pub struct WholeOutcome {
     pub replaced_in_place_refused: u64,
     /// Learners the operator added to the single voter (see [`WholeConfig::single_voter`]).
     pub learners_added: u64,
+    /// Impostors refused at the hello, as they had to be.
+    pub impostors_refused: u64,
+    /// Frames impostors sent once welcomed under a member's identity.
+    pub impostor_frames: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -389,6 +401,12 @@ struct Sim {
     wipe_rng: Rng,
     /// The nodes' `--initial-cluster`, as first started.
     initial_cluster: BTreeMap<u64, String>,
+    /// Draws the impostors (see [`WholeConfig::hostile`]).
+    hostile_rng: Rng,
+    /// The impostor connected, if one is.
+    impostor: Option<impostor::Impostor>,
+    /// Impostors connected so far (each gets an endpoint of its own).
+    impostors_connected: u64,
 }
 
 /// Events kept for a failure's report.
@@ -681,6 +699,9 @@ impl Sim {
                 }
             }
         }
+        if self.cfg.hostile {
+            self.impostor_step(with_faults)?;
+        }
         let crashing = std::mem::take(&mut self.crashing);
         for i in 0..self.cfg.nodes {
             if self.nodes[i].booting.is_some() {
@@ -711,6 +732,11 @@ impl Sim {
             self.nodes[i].fs.mark_syncs();
             let node = self.nodes[i].node.as_mut().expect("checked");
             if let Err(e) = node.turn() {
+                // A node stops only when its disk fails it (here, when it is full): never on
+                // bytes from a peer or a client.
+                if self.nodes[i].disk_full.is_none() {
+                    return Err(self.fail(format!("node {} stopped: {e}", i + 1)));
+                }
                 self.note(format!("node {} stopped: {e}", i + 1));
                 self.nodes[i].node = None;
                 self.nodes[i].restart_at = Some(self.now + Duration::from_millis(100));
@@ -728,6 +754,9 @@ impl Sim {
         }
         for c in 0..self.clients.len() {
             self.client_step(c, with_faults)?;
+        }
+        if self.cfg.hostile {
+            self.check_terms()?;
         }
         Ok(())
     }
@@ -1537,6 +1566,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         cas_rng: Rng::new(cfg.seed ^ 0x0063_6173),
         wipe_rng: Rng::new(cfg.seed ^ 0x7769_7065),
         initial_cluster,
+        hostile_rng: Rng::new(cfg.seed ^ 0x686f_7374),
+        impostor: None,
+        impostors_connected: 0,
     };
     // A panic in a node (an invariant of the core or of raftd) fails the seed like any other
     // broken property, with its trace.
