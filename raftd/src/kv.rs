@@ -516,6 +516,24 @@ struct Image {
     retired: BTreeSet<(u64, u64)>,
 }
 
+/// [`Image`] of format version 4 as first written (before retired incarnations). Builds from
+/// d840c2a to 2026-12-05 wrote the current layout under version 4 as well, so a version 4
+/// image is read in the current layout first, then in this one (a payload decodes whole in at
+/// most one of them: the other ends early or leaves bytes over).
+#[derive(Deserialize)]
+struct ImageV4 {
+    #[serde(deserialize_with = "bytes_map::deserialize")]
+    data: HashMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    members: BTreeMap<u64, String>,
+    removed: BTreeSet<u64>,
+    applied: u64,
+    incarnations: BTreeMap<u64, u64>,
+    cluster_incarnation: u64,
+    session_clock_ms: u64,
+    session_limits: SessionLimits,
+}
+
 /// [`Image`] of format version 3 (before the bound on reply bytes).
 #[derive(Deserialize)]
 struct ImageV3 {
@@ -864,6 +882,24 @@ impl Kv {
         };
         let image: Image = match version {
             SNAPSHOT_FORMAT_VERSION => codec::decode_payload(body)?,
+            4 => match codec::decode_payload::<Image>(body) {
+                Ok(image) => image,
+                Err(_) => {
+                    let old: ImageV4 = codec::decode_payload(body)?;
+                    Image {
+                        data: old.data,
+                        sessions: old.sessions,
+                        members: old.members,
+                        removed: old.removed,
+                        applied: old.applied,
+                        incarnations: old.incarnations,
+                        cluster_incarnation: old.cluster_incarnation,
+                        session_clock_ms: old.session_clock_ms,
+                        session_limits: old.session_limits,
+                        retired: BTreeSet::new(),
+                    }
+                }
+            },
             3 => {
                 let old: ImageV3 = codec::decode_payload(body)?;
                 Image {
@@ -936,7 +972,7 @@ impl Kv {
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"RKV\0";
 /// The snapshot format this build writes and reads. Bump it (and add a migration from the
 /// previous one to [`Kv::restore`]) whenever [`Kv`]'s encoding changes.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 const SNAPSHOT_HEADER_SIZE: usize = SNAPSHOT_MAGIC.len() + 4;
 
 /// Why snapshot bytes do not restore.
@@ -1333,7 +1369,7 @@ mod tests {
         assert_eq!(&bytes[..4], SNAPSHOT_MAGIC);
         bytes[4] = 9;
         let e = Kv::restore(&bytes).unwrap_err();
-        assert!(matches!(e, RestoreError::Version { found: 9, supported: 4 }), "{e}");
+        assert!(matches!(e, RestoreError::Version { found: 9, supported: 5 }), "{e}");
         // A snapshot from before format headers: the bare encoded state.
         let bare = kv.snapshot()[SNAPSHOT_HEADER_SIZE..].to_vec();
         assert!(matches!(Kv::restore(&bare), Err(RestoreError::NotASnapshot)));
@@ -1548,6 +1584,56 @@ mod tests {
         assert_eq!(kv.sessions.by_id[&3], session);
         let limits = SessionLimits { max_sessions: 6, ttl_ms: 70, max_reply_bytes: 64 << 20 };
         assert_eq!((kv.sessions.limits, kv.session_clock_ms()), (limits, 50));
+    }
+
+    /// Both layouts written under format 4 restore: the first (no retired incarnations, as
+    /// builds before d840c2a wrote it) and the current one (as builds from d840c2a until the
+    /// bump to 5 wrote it under 4).
+    #[test]
+    fn both_layouts_of_version_4_snapshots_restore() {
+        #[derive(Serialize)]
+        struct V4<'a> {
+            #[serde(serialize_with = "bytes_map::serialize")]
+            data: Vec<(&'a Vec<u8>, &'a Vec<u8>)>,
+            sessions: BTreeMap<u64, Session>,
+            members: BTreeMap<u64, String>,
+            removed: BTreeSet<u64>,
+            applied: u64,
+            incarnations: BTreeMap<u64, u64>,
+            cluster_incarnation: u64,
+            session_clock_ms: u64,
+            session_limits: SessionLimits,
+        }
+        let (k, v) = (b"a".to_vec(), b"1".to_vec());
+        let limits = SessionLimits { max_sessions: 6, ttl_ms: 70, max_reply_bytes: 1 << 20 };
+        let image = V4 {
+            data: vec![(&k, &v)],
+            sessions: BTreeMap::new(),
+            members: [(2, "10.0.0.2:7001".to_string())].into(),
+            removed: [3].into(),
+            applied: 9,
+            incarnations: [(2, 22)].into(),
+            cluster_incarnation: 4,
+            session_clock_ms: 50,
+            session_limits: limits,
+        };
+        let mut first = SNAPSHOT_MAGIC.to_vec();
+        first.extend_from_slice(&4u32.to_le_bytes());
+        codec::encode_value_into(&image, &mut first).unwrap();
+        let kv = Kv::restore(&first).unwrap();
+        assert_eq!((kv.get(b"a"), kv.applied(), kv.cluster_incarnation()), (Some(&v), 9, 4));
+        assert_eq!((kv.incarnation(2), kv.is_removed(3)), (Some(22), true));
+        assert_eq!((kv.sessions.limits, kv.session_clock_ms()), (limits, 50));
+        assert!(kv.retired.is_empty());
+
+        let mut kv = kv;
+        kv.incarnations.insert(3, 33);
+        kv.remove_member(3);
+        let mut second = kv.snapshot();
+        second[SNAPSHOT_MAGIC.len()..SNAPSHOT_HEADER_SIZE].copy_from_slice(&4u32.to_le_bytes());
+        let restored = Kv::restore(&second).unwrap();
+        assert!(restored.is_retired(3, 33));
+        assert!(restored == kv);
     }
 
     #[test]
