@@ -159,6 +159,33 @@ fn whole_node_seeds_with_a_single_voter_and_learners_apply_nothing_the_voter_los
     assert_eq!(learners, (2 * seeds + 1) * 2, "every learner added in every seed");
 }
 
+/// With impostors on the peer port (strangers and members' ids with wrong incarnations, which
+/// must be refused; a down member's identity sending frames a node must drop), with and without
+/// timing faults and leases: `WHOLE_HOSTILE_SEEDS` (default 4) of each, and the seeds that found
+/// each validation of issue 14 reverted (TESTING.md's bite table): 1 (hellos from non-members;
+/// incarnations), 2 (absurd terms), 24 (snapshot configurations), 341 (appends past the log).
+#[test]
+fn whole_node_seeds_with_impostors_on_the_peer_port_refuse_them_and_drop_their_frames() {
+    let seeds: u64 =
+        std::env::var("WHOLE_HOSTILE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut totals = (0, 0);
+    let runs = (0..seeds)
+        .flat_map(|seed| [WholeConfig::new(seed, 4_000), WholeConfig::lease(seed, 4_000)])
+        .chain([1, 2, 24, 341].map(|seed| WholeConfig::new(seed, 4_000)));
+    for cfg in runs {
+        match run_whole(&cfg.with_impostors()) {
+            Ok(o) => {
+                totals.0 += o.impostors_refused;
+                totals.1 += o.impostor_frames;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    println!("{} impostors refused, {} impostor frames dropped", totals.0, totals.1);
+    assert!(totals.0 > seeds, "too few impostors refused to mean anything: {totals:?}");
+    assert!(totals.1 > 0, "no impostor frame sent: {totals:?}");
+}
+
 /// A seed replays: the node's maps are ordered, its clock, disk, network and random seeds are
 /// the simulation's, so the same seed makes the same run (a failure's seed reproduces it).
 #[test]
@@ -167,7 +194,7 @@ fn a_whole_node_seed_replays_exactly() {
         WholeConfig::new(17, 3_000),
         WholeConfig::lease(17, 3_000),
         WholeConfig::timed(17, 3_000).with_cas().with_disk_faults().with_membership(),
-        WholeConfig::new(17, 3_000).with_single_voter(),
+        WholeConfig::new(17, 3_000).with_single_voter().with_impostors(),
     ] {
         let first = run_whole(&cfg).unwrap();
         assert_eq!(run_whole(&cfg).unwrap(), first);
