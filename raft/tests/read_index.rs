@@ -389,3 +389,26 @@ fn a_voter_restarted_within_the_leaders_lease_elects_no_other_leader_before_it_e
         n.peer(3).term
     );
 }
+
+/// Raft thesis §6.4, for a single voter: restarted, its log ends with an entry it synced,
+/// committed and acknowledged before the restart, which its recovered commit index (the last
+/// one written, before it) does not cover. A read must wait for an entry of the new term to
+/// commit, which commits that entry too; answered at the recovered commit index, it would miss
+/// the acknowledged write (found by the whole-node simulator, `--single-voter`).
+#[test]
+fn a_restarted_single_voter_answers_reads_only_once_its_term_committed_an_entry() {
+    let mut storage = storage_with_peers(&[1]);
+    storage.append(&entries_with_terms(&[1, 1, 1])).unwrap();
+    storage.set_hard_state(HardState { term: 1, vote: 1, commit: 2 });
+    let mut r = new_test_raft(1, &[1], 10, 1, storage);
+    r.step(hup(1)).unwrap();
+    assert_eq!(r.state, StateType::Leader);
+    // The new term's entry is appended, not yet synced: nothing of this term is committed.
+    assert_eq!(r.raft_log.committed, 2);
+    r.step(read_index(1, b"ctx")).unwrap();
+    assert!(r.read_states.is_empty(), "answered at {:?}", r.read_states);
+    persist(&mut r);
+    assert_eq!(r.raft_log.committed, 4);
+    assert_eq!(r.read_states.len(), 1);
+    assert_eq!((r.read_states[0].index, &r.read_states[0].request_ctx[..]), (4, &b"ctx"[..]));
+}

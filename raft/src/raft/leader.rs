@@ -321,13 +321,11 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn read_index_as_leader(&mut self, m: Message) {
-        if self.prs.is_singleton() {
-            let committed = self.raft_log.committed;
-            self.respond_to_read_index(m, committed, None);
-            return;
-        }
         // A new leader does not know the commit index of its predecessor until it commits an
-        // entry of its own term (Raft thesis §6.4; etcd#7331): hold reads until then.
+        // entry of its own term (Raft thesis §6.4; etcd#7331): hold reads until then. A single
+        // voter too: restarted, its log may end with entries it synced, committed and
+        // acknowledged before the restart, which its recovered commit index (the last one
+        // written, before them) does not cover until an entry of the new term commits.
         if !self.committed_entry_in_current_term() {
             self.pending_read_index_messages.push(m);
             return;
@@ -342,6 +340,11 @@ impl<T: Storage> Raft<T> {
 
     pub(super) fn send_read_index_response(&mut self, m: Message) {
         let committed = self.raft_log.committed;
+        if self.prs.is_singleton() {
+            // The only voter: no round to wait for.
+            self.respond_to_read_index(m, committed, None);
+            return;
+        }
         // Only this node's own reads are answered from the lease: a forwarded read's answer
         // would reach its follower after the lease could have ended.
         let local = m.from == INVALID_ID || m.from == self.id;
