@@ -10,7 +10,8 @@
 //! with `--disk-faults` disks fill up for a while and syncs take time; with `--cas` writers
 //! move their keys through versions with compare-and-swaps and renew their sessions; with
 //! `--single-voter` the cluster is one voter and two learners the operator adds; with
-//! `--hostile` impostors speak on the peer port.
+//! `--hostile` impostors speak on the peer port; with `--one-way` links lose what goes one
+//! way only.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     let mut cas = false;
     let mut single_voter = false;
     let mut hostile = false;
+    let mut one_way = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--lease" {
@@ -55,6 +57,10 @@ fn main() -> ExitCode {
             cas = true;
             continue;
         }
+        if flag == "--one-way" {
+            one_way = true;
+            continue;
+        }
         if flag == "--hostile" {
             hostile = true;
             continue;
@@ -68,7 +74,7 @@ fn main() -> ExitCode {
             continue;
         }
         let Some(value) = args.next().and_then(|v| v.parse::<u64>().ok()) else {
-            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas] [--hostile]] [--seeds N] [--start S] [--steps K] | --replay SEED");
+            eprintln!("raft-sim: {flag} needs a number\nusage: raft-sim [--lease] [--whole [--timing] [--membership | --single-voter] [--disk-faults] [--cas] [--hostile] [--one-way]] [--seeds N] [--start S] [--steps K] | --replay SEED");
             return ExitCode::from(2);
         };
         match flag.as_str() {
@@ -93,7 +99,7 @@ fn main() -> ExitCode {
                 (false, true) => WholeConfig::timed(seed, steps),
                 (false, false) => WholeConfig::new(seed, steps),
             };
-            WholeConfig { membership, disk_faults, cas, single_voter, hostile, ..cfg }
+            WholeConfig { membership, disk_faults, cas, single_voter, hostile, one_way, ..cfg }
         };
         return run_whole_seeds(replay.map_or(start, |s| s), replay.map_or(seeds, |_| 1), &config);
     }
@@ -176,6 +182,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
                 total.learners_added += o.learners_added;
                 total.impostors_refused += o.impostors_refused;
                 total.impostor_frames += o.impostor_frames;
+                total.one_way_links += o.one_way_links;
             }
             Err(failure) => {
                 println!("{failure}");
@@ -192,12 +199,13 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         (false, false) => "",
     };
     let mode = format!(
-        "{mode}{}{}{}{}{}",
+        "{mode}{}{}{}{}{}{}",
         if first.membership { " --membership" } else { "" },
         if first.single_voter { " --single-voter" } else { "" },
         if first.disk_faults { " --disk-faults" } else { "" },
         if first.cas { " --cas" } else { "" },
-        if first.hostile { " --hostile" } else { "" }
+        if first.hostile { " --hostile" } else { "" },
+        if first.one_way { " --one-way" } else { "" }
     );
     println!(
         "raft-sim --whole{mode}: {seeds} seeds from {start}, {} steps (1 ms) each: every \
@@ -205,7 +213,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
          checked, {} crashes with power loss, {} partitions, {} pauses, {} leader transfers, \
          {} disks replaced ({} in place, refused), {} disks full, {} slow syncs, {} compare-and-swaps checked, {} \
          sessions renewed, {} learners added to a single voter, {} impostors refused, {} \
-         impostor frames dropped, {:.0}s",
+         impostor frames dropped, {} one-way links, {:.0}s",
         first.steps,
         total.puts_acknowledged,
         total.reads_checked,
@@ -222,6 +230,7 @@ fn run_whole_seeds(start: u64, seeds: u64, config: &dyn Fn(u64) -> WholeConfig) 
         total.learners_added,
         total.impostors_refused,
         total.impostor_frames,
+        total.one_way_links,
         began.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

@@ -76,6 +76,8 @@ struct State {
     next_stream: u64,
     /// Pairs of endpoints that cannot reach each other (smaller first).
     cut: BTreeSet<(Endpoint, Endpoint)>,
+    /// Links that lose what goes one way only: (from, to).
+    one_way: BTreeSet<(Endpoint, Endpoint)>,
     /// Registrations: (stream, end) -> (token, wants writable).
     registered: BTreeMap<(u64, usize), (Token, bool)>,
     /// Each node's disk, whose operation count stamps what the node writes.
@@ -89,20 +91,30 @@ impl State {
         self.latency_min + Duration::from_micros(rng.below(span + 1))
     }
 
+    /// No connection can be set up between `a` and `b`: cut both ways, or one way (the SYN
+    /// or its answer is lost).
     fn is_cut(&self, a: Endpoint, b: Endpoint) -> bool {
         self.cut.contains(&(a.min(b), a.max(b)))
+            || self.one_way.contains(&(a, b))
+            || self.one_way.contains(&(b, a))
     }
 
     /// Moves what has arrived by now (and is not held by a partition) to its reader.
     fn deliver(&mut self) {
         let now = self.now;
         let cut = &self.cut;
+        let one_way = &self.one_way;
         for stream in self.streams.values_mut() {
             let [a, b] = stream.ends;
             if cut.contains(&(a.min(b), a.max(b))) {
                 continue;
             }
-            for flow in &mut stream.flows {
+            for (toward, flow) in stream.flows.iter_mut().enumerate() {
+                // Bytes toward end `toward` come from the other end.
+                let (writer, reader) = (stream.ends[1 - toward], stream.ends[toward]);
+                if one_way.contains(&(writer, reader)) {
+                    continue;
+                }
                 while flow.in_flight.front().is_some_and(|(at, _, _)| *at <= now) {
                     let (_, bytes, _) = flow.in_flight.pop_front().expect("checked");
                     flow.arrived.extend(bytes);
@@ -159,6 +171,19 @@ impl World {
         }
     }
 
+    /// Loses (or heals) what goes from `from` to `to`, not the other way: bytes already
+    /// flowing the other way keep arriving (a connection-level asymmetric partition, as a
+    /// firewall rule on one direction makes), and no new connection gets through.
+    pub fn set_one_way(&self, from: Endpoint, to: Endpoint, cut: bool) {
+        let mut s = self.state.borrow_mut();
+        if cut {
+            s.one_way.insert((from, to));
+        } else {
+            s.one_way.remove(&(from, to));
+            s.deliver();
+        }
+    }
+
     /// Takes back what node `node` wrote once its disk had done `ops` operations or more: it
     /// crashed just before its disk operation number `ops` (counted from 1), and what it wrote
     /// after operation `ops - 1` was never written.
@@ -194,6 +219,7 @@ impl World {
     pub fn heal(&self) {
         let mut s = self.state.borrow_mut();
         s.cut.clear();
+        s.one_way.clear();
         s.deliver();
     }
 

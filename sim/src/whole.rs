@@ -124,6 +124,10 @@ pub struct WholeConfig {
     /// credentials, sending frames a node must drop without effect (see `whole/impostor.rs`).
     /// A stream of its own too.
     pub hostile: bool,
+    /// One-way links: a node's outbound (or inbound) bytes lost for 0.1-1.6 s while the other
+    /// direction still delivers, as a firewall rule on one direction does (the partitions of
+    /// every mode cut both ways). A stream of its own too.
+    pub one_way: bool,
 }
 
 impl WholeConfig {
@@ -141,7 +145,13 @@ impl WholeConfig {
             cas: false,
             single_voter: false,
             hostile: false,
+            one_way: false,
         }
+    }
+
+    /// The same, with one-way links (see [`WholeConfig::one_way`]).
+    pub fn with_one_way_links(self) -> WholeConfig {
+        WholeConfig { one_way: true, ..self }
     }
 
     /// The same, with one voter and learners (see [`WholeConfig::single_voter`]).
@@ -209,6 +219,8 @@ pub struct WholeOutcome {
     pub impostors_refused: u64,
     /// Frames impostors sent once welcomed under a member's identity.
     pub impostor_frames: u64,
+    /// One-way links (a node's outbound or inbound bytes lost).
+    pub one_way_links: u64,
 }
 
 /// A run that broke a property: the seed, what broke, and the last events.
@@ -407,6 +419,11 @@ struct Sim {
     impostor: Option<impostor::Impostor>,
     /// Impostors connected so far (each gets an endpoint of its own).
     impostors_connected: u64,
+    /// Draws the one-way links (see [`WholeConfig::one_way`]).
+    one_way_rng: Rng,
+    /// The one-way link in force: the node, whether its outbound bytes are lost (else its
+    /// inbound ones), and until when.
+    one_way: Option<(usize, bool, Duration)>,
 }
 
 /// Events kept for a failure's report.
@@ -620,6 +637,36 @@ impl Sim {
         self.note(format!("node {} crashed, power lost ({unsynced} unsynced items)", i + 1));
     }
 
+    /// Sets up (or heals) a one-way link: one node's bytes to every other, or theirs to it.
+    fn one_way_links(&mut self) {
+        if let Some((node, outbound, until)) = self.one_way {
+            if self.now >= until {
+                self.set_one_way(node, outbound, false);
+                self.one_way = None;
+                self.note(format!("node {}'s one-way link healed", node + 1));
+            }
+            return;
+        }
+        if !self.one_way_rng.chance(2) {
+            return;
+        }
+        let node = self.one_way_rng.below(self.cfg.nodes as u64) as usize;
+        let outbound = self.one_way_rng.chance(500);
+        let length = Duration::from_millis(100 + self.one_way_rng.below(1_500));
+        self.set_one_way(node, outbound, true);
+        self.one_way = Some((node, outbound, self.now + length));
+        self.outcome.one_way_links += 1;
+        let what = if outbound { "sends nothing but hears" } else { "hears nothing but sends" };
+        self.note(format!("node {} {what} for {length:?}", node + 1));
+    }
+
+    fn set_one_way(&mut self, node: usize, outbound: bool, lost: bool) {
+        for other in (0..self.cfg.nodes).filter(|&o| o != node) {
+            let (from, to) = if outbound { (node, other) } else { (other, node) };
+            self.world.set_one_way(Endpoint::Node(from), Endpoint::Node(to), lost);
+        }
+    }
+
     fn faults(&mut self) -> Result<(), WholeFailure> {
         if let Some((node, until)) = self.partition {
             if self.now >= until {
@@ -643,6 +690,9 @@ impl Sim {
             self.partition = Some((node, self.now + length));
             self.outcome.partitions += 1;
             self.note(format!("node {} cut off for {length:?}", node + 1));
+        }
+        if self.cfg.one_way {
+            self.one_way_links();
         }
         for i in 0..self.cfg.nodes {
             if self.nodes[i].paused_until.is_some_and(|until| self.now >= until) {
@@ -1569,6 +1619,8 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         hostile_rng: Rng::new(cfg.seed ^ 0x686f_7374),
         impostor: None,
         impostors_connected: 0,
+        one_way_rng: Rng::new(cfg.seed ^ 0x6f6e_6577_6179),
+        one_way: None,
     };
     // A panic in a node (an invariant of the core or of raftd) fails the seed like any other
     // broken property, with its trace.
@@ -1598,6 +1650,7 @@ impl Sim {
         // acknowledged key back.
         sim.world.heal();
         sim.partition = None;
+        sim.one_way = None;
         for n in &mut sim.nodes {
             n.paused_until = None;
         }
