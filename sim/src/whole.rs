@@ -424,6 +424,13 @@ struct Sim {
     /// The one-way link in force: the node, whether its outbound bytes are lost (else its
     /// inbound ones), and until when.
     one_way: Option<(usize, bool, Duration)>,
+    /// The leader seen in each term (Election Safety: at most one).
+    leaders_by_term: BTreeMap<u64, u64>,
+    /// The term of each committed entry seen (State Machine Safety: every node that commits
+    /// an index holds the same entry there).
+    committed_terms: BTreeMap<u64, u64>,
+    /// Each node's commit index checked so far (reset when its disk is replaced).
+    checked_commit: Vec<u64>,
 }
 
 /// Events kept for a failure's report.
@@ -807,6 +814,38 @@ impl Sim {
         }
         if self.cfg.hostile {
             self.check_terms()?;
+        }
+        self.check_core()
+    }
+
+    /// The core's safety properties, over every running node after every step: at most one
+    /// leader per term (Election Safety), and an index committed anywhere holds the same entry
+    /// everywhere it is committed (Log Matching and State Machine Safety; Leader Completeness
+    /// shows in them too, as a leader missing a committed entry commits another there).
+    fn check_core(&mut self) -> Result<(), WholeFailure> {
+        for i in 0..self.cfg.nodes {
+            let Some(node) = &self.nodes[i].node else { continue };
+            let (term, leading, commit) = node.raft_state();
+            let id = i as u64 + 1;
+            if leading {
+                let leader = *self.leaders_by_term.entry(term).or_insert(id);
+                if leader != id {
+                    return Err(self.fail(format!(
+                        "Election Safety: nodes {leader} and {id} both led term {term}"
+                    )));
+                }
+            }
+            for index in self.checked_commit[i] + 1..=commit {
+                let Some(t) = node.log_term(index) else { continue };
+                let known = *self.committed_terms.entry(index).or_insert(t);
+                if known != t {
+                    return Err(self.fail(format!(
+                        "State Machine Safety: node {id} committed entry {index} of term {t}, \
+                         another node one of term {known}"
+                    )));
+                }
+            }
+            self.checked_commit[i] = self.checked_commit[i].max(commit);
         }
         Ok(())
     }
@@ -1280,6 +1319,7 @@ impl Sim {
         drop(self.nodes[v].booting.take());
         let incarnation = self.wipe_rng.next_u64() | 1;
         let initial_cluster = self.initial_cluster.clone();
+        self.checked_commit[v] = 0;
         let n = &mut self.nodes[v];
         n.fs = SimFs::new();
         n.incarnation = incarnation;
@@ -1300,6 +1340,7 @@ impl Sim {
         drop(self.nodes[v].node.take());
         drop(self.nodes[v].booting.take());
         let incarnation = self.members_rng.next_u64() | 1;
+        self.checked_commit[v] = 0;
         let n = &mut self.nodes[v];
         n.held = false;
         n.ask_members = false;
@@ -1621,6 +1662,9 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         impostors_connected: 0,
         one_way_rng: Rng::new(cfg.seed ^ 0x6f6e_6577_6179),
         one_way: None,
+        leaders_by_term: BTreeMap::new(),
+        committed_terms: BTreeMap::new(),
+        checked_commit: vec![0; cfg.nodes],
     };
     // A panic in a node (an invariant of the core or of raftd) fails the seed like any other
     // broken property, with its trace.

@@ -407,6 +407,21 @@ impl<N: Net> Node<N> {
         self.kv.get(key)
     }
 
+    /// What the core holds of itself, cheaply (a simulator checks the core's safety
+    /// properties with it after every turn): term, whether it leads, commit index.
+    pub fn raft_state(&self) -> (u64, bool, u64) {
+        let raft = &self.raw.raft;
+        (raft.term, raft.state == raft::StateType::Leader, raft.raft_log.committed)
+    }
+
+    /// The term of the entry at `index` in this node's log, if it holds it (not compacted).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        let log = &self.raw.raft.raft_log;
+        (index >= log.first_index() && index <= log.last_index())
+            .then(|| log.term(index).ok())
+            .flatten()
+    }
+
     /// This node's view of itself and the cluster (what `raftctl status` shows).
     pub fn status(&self) -> NodeStatus {
         let status = self.raw.status();
