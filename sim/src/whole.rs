@@ -16,10 +16,20 @@
 //! leader answer from its lease shows as a stale read.
 //!
 //! Checks, on the client history: every key is written once, by one put, with a value of its
-//! own, so each key is a register written once, and the history is linearizable exactly when
-//! no read returns the value before its put was invoked, and no read that began after a put
-//! was acknowledged misses it. At the end, with every fault healed, each acknowledged put is
-//! read back through a linearizable get: acknowledged writes survived every crash.
+//! own, so each key is a register written once (with [`WholeConfig::cas`], a register its one
+//! writer moves through versions), and the history is linearizable exactly when no read
+//! returns a value before its write was invoked, and no read that began after a write was
+//! acknowledged misses it. After every step, the core's safety properties over the running
+//! nodes (one leader per term; a committed index holds the same entry everywhere). At the end,
+//! with every fault healed, each acknowledged write is in every node's state machine:
+//! acknowledged writes survived every crash. A node that stops on anything but a full disk,
+//! or panics, fails the seed.
+//!
+//! The other modes (each from a random stream of its own, so that a mode's seeds replay as
+//! they did before the next mode came): [`WholeConfig::membership`] (an operator replacing
+//! disks, in place first), [`WholeConfig::disk_faults`], [`WholeConfig::cas`],
+//! [`WholeConfig::single_voter`], [`WholeConfig::hostile`] (impostors, `whole/impostor.rs`)
+//! and [`WholeConfig::one_way`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
