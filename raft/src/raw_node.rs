@@ -22,11 +22,13 @@ use crate::tracker::{Progress, ProgressState};
 /// 1. Persist `snapshot` (if any), then `entries` (replacing any stored suffix they overlap),
 ///    then `hard_state` (if any). If `must_sync`, make them durable (fsync) before going on.
 /// 2. Send `messages`. They may acknowledge what step 1 persisted (votes, appends), so they
-///    must not leave before it is durable; with one exception: when this node is the leader
-///    (`raw_node.raft.state == StateType::Leader` when `ready()` returned), its messages may be
-///    sent before or while it persists, because they never acknowledge its own state and the
-///    leader only counts itself toward a commit once this Ready is handled (Raft thesis
-///    §10.2.1). No message carries a commit index above what a quorum has durably.
+///    must not leave before it is durable; with one exception, `messages_before_persist`:
+///    a leader's messages may be sent before or while it persists, because they never
+///    acknowledge its own state and the leader only counts itself toward a commit once this
+///    Ready is handled (Raft thesis §10.2.1), unless this Ready also changes its term or vote
+///    (a single voter elects itself without a message): appends of a term not yet durable
+///    could be followed, after a crash, by different ones of the same term. No message
+///    carries a commit index above what a quorum has durably.
 /// 3. Apply `committed_entries` in order; pass configuration-change entries to
 ///    [`RawNode::apply_conf_change`]. On a follower an entry may be committed in the same
 ///    Ready that persists it; it is applied after step 1.
@@ -54,6 +56,9 @@ pub struct Ready {
     /// True when `hard_state` (term or vote) or `entries` must be durable before `messages`
     /// are sent; a commit index change alone need not be synced.
     pub must_sync: bool,
+    /// True when `messages` may be sent before this Ready is persisted: this node leads, and
+    /// the Ready changes neither its term nor its vote (see step 2).
+    pub messages_before_persist: bool,
 }
 
 /// The outcome of sending a snapshot, reported with [`RawNode::report_snapshot`].
@@ -326,9 +331,10 @@ impl<T: Storage> RawNode<T> {
         let soft_state = raft.soft_state();
         let hard_state = raft.hard_state();
         let entries = raft.raft_log.unstable_entries().to_vec();
-        let must_sync = !entries.is_empty()
-            || hard_state.term != self.prev_hard_state.term
+        let term_or_vote_changed = hard_state.term != self.prev_hard_state.term
             || hard_state.vote != self.prev_hard_state.vote;
+        let must_sync = !entries.is_empty() || term_or_vote_changed;
+        let messages_before_persist = raft.state == StateType::Leader && !term_or_vote_changed;
         let rd = Ready {
             soft_state: (soft_state != self.prev_soft_state).then_some(soft_state),
             hard_state: (!hard_state.is_empty() && hard_state != self.prev_hard_state)
@@ -339,6 +345,7 @@ impl<T: Storage> RawNode<T> {
             committed_entries: raft.raft_log.next_entries(),
             messages: std::mem::take(&mut raft.msgs),
             must_sync,
+            messages_before_persist,
         };
         self.prev_soft_state = soft_state;
         rd

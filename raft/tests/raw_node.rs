@@ -30,6 +30,7 @@ fn persist_and_advance(node: &mut RawNode<MemoryStorage>) -> raft::Ready {
         committed_entries: rd.committed_entries.clone(),
         messages: rd.messages.clone(),
         must_sync: rd.must_sync,
+        messages_before_persist: rd.messages_before_persist,
     };
     node.advance(rd);
     copy
@@ -64,6 +65,32 @@ fn ready_after_campaign_holds_state_and_entries_then_the_commit() {
     assert_eq!(committed.committed_entries, rd.entries);
     assert!(committed.entries.is_empty());
     assert!(!node.has_ready(), "advance consumed everything");
+}
+
+/// A single voter with a learner elects itself without a message: the Ready that makes its
+/// term and vote durable also holds its first append to the learner, which must wait for them
+/// (after a crash before that sync it could lead the same term again, with other entries at
+/// the same indexes). Its later appends may leave before its own write (Raft thesis §10.2.1).
+/// Found by the whole-node simulator (`--single-voter`, seed 9649).
+#[test]
+fn a_leaders_messages_wait_for_its_term_to_be_durable() {
+    let storage = MemoryStorage::new_with_conf_state(ConfState {
+        voters: vec![1],
+        learners: vec![2],
+        ..ConfState::default()
+    });
+    let mut node = RawNode::new(&cluster_config(1), storage).unwrap();
+    // Elected, and a proposal taken in the same turn, before the Ready is handled.
+    node.campaign().unwrap();
+    node.propose(vec![], b"x".to_vec()).unwrap();
+    let rd = persist_and_advance(&mut node);
+    assert_eq!(rd.hard_state.map(|hs| (hs.term, hs.vote)), Some((1, 1)));
+    assert!(rd.messages.iter().any(|m| m.to == 2 && m.msg_type == MessageType::Append));
+    assert!(!rd.messages_before_persist, "appends of a term not yet durable");
+    node.propose(vec![], b"y".to_vec()).unwrap();
+    let rd = node.ready();
+    assert!(!rd.entries.is_empty());
+    assert!(rd.messages_before_persist, "the term is durable: appends may run ahead");
 }
 
 /// `must_sync` is false when only the commit index changed.

@@ -50,9 +50,13 @@ impl<N: Net> Node<N> {
             }
             // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
             // state (the core counts the leader's entries once `advance` says they are
-            // synced), so they may leave before it syncs. Appends of new entries leave first,
-            // so that the followers' syncs overlap the leader's.
-            if leader && !rd.entries.is_empty() {
+            // synced), so they may leave before it syncs, unless this Ready also makes its
+            // term or vote durable (`messages_before_persist`: a single voter that just
+            // elected itself must not send appends of a term it could, after a crash, lead
+            // again with other entries). Appends of new entries leave first, so that the
+            // followers' syncs overlap the leader's.
+            let early_messages = rd.messages_before_persist;
+            if early_messages && !rd.entries.is_empty() {
                 self.send_messages(std::mem::take(&mut messages));
                 self.flush_peers();
             }
@@ -70,7 +74,7 @@ impl<N: Net> Node<N> {
             }
             // Without new entries, the leader's messages (the new commit index, heartbeats)
             // follow the answers: a client waits on its answer, a follower does not.
-            if leader {
+            if early_messages {
                 self.send_messages(std::mem::take(&mut messages));
                 self.flush_peers();
             }
@@ -100,7 +104,8 @@ impl<N: Net> Node<N> {
                 info!("installed snapshot at index {}", snapshot.metadata.index);
             }
             if !messages.is_empty() {
-                // A follower's acknowledgements: out before it applies anything.
+                // A follower's acknowledgements (or a leader's messages that had to wait for
+                // its term to be durable): out before it applies anything.
                 self.send_messages(messages);
                 self.flush_peers();
             }
