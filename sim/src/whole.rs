@@ -436,9 +436,9 @@ struct Sim {
     one_way: Option<(usize, bool, Duration)>,
     /// The leader seen in each term (Election Safety: at most one).
     leaders_by_term: BTreeMap<u64, u64>,
-    /// The term of each committed entry seen (State Machine Safety: every node that commits
-    /// an index holds the same entry there).
-    committed_terms: BTreeMap<u64, u64>,
+    /// Each committed entry seen, as its term and its bytes (State Machine Safety: every node
+    /// that commits an index holds the same entry there).
+    committed_entries: BTreeMap<u64, (u64, Vec<u8>)>,
     /// Each node's commit index checked so far (reset when its disk is replaced).
     checked_commit: Vec<u64>,
 }
@@ -830,8 +830,9 @@ impl Sim {
 
     /// The core's safety properties, over every running node after every step: at most one
     /// leader per term (Election Safety), and an index committed anywhere holds the same entry
-    /// everywhere it is committed (Log Matching and State Machine Safety; Leader Completeness
-    /// shows in them too, as a leader missing a committed entry commits another there).
+    /// everywhere it is committed, the same term and the same bytes (Log Matching and State
+    /// Machine Safety; Leader Completeness shows in them too, as a leader missing a committed
+    /// entry commits another there).
     fn check_core(&mut self) -> Result<(), WholeFailure> {
         for i in 0..self.cfg.nodes {
             let Some(node) = &self.nodes[i].node else { continue };
@@ -846,12 +847,14 @@ impl Sim {
                 }
             }
             for index in self.checked_commit[i] + 1..=commit {
-                let Some(t) = node.log_term(index) else { continue };
-                let known = *self.committed_terms.entry(index).or_insert(t);
-                if known != t {
+                let Some(entry) = node.log_entry(index) else { continue };
+                let seen = (entry.term, entry.data);
+                let known = self.committed_entries.entry(index).or_insert_with(|| seen.clone());
+                if *known != seen {
+                    let (term, known_term) = (seen.0, known.0);
                     return Err(self.fail(format!(
-                        "State Machine Safety: node {id} committed entry {index} of term {t}, \
-                         another node one of term {known}"
+                        "State Machine Safety: node {id} committed entry {index} of term {term}, \
+                         another node a different one (of term {known_term})"
                     )));
                 }
             }
@@ -1673,7 +1676,7 @@ pub fn run_whole(cfg: &WholeConfig) -> Result<WholeOutcome, WholeFailure> {
         one_way_rng: Rng::new(cfg.seed ^ 0x6f6e_6577_6179),
         one_way: None,
         leaders_by_term: BTreeMap::new(),
-        committed_terms: BTreeMap::new(),
+        committed_entries: BTreeMap::new(),
         checked_commit: vec![0; cfg.nodes],
     };
     // A panic in a node (an invariant of the core or of raftd) fails the seed like any other

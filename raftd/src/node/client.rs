@@ -414,12 +414,13 @@ impl<N: Net> Node<N> {
         (raft.term, raft.state == raft::StateType::Leader, raft.raft_log.committed)
     }
 
-    /// The term of the entry at `index` in this node's log, if it holds it (not compacted).
-    pub fn log_term(&self, index: u64) -> Option<u64> {
+    /// The entry at `index` in this node's log, if it holds it (not compacted).
+    pub fn log_entry(&self, index: u64) -> Option<raft::Entry> {
         let log = &self.raw.raft.raft_log;
-        (index >= log.first_index() && index <= log.last_index())
-            .then(|| log.term(index).ok())
-            .flatten()
+        if index < log.first_index() || index > log.last_index() {
+            return None;
+        }
+        log.slice(index, index + 1, u64::MAX).ok()?.pop()
     }
 
     /// This node's view of itself and the cluster (what `raftctl status` shows).
