@@ -255,6 +255,19 @@ impl std::fmt::Display for WholeFailure {
     }
 }
 
+/// Reads what `stream` holds into `decoder`, until it would block; true when the stream
+/// ended or failed.
+fn read_available(decoder: &mut FrameDecoder, stream: &mut SimStream) -> bool {
+    loop {
+        match decoder.read_from(stream) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 fn peer_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, i as u8 + 1], 7001))
 }
@@ -898,23 +911,10 @@ impl Sim {
         }
         // Read what arrived.
         let mut answers = Vec::new();
-        let mut broken = false;
+        let broken;
         {
             let (stream, decoder, _) = client.conn.as_mut().expect("checked");
-            loop {
-                match decoder.read_from(stream) {
-                    Ok(0) => {
-                        broken = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        broken = true;
-                        break;
-                    }
-                }
-            }
+            broken = read_available(decoder, stream);
             while let Ok(Some(payload)) = decoder.next_payload() {
                 answers.push(payload.to_vec());
             }

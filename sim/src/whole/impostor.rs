@@ -76,20 +76,7 @@ impl Sim {
         let mut answer = None;
         let mut broken = false;
         if !impostor.answered {
-            loop {
-                match impostor.decoder.read_from(&mut impostor.stream) {
-                    Ok(0) => {
-                        broken = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        broken = true;
-                        break;
-                    }
-                }
-            }
+            broken = super::read_available(&mut impostor.decoder, &mut impostor.stream);
             if let Ok(Some(payload)) = impostor.decoder.next_payload() {
                 answer = Some(codec::decode_payload::<HelloAck>(payload).ok());
             }
