@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Start, stop and operate a local raftd cluster.
 #
-#   scripts/cluster.sh start [--nodes N] [--dir DIR] [--base-port P] [-- extra raftd flags]
+#   scripts/cluster.sh start [--nodes N] [--dir DIR] [--base-port P] [--tls] [-- extra raftd flags]
 #   scripts/cluster.sh stop | status | endpoints
 #   scripts/cluster.sh kill ID | restart ID | add ID
 #
 # Node ID listens for peers on P+ID and for clients on P+100+ID (default P=7000, so node 1 is
 # 127.0.0.1:7001 / 127.0.0.1:7101, raftctl's defaults). Logs, pid files and data live under
 # DIR (default ./.cluster). Binaries come from $RAFT_BIN_DIR if set, else target/release,
-# built (or rebuilt when stale) by cargo.
+# built (or rebuilt when stale) by cargo. --tls makes a throwaway CA and node certificates
+# under DIR/certs (raftctl certs) and runs both ports with TLS; use raftctl with
+# RAFT_CACERT=DIR/certs/ca.pem.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,12 +18,13 @@ DIR=${CLUSTER_DIR:-$ROOT/.cluster}
 NODES=3
 BASE_PORT=7000
 EXTRA=()
+TLS=0
 LEADER_WAIT_SECS=${LEADER_WAIT_SECS:-30}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -31,6 +34,7 @@ parse_start_flags() {
       --nodes) NODES=${2:?--nodes needs a number}; shift 2 ;;
       --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
       --base-port) BASE_PORT=${2:?--base-port needs a number}; shift 2 ;;
+      --tls) TLS=1; shift ;;
       --) shift; EXTRA=("$@"); break ;;
       *) echo "cluster.sh: unknown flag $1" >&2; usage ;;
     esac
@@ -88,15 +92,44 @@ launch() {
   echo $! >"$DIR/node-$id.pid"
 }
 
+# The cluster id given in the extra flags (raftd's default otherwise): certificates name it.
+cluster_id() {
+  local prev="" f
+  for f in ${EXTRA_FLAGS:-}; do
+    [ "$prev" = "--cluster-id" ] && { echo "$f"; return; }
+    case "$f" in --cluster-id=*) echo "${f#--cluster-id=}"; return ;; esac
+    prev=$f
+  done
+  echo raft
+}
+
+# With --tls: node ID's certificate (and the CA, the first time).
+make_certs() {
+  "$(bin_dir)/raftctl" certs --dir "$DIR/certs" --cluster-id "$(cluster_id)" --nodes "$1" >/dev/null \
+    || die "could not make certificates in $DIR/certs"
+}
+
+tls_flags() {
+  [ "${TLS:-0}" = 1 ] || return 0
+  local c=$DIR/certs
+  echo "--peer-cert-file $c/node-$1.pem --peer-key-file $c/node-$1-key.pem --peer-trusted-ca-file $c/ca.pem --cert-file $c/node-$1.pem --key-file $c/node-$1-key.pem"
+}
+
 write_args() {
   local id=$1; shift
   {
-    echo "--id $id --data-dir $DIR/data-$id --listen-peer $(peer_addr "$id") --listen-client $(client_addr "$id")"
+    echo "--id $id --data-dir $DIR/data-$id --listen-peer $(peer_addr "$id") --listen-client $(client_addr "$id") $(tls_flags "$id")"
     echo "$*"
   } | tr '\n' ' ' >"$DIR/node-$id.args"
 }
 
-raftctl() { "$(bin_dir)/raftctl" --endpoints "$(endpoints)" "$@"; }
+raftctl() {
+  if [ "${TLS:-0}" = 1 ]; then
+    "$(bin_dir)/raftctl" --endpoints "$(endpoints)" --cacert "$DIR/certs/ca.pem" "$@"
+  else
+    "$(bin_dir)/raftctl" --endpoints "$(endpoints)" "$@"
+  fi
+}
 
 wait_for_leader() {
   local deadline=$((SECONDS + LEADER_WAIT_SECS))
@@ -131,7 +164,9 @@ case "$cmd" in
     fi
     build
     mkdir -p "$DIR"
-    printf 'NODES=%q\nBASE_PORT=%q\nEXTRA_FLAGS=%q\n' "$NODES" "$BASE_PORT" "${EXTRA[*]:-}" >"$DIR/cluster.env"
+    printf 'NODES=%q\nBASE_PORT=%q\nEXTRA_FLAGS=%q\nTLS=%q\n' "$NODES" "$BASE_PORT" "${EXTRA[*]:-}" "$TLS" >"$DIR/cluster.env"
+    EXTRA_FLAGS="${EXTRA[*]:-}"
+    if [ "$TLS" = 1 ]; then make_certs "$(seq -s, 1 "$NODES")"; fi
     initial=""
     for id in $(seq 1 "$NODES"); do initial="$initial${initial:+,}$id=$(peer_addr "$id")"; done
     for id in $(seq 1 "$NODES"); do
@@ -144,6 +179,9 @@ case "$cmd" in
       exit 1
     fi
     raftctl status
+    if [ "$TLS" = 1 ]; then
+      echo "TLS on both ports; for raftctl: export RAFT_CACERT=$DIR/certs/ca.pem"
+    fi
     ;;
   stop) load_env; stop_all; echo "stopped" ;;
   status) load_env; raftctl status ;;
@@ -162,6 +200,7 @@ case "$cmd" in
   add)
     load_env; id=${1:?add needs a node id}
     [ -f "$DIR/node-$id.args" ] && die "node $id already exists"
+    if [ "${TLS:-0}" = 1 ]; then make_certs "$id"; fi
     write_args "$id" "--join ${EXTRA_FLAGS:-}"
     launch "$id"
     # Added as a learner, promoted once the leader recorded its data dir incarnation

@@ -272,6 +272,11 @@ impl FrameDecoder {
         self.end - self.start
     }
 
+    /// The bytes received and not yet taken as frames.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// Bytes of memory the buffer holds.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()

@@ -261,7 +261,7 @@ pub fn run(
     let mut handles = Vec::new();
     for i in 0..conns {
         let share = cfg.clients / conns + usize::from(i < cfg.clients % conns);
-        let conn = Conn::open(&leader, token, client.timeout)?;
+        let conn = Conn::open(&leader, token, client.tls(), client.timeout)?;
         let (cfg, shared) = (cfg.clone(), Arc::clone(&shared));
         handles.push(std::thread::spawn(move || run_conn(conn, share, cfg, shared)));
     }

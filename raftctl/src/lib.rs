@@ -8,12 +8,16 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod bench;
+pub mod certs;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
 
 use raftd::protocol::*;
 
@@ -53,9 +57,59 @@ impl fmt::Display for CtlError {
 
 impl std::error::Error for CtlError {}
 
+/// How to reach a TLS client port: the CA to trust, and the client certificate to present
+/// where the nodes ask for one.
+pub type TlsConfig = Arc<rustls::ClientConfig>;
+
+/// The TLS configuration of `--cacert`, and `--cert` with `--key`.
+pub fn tls_config(
+    cacert: &std::path::Path,
+    cert_key: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<TlsConfig, String> {
+    raftd::tls::client_config(cacert, cert_key)
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The host of a `HOST:PORT` endpoint, as the name its certificate must hold.
+fn server_name(endpoint: &str) -> Result<ServerName<'static>, String> {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| format!("{host:?}: {e}"))
+}
+
 /// One greeted connection.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     endpoint: String,
     next_request_id: u64,
     /// Received bytes, reassembled into frames; one read can bring many responses.
@@ -70,8 +124,13 @@ fn io_error(endpoint: &str, e: impl fmt::Display) -> CtlError {
 }
 
 impl Conn {
-    /// Connects to `endpoint` and greets it.
-    pub fn open(endpoint: &str, token: Option<&str>, timeout: Duration) -> Result<Conn, CtlError> {
+    /// Connects to `endpoint` (with TLS when `tls` is given) and greets it.
+    pub fn open(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<&TlsConfig>,
+        timeout: Duration,
+    ) -> Result<Conn, CtlError> {
         let addr: SocketAddr = endpoint
             .to_socket_addrs()
             .map_err(|e| io_error(endpoint, e))?
@@ -82,6 +141,15 @@ impl Conn {
         stream.set_read_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
         stream.set_write_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                let name = server_name(endpoint).map_err(|e| io_error(endpoint, e))?;
+                let tls = rustls::ClientConnection::new(Arc::clone(config), name)
+                    .map_err(|e| io_error(endpoint, e))?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(tls, stream)))
+            }
+        };
         let mut conn = Conn {
             stream,
             endpoint: endpoint.to_string(),
@@ -90,8 +158,22 @@ impl Conn {
             out: Vec::new(),
         };
         let hello = Hello::client("", token.map(str::to_string));
-        conn.send(&hello)?;
-        match conn.recv::<HelloAck>()? {
+        let ack = conn.send(&hello).and_then(|()| conn.recv::<HelloAck>());
+        let ack = match (ack, &conn.stream) {
+            (Ok(ack), _) => ack,
+            (Err(CtlError::Endpoint { reason, .. }), Stream::Tls(s)) if s.conn.is_handshaking() => {
+                // A certificate refused says so; anything else ending the handshake is most
+                // likely a port without TLS.
+                let hint = if reason.contains("certificate") || reason.contains("alert") {
+                    ""
+                } else {
+                    " (a plaintext port ends it: drop --cacert for a node without TLS)"
+                };
+                return Err(io_error(endpoint, format!("TLS handshake failed: {reason}{hint}")));
+            }
+            (Err(e), _) => return Err(e),
+        };
+        match ack {
             HelloAck::Welcome { .. } => Ok(conn),
             HelloAck::Refused { reason } => Err(io_error(endpoint, format!("refused: {reason}"))),
             HelloAck::Removed { node_id } => {
@@ -180,6 +262,7 @@ pub struct Client {
     /// The time budget of one operation.
     pub timeout: Duration,
     token: Option<String>,
+    tls: Option<TlsConfig>,
     conns: HashMap<String, Conn>,
     leader: Option<String>,
     /// The session writes go in, once registered.
@@ -202,6 +285,7 @@ impl Client {
             endpoints,
             timeout,
             token,
+            tls: None,
             conns: HashMap::new(),
             leader: None,
             session_id: None,
@@ -209,9 +293,21 @@ impl Client {
         }
     }
 
+    /// Speaks TLS to every endpoint, with `tls` (None: plaintext).
+    pub fn set_tls(&mut self, tls: Option<TlsConfig>) {
+        self.tls = tls;
+        self.conns.clear();
+    }
+
+    /// The TLS configuration in use.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
     fn conn(&mut self, endpoint: &str) -> Result<&mut Conn, CtlError> {
         if !self.conns.contains_key(endpoint) {
-            let conn = Conn::open(endpoint, self.token.as_deref(), self.timeout)?;
+            let conn =
+                Conn::open(endpoint, self.token.as_deref(), self.tls.as_ref(), self.timeout)?;
             self.conns.insert(endpoint.to_string(), conn);
         }
         Ok(self.conns.get_mut(endpoint).expect("inserted above"))

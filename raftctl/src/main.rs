@@ -40,8 +40,25 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// File holding the cluster's shared secret.
-    #[arg(long, global = true)]
+    #[arg(long, env = "RAFT_TOKEN_FILE", global = true)]
     token_file: Option<std::path::PathBuf>,
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file (the nodes' --cert-file
+    /// must be issued by it and name the endpoint's host).
+    #[arg(long, env = "RAFT_CACERT", value_name = "FILE", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for nodes started with --client-cert-auth; needs --key.
+    #[arg(long, env = "RAFT_CERT", value_name = "FILE", global = true, requires = "tls_key")]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        env = "RAFT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -105,6 +122,26 @@ enum Cmd {
     },
     /// Exit 0 when every member knows one leader and their configurations agree.
     Check,
+    /// Write a throwaway CA and certificates for trying TLS: ca.pem, node-<ID>.pem (naming
+    /// node-<ID>.<CLUSTER-ID> and the hosts) and client.pem, each with its -key.pem. Files
+    /// already in DIR are kept, and the CA there signs the new ones.
+    Certs {
+        /// Where to write them.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The cluster's --cluster-id.
+        #[arg(long, default_value = "raft")]
+        cluster_id: String,
+        /// Node ids, ID,...
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+        /// Host names and IP addresses clients reach the nodes at, NAME,...
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
     /// Drop or delay a node's messages (nodes started with --allow-fault-injection).
     Fault {
         /// The node to change.
@@ -194,7 +231,25 @@ fn main() -> ExitCode {
         eprintln!("raftctl: --endpoints is empty");
         return ExitCode::from(2);
     }
+    let tls = match (&cli.cacert, &cli.cert, &cli.tls_key) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            eprintln!("raftctl: --cert and --key need --cacert (the CA the nodes' certificates come from)");
+            return ExitCode::from(2);
+        }
+        (Some(ca), cert, key) => {
+            let cert_key = cert.as_deref().zip(key.as_deref());
+            match raftctl::tls_config(ca, cert_key) {
+                Ok(config) => Some(config),
+                Err(e) => {
+                    eprintln!("raftctl: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let mut client = Client::new(endpoints, cli.timeout, token.clone());
+    client.set_tls(tls);
     match run(&cli, &mut client, token.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message, code)) => {
@@ -211,6 +266,14 @@ fn show(bytes: &[u8]) -> String {
 fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failure> {
     match &cli.command {
         Cmd::Status => status(cli, client),
+        Cmd::Certs { dir, cluster_id, nodes, hosts, days } => {
+            let created =
+                raftctl::certs::create(dir, cluster_id, nodes, hosts, *days).map_err(fail)?;
+            for path in created.written {
+                out!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Cmd::Put { key, value } => {
             let reply = client
                 .kv(Op::Put { key: key.clone().into_bytes(), value: value.clone().into_bytes() })?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::node::NodeConfig;
+use crate::tls::{ClientTlsFiles, PeerTlsFiles, TlsSettings};
 
 /// How linearizable reads are confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +102,32 @@ pub struct Args {
     /// the client secret, so that a client credential does not let anyone speak Raft.
     #[arg(long)]
     pub peer_token_file: Option<PathBuf>,
+    /// Peer port TLS: this node's certificate (PEM). It must name the node as the DNS subject
+    /// alternative name `node-<id>.<cluster-id>`, and serve for both server and client
+    /// authentication: peers always authenticate each other. Requires --peer-key-file and
+    /// --peer-trusted-ca-file.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer port TLS: the private key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer port TLS: the CA certificate(s) that issued the other nodes' peer certificates
+    /// (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Client port TLS: the certificate served to clients (PEM). Requires --key-file.
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client port TLS: the private key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Client port TLS: the CA certificate(s) that issue client certificates (PEM); used with
+    /// --client-cert-auth.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client port TLS: every client must present a certificate issued by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
     /// Accept fault-injection admin requests (for tests).
     #[arg(long)]
     pub allow_fault_injection: bool,
@@ -237,6 +264,66 @@ fn advertised(
 }
 
 impl Args {
+    /// The TLS flags, checked: each port's files come together, and names built from the
+    /// cluster id must be DNS names.
+    fn tls_settings(&self) -> Result<TlsSettings, String> {
+        let peer = match (&self.peer_cert_file, &self.peer_key_file, &self.peer_trusted_ca_file) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(PeerTlsFiles { cert: cert.clone(), key: key.clone(), trusted_ca: ca.clone() })
+            }
+            _ => {
+                return Err("peer TLS takes --peer-cert-file, --peer-key-file and \
+                            --peer-trusted-ca-file together (peers always authenticate each \
+                            other)"
+                    .into())
+            }
+        };
+        if peer.is_some() {
+            let name = crate::tls::node_name(self.id, &self.cluster_id);
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+                || !self
+                    .cluster_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(format!(
+                    "--cluster-id {:?}: peer certificates name nodes as {name:?}, which must be \
+                     a DNS name (letters, digits, '-' and '.')",
+                    self.cluster_id
+                ));
+            }
+        }
+        let client = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(ClientTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: self.trusted_ca_file.clone(),
+                client_cert_auth: self.client_cert_auth,
+            }),
+            _ => return Err("client TLS takes --cert-file and --key-file together".into()),
+        };
+        match &client {
+            None if self.client_cert_auth || self.trusted_ca_file.is_some() => {
+                Err("--client-cert-auth and --trusted-ca-file need TLS on the client port: give \
+                     --cert-file and --key-file"
+                    .into())
+            }
+            Some(c) if c.client_cert_auth && c.trusted_ca.is_none() => {
+                Err("--client-cert-auth needs --trusted-ca-file (the CA of the client \
+                     certificates)"
+                    .into())
+            }
+            Some(c) if !c.client_cert_auth && c.trusted_ca.is_some() => {
+                Err("--trusted-ca-file is used only with --client-cert-auth: give both, or \
+                     neither"
+                    .into())
+            }
+            _ => Ok(TlsSettings { peer, client }),
+        }
+    }
+
     /// The node configuration, or a message naming the flag that is wrong.
     pub fn to_config(&self) -> Result<NodeConfig, String> {
         check_node_id(self.id).map_err(|e| format!("--id: {e}"))?;
@@ -323,6 +410,7 @@ impl Args {
                         credential must not let anyone speak Raft"
                 .into());
         }
+        let tls = self.tls_settings()?;
         let raft = raft::Config {
             id: self.id,
             election_tick: self.election_tick,
@@ -389,6 +477,7 @@ impl Args {
             snapshot_catchup_entries: self.snapshot_catchup_entries,
             token,
             peer_token,
+            tls,
             allow_fault_injection: self.allow_fault_injection,
             shadow_dir: self.shadow_dir.clone(),
             request_timeout: Duration::from_millis(self.request_timeout_ms),

@@ -34,6 +34,7 @@ use crate::errors::{Error, Result};
 use crate::net::{Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 use crate::node::{peer_hello, tokens_match, NodeConfig};
 use crate::protocol::{replaced_message, Hello, HelloAck, Role};
+use crate::tls::TlsContext;
 
 /// Largest hello accepted while bootstrapping.
 const HELLO_SIZE_MAX: usize = 64 * 1024;
@@ -78,13 +79,13 @@ pub fn cluster_incarnation(
     h.max(1)
 }
 
-fn write_frame<T: serde::Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+fn write_frame<T: serde::Serialize>(stream: &mut impl Write, value: &T) -> std::io::Result<()> {
     let mut buf = Vec::new();
     codec::encode_into(&mut buf, value, HELLO_SIZE_MAX).map_err(std::io::Error::other)?;
     stream.write_all(&buf)
 }
 
-fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
+fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut impl Read) -> std::io::Result<T> {
     let mut len = [0u8; codec::FRAME_LEN_SIZE];
     stream.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -230,23 +231,73 @@ impl Waiting {
 }
 
 /// Answers one connection to the peer port, blocking.
-fn answer_blocking(waiting: &mut Waiting, mut stream: TcpStream) {
+fn answer_blocking(waiting: &mut Waiting, tls: Option<&TlsContext>, stream: TcpStream) {
+    let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-    let Ok(hello) = read_frame::<Hello>(&mut stream) else { return };
-    let ack = waiting.answer(&hello);
+    let Some(server) = tls.and_then(TlsContext::accept_peer) else {
+        let mut stream = stream;
+        let Ok(hello) = read_frame::<Hello>(&mut stream) else { return };
+        let ack = waiting.answer(&hello);
+        let _ = write_frame(&mut stream, &ack);
+        return;
+    };
+    let Ok(server) = server else { return };
+    let mut stream = rustls::StreamOwned::new(server, stream);
+    let hello = match read_frame::<Hello>(&mut stream) {
+        Ok(hello) => hello,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            warn!("connection from {remote} on the peer port refused: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let cluster_id = tls.map(TlsContext::cluster_id).unwrap_or_default();
+    let ack = match crate::tls::check_peer_identity(&stream.conn, hello.node_id, cluster_id) {
+        Ok(()) => waiting.answer(&hello),
+        Err(reason) => {
+            warn!("connection from {remote} on the peer port refused: {reason}");
+            HelloAck::Refused { reason }
+        }
+    };
     let _ = write_frame(&mut stream, &ack);
+    let _ = stream.flush();
 }
 
 /// Asks member `id` at `addr`, blocking; Some when the answer decides the outcome.
-fn ask_blocking(waiting: &mut Waiting, id: u64, addr: &str) -> Option<Result<Outcome>> {
+fn ask_blocking(
+    waiting: &mut Waiting,
+    tls: Option<&TlsContext>,
+    id: u64,
+    addr: &str,
+) -> Option<Result<Outcome>> {
     let socket_addr = crate::resolve::resolve_blocking(addr).ok()?;
-    let mut stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
+    let stream = TcpStream::connect_timeout(&socket_addr, EXCHANGE_TIMEOUT).ok()?;
     let _ = stream.set_read_timeout(Some(EXCHANGE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
-    write_frame(&mut stream, &waiting.hello()).ok()?;
-    let ack: HelloAck = read_frame(&mut stream).ok()?;
+    let ack: HelloAck = match tls.and_then(|t| t.dial_peer(id)) {
+        None => {
+            let mut stream = stream;
+            write_frame(&mut stream, &waiting.hello()).ok()?;
+            read_frame(&mut stream).ok()?
+        }
+        Some(client) => {
+            let mut stream = rustls::StreamOwned::new(client.ok()?, stream);
+            let asked = write_frame(&mut stream, &waiting.hello())
+                .and_then(|()| stream.flush())
+                .and_then(|()| read_frame(&mut stream));
+            match asked {
+                Ok(ack) => ack,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        warn!("asking member {id} at {addr}: {e}");
+                    }
+                    return None;
+                }
+            }
+        }
+    };
     waiting.answered(id, addr, ack)
 }
 
@@ -255,6 +306,7 @@ fn ask_blocking(waiting: &mut Waiting, id: u64, addr: &str) -> Option<Result<Out
 pub fn await_initial_members(
     listener: &TcpListener,
     config: &NodeConfig,
+    tls: Option<&TlsContext>,
     incarnation: u64,
     shutdown: &AtomicBool,
 ) -> Result<Outcome> {
@@ -262,13 +314,13 @@ pub fn await_initial_members(
     let mut next_log = Instant::now() + WAITING_LOG_INTERVAL;
     loop {
         while let Ok((stream, _)) = listener.accept() {
-            answer_blocking(&mut waiting, stream);
+            answer_blocking(&mut waiting, tls, stream);
         }
         if let Some(outcome) = waiting.complete() {
             return Ok(outcome);
         }
         for (id, addr) in waiting.missing() {
-            if let Some(outcome) = ask_blocking(&mut waiting, id, &addr) {
+            if let Some(outcome) = ask_blocking(&mut waiting, tls, id, &addr) {
                 return outcome;
             }
         }
@@ -404,7 +456,7 @@ impl<N: Net> NetExchange<N> {
                     self.conns.values().any(|c| c.asking.as_ref().is_some_and(|a| a.0 == id));
                 let Ok(socket_addr) = addr.parse() else { continue };
                 if !asked {
-                    if let Ok(stream) = self.net.connect(socket_addr) {
+                    if let Ok(stream) = self.net.connect(socket_addr, id) {
                         self.open(stream, Some((id, addr)));
                     }
                 }

@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod resolve;
 pub mod snapfile;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -6,14 +6,21 @@
 //! `mio::Poll`, edge-triggered. An implementation must keep that contract: a stream is
 //! reported readable (or writable) once when it becomes so, and the node reads (writes) until
 //! `WouldBlock`; a listener is reported readable when connections wait, and the node accepts
-//! until `WouldBlock`.
+//! until `WouldBlock`. A stream's `flush` returns `WouldBlock` while bytes it took still wait
+//! for the socket (TLS records), and the node then asks for a writable event.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use log::{error, info};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+
+use crate::protocol::HelloAck;
+use crate::tls::{TlsContext, TlsStream};
 
 /// The token of the peer port's listener.
 pub const PEER_LISTENER: Token = Token(0);
@@ -55,9 +62,16 @@ pub trait Net {
     /// Takes one waiting connection from `port`'s listener (`WouldBlock`: none waits).
     fn accept(&mut self, port: Port) -> io::Result<(Self::Stream, SocketAddr)>;
 
-    /// Starts a connection to `addr`; it is reported writable once connected (or failed:
-    /// see [`Net::connect_error`]).
-    fn connect(&mut self, addr: SocketAddr) -> io::Result<Self::Stream>;
+    /// Starts a connection to peer `to` at `addr`; it is reported writable once connected
+    /// (or failed: see [`Net::connect_error`]).
+    fn connect(&mut self, addr: SocketAddr, to: u64) -> io::Result<Self::Stream>;
+
+    /// Whether the connection accepted as `stream` on the peer port may speak for node `id`
+    /// (with TLS: its certificate names it); the reason to refuse its Hello when not.
+    fn check_peer_identity(&self, stream: &Self::Stream, id: u64) -> Result<(), String> {
+        let _ = (stream, id);
+        Ok(())
+    }
 
     /// Why a dialled connection failed, if it did.
     fn connect_error(stream: &Self::Stream) -> io::Result<Option<io::Error>>;
@@ -82,20 +96,74 @@ pub trait Net {
     fn deregister(&mut self, stream: &mut Self::Stream);
 }
 
-/// The machine's network: TCP on one `mio::Poll`.
+/// A stream of [`MioNet`]: TCP, or TLS over TCP.
+pub enum MioStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS (boxed: the rustls state is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl MioStream {
+    fn socket_mut(&mut self) -> &mut TcpStream {
+        match self {
+            MioStream::Plain(s) => s,
+            MioStream::Tls(t) => t.socket_mut(),
+        }
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            MioStream::Plain(s) => s,
+            MioStream::Tls(t) => t.socket(),
+        }
+    }
+}
+
+impl Read for MioStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MioStream::Plain(s) => s.read(buf),
+            MioStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for MioStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            MioStream::Plain(s) => s.write(buf),
+            MioStream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MioStream::Plain(_) => Ok(()),
+            MioStream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The machine's network: TCP (or TLS over TCP) on one `mio::Poll`.
 pub struct MioNet {
     poll: Poll,
     events: Events,
     peer_listener: TcpListener,
     client_listener: TcpListener,
+    tls: Option<TlsContext>,
+    /// Set by SIGHUP: read the certificates again.
+    reload: Arc<AtomicBool>,
 }
 
 impl MioNet {
     /// Listens on both ports: the peer port's socket is already bound (it served the
     /// bootstrap exchange), the client port's is bound here.
+    /// `tls`: the ports that speak TLS, reloaded on SIGHUP.
     pub fn new(
         peer_listener: std::net::TcpListener,
         listen_client: SocketAddr,
+        tls: Option<TlsContext>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         peer_listener.set_nonblocking(true)?;
@@ -103,12 +171,26 @@ impl MioNet {
         let mut client_listener = TcpListener::bind(listen_client)?;
         poll.registry().register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)?;
+        let reload = Arc::new(AtomicBool::new(false));
+        if tls.is_some() {
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+        }
         Ok(MioNet {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             peer_listener,
             client_listener,
+            tls,
+            reload,
         })
+    }
+
+    fn reload_tls(&mut self) {
+        let Some(tls) = &mut self.tls else { return };
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: certificates and keys reloaded; new connections use them"),
+            Err(e) => error!("SIGHUP: reloading certificates failed, keeping the old ones: {e}"),
+        }
     }
 
     fn interest(writable: bool) -> Interest {
@@ -121,10 +203,13 @@ impl MioNet {
 }
 
 impl Net for MioNet {
-    type Stream = TcpStream;
+    type Stream = MioStream;
 
     fn poll(&mut self, events: &mut Vec<NetEvent>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
+        if self.reload.swap(false, Ordering::Relaxed) {
+            self.reload_tls();
+        }
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -138,7 +223,7 @@ impl Net for MioNet {
         Ok(())
     }
 
-    fn accept(&mut self, port: Port) -> io::Result<(TcpStream, SocketAddr)> {
+    fn accept(&mut self, port: Port) -> io::Result<(MioStream, SocketAddr)> {
         let listener = match port {
             Port::Peer => &self.peer_listener,
             Port::Client => &self.client_listener,
@@ -146,33 +231,67 @@ impl Net for MioNet {
         let (stream, remote) = listener.accept()?;
         // Latency over throughput: small frames go out at once.
         let _ = stream.set_nodelay(true);
-        Ok((stream, remote))
+        let server = self.tls.as_ref().and_then(|tls| match port {
+            Port::Peer => tls.accept_peer(),
+            Port::Client => tls.accept_client(),
+        });
+        let Some(server) = server else { return Ok((MioStream::Plain(stream), remote)) };
+        let mut refusal = Vec::new();
+        codec::encode_into(
+            &mut refusal,
+            &HelloAck::Refused {
+                reason: format!(
+                    "the {} port speaks TLS: connect with TLS (raftctl --cacert, and --cert and \
+                 --key where client certificates are required)",
+                    match port {
+                        Port::Peer => "peer",
+                        Port::Client => "client",
+                    }
+                ),
+            },
+            codec::FRAME_SIZE_MAX_DEFAULT,
+        )
+        .map_err(io::Error::other)?;
+        Ok((MioStream::Tls(Box::new(TlsStream::server(server?, stream, refusal))), remote))
     }
 
-    fn connect(&mut self, addr: SocketAddr) -> io::Result<TcpStream> {
+    fn connect(&mut self, addr: SocketAddr, to: u64) -> io::Result<MioStream> {
+        let client = self.tls.as_ref().and_then(|tls| tls.dial_peer(to)).transpose()?;
         let stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok(match client {
+            None => MioStream::Plain(stream),
+            Some(client) => MioStream::Tls(Box::new(TlsStream::client(client, stream))),
+        })
     }
 
-    fn connect_error(stream: &TcpStream) -> io::Result<Option<io::Error>> {
-        stream.take_error()
+    fn check_peer_identity(&self, stream: &MioStream, id: u64) -> Result<(), String> {
+        match (stream, &self.tls) {
+            (MioStream::Tls(t), Some(tls)) => {
+                crate::tls::check_peer_identity(t.connection(), id, tls.cluster_id())
+            }
+            _ => Ok(()),
+        }
     }
 
-    fn register(&mut self, stream: &mut TcpStream, token: Token, writable: bool) -> io::Result<()> {
-        self.poll.registry().register(stream, token, Self::interest(writable))
+    fn connect_error(stream: &MioStream) -> io::Result<Option<io::Error>> {
+        stream.socket().take_error()
+    }
+
+    fn register(&mut self, stream: &mut MioStream, token: Token, writable: bool) -> io::Result<()> {
+        self.poll.registry().register(stream.socket_mut(), token, Self::interest(writable))
     }
 
     fn reregister(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut MioStream,
         token: Token,
         writable: bool,
     ) -> io::Result<()> {
-        self.poll.registry().reregister(stream, token, Self::interest(writable))
+        self.poll.registry().reregister(stream.socket_mut(), token, Self::interest(writable))
     }
 
-    fn deregister(&mut self, stream: &mut TcpStream) {
-        let _ = self.poll.registry().deregister(stream);
+    fn deregister(&mut self, stream: &mut MioStream) {
+        let _ = self.poll.registry().deregister(stream.socket_mut());
     }
 }

@@ -106,6 +106,8 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// Secret required in every peer handshake (never the client one).
     pub peer_token: Option<String>,
+    /// Which ports speak TLS, with which certificates.
+    pub tls: crate::tls::TlsSettings,
     /// Accept `Fault`/`Heal` admin requests.
     pub allow_fault_injection: bool,
     /// Tests only: record what each sync makes durable here (`wal::fs::ShadowFs`).
@@ -370,6 +372,14 @@ impl Node<MioNet> {
         };
         let mut storage = open_storage(&config, fs, None)?;
         let incarnation = storage.incarnation();
+        let tls = if config.tls.any() {
+            Some(
+                crate::tls::TlsContext::load(&config.tls, config.id, &config.cluster_id)
+                    .map_err(Error::Config)?,
+            )
+        } else {
+            None
+        };
         // Bound first: while it waits to bootstrap, the node answers its peers.
         let std_peer_listener = std::net::TcpListener::bind(config.listen_peer)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -391,6 +401,7 @@ impl Node<MioNet> {
                 match crate::bootstrap::await_initial_members(
                     &std_peer_listener,
                     &config,
+                    tls.as_ref(),
                     incarnation,
                     &shutdown,
                 )? {
@@ -402,7 +413,7 @@ impl Node<MioNet> {
             }
         }
         let (raw, kv, applied) = open_core(&config, storage)?;
-        let net = MioNet::new(std_peer_listener, config.listen_client)
+        let net = MioNet::new(std_peer_listener, config.listen_client, tls)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
         Node::assemble(config, shutdown, clock, (raw, kv, applied), net)
     }
@@ -791,6 +802,11 @@ impl<N: Net> Node<N> {
             return;
         }
         let outcome = conn.read_available(self.clock.now());
+        // Reading a TLS stream may have queued handshake answers the socket did not take.
+        if let Err(e) = conn.flush(&mut self.net, token) {
+            self.close(token, &format!("write: {e}"));
+            return;
+        }
         // Frames first: a peer may send its last frames and close.
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
@@ -801,6 +817,14 @@ impl<N: Net> Node<N> {
                 Ok(None) => break,
                 Err(e) => {
                     let remote = conn.remote;
+                    if conn.in_handshake() && crate::tls::looks_like_tls(conn.decoder.buffered()) {
+                        warn!(
+                            "a TLS client connected from {remote} to a plaintext port (this node \
+                             runs without TLS on it); refused"
+                        );
+                        self.close(token, "TLS on a plaintext port");
+                        return;
+                    }
                     warn!("closing connection from {remote}: {e}");
                     self.close(token, "bad frame");
                     return;
@@ -820,6 +844,18 @@ impl<N: Net> Node<N> {
                 self.read_again.insert(token);
             }
             Ok(ReadOutcome::Closed) => self.close(token, "closed by remote"),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // A TLS failure: a certificate refused, a plaintext client, a bad record.
+                if let Some(conn) = self.conns.get(&token) {
+                    let with = match conn.kind {
+                        ConnKind::OutboundPeer { to } => format!("peer {to} at {}", conn.remote),
+                        ConnKind::InboundPeer { .. } => format!("{} on the peer port", conn.remote),
+                        ConnKind::Client { .. } => format!("{} on the client port", conn.remote),
+                    };
+                    warn!("connection with {with} refused: {e}");
+                }
+                self.close(token, &format!("read: {e}"))
+            }
             Err(e) => self.close(token, &format!("read: {e}")),
         }
     }
@@ -908,7 +944,10 @@ impl<N: Net> Node<N> {
                 format!("cluster {:?}, this is {:?}", hello.cluster_id, self.config.cluster_id);
             Some(HelloAck::Refused { reason })
         } else if hello.role == Role::Peer {
-            self.peer_refusal(token, &hello)
+            match self.net.check_peer_identity(&self.conns[&token].stream, hello.node_id) {
+                Err(reason) => Some(HelloAck::Refused { reason }),
+                Ok(()) => self.peer_refusal(token, &hello),
+            }
         } else {
             None
         };

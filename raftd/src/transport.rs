@@ -190,7 +190,13 @@ impl<S: Read + Write> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
-        let want_writable = self.encoder.pending_len() > 0;
+        // A TLS stream holds encrypted bytes the socket did not take yet.
+        let stream_pending = match self.stream.flush() {
+            Ok(()) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) => return Err(e),
+        };
+        let want_writable = self.encoder.pending_len() > 0 || stream_pending;
         if want_writable != self.writable_registered {
             net.reregister(&mut self.stream, token, want_writable)?;
             self.writable_registered = want_writable;

@@ -418,7 +418,7 @@ impl Net for SimNet {
         Ok((SimStream { world: self.world.clone(), id, end: 1 }, remote))
     }
 
-    fn connect(&mut self, addr: SocketAddr) -> io::Result<SimStream> {
+    fn connect(&mut self, addr: SocketAddr, _to: u64) -> io::Result<SimStream> {
         if self.addrs.contains(&addr) {
             // Never dialled by a node; refuse rather than loop back.
             return Err(io::Error::from(io::ErrorKind::ConnectionRefused));

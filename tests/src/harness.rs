@@ -70,7 +70,8 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends signal `sig` (as `kill` takes it: `-HUP`, `-STOP`).
+    pub fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
             Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill");
         }
@@ -110,12 +111,28 @@ impl Drop for Node {
     }
 }
 
+/// The TLS flags of node `id` whose certificates `raftctl certs` wrote in `certs`: its
+/// certificate on both ports.
+pub fn tls_args(certs: &Path, id: u64) -> Vec<String> {
+    let cert = certs.join(format!("node-{id}.pem")).display().to_string();
+    let key = certs.join(format!("node-{id}-key.pem")).display().to_string();
+    vec![
+        format!("--peer-cert-file={cert}"),
+        format!("--peer-key-file={key}"),
+        format!("--peer-trusted-ca-file={}", certs.join("ca.pem").display()),
+        format!("--cert-file={cert}"),
+        format!("--key-file={key}"),
+    ]
+}
+
 /// A cluster of raftd processes with fault injection allowed.
 pub struct Cluster {
     /// Data dirs and logs.
     pub dir: tempfile::TempDir,
     /// The nodes, by id.
     pub nodes: BTreeMap<u64, Node>,
+    /// How clients reach the client ports (None: plaintext).
+    pub client_tls: Option<raftctl::TlsConfig>,
 }
 
 impl Cluster {
@@ -145,13 +162,62 @@ impl Cluster {
             .expect("the data dir is rebuilt from its shadow")
     }
 
+    /// [`Cluster::start`] with TLS on both ports: a CA and node certificates in
+    /// [`Cluster::certs_dir`] (`raftctl certs`), clients trusting the CA, and with
+    /// `client_cert_auth` every client presenting `client.pem`.
+    pub fn start_tls(n: usize, extra: &[&str], client_cert_auth: bool) -> Cluster {
+        Cluster::start_each(n, false, &mut |cluster, id| {
+            let certs = cluster.certs_dir();
+            let ids: Vec<u64> = (1..=n as u64).collect();
+            let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+            raftctl::certs::create(&certs, &cluster.cluster_id(), &ids, &hosts, 1)
+                .expect("certificates");
+            if cluster.client_tls.is_none() {
+                let cert_key = (certs.join("client.pem"), certs.join("client-key.pem"));
+                let cert_key = client_cert_auth.then_some((&*cert_key.0, &*cert_key.1));
+                cluster.client_tls =
+                    Some(raftctl::tls_config(&certs.join("ca.pem"), cert_key).expect("client TLS"));
+            }
+            let mut args = tls_args(&certs, id);
+            if client_cert_auth {
+                args.push("--client-cert-auth".to_string());
+                args.push(format!("--trusted-ca-file={}", certs.join("ca.pem").display()));
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        })
+    }
+
+    /// Where [`Cluster::start_tls`] keeps the certificates.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// The cluster's id: unique per cluster, since tests run in parallel and a node must never
+    /// take another test's node (at a reused port) for a member of its own cluster.
+    pub fn cluster_id(&self) -> String {
+        format!(
+            "faults{}",
+            self.dir.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into())
+        )
+    }
+
     fn start_on(n: usize, extra: &[&str], shadowed: bool) -> Cluster {
+        Cluster::start_each(n, shadowed, &mut |_, _| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Starts `n` nodes, node `id` with the flags `flags(cluster, id)` besides the usual ones.
+    fn start_each(
+        n: usize,
+        shadowed: bool,
+        flags: &mut dyn FnMut(&mut Cluster, u64) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * n);
         let peers: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let initial: Vec<String> =
             peers.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-        let mut cluster = Cluster { dir, nodes: BTreeMap::new() };
+        let mut cluster = Cluster { dir, nodes: BTreeMap::new(), client_tls: None };
         for i in 0..n {
             let id = i as u64 + 1;
             let client_addr = format!("127.0.0.1:{}", ports[n + i]);
@@ -159,7 +225,8 @@ impl Cluster {
             if shadowed {
                 args.push(format!("--shadow-dir={}", cluster.shadow_dir(id).display()));
             }
-            args.extend(extra.iter().map(|s| s.to_string()));
+            let more = flags(&mut cluster, id);
+            args.extend(more);
             cluster.add_node(id, peers[i].clone(), client_addr, args);
         }
         cluster.wait_members_up();
@@ -194,15 +261,7 @@ impl Cluster {
             format!("--data-dir={}", data_dir.display()),
             format!("--listen-peer={peer_addr}"),
             format!("--listen-client={client_addr}"),
-            // Unique per cluster: tests run in parallel, and a node must never take another
-            // test's node (at a reused port) for a member of its own cluster.
-            format!(
-                "--cluster-id=faults{}",
-                self.dir
-                    .path()
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into())
-            ),
+            format!("--cluster-id={}", self.cluster_id()),
             format!("--tick-interval-ms={TICK_MS}"),
             "--allow-fault-injection".to_string(),
             "--request-timeout-ms=1500".to_string(),
@@ -285,7 +344,14 @@ impl Cluster {
     }
 
     fn client_of(&self, id: u64) -> Client {
-        Client::new(vec![self.nodes[&id].client_addr.clone()], Duration::from_secs(2), None)
+        self.client(vec![self.nodes[&id].client_addr.clone()], Duration::from_secs(2))
+    }
+
+    /// A client of `endpoints` (with the cluster's TLS settings).
+    pub fn client(&self, endpoints: Vec<String>, timeout: Duration) -> Client {
+        let mut client = Client::new(endpoints, timeout, None);
+        client.set_tls(self.client_tls.clone());
+        client
     }
 
     /// An admin request to node `id`.
@@ -471,15 +537,14 @@ impl Workload {
         let mut threads = Vec::new();
         for c in 0..clients as u64 {
             let (stop, history, keys) = (Arc::clone(&stop), Arc::clone(&history), keys.clone());
-            let endpoints = cluster.endpoints();
+            let client = cluster.client(cluster.endpoints(), Duration::from_millis(1500));
             threads.push(std::thread::spawn(move || {
-                client_loop(c, endpoints, keys, epoch, pace, stop, history)
+                client_loop(c, client, keys, epoch, pace, stop, history)
             }));
         }
         let (stop2, leaders2) = (Arc::clone(&stop), Arc::clone(&leaders));
-        let endpoints = cluster.endpoints();
+        let mut client = cluster.client(cluster.endpoints(), Duration::from_millis(500));
         threads.push(std::thread::spawn(move || {
-            let mut client = Client::new(endpoints.clone(), Duration::from_millis(500), None);
             while !stop2.load(Ordering::Relaxed) {
                 for (_, status) in client.statuses() {
                     if let Ok(s) = status {
@@ -528,14 +593,13 @@ impl Workload {
 
 fn client_loop(
     c: u64,
-    endpoints: Vec<String>,
+    mut client: Client,
     keys: Vec<String>,
     epoch: Instant,
     pace: Duration,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Operation>>>,
 ) {
-    let mut client = Client::new(endpoints, Duration::from_millis(1500), None);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (c + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut last_seen: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut n = 0u64;
@@ -625,7 +689,7 @@ pub fn verify(cluster: &Cluster, workload: Workload) -> Result<Summary, String> 
         }
     }
     let leader = cluster.wait_for_leader();
-    let mut client = Client::new(vec![cluster.nodes[&leader].client_addr.clone()], DEADLINE, None);
+    let mut client = cluster.client(vec![cluster.nodes[&leader].client_addr.clone()], DEADLINE);
     let base = history.iter().map(|o| o.ret.max(o.call)).max().unwrap_or(0) + 1;
     for key in &keys {
         let reply = client

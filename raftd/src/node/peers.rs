@@ -306,7 +306,7 @@ impl<N: Net> Node<N> {
         link.next_attempt = now + link.backoff;
         link.backoff = (link.backoff * 2).min(RECONNECT_BACKOFF_MAX);
         let Some(socket_addr) = socket_addr else { return };
-        let stream = match self.net.connect(socket_addr) {
+        let stream = match self.net.connect(socket_addr, id) {
             Ok(s) => s,
             Err(e) => {
                 debug!("connect to peer {id} at {addr}: {e}");
