@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # raftd against etcd, side by side, on this machine.
 #
-#   scripts/bench.sh [--skip-etcd] [--base-port P] [--out FILE] [--etcd-dir DIR]
+#   scripts/bench.sh [--skip-etcd] [--tls] [--base-port P] [--out FILE] [--etcd-dir DIR]
 #
 # Starts a fresh 3-node raftd cluster (release build, default flags, fsync on) in a temporary
 # directory, runs the four workloads with `raftctl bench --json`, stops it, then runs etcd on
@@ -12,21 +12,25 @@
 # 10,000 keys; every acknowledged write is fsynced on a quorum; gets are linearizable.
 # --out FILE also writes the results as key=value lines. The etcd scripts are looked for in
 # --etcd-dir (or $ETCD_BENCH_DIR), else ../shared/bench/etcd next to this checkout or next to
-# the repository it was cloned from.
+# the repository it was cloned from. --tls runs the raftd workloads again on a cluster with TLS
+# on both ports (scripts/cluster.sh start --tls) and prints them beside plaintext (target: put
+# with 256 clients within 15% of plaintext).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ETCD_DIR=${ETCD_BENCH_DIR:-}
 BASE_PORT=7700
 SKIP_ETCD=0
+TLS=0
 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --skip-etcd) SKIP_ETCD=1; shift ;;
+    --tls) TLS=1; shift ;;
     --base-port) BASE_PORT=${2:?--base-port needs a number}; shift 2 ;;
     --out) OUT=${2:?--out needs a file}; shift 2 ;;
     --etcd-dir) ETCD_DIR=${2:?--etcd-dir needs a directory}; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -56,7 +60,9 @@ work=$(mktemp -d /tmp/raft-bench.XXXXXX)
 results=$work/results
 : >"$results"
 cleanup() {
-  CLUSTER_DIR=$work/cluster "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+  for c in "$work"/cluster-*; do
+    [ -d "$c" ] && CLUSTER_DIR=$c "$ROOT/scripts/cluster.sh" stop >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -68,17 +74,24 @@ field() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
 echo "building (release)..." >&2
 (cd "$ROOT" && cargo build --release -q -p raftd -p raftctl)
 
-echo "raftd: starting a fresh 3-node cluster on 127.0.0.1:$((BASE_PORT + 101))-$((BASE_PORT + 103))" >&2
-CLUSTER_DIR=$work/cluster "$ROOT/scripts/cluster.sh" start --base-port "$BASE_PORT" >/dev/null
-endpoints=$(CLUSTER_DIR=$work/cluster "$ROOT/scripts/cluster.sh" endpoints)
-for w in "${WORKLOADS[@]}"; do
-  read -r name op clients ops _ _ <<<"$w"
-  echo "raftd: $op, $clients clients, $ops ops" >&2
-  line=$("$ROOT/target/release/raftctl" --endpoints "$endpoints" bench --op "$op" \
-    --clients "$clients" --ops "$ops" --json | json_to_kv)
-  echo "raftd.$name $line" >>"$results"
-done
-CLUSTER_DIR=$work/cluster "$ROOT/scripts/cluster.sh" stop >/dev/null
+# run_raftd PREFIX [--tls]: the workloads on a fresh cluster, results under PREFIX.
+run_raftd() {
+  local prefix=$1 tls=${2:-} cluster=$work/cluster-$1 flags=()
+  echo "$prefix: starting a fresh 3-node cluster${tls:+ with TLS} on 127.0.0.1:$((BASE_PORT + 101))-$((BASE_PORT + 103))" >&2
+  CLUSTER_DIR=$cluster "$ROOT/scripts/cluster.sh" start --base-port "$BASE_PORT" $tls >/dev/null
+  endpoints=$(CLUSTER_DIR=$cluster "$ROOT/scripts/cluster.sh" endpoints)
+  [ -n "$tls" ] && flags=(--cacert "$cluster/certs/ca.pem")
+  for w in "${WORKLOADS[@]}"; do
+    read -r name op clients ops _ _ <<<"$w"
+    echo "$prefix: $op, $clients clients, $ops ops" >&2
+    line=$("$ROOT/target/release/raftctl" --endpoints "$endpoints" "${flags[@]}" bench --op "$op" \
+      --clients "$clients" --ops "$ops" --json | json_to_kv)
+    echo "$prefix.$name $line" >>"$results"
+  done
+  CLUSTER_DIR=$cluster "$ROOT/scripts/cluster.sh" stop >/dev/null
+}
+run_raftd raftd
+[ "$TLS" = 1 ] && run_raftd raftdtls --tls
 
 if [ "$SKIP_ETCD" = 0 ]; then
   plain=()
@@ -136,6 +149,29 @@ for w in "${WORKLOADS[@]}"; do
     "$(ms "$r_p50")" "$(ms "$r_p99")" "$(printf '%.0f' "${e_ops:-0}")" "$(ms "$e_p50")" \
     "$(ms "$e_p99")" "$verdict"
 done
+if [ "$TLS" = 1 ]; then
+  echo
+  echo "raftd with TLS on both ports (TLS 1.3, ECDSA P-256 certificates) beside plaintext"
+  printf '%-30s %11s %9s %9s | %11s %9s %9s | %7s  %s\n' \
+    workload "TLS op/s" p50 p99 "plain op/s" p50 p99 ratio "target"
+  for w in "${WORKLOADS[@]}"; do
+    read -r name _ _ _ _ label <<<"$w"
+    t=$(grep "^raftdtls.$name " "$results" | cut -d' ' -f2- || true)
+    r=$(grep "^raftd.$name " "$results" | cut -d' ' -f2- || true)
+    t_ops=$(echo "$t" | field ops_per_sec); r_ops=$(echo "$r" | field ops_per_sec)
+    verdict=$(awk -v n="$name" -v to="$t_ops" -v ro="$r_ops" -v terr="$(echo "$t" | field errors)" 'BEGIN {
+      if (ro == "" || ro == 0) { print "-"; exit }
+      ratio = to / ro
+      if (n == "put256") { ok = ratio >= 0.85; t = ">=0.85x" } else { ok = 1; t = "" }
+      if (terr != "" && terr != 0) { ok = 0; t = t " errors: " terr }
+      printf "%6.2fx  %-19s %s\n", ratio, t, ok ? (t == "" ? "" : "met") : "NOT met"
+    }')
+    case "$verdict" in *"NOT met"*) all_met=0 ;; esac
+    printf '%-30s %11.0f %9s %9s | %11.0f %9s %9s | %s\n' "${label//_/ }" "${t_ops:-0}" \
+      "$(ms "$(echo "$t" | field p50_us)")" "$(ms "$(echo "$t" | field p99_us)")" "${r_ops:-0}" \
+      "$(ms "$(echo "$r" | field p50_us)")" "$(ms "$(echo "$r" | field p99_us)")" "$verdict"
+  done
+fi
 if [ -n "$OUT" ]; then
   { echo "date=$(date -u +%FT%TZ) commit=$commit"; cat "$results"; } >"$OUT"
 fi

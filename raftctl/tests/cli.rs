@@ -261,3 +261,61 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn the_script_starts_a_tls_cluster_in_one_command() {
+    let cluster = Cluster { dir: tempfile::tempdir().unwrap(), base: free_base_port() };
+    let base = cluster.base.to_string();
+    let out = cluster.script(&[
+        "start",
+        "--tls",
+        "--base-port",
+        &base,
+        "--",
+        "--tick-interval-ms",
+        "20",
+        "--cluster-id",
+        "tls-test",
+    ]);
+    assert!(out.status.success(), "start --tls: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ca = cluster.dir.path().join("c/certs/ca.pem");
+    assert!(stdout.contains(&format!("export RAFT_CACERT={}", ca.display())), "{stdout}");
+    // The certificates name the nodes of the cluster id given to raftd.
+    let log = std::fs::read_to_string(cluster.dir.path().join("c/node-1.args")).unwrap();
+    assert!(log.contains("--peer-cert-file"), "{log}");
+
+    // Plaintext raftctl is told to use TLS; with RAFT_CACERT it works.
+    let plain = cluster.ctl(&["get", "k"]);
+    assert!(!plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(stderr.contains("the client port speaks TLS"), "{stderr}");
+    let tls = |args: &[&str]| {
+        Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &cluster.endpoints(), "--timeout", "10s"])
+            .args(args)
+            .env("RAFT_CACERT", &ca)
+            .output()
+            .unwrap()
+    };
+    let put = tls(&["put", "k", "v"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let get = tls(&["get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+
+    // A node added later gets a certificate of the same CA and joins over TLS.
+    let add = cluster.script(&["add", "4"]);
+    assert!(add.status.success(), "add 4: {}", String::from_utf8_lossy(&add.stderr));
+    assert!(cluster.dir.path().join("c/certs/node-4.pem").exists());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = tls(&["--json", "status"]);
+        let json: serde_json::Value =
+            serde_json::from_slice(&status.stdout).unwrap_or(serde_json::Value::Null);
+        if json["cluster"]["voters"].as_array().is_some_and(|v| v.len() == 4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 never became a voter: {json}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

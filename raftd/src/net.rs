@@ -154,6 +154,20 @@ pub struct MioNet {
     tls: Option<TlsContext>,
     /// Set by SIGHUP: read the certificates again.
     reload: Arc<AtomicBool>,
+    /// What a plaintext client of a TLS peer (0) or client (1) port is told, framed.
+    plaintext_refusals: [Vec<u8>; 2],
+}
+
+/// The frame telling a plaintext client of the TLS `port` why it is refused.
+fn plaintext_refusal(port: &str) -> io::Result<Vec<u8>> {
+    let reason = format!(
+        "the {port} port speaks TLS: connect with TLS (raftctl --cacert, and --cert and --key \
+         where client certificates are required)"
+    );
+    let mut frame = Vec::new();
+    codec::encode_into(&mut frame, &HelloAck::Refused { reason }, codec::FRAME_SIZE_MAX_DEFAULT)
+        .map_err(io::Error::other)?;
+    Ok(frame)
 }
 
 impl MioNet {
@@ -171,10 +185,10 @@ impl MioNet {
         let mut client_listener = TcpListener::bind(listen_client)?;
         poll.registry().register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)?;
+        // SIGHUP reloads certificates (and, without TLS, is logged rather than ending the
+        // process, its default).
         let reload = Arc::new(AtomicBool::new(false));
-        if tls.is_some() {
-            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
-        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
         Ok(MioNet {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -182,11 +196,15 @@ impl MioNet {
             client_listener,
             tls,
             reload,
+            plaintext_refusals: [plaintext_refusal("peer")?, plaintext_refusal("client")?],
         })
     }
 
     fn reload_tls(&mut self) {
-        let Some(tls) = &mut self.tls else { return };
+        let Some(tls) = &mut self.tls else {
+            info!("SIGHUP: no TLS certificates to reload");
+            return;
+        };
         match tls.reload() {
             Ok(()) => info!("SIGHUP: certificates and keys reloaded; new connections use them"),
             Err(e) => error!("SIGHUP: reloading certificates failed, keeping the old ones: {e}"),
@@ -231,28 +249,14 @@ impl Net for MioNet {
         let (stream, remote) = listener.accept()?;
         // Latency over throughput: small frames go out at once.
         let _ = stream.set_nodelay(true);
-        let server = self.tls.as_ref().and_then(|tls| match port {
-            Port::Peer => tls.accept_peer(),
-            Port::Client => tls.accept_client(),
-        });
+        let (server, refusal) = match (&self.tls, port) {
+            (Some(tls), Port::Peer) => (tls.accept_peer(), &self.plaintext_refusals[0]),
+            (Some(tls), Port::Client) => (tls.accept_client(), &self.plaintext_refusals[1]),
+            (None, _) => (None, &self.plaintext_refusals[0]),
+        };
         let Some(server) = server else { return Ok((MioStream::Plain(stream), remote)) };
-        let mut refusal = Vec::new();
-        codec::encode_into(
-            &mut refusal,
-            &HelloAck::Refused {
-                reason: format!(
-                    "the {} port speaks TLS: connect with TLS (raftctl --cacert, and --cert and \
-                 --key where client certificates are required)",
-                    match port {
-                        Port::Peer => "peer",
-                        Port::Client => "client",
-                    }
-                ),
-            },
-            codec::FRAME_SIZE_MAX_DEFAULT,
-        )
-        .map_err(io::Error::other)?;
-        Ok((MioStream::Tls(Box::new(TlsStream::server(server?, stream, refusal))), remote))
+        let stream = TlsStream::server(server?, stream, refusal.clone());
+        Ok((MioStream::Tls(Box::new(stream)), remote))
     }
 
     fn connect(&mut self, addr: SocketAddr, to: u64) -> io::Result<MioStream> {
