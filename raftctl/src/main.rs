@@ -285,10 +285,21 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
                 .kv(Op::Get { key: key.clone().into_bytes(), serializable: *serializable })?;
             let OpResult::Get(value) = reply.result else { return Err(fail("unexpected reply")) };
             let text = value.as_deref().map(show);
-            print(cli, json!({"key": key, "value": text, "index": reply.index}), || {
-                text.clone().unwrap_or_default()
-            });
-            Ok(())
+            match text {
+                Some(text) => {
+                    print(cli, json!({"key": key, "value": text, "index": reply.index}), || {
+                        text.clone()
+                    });
+                    Ok(())
+                }
+                // Told apart from an empty value: nothing on stdout (null in JSON), exit 1.
+                None => {
+                    if cli.json {
+                        out!("{}", json!({"key": key, "value": null, "index": reply.index}));
+                    }
+                    Err(fail(format!("{key}: not found")))
+                }
+            }
         }
         Cmd::Del { key } => {
             let reply = client.kv(Op::Delete { key: key.clone().into_bytes() })?;
@@ -314,12 +325,10 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             print(
                 cli,
                 json!({"swapped": swapped, "previous": previous, "index": reply.index}),
-                || {
-                    if swapped {
-                        format!("swapped (index {})", reply.index)
-                    } else {
-                        format!("not swapped: the value is {previous:?}")
-                    }
+                || match (swapped, &previous) {
+                    (true, _) => format!("swapped (index {})", reply.index),
+                    (false, Some(value)) => format!("not swapped: the value is {value}"),
+                    (false, None) => "not swapped: the key is absent".to_string(),
                 },
             );
             if swapped {
@@ -329,9 +338,9 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             }
         }
         Cmd::TransferLeader { id } => {
-            let reply = client.admin_leader(AdminRequest::TransferLeader { to: *id })?;
+            client.admin_leader(AdminRequest::TransferLeader { to: *id })?;
             wait_for_leader(client, *id)?;
-            print(cli, json!({"leader": id}), || format!("{reply:?} -> node {id} leads"));
+            print(cli, json!({"leader": id}), || format!("node {id} leads"));
             Ok(())
         }
         Cmd::Member(cmd) => member(cli, client, cmd),
@@ -354,9 +363,11 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
                     client.admin_at(&endpoint, AdminRequest::Snapshot)?
                 }
             };
-            print(cli, json!({"result": format!("{reply:?}")}), || match &reply {
-                AdminReply::Done(s) => s.clone(),
-                other => format!("{other:?}"),
+            let AdminReply::Snapshot { node, index } = reply else {
+                return Err(fail(format!("unexpected reply {reply:?}")));
+            };
+            print(cli, json!({"node": node, "index": index}), || {
+                format!("node {node}: snapshot at index {index}")
             });
             Ok(())
         }
@@ -458,19 +469,19 @@ fn leader_status(client: &mut Client) -> Result<NodeStatus, Failure> {
     }
 }
 
+/// Waits until node `id` leads the latest term any endpoint reports. (Any endpoint that knows
+/// says so, the old leader among them: `--endpoints` need not list the new one.)
 fn wait_for_leader(client: &mut Client, id: u64) -> Result<(), Failure> {
     let deadline = Instant::now() + client.timeout;
     loop {
-        let leaders: Vec<u64> = client
-            .statuses()
-            .into_iter()
-            .filter_map(|(_, s)| s.ok())
-            .filter(|s| s.role == "leader")
-            .map(|s| s.id)
-            .collect();
-        if leaders == [id] {
+        let statuses: Vec<NodeStatus> =
+            client.statuses().into_iter().filter_map(|(_, s)| s.ok()).collect();
+        let term = statuses.iter().map(|s| s.term).max().unwrap_or(0);
+        if statuses.iter().any(|s| s.term == term && s.leader == id) {
             return Ok(());
         }
+        let leaders: Vec<u64> =
+            statuses.iter().filter(|s| s.role == "leader").map(|s| s.id).collect();
         if Instant::now() >= deadline {
             return Err(fail(format!(
                 "node {id} did not become leader in time (leaders now: {leaders:?})"

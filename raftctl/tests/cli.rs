@@ -143,7 +143,24 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
         serde_json::from_str(&cluster.ctl_ok(&["--json", "get", "k"])).unwrap();
     assert_eq!(got["value"], "v2");
     assert!(cluster.ctl_ok(&["del", "k"]).starts_with("deleted"));
-    assert_eq!(cluster.ctl_ok(&["get", "k"]).trim(), "");
+    // A missing key is told apart from an empty value.
+    let missing = cluster.ctl(&["get", "k"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("k: not found"));
+    let missing: serde_json::Value =
+        serde_json::from_slice(&cluster.ctl(&["--json", "get", "k"]).stdout).unwrap();
+    assert!(missing["value"].is_null(), "{missing}");
+    cluster.ctl_ok(&["put", "empty", ""]);
+    let empty = cluster.ctl(&["get", "empty"]);
+    assert_eq!(empty.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&empty.stdout), "\n");
+    let not_swapped = cluster.ctl(&["cas", "empty", "x", "y"]);
+    assert_eq!(
+        String::from_utf8_lossy(&not_swapped.stdout).trim(),
+        "not swapped: the value is",
+        "no Rust debug formatting"
+    );
 
     // Leadership.
     let target = if leader == 1 { 2 } else { 1 };
@@ -195,9 +212,12 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     let json: serde_json::Value =
         serde_json::from_str(&cluster.eventually_ok(&["--json", "status"])).unwrap();
     let leader = json["cluster"]["leader"].as_u64().unwrap();
-    cluster.ctl_ok(&["snapshot"]);
+    let snap: serde_json::Value =
+        serde_json::from_str(&cluster.ctl_ok(&["--json", "snapshot"])).unwrap();
+    assert!(snap["index"].as_u64().is_some_and(|i| i > 0), "{snap}");
     let follower = if leader == 3 { 2 } else { 3 };
-    cluster.ctl_ok(&["snapshot", "--node", &follower.to_string()]);
+    let text = cluster.ctl_ok(&["snapshot", "--node", &follower.to_string()]);
+    assert!(text.starts_with(&format!("node {follower}: snapshot at index ")), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&cluster.ctl_ok(&["--json", "status"])).unwrap();
     // (Unless leadership moved meanwhile, which a loaded machine can cause with 20 ms ticks.)
@@ -220,7 +240,7 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     );
     assert!(cluster.script(&["restart", "3"]).status.success());
     cluster.eventually_ok(&["check"]);
-    assert_eq!(cluster.ctl_ok(&["get", "k"]).trim(), "");
+    assert_eq!(cluster.ctl(&["get", "k"]).status.code(), Some(1));
     let stop = cluster.script(&["stop"]);
     assert!(stop.status.success());
 }
@@ -316,6 +336,65 @@ fn the_script_starts_a_tls_cluster_in_one_command() {
             break;
         }
         assert!(Instant::now() < deadline, "node 4 never became a voter: {json}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The leader's id, by `raftctl --json status`.
+fn leader_of(cluster: &Cluster) -> u64 {
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.eventually_ok(&["--json", "status"])).unwrap();
+    json["cluster"]["leader"].as_u64().unwrap()
+}
+
+#[test]
+fn transfer_leader_and_removing_the_leader_work_from_any_endpoint() {
+    let cluster = Cluster { dir: tempfile::tempdir().unwrap(), base: free_base_port() };
+    let base = cluster.base.to_string();
+    let out = cluster.script(&["start", "--base-port", &base, "--", "--tick-interval-ms", "20"]);
+    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    let endpoint = |id: u64| format!("127.0.0.1:{}", cluster.base + 100 + id as u16);
+    let ctl_at = |endpoints: &str, args: &[&str]| {
+        let out = Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", endpoints, "--timeout", "10s"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "raftctl --endpoints {endpoints} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The first endpoint a follower that is not the target: it redirects to the leader.
+    let leader = leader_of(&cluster);
+    let target = leader % 3 + 1;
+    let follower = target % 3 + 1;
+    let first = format!("{},{}", endpoint(follower), cluster.endpoints());
+    let out = ctl_at(&first, &["transfer-leader", &target.to_string()]);
+    assert_eq!(out.trim(), format!("node {target} leads"));
+    assert_eq!(leader_of(&cluster), target);
+    // The only endpoint the target itself, a follower: the same.
+    let out = ctl_at(&endpoint(leader), &["transfer-leader", &leader.to_string()]);
+    assert_eq!(out.trim(), format!("node {leader} leads"));
+    // The only endpoint the old leader (the new one is not listed): the transfer is seen.
+    let out = ctl_at(&endpoint(leader), &["transfer-leader", &target.to_string()]);
+    assert_eq!(out.trim(), format!("node {target} leads"));
+    // Removing the leader through a follower's endpoint.
+    let out = ctl_at(&first, &["member", "remove", &target.to_string()]);
+    assert!(out.contains("voters") && !out.contains(&target.to_string()), "{out}");
+    let rest: Vec<String> = (1..=3).filter(|&i| i != target).map(endpoint).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &rest.join(","), "--timeout", "2s", "check"])
+            .output()
+            .unwrap();
+        if status.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&status.stderr));
         std::thread::sleep(Duration::from_millis(100));
     }
 }

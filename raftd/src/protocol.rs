@@ -420,6 +420,13 @@ pub enum AdminReply {
         /// Learners.
         learners: Vec<u64>,
     },
+    /// A snapshot was taken (added last: the earlier variants keep their encoding).
+    Snapshot {
+        /// The node that took it.
+        node: u64,
+        /// The index it covers.
+        index: u64,
+    },
 }
 
 /// What a client receives.

@@ -250,6 +250,10 @@ impl<N: Net> Node<N> {
     pub(super) fn admin_request(&mut self, waiter: Waiter, request: AdminRequest) {
         let result = match request {
             AdminRequest::Status => Ok(AdminReply::Status(Box::new(self.status()))),
+            // Only the leader starts a transfer: a follower's core would forward the request
+            // stamped with the transferee's id, which the leader refuses from the follower's
+            // connection. The client is redirected instead.
+            AdminRequest::TransferLeader { .. } if !self.is_leader() => Err(self.not_leader()),
             AdminRequest::TransferLeader { to } => match self.raw.transfer_leader(to) {
                 Ok(()) => Ok(AdminReply::Done(format!("leadership transfer to {to} started"))),
                 Err(e) => Err(refused(e.to_string())),
@@ -274,7 +278,7 @@ impl<N: Net> Node<N> {
                 return self.change_membership(waiter, ConfChangeType::RemoveNode, id, None)
             }
             AdminRequest::Snapshot => match self.snapshot_now() {
-                Ok(index) => Ok(AdminReply::Done(format!("snapshot at index {index}"))),
+                Ok(index) => Ok(AdminReply::Snapshot { node: self.config.id, index }),
                 Err(e @ Error::SnapshotNotWritten(_)) => Err(refused(e.to_string())),
                 Err(e) => {
                     // A failed sync: the node stops at the end of this loop iteration.
