@@ -5,6 +5,9 @@
 #   scripts/cluster.sh stop | status | endpoints
 #   scripts/cluster.sh kill ID | restart ID | add ID
 #
+# Every subcommand takes --dir DIR (or CLUSTER_DIR). start over a stopped cluster's DIR starts
+# its nodes again (those added included) with the flags they had; --nodes and the flags after
+# -- apply to a new cluster only.
 # Node ID listens for peers on P+ID and for clients on P+100+ID (default P=7000, so node 1 is
 # 127.0.0.1:7001 / 127.0.0.1:7101, raftctl's defaults). Logs, pid files and data live under
 # DIR (default ./.cluster). Binaries come from $RAFT_BIN_DIR if set, else target/release,
@@ -24,7 +27,8 @@ LEADER_WAIT_SECS=${LEADER_WAIT_SECS:-30}
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  # The header comment, without the code after it.
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
 }
 
@@ -82,7 +86,25 @@ node_ids() {
   done | sort -n
 }
 
-alive() { [ -f "$DIR/node-$1.pid" ] && kill -0 "$(cat "$DIR/node-$1.pid")" 2>/dev/null; }
+# Whether node $1's process runs (a zombie, killed and not yet reaped, does not).
+alive() {
+  local pid
+  [ -f "$DIR/node-$1.pid" ] || return 1
+  pid=$(cat "$DIR/node-$1.pid")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+}
+
+# SIGKILL node $1 and wait until it is gone (its ports free).
+kill_node() {
+  local pid
+  alive "$1" || { rm -f "$DIR/node-$1.pid"; return 0; }
+  pid=$(cat "$DIR/node-$1.pid")
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do alive "$1" || break; sleep 0.05; done
+  alive "$1" && die "node $1 (pid $pid) did not die"
+  rm -f "$DIR/node-$1.pid"
+}
 
 launch() {
   local id=$1
@@ -94,13 +116,9 @@ launch() {
 
 # The cluster id given in the extra flags (raftd's default otherwise): certificates name it.
 cluster_id() {
-  local prev="" f
-  for f in ${EXTRA_FLAGS:-}; do
-    [ "$prev" = "--cluster-id" ] && { echo "$f"; return; }
-    case "$f" in --cluster-id=*) echo "${f#--cluster-id=}"; return ;; esac
-    prev=$f
-  done
-  echo raft
+  local id
+  id=$(extra_flag --cluster-id)
+  echo "${id:-raft}"
 }
 
 # With --tls: node ID's certificate (and the CA, the first time).
@@ -123,12 +141,22 @@ write_args() {
   } | tr '\n' ' ' >"$DIR/node-$id.args"
 }
 
+# The value of raftd flag $1 in the extra flags, if given.
+extra_flag() {
+  local prev="" f
+  for f in ${EXTRA_FLAGS:-}; do
+    [ "$prev" = "$1" ] && { echo "$f"; return; }
+    case "$f" in "$1"=*) echo "${f#"$1"=}"; return ;; esac
+    prev=$f
+  done
+}
+
 raftctl() {
-  if [ "${TLS:-0}" = 1 ]; then
-    "$(bin_dir)/raftctl" --endpoints "$(endpoints)" --cacert "$DIR/certs/ca.pem" "$@"
-  else
-    "$(bin_dir)/raftctl" --endpoints "$(endpoints)" "$@"
-  fi
+  local flags=(--endpoints "$(endpoints)") token
+  [ "${TLS:-0}" = 1 ] && flags+=(--cacert "$DIR/certs/ca.pem")
+  token=$(extra_flag --token-file)
+  [ -n "$token" ] && flags+=(--token-file "$token")
+  "$(bin_dir)/raftctl" "${flags[@]}" "$@"
 }
 
 wait_for_leader() {
@@ -149,13 +177,23 @@ stop_all() {
   for id in $(node_ids); do
     [ -f "$DIR/node-$id.pid" ] || continue
     pid=$(cat "$DIR/node-$id.pid")
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$DIR/node-$id.pid"
+    for _ in $(seq 1 100); do alive "$id" || break; sleep 0.1; done
+    kill_node "$id"
   done
 }
 
 cmd=${1:-}; [ -n "$cmd" ] || usage; shift
+# --dir DIR, for every subcommand.
+if [ "$cmd" != start ]; then
+  rest=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dir) DIR=${2:?--dir needs a path}; shift 2 ;;
+      *) rest+=("$1"); shift ;;
+    esac
+  done
+  set -- "${rest[@]+"${rest[@]}"}"
+fi
 case "$cmd" in
   start)
     parse_start_flags "$@"
@@ -163,6 +201,18 @@ case "$cmd" in
       for id in $(node_ids); do alive "$id" && die "a cluster is already running under $DIR (stop it first)"; done
     fi
     build
+    if [ -f "$DIR/cluster.env" ] && [ -n "$(node_ids)" ]; then
+      # A stopped cluster: every node again, with the flags it had.
+      load_env
+      for id in $(node_ids); do launch "$id"; done
+      if ! wait_for_leader; then
+        echo "cluster.sh: no leader within ${LEADER_WAIT_SECS}s; stopping what was started (logs in $DIR)" >&2
+        stop_all
+        exit 1
+      fi
+      raftctl status
+      exit 0
+    fi
     mkdir -p "$DIR"
     printf 'NODES=%q\nBASE_PORT=%q\nEXTRA_FLAGS=%q\nTLS=%q\n' "$NODES" "$BASE_PORT" "${EXTRA[*]:-}" "$TLS" >"$DIR/cluster.env"
     EXTRA_FLAGS="${EXTRA[*]:-}"
@@ -182,6 +232,7 @@ case "$cmd" in
     if [ "$TLS" = 1 ]; then
       echo "TLS on both ports; for raftctl: export RAFT_CACERT=$DIR/certs/ca.pem"
     fi
+    if [ "$DIR" != "$ROOT/.cluster" ]; then echo "stop it with: $0 stop --dir $DIR"; fi
     ;;
   stop) load_env; stop_all; echo "stopped" ;;
   status) load_env; raftctl status ;;
@@ -189,12 +240,12 @@ case "$cmd" in
   kill)
     load_env; id=${1:?kill needs a node id}
     alive "$id" || die "node $id is not running"
-    kill -KILL "$(cat "$DIR/node-$id.pid")"; rm -f "$DIR/node-$id.pid"; echo "killed node $id"
+    kill_node "$id"; echo "killed node $id"
     ;;
   restart)
     load_env; id=${1:?restart needs a node id}
     [ -f "$DIR/node-$id.args" ] || die "no node $id in this cluster"
-    if alive "$id"; then kill -KILL "$(cat "$DIR/node-$id.pid")"; fi
+    kill_node "$id"
     launch "$id"; echo "restarted node $id"
     ;;
   add)

@@ -398,3 +398,100 @@ fn transfer_leader_and_removing_the_leader_work_from_any_endpoint() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_script_restarts_running_nodes_and_whole_clusters_under_any_dir() {
+    let cluster = Cluster { dir: tempfile::tempdir().unwrap(), base: free_base_port() };
+    let base = cluster.base.to_string();
+    let dir = cluster.dir.path().join("c");
+    let dir = dir.to_str().unwrap();
+    let token = cluster.dir.path().join("token");
+    let peer_token = cluster.dir.path().join("peer-token");
+    std::fs::write(&token, "client-secret\n").unwrap();
+    std::fs::write(&peer_token, "peer-secret\n").unwrap();
+    // Started with --dir, a token and a peer token: the script's own raftctl calls work.
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(script())
+            .args(args)
+            .env("RAFT_BIN_DIR", bin_dir())
+            .env_remove("CLUSTER_DIR")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        if !out.status.success() {
+            let mut logs = String::new();
+            for id in 1..=4 {
+                let log =
+                    std::fs::read_to_string(format!("{dir}/node-{id}.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                logs.push_str(&format!("\n--- node {id}\n"));
+                logs.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+            }
+            panic!(
+                "cluster.sh {args:?}: {}{}{logs}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let started = ok(&[
+        "start",
+        "--dir",
+        dir,
+        "--base-port",
+        &base,
+        "--",
+        "--tick-interval-ms",
+        "20",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--peer-token-file",
+        peer_token.to_str().unwrap(),
+    ]);
+    assert!(started.contains("cluster: leader") && started.contains("stop --dir"), "{started}");
+    // Restarting a running node leaves it running.
+    assert!(ok(&["restart", "2", "--dir", dir]).contains("restarted node 2"));
+    let pid = |id: u64| std::fs::read_to_string(format!("{dir}/node-{id}.pid")).unwrap();
+    let alive = |id: u64| {
+        Path::new(&format!("/proc/{}/stat", pid(id).trim())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", pid(id).trim()))
+                .unwrap_or_default()
+                .contains(") Z")
+    };
+    assert!(alive(2), "node 2 runs after its restart");
+    // A node added, the cluster stopped and started again: all four come back.
+    ok(&["add", "4", "--dir", dir]);
+    // Every member applied the addition before the stop. (A member that had not would refuse
+    // node 4, which may lead after the restart, as a non-member, and stay behind: noted in
+    // the session's notes as a liveness issue of its own.)
+    let endpoints: Vec<String> =
+        (1..=4).map(|id| format!("127.0.0.1:{}", cluster.base + 100 + id)).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let check = Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &endpoints.join(","), "--timeout", "2s"])
+            .args(["--token-file", token.to_str().unwrap(), "check"])
+            .output()
+            .unwrap();
+        if check.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&check.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&["stop", "--dir", dir]);
+    assert!(!(1..=4).any(|id| Path::new(&format!("{dir}/node-{id}.pid")).exists()));
+    let again = ok(&["start", "--dir", dir]);
+    assert!(again.contains("cluster: leader") && again.contains("voters [1, 2, 3, 4]"), "{again}");
+    assert!((1..=4).all(alive), "every node runs again");
+    ok(&["stop", "--dir", dir]);
+    // Usage ends with the header comment, not the script's code.
+    let usage = run(&[]);
+    assert_eq!(usage.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&usage.stderr);
+    assert!(text.contains("scripts/cluster.sh start") && !text.contains("set -e"), "{text}");
+}
