@@ -1016,11 +1016,26 @@ impl<N: Net> Node<N> {
             || cs.voters_outgoing.contains(&id)
             || cs.learners.contains(&id)
             || cs.learners_next.contains(&id);
-        if has_config && !member {
+        // A node of this very bootstrap that is not in this node's configuration may have been
+        // added by an entry this node has not applied yet (it was down, or is behind), and may
+        // even lead: it is accepted, or this node would never learn of the addition and stay
+        // behind for good. (etcd's peers likewise refuse only removed members.) Anyone else is
+        // no member.
+        let ours = self.kv.cluster_incarnation();
+        let same_bootstrap = ours != 0 && hello.cluster_incarnation == ours;
+        if has_config && !member && !same_bootstrap {
             return refused(format!(
                 "node {id} is not a member (voters {:?}, learners {:?})",
                 cs.voters, cs.learners
             ));
+        }
+        if has_config && !member {
+            info!(
+                "node {id} is not in this node's configuration (voters {:?}, learners {:?}) but \
+                 of the same bootstrap: accepted as a member added by an entry not applied here \
+                 yet",
+                cs.voters, cs.learners
+            );
         }
         if let Some(expected) = self.kv.incarnation(id) {
             if hello.incarnation != expected {

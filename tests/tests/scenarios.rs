@@ -455,3 +455,36 @@ fn disk_damage_a_torn_tail_recovers_and_mid_log_corruption_refuses_to_start() {
     workload.wait_ops(30);
     verify(&cluster, workload);
 }
+
+/// A member that was down while a node was added does not know the new member when it comes
+/// back: the new member may lead by then, and the returning member must take its appends
+/// (etcd's peers likewise accept a member they have not applied yet, refusing only removed
+/// ones). Refused as a non-member, it stayed behind for good.
+#[test]
+fn a_member_that_missed_an_addition_follows_the_new_member_as_leader() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let behind = if leader == 3 { 2 } else { 3 };
+    cluster.kill(behind);
+    let (peer, client) = Cluster::new_addrs();
+    cluster.add_node(4, peer.clone(), client, vec!["--join".into()]);
+    cluster.change(AdminRequest::AddLearner { id: 4, addr: peer });
+    cluster.change(AdminRequest::Promote { id: 4 });
+    // Node 4 leads.
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.leader() != 4 {
+        let leader = cluster.leader();
+        let _ = cluster.admin(leader, AdminRequest::TransferLeader { to: 4 });
+        assert!(Instant::now() < deadline, "node 4 never led: {}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut client = cluster.client(vec![cluster.nodes[&4].client_addr.clone()], DEADLINE);
+    let op = Op::Put { key: b"after".to_vec(), value: b"4 leads".to_vec() };
+    client.kv(op).expect("node 4 takes writes");
+    // The member that missed the addition comes back and catches up from node 4.
+    cluster.restart(behind);
+    cluster.wait_caught_up(behind);
+    let status = cluster.status(behind).expect("it answers");
+    assert_eq!(status.leader, 4, "{status:?}");
+    assert!(status.members.iter().any(|m| m.id == 4), "it applied the addition: {status:?}");
+}
