@@ -493,9 +493,9 @@ fn wait_for_leader(client: &mut Client, id: u64) -> Result<(), Failure> {
 
 fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
     let statuses = client.statuses();
-    let leader =
-        statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).find(|s| s.role == "leader").cloned();
+    let leader = leader_view(client, &statuses);
     let leader_commit = leader.as_ref().map(|l| l.commit);
+    let warnings = leader.as_ref().map(out_of_contact).unwrap_or_default();
     if cli.json {
         let nodes: Vec<serde_json::Value> = statuses
             .iter()
@@ -503,7 +503,7 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                 Ok(s) => json!({
                     "endpoint": endpoint, "id": s.id, "role": s.role, "term": s.term, "leader": s.leader,
                     "commit": s.commit, "applied": s.applied, "lag": leader_commit.map(|c| c.saturating_sub(s.applied)),
-                    "last_index": s.last_index, "snapshot_index": s.snapshot_index, "health": "ok",
+                    "last_index": s.last_index, "snapshot_index": s.snapshot_index, "health": health(s, leader.as_ref()),
                     "uptime_secs": s.uptime_secs, "wal_syncs": s.wal_syncs,
                     "wal_sync_micros": s.wal_sync_micros, "wal_sync_max_micros": s.wal_sync_max_micros,
                 }),
@@ -511,7 +511,7 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
             })
             .collect();
         let cluster = leader.as_ref().map(cluster_json);
-        out!("{}", json!({"nodes": nodes, "cluster": cluster}));
+        out!("{}", json!({"nodes": nodes, "cluster": cluster, "warnings": warnings}));
     } else {
         out!(
             "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  HEALTH",
@@ -527,7 +527,7 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
         for (endpoint, s) in &statuses {
             match s {
                 Ok(s) => out!(
-                    "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  ok",
+                    "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  {}",
                     s.id,
                     endpoint,
                     s.role,
@@ -536,7 +536,8 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                     s.commit,
                     s.applied,
                     leader_commit
-                        .map_or("-".to_string(), |c| c.saturating_sub(s.applied).to_string())
+                        .map_or("-".to_string(), |c| c.saturating_sub(s.applied).to_string()),
+                    health(s, leader.as_ref())
                 ),
                 Err(e) => out!(
                     "{:<4} {:<22} {:<13} {:>6} {:>6} {:>8} {:>8} {:>6}  {e}",
@@ -567,11 +568,64 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
             }
             None => out!("cluster: no leader known"),
         }
+        for w in &warnings {
+            out!("warning: {w}");
+        }
     }
     if statuses.iter().all(|(_, s)| s.is_err()) {
         return Err(fail("no endpoint answered"));
     }
+    if leader.is_none() {
+        return Err(fail("no leader known: the cluster takes no writes and no linearizable reads"));
+    }
     Ok(())
+}
+
+/// Entries a member may trail the leader's commit index by and still count as healthy (a
+/// loaded follower applies a few hundred behind).
+const HEALTHY_LAG_ENTRIES_MAX: u64 = 1000;
+
+/// A node's health as its own status and the leader's show it.
+fn health(s: &NodeStatus, leader: Option<&NodeStatus>) -> String {
+    if s.leader == 0 {
+        return "no leader".to_string();
+    }
+    let Some(l) = leader else { return format!("leader {} unreachable", s.leader) };
+    if s.leader != l.id {
+        return format!("follows {}, leader is {}", s.leader, l.id);
+    }
+    let lag = l.commit.saturating_sub(s.applied);
+    if lag > HEALTHY_LAG_ENTRIES_MAX {
+        return format!("behind by {lag}");
+    }
+    "ok".to_string()
+}
+
+/// The leader's status: from the answers, or asked at the address the answers give for it.
+fn leader_view(
+    client: &mut Client,
+    statuses: &[(String, Result<NodeStatus, CtlError>)],
+) -> Option<NodeStatus> {
+    let answered: Vec<&NodeStatus> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+    if let Some(l) = answered.iter().filter(|s| s.role == "leader").max_by_key(|s| s.term) {
+        return Some((*l).clone());
+    }
+    let newest = answered.iter().filter(|s| s.leader != 0).max_by_key(|s| s.term)?;
+    let addr = newest.members.iter().find(|m| m.id == newest.leader)?.client_addr.clone()?;
+    match client.admin_at(&addr, AdminRequest::Status) {
+        Ok(AdminReply::Status(s)) if s.role == "leader" => Some(*s),
+        _ => None,
+    }
+}
+
+/// The members the leader is not in contact with (down, partitioned, or not started).
+fn out_of_contact(leader: &NodeStatus) -> Vec<String> {
+    leader
+        .members
+        .iter()
+        .filter(|m| m.id != leader.id && m.recent_active == Some(false))
+        .map(|m| format!("node {} ({}) is not in contact with the leader", m.id, m.role))
+        .collect()
 }
 
 fn member_sets(s: &NodeStatus) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
@@ -719,6 +773,11 @@ fn check(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
     leaders.dedup();
     if leaders.len() > 1 {
         problems.push(format!("members disagree on the leader: {leaders:?}"));
+    }
+    // Members not among the endpoints count too: the leader says whom it hears from.
+    match leader_view(client, &statuses) {
+        Some(l) => problems.extend(out_of_contact(&l)),
+        None => problems.push("no leader answered".to_string()),
     }
     configs.dedup();
     if configs.len() > 1 {

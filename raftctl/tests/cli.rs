@@ -488,6 +488,41 @@ fn the_script_restarts_running_nodes_and_whole_clusters_under_any_dir() {
     let again = ok(&["start", "--dir", dir]);
     assert!(again.contains("cluster: leader") && again.contains("voters [1, 2, 3, 4]"), "{again}");
     assert!((1..=4).all(alive), "every node runs again");
+    // check fails on a voter that is down even when its endpoint is not listed.
+    let three: Vec<String> =
+        (1..=3).map(|id| format!("127.0.0.1:{}", cluster.base + 100 + id)).collect();
+    let ctl3 = |args: &[&str]| {
+        Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &three.join(","), "--timeout", "2s"])
+            .args(["--token-file", token.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(&["kill", "4", "--dir", dir]);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let check = ctl3(&["check"]);
+        let stderr = String::from_utf8_lossy(&check.stderr).to_string();
+        if !check.status.success() && stderr.contains("node 4 (voter) is not in contact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "check never reported node 4: {stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // With two of four voters down there is no leader: status says so and exits 1.
+    ok(&["kill", "3", "--dir", dir]);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = ctl3(&["status"]);
+        let stdout = String::from_utf8_lossy(&status.stdout).to_string();
+        if status.status.code() == Some(1) && stdout.contains("cluster: no leader known") {
+            assert!(stdout.contains("no leader"), "{stdout}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status kept a leader: {stdout}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ok(&["stop", "--dir", dir]);
     // Usage ends with the header comment, not the script's code.
     let usage = run(&[]);
