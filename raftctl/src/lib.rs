@@ -36,6 +36,22 @@ pub enum CtlError {
         /// What happened.
         reason: String,
     },
+    /// An endpoint refused this client for a reason no retry changes (a wrong token, TLS
+    /// expected or not, another cluster, a certificate refused, an endpoint that is no
+    /// address): the operation fails at once.
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing listens at the endpoint (connection refused).
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What the system said.
+        reason: String,
+    },
     /// The cluster answered with an error.
     Cluster(ClientError),
     /// Nothing answered in time.
@@ -48,7 +64,9 @@ pub enum CtlError {
 impl fmt::Display for CtlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CtlError::Endpoint { endpoint, reason } => write!(f, "{endpoint}: {reason}"),
+            CtlError::Endpoint { endpoint, reason }
+            | CtlError::Refused { endpoint, reason }
+            | CtlError::Unreachable { endpoint, reason } => write!(f, "{endpoint}: {reason}"),
             CtlError::Cluster(e) => write!(f, "{e}"),
             CtlError::Timeout { last } => write!(f, "timed out; last attempt: {last}"),
         }
@@ -123,6 +141,15 @@ fn io_error(endpoint: &str, e: impl fmt::Display) -> CtlError {
     CtlError::Endpoint { endpoint: endpoint.to_string(), reason: e.to_string() }
 }
 
+fn refused(endpoint: &str, e: impl fmt::Display) -> CtlError {
+    CtlError::Refused { endpoint: endpoint.to_string(), reason: e.to_string() }
+}
+
+/// The time to connect to one endpoint and be greeted when others could be tried instead:
+/// a hung endpoint (a paused process accepts connections and answers nothing) first in the
+/// list costs this, not the whole timeout.
+pub const ATTEMPT_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+
 impl Conn {
     /// Connects to `endpoint` (with TLS when `tls` is given) and greets it.
     pub fn open(
@@ -131,15 +158,37 @@ impl Conn {
         tls: Option<&TlsConfig>,
         timeout: Duration,
     ) -> Result<Conn, CtlError> {
+        Self::open_within(endpoint, token, tls, timeout, timeout)
+    }
+
+    /// [`Conn::open`], with `greet_timeout` to connect and be greeted.
+    pub fn open_within(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<&TlsConfig>,
+        greet_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Conn, CtlError> {
+        let well_formed = endpoint
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !well_formed {
+            return Err(refused(endpoint, "not an endpoint: give HOST:PORT"));
+        }
         let addr: SocketAddr = endpoint
             .to_socket_addrs()
-            .map_err(|e| io_error(endpoint, e))?
+            .map_err(|e| refused(endpoint, e))?
             .next()
-            .ok_or_else(|| io_error(endpoint, "no address"))?;
-        let stream =
-            TcpStream::connect_timeout(&addr, timeout).map_err(|e| io_error(endpoint, e))?;
-        stream.set_read_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
-        stream.set_write_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
+            .ok_or_else(|| refused(endpoint, "no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, greet_timeout).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                CtlError::Unreachable { endpoint: endpoint.to_string(), reason: e.to_string() }
+            } else {
+                io_error(endpoint, e)
+            }
+        })?;
+        stream.set_read_timeout(Some(greet_timeout)).map_err(|e| io_error(endpoint, e))?;
+        stream.set_write_timeout(Some(greet_timeout)).map_err(|e| io_error(endpoint, e))?;
         let _ = stream.set_nodelay(true);
         let stream = match tls {
             None => Stream::Plain(stream),
@@ -169,13 +218,22 @@ impl Conn {
                 } else {
                     " (a plaintext port ends it: drop --cacert for a node without TLS)"
                 };
-                return Err(io_error(endpoint, format!("TLS handshake failed: {reason}{hint}")));
+                return Err(refused(endpoint, format!("TLS handshake failed: {reason}{hint}")));
             }
             (Err(e), _) => return Err(e),
         };
+        let greeted = |conn: Conn| -> Result<Conn, CtlError> {
+            let socket = match &conn.stream {
+                Stream::Plain(s) => s,
+                Stream::Tls(s) => &s.sock,
+            };
+            socket.set_read_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
+            socket.set_write_timeout(Some(timeout)).map_err(|e| io_error(endpoint, e))?;
+            Ok(conn)
+        };
         match ack {
-            HelloAck::Welcome { .. } => Ok(conn),
-            HelloAck::Refused { reason } => Err(io_error(endpoint, format!("refused: {reason}"))),
+            HelloAck::Welcome { .. } => greeted(conn),
+            HelloAck::Refused { reason } => Err(refused(endpoint, format!("refused: {reason}"))),
             HelloAck::Removed { node_id } => {
                 Err(io_error(endpoint, format!("refused by node {node_id}: removed")))
             }
@@ -243,6 +301,35 @@ impl Conn {
     }
 }
 
+/// One round over the endpoints: whether every one of them refused the connection.
+struct Round {
+    endpoints: usize,
+    unreachable: Vec<String>,
+}
+
+impl Round {
+    fn new(endpoints: usize) -> Round {
+        Round { endpoints, unreachable: Vec::new() }
+    }
+
+    fn note(&mut self, e: &CtlError) {
+        if let CtlError::Unreachable { .. } = e {
+            self.unreachable.push(e.to_string());
+        }
+    }
+
+    /// With `fail_fast`, an error when nothing listens at any endpoint.
+    fn check(&self, fail_fast: bool) -> Result<(), CtlError> {
+        if fail_fast && self.endpoints > 0 && self.unreachable.len() >= self.endpoints {
+            return Err(CtlError::Unreachable {
+                endpoint: "every endpoint".to_string(),
+                reason: format!("nothing listens ({})", self.unreachable.join("; ")),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A random id for this client.
 pub fn random_u64() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -263,6 +350,9 @@ pub struct Client {
     pub timeout: Duration,
     token: Option<String>,
     tls: Option<TlsConfig>,
+    /// Fail at once when nothing listens at any endpoint (the CLI), rather than wait for
+    /// the cluster to come up within the timeout (tests that restart every node).
+    pub fail_fast: bool,
     conns: HashMap<String, Conn>,
     leader: Option<String>,
     /// The session writes go in, once registered.
@@ -286,6 +376,7 @@ impl Client {
             timeout,
             token,
             tls: None,
+            fail_fast: false,
             conns: HashMap::new(),
             leader: None,
             session_id: None,
@@ -306,8 +397,18 @@ impl Client {
 
     fn conn(&mut self, endpoint: &str) -> Result<&mut Conn, CtlError> {
         if !self.conns.contains_key(endpoint) {
-            let conn =
-                Conn::open(endpoint, self.token.as_deref(), self.tls.as_ref(), self.timeout)?;
+            let greet_timeout = if self.endpoints.len() > 1 {
+                self.timeout.min(ATTEMPT_TIMEOUT_MAX)
+            } else {
+                self.timeout
+            };
+            let conn = Conn::open_within(
+                endpoint,
+                self.token.as_deref(),
+                self.tls.as_ref(),
+                greet_timeout,
+                self.timeout,
+            )?;
             self.conns.insert(endpoint.to_string(), conn);
         }
         Ok(self.conns.get_mut(endpoint).expect("inserted above"))
@@ -345,6 +446,7 @@ impl Client {
     pub fn register_session(&mut self, deadline: Instant) -> Result<u64, CtlError> {
         let mut last = String::from("no endpoint tried");
         loop {
+            let mut unreachable = Round::new(self.candidates().len());
             for endpoint in self.candidates() {
                 let response = self
                     .call_at(&endpoint, |request_id| ClientRequest::RegisterSession { request_id });
@@ -368,14 +470,17 @@ impl Client {
                         other => return Err(CtlError::Cluster(other)),
                     },
                     Ok(other) => last = format!("{endpoint}: unexpected response {other:?}"),
+                    Err(e @ CtlError::Refused { .. }) => return Err(e),
                     Err(e) => {
                         if self.leader.as_deref() == Some(endpoint.as_str()) {
                             self.leader = None;
                         }
+                        unreachable.note(&e);
                         last = e.to_string();
                     }
                 }
             }
+            unreachable.check(self.fail_fast)?;
             if Instant::now() >= deadline {
                 return Err(CtlError::Timeout { last });
             }
@@ -426,11 +531,17 @@ impl Client {
         let mut last = String::from("no endpoint tried");
         let mut unknown = false;
         loop {
+            let mut unreachable = Round::new(self.candidates().len());
             for endpoint in self.candidates() {
-                if let Err(e) = self.conn(&endpoint) {
-                    // Not connected: this attempt sent nothing.
-                    last = e.to_string();
-                    continue;
+                match self.conn(&endpoint) {
+                    Ok(_) => {}
+                    Err(e @ CtlError::Refused { .. }) => return Err((e, unknown)),
+                    Err(e) => {
+                        // Not connected: this attempt sent nothing.
+                        unreachable.note(&e);
+                        last = e.to_string();
+                        continue;
+                    }
                 }
                 let op = op.clone();
                 let response = self.call_at(&endpoint, |request_id| ClientRequest::Kv {
@@ -475,6 +586,7 @@ impl Client {
                     }
                 }
             }
+            unreachable.check(self.fail_fast).map_err(|e| (e, unknown))?;
             if Instant::now() >= deadline {
                 return Err((CtlError::Timeout { last }, unknown));
             }
@@ -499,6 +611,7 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no endpoint tried");
         loop {
+            let mut unreachable = Round::new(self.candidates().len());
             for endpoint in self.candidates() {
                 match self.admin_at(&endpoint, request.clone()) {
                     Ok(reply) => {
@@ -518,10 +631,14 @@ impl Client {
                     )) => {
                         last = format!("{endpoint}: {e}");
                     }
-                    Err(e @ CtlError::Cluster(_)) => return Err(e),
-                    Err(e) => last = e.to_string(),
+                    Err(e @ (CtlError::Cluster(_) | CtlError::Refused { .. })) => return Err(e),
+                    Err(e) => {
+                        unreachable.note(&e);
+                        last = e.to_string();
+                    }
                 }
             }
+            unreachable.check(self.fail_fast)?;
             if Instant::now() >= deadline {
                 return Err(CtlError::Timeout { last });
             }
@@ -546,11 +663,13 @@ impl Client {
     }
 }
 
-/// Parses `2s`, `500ms`, `1m` or a bare number of seconds.
+/// Parses `2s`, `500ms` or `1m` (a unit is required: `2` could mean either).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) =
-        s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let Some(at) = s.find(|c: char| !c.is_ascii_digit() && c != '.') else {
+        return Err(format!("{s:?} has no unit: give 2s, 500ms or 1m"));
+    };
+    let (number, unit) = s.split_at(at);
     let value: f64 =
         number.parse().map_err(|_| format!("{s:?} is not a duration like 2s or 500ms"))?;
     let secs = match unit {
@@ -574,7 +693,7 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3").unwrap_err().contains("no unit"));
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("x").is_err());
     }

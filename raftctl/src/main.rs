@@ -250,6 +250,7 @@ fn main() -> ExitCode {
     };
     let mut client = Client::new(endpoints, cli.timeout, token.clone());
     client.set_tls(tls);
+    client.fail_fast = true;
     match run(&cli, &mut client, token.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message, code)) => {

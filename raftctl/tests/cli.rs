@@ -530,3 +530,87 @@ fn the_script_restarts_running_nodes_and_whole_clusters_under_any_dir() {
     let text = String::from_utf8_lossy(&usage.stderr);
     assert!(text.contains("scripts/cluster.sh start") && !text.contains("set -e"), "{text}");
 }
+
+/// Runs raftctl with `args`; its output and how long it took.
+fn timed_ctl(args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = Command::new(bin_dir().join("raftctl")).args(args).output().unwrap();
+    (out, start.elapsed())
+}
+
+#[test]
+fn failures_no_retry_can_mend_fail_at_once_and_a_hung_endpoint_costs_a_second() {
+    let cluster = Cluster { dir: tempfile::tempdir().unwrap(), base: free_base_port() };
+    let base = cluster.base.to_string();
+    let token = cluster.dir.path().join("token");
+    let peer_token = cluster.dir.path().join("peer-token");
+    let wrong = cluster.dir.path().join("wrong");
+    std::fs::write(&token, "client-secret\n").unwrap();
+    std::fs::write(&peer_token, "peer-secret\n").unwrap();
+    std::fs::write(&wrong, "not-the-secret\n").unwrap();
+    let out = cluster.script(&[
+        "start",
+        "--base-port",
+        &base,
+        "--",
+        "--tick-interval-ms",
+        "20",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--peer-token-file",
+        peer_token.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    let endpoints = cluster.endpoints();
+    let fast = Duration::from_secs(5);
+    // A wrong token: refused at once, not retried for the 30 s timeout.
+    let (out, took) = timed_ctl(&[
+        "--endpoints",
+        &endpoints,
+        "--timeout",
+        "30s",
+        "--token-file",
+        wrong.to_str().unwrap(),
+        "get",
+        "k",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong token"));
+    assert!(took < fast, "a wrong token took {took:?}");
+    // A malformed endpoint, and endpoints where nothing listens: at once.
+    let (out, took) = timed_ctl(&["--endpoints", "localhost", "--timeout", "30s", "get", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"));
+    assert!(took < fast, "a malformed endpoint took {took:?}");
+    let free: Vec<String> = (0..2)
+        .map(|_| {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    let (out, took) = timed_ctl(&["--endpoints", &free.join(","), "--timeout", "30s", "get", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing listens"));
+    assert!(took < fast, "unreachable endpoints took {took:?}");
+    // A hung endpoint first (it accepts and never answers): the next one serves.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = format!("{},{endpoints}", hung.local_addr().unwrap());
+    let (out, took) = timed_ctl(&[
+        "--endpoints",
+        &first,
+        "--timeout",
+        "30s",
+        "--token-file",
+        token.to_str().unwrap(),
+        "put",
+        "k",
+        "v",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(took < fast, "a hung first endpoint took {took:?}");
+    // A duration without a unit is a usage error.
+    let (out, _) = timed_ctl(&["--endpoints", &endpoints, "--timeout", "2", "get", "k"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no unit"));
+    drop(hung);
+}
