@@ -41,6 +41,8 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Keys written and read, uniformly.
     pub keys: u64,
+    /// What every key starts with (`bench/`: the user's own keys are left alone).
+    pub prefix: String,
 }
 
 /// What a benchmark measured.
@@ -144,7 +146,7 @@ fn run_conn(
                 who: usize|
      -> Result<(), CtlError> {
         let r = next_rand(&mut l.rng);
-        let key = format!("key{}", r % cfg.keys.max(1)).into_bytes();
+        let key = format!("{}key{}", cfg.prefix, r % cfg.keys.max(1)).into_bytes();
         let write = match cfg.op {
             BenchOp::Put => true,
             BenchOp::Get => false,

@@ -68,7 +68,11 @@ enum Cmd {
     /// Every member's state, and the cluster's.
     Status,
     /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        /// The value; read from stdin when left out (`raftctl put k < file`).
+        value: Option<String>,
+    },
     /// Read KEY (linearizable unless --serializable).
     Get {
         key: String,
@@ -79,11 +83,13 @@ enum Cmd {
     /// Delete KEY.
     Del { key: String },
     /// Set KEY to NEW if its value is EXPECTED (exit 1 if not swapped).
+    /// (With --absent: KEY NEW, set only if KEY is absent.)
     Cas {
         key: String,
-        expected: String,
-        new: String,
-        /// Expect the key to be absent (EXPECTED is then ignored).
+        /// EXPECTED NEW, or NEW with --absent.
+        #[arg(num_args = 1..=2, required = true, value_names = ["EXPECTED", "NEW"])]
+        values: Vec<String>,
+        /// Expect the key to be absent: then only NEW is given.
         #[arg(long)]
         absent: bool,
     },
@@ -119,6 +125,9 @@ enum Cmd {
         /// Keys, chosen uniformly.
         #[arg(long, default_value_t = 10_000)]
         keys: u64,
+        /// What every key the benchmark writes starts with: PREFIXkey0, PREFIXkey1, ...
+        #[arg(long, default_value = "bench/")]
+        prefix: String,
     },
     /// Exit 0 when every member knows one leader and their configurations agree.
     Check,
@@ -276,8 +285,16 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             Ok(())
         }
         Cmd::Put { key, value } => {
-            let reply = client
-                .kv(Op::Put { key: key.clone().into_bytes(), value: value.clone().into_bytes() })?;
+            let value = match value {
+                Some(v) => v.clone().into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .map_err(|e| fail(format!("reading the value from stdin: {e}")))?;
+                    buf
+                }
+            };
+            let reply = client.kv(Op::Put { key: key.clone().into_bytes(), value })?;
             print(cli, json!({"index": reply.index}), || format!("OK (index {})", reply.index));
             Ok(())
         }
@@ -314,8 +331,18 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             });
             Ok(())
         }
-        Cmd::Cas { key, expected, new, absent } => {
-            let expected = if *absent { None } else { Some(expected.clone().into_bytes()) };
+        Cmd::Cas { key, values, absent } => {
+            let (expected, new) = match (values.as_slice(), absent) {
+                ([new], true) => (None, new),
+                ([expected, new], false) => (Some(expected.clone().into_bytes()), new),
+                (_, true) => return Err(Failure("cas --absent takes KEY NEW".into(), 2)),
+                (_, false) => {
+                    return Err(Failure(
+                        "cas takes KEY EXPECTED NEW (or --absent KEY NEW)".into(),
+                        2,
+                    ))
+                }
+            };
             let op =
                 Op::Cas { key: key.clone().into_bytes(), expected, new: new.clone().into_bytes() };
             let reply = client.kv(op)?;
@@ -372,7 +399,7 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             });
             Ok(())
         }
-        Cmd::Bench { op, clients, conns, ops, duration, value_size, keys } => {
+        Cmd::Bench { op, clients, conns, ops, duration, value_size, keys, prefix } => {
             if *clients == 0 {
                 return Err(Failure("--clients must be at least 1".into(), 2));
             }
@@ -388,13 +415,16 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
                 duration: *duration,
                 value_size: *value_size,
                 keys: *keys,
+                prefix: prefix.clone(),
             };
             let result = bench::run(client, &cfg, token)?;
             let text = || {
                 format!(
-                    "{} ops in {:.2}s: {:.0} ops/s\nlatency p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us\nerrors: {} {:?}",
+                    "{} ops in {:.2}s: {:.0} ops/s\nlatency p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us\nerrors: {}{}\nkeys: {prefix}key0 to {prefix}key{} (--prefix)",
                     result.ops, result.secs, result.ops_per_sec, result.p50_us, result.p90_us, result.p99_us, result.p999_us,
-                    result.max_us, result.errors, result.errors_by_kind
+                    result.max_us, result.errors,
+                    result.errors_by_kind.iter().map(|(k, n)| format!(", {n} {k}")).collect::<String>(),
+                    keys.saturating_sub(1)
                 )
             };
             print(cli, serde_json::to_value(&result).unwrap_or_default(), text);

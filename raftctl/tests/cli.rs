@@ -191,6 +191,27 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a learner"));
 
+    // cas --absent takes KEY NEW; put reads its value from stdin when it is left out.
+    assert!(cluster.ctl_ok(&["cas", "--absent", "fresh", "first"]).starts_with("swapped"));
+    assert_eq!(cluster.ctl(&["cas", "--absent", "fresh", "second"]).status.code(), Some(1));
+    assert_eq!(cluster.ctl(&["cas", "--absent", "fresh", "x", "y"]).status.code(), Some(2));
+    let mut child = Command::new(bin_dir().join("raftctl"))
+        .args(["--endpoints", &cluster.endpoints(), "--timeout", "10s", "put", "from-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"line 1\nline 2").unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(cluster.ctl_ok(&["get", "from-stdin"]), "line 1\nline 2\n");
+    // The benchmark writes under its prefix and leaves the user's keys alone.
+    cluster.ctl_ok(&["put", "key0", "mine"]);
+    let bench = cluster.ctl_ok(&["bench", "--op", "put", "--ops", "50", "--keys", "1"]);
+    assert!(bench.contains("keys: bench/key0 to bench/key0"), "{bench}");
+    assert_eq!(cluster.ctl_ok(&["get", "key0"]).trim(), "mine");
+    assert_eq!(cluster.ctl(&["get", "bench/key0"]).status.code(), Some(0));
+
     // A small benchmark, as JSON.
     let bench: serde_json::Value = serde_json::from_str(&cluster.ctl_ok(&[
         "--json",

@@ -215,6 +215,9 @@ struct PeerLink {
     backoff: Duration,
     /// A snapshot being sent in chunks: the message without data, the data, the next offset.
     snapshot_out: Option<(Message, Vec<u8>, usize)>,
+    /// Its last outbound connection was welcomed and has not closed since: the operator is
+    /// told at INFO when a peer goes away and when it is back.
+    up: bool,
 }
 
 struct SnapshotIn {
@@ -246,6 +249,9 @@ pub struct Node<N: Net = MioNet> {
     /// Connections whose reading stopped at the read budget with bytes possibly left in the
     /// socket: read again in the next iteration (no readiness event will come for them).
     read_again: std::collections::BTreeSet<Token>,
+    /// When each refusal reason was last logged at WARN: a peer retrying every backoff (a
+    /// removed node, a member waiting to bootstrap) is logged once a minute, not each time.
+    refusals_logged: BTreeMap<String, Instant>,
     /// Peer host names, resolved off the loop.
     resolver: Resolver,
     /// The process's file descriptor limit (connections are shed `FD_RESERVE` before it).
@@ -527,6 +533,7 @@ impl<N: Net> Node<N> {
             write_waiters: BTreeMap::new(),
             session_waiters: BTreeMap::new(),
             read_again: std::collections::BTreeSet::new(),
+            refusals_logged: BTreeMap::new(),
             resolver: Resolver::start()
                 .map_err(|e| Error::io("start", "the host name resolver thread", e))?,
             fd_limit: fd_limit(),
@@ -764,6 +771,12 @@ impl<N: Net> Node<N> {
             ConnKind::OutboundPeer { to } => {
                 debug!("connection to peer {to} at {} closed: {why}", conn.remote);
                 if let Some(link) = self.peers.get_mut(&to) {
+                    if std::mem::take(&mut link.up) {
+                        info!(
+                            "peer {to} at {}: connection lost ({why}); reconnecting",
+                            conn.remote
+                        );
+                    }
                     link.conn = None;
                     if link.snapshot_out.take().is_some() {
                         self.raw.report_snapshot(to, SnapshotStatus::Failure);
@@ -833,7 +846,7 @@ impl<N: Net> Node<N> {
             if let Err(why) = self.dispatch(token, &payload) {
                 let remote =
                     self.conns.get(&token).map(|c| c.remote.to_string()).unwrap_or_default();
-                warn!("closing connection with {remote}: {why}");
+                self.warn_refusal(&remote, &why);
                 self.close(token, "refused");
                 return;
             }
@@ -860,6 +873,28 @@ impl<N: Net> Node<N> {
         }
     }
 
+    /// Logs why a connection was closed: at WARN the first time in a minute for this reason,
+    /// at DEBUG after that.
+    fn warn_refusal(&mut self, remote: &str, why: &str) {
+        const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+        /// Reasons remembered at most (each names a peer or an address).
+        const REFUSALS_REMEMBERED_MAX: usize = 1024;
+        let now = self.clock.now();
+        let recent = self
+            .refusals_logged
+            .get(why)
+            .is_some_and(|&at| now.duration_since(at) < REFUSAL_LOG_INTERVAL);
+        if recent {
+            debug!("closing connection with {remote}: {why}");
+            return;
+        }
+        if self.refusals_logged.len() >= REFUSALS_REMEMBERED_MAX {
+            self.refusals_logged.clear();
+        }
+        self.refusals_logged.insert(why.to_string(), now);
+        warn!("closing connection with {remote}: {why} (repeats within a minute logged at DEBUG)");
+    }
+
     /// Handles one frame; an error closes the connection.
     fn dispatch(&mut self, token: Token, payload: &[u8]) -> std::result::Result<(), String> {
         let kind = self.conns[&token].kind.clone();
@@ -882,6 +917,11 @@ impl<N: Net> Node<N> {
                         if node_id == to =>
                     {
                         self.check_peer_identity(to, incarnation, cluster_incarnation)?;
+                        if let Some(link) = self.peers.get_mut(&to) {
+                            if !std::mem::replace(&mut link.up, true) {
+                                info!("peer {to}: connected");
+                            }
+                        }
                         self.removed_by.clear();
                         self.refused_as_removed_since = None;
                         Ok(())
@@ -1141,6 +1181,7 @@ impl<N: Net> Node<N> {
             next_attempt: self.clock.now(),
             backoff: RECONNECT_BACKOFF_MIN,
             snapshot_out: None,
+            up: false,
         });
         if addr.is_some() && link.addr != addr {
             link.addr = addr;
