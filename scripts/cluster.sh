@@ -233,6 +233,7 @@ case "$cmd" in
       echo "TLS on both ports; for raftctl: export RAFT_CACERT=$DIR/certs/ca.pem"
     fi
     if [ "$DIR" != "$ROOT/.cluster" ]; then echo "stop it with: $0 stop --dir $DIR"; fi
+    echo "raftctl is $(bin_dir)/raftctl (or put it on your PATH: cargo install --path $ROOT/raftctl)"
     ;;
   stop) load_env; stop_all; echo "stopped" ;;
   status) load_env; raftctl status ;;

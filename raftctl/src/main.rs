@@ -28,7 +28,7 @@ macro_rules! out {
 
 /// Operate a raftd cluster.
 #[derive(Parser, Debug)]
-#[command(name = "raftctl", version, about)]
+#[command(name = "raftctl", version = raftd::VERSION, about)]
 struct Cli {
     /// Client endpoints of the cluster's nodes, HOST:PORT,...
     #[arg(long, env = "RAFT_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
@@ -131,6 +131,12 @@ enum Cmd {
     },
     /// Exit 0 when every member knows one leader and their configurations agree.
     Check,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `raftctl completion bash > /etc/bash_completion.d/raftctl`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Write a throwaway CA and certificates for trying TLS: ca.pem, node-<ID>.pem (naming
     /// node-<ID>.<CLUSTER-ID> and the hosts) and client.pem, each with its -key.pem. Files
     /// already in DIR are kept, and the CA there signs the new ones.
@@ -276,6 +282,12 @@ fn show(bytes: &[u8]) -> String {
 fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failure> {
     match &cli.command {
         Cmd::Status => status(cli, client),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory as _;
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "raftctl", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::Certs { dir, cluster_id, nodes, hosts, days } => {
             let created =
                 raftctl::certs::create(dir, cluster_id, nodes, hosts, *days).map_err(fail)?;

@@ -635,3 +635,22 @@ fn failures_no_retry_can_mend_fail_at_once_and_a_hung_endpoint_costs_a_second() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("no unit"));
     drop(hung);
 }
+
+#[test]
+fn version_names_the_commit_and_completions_are_printed() {
+    for bin in ["raftctl", "raftd"] {
+        let out = Command::new(bin_dir().join(bin)).arg("--version").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.starts_with(&format!("{bin} 0.")), "{text}");
+        assert!(text.contains('('), "names the commit: {text}");
+    }
+    for (shell, needle) in
+        [("bash", "_raftctl()"), ("zsh", "#compdef raftctl"), ("fish", "complete -c raftctl")]
+    {
+        let out =
+            Command::new(bin_dir().join("raftctl")).args(["completion", shell]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(needle) && text.contains("transfer-leader"), "{shell}: {text}");
+    }
+}

@@ -21,7 +21,7 @@ pub enum ReadOnly {
 
 /// A node of the replicated key-value store.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "raftd", version, about)]
+#[command(name = "raftd", version = crate::VERSION, about)]
 pub struct Args {
     /// This node's id (not 0).
     #[arg(long, default_value_t = 1)]

@@ -4,6 +4,9 @@
 
 #![warn(clippy::unwrap_used)]
 
+/// The version `--version` prints: the package's, and the git commit built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RAFT_GIT_COMMIT"), ")");
+
 pub mod args;
 pub mod bootstrap;
 pub mod clock;
