@@ -194,6 +194,8 @@ enum MemberCmd {
     /// what it acknowledged. To replace a node's disk: member remove ID, wipe the data dir,
     /// member add-learner ID ADDR, start it with --join, member promote ID.
     Promote { id: u64 },
+    /// Change the peer address the cluster holds for member ID (it moved; restart it there).
+    Update { id: u64, addr: String },
     /// Remove a member (the leader hands over first).
     Remove {
         id: u64,
@@ -299,6 +301,12 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
         Cmd::Put { key, value } => {
             let value = match value {
                 Some(v) => v.clone().into_bytes(),
+                None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    return Err(Failure(
+                        "put takes KEY VALUE, or KEY with the value piped on stdin".into(),
+                        2,
+                    ))
+                }
                 None => {
                     let mut buf = Vec::new();
                     std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
@@ -743,6 +751,9 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
             AdminRequest::AddLearner { id: *id, addr: addr.clone() }
         }
         MemberCmd::Promote { id } => AdminRequest::Promote { id: *id },
+        MemberCmd::Update { id, addr } => {
+            AdminRequest::UpdateMember { id: *id, addr: addr.clone() }
+        }
         MemberCmd::Remove { id, force } => {
             let l = leader_status(client)?;
             let voters: Vec<&MemberStatus> =

@@ -270,7 +270,7 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
 fn usage_errors_exit_two_and_unreachable_endpoints_are_named() {
     let out = Command::new(bin_dir().join("raftctl")).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(bin_dir().join("raftctl")).args(["put", "only-a-key"]).output().unwrap();
+    let out = Command::new(bin_dir().join("raftctl")).args(["cas", "only-a-key"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("127.0.0.1:{port}");

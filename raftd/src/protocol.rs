@@ -240,6 +240,14 @@ pub enum AdminRequest {
     },
     /// Undo every `Fault`.
     Heal,
+    /// Change the peer address the configuration holds for member `id` (added last: the
+    /// earlier variants keep their encoding).
+    UpdateMember {
+        /// The member.
+        id: u64,
+        /// Its new peer address.
+        addr: String,
+    },
 }
 
 /// What a client sends.

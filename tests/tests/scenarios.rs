@@ -488,3 +488,39 @@ fn a_member_that_missed_an_addition_follows_the_new_member_as_leader() {
     assert_eq!(status.leader, 4, "{status:?}");
     assert!(status.members.iter().any(|m| m.id == 4), "it applied the addition: {status:?}");
 }
+
+/// `raftctl member update`: a member moved to another address is reached there once the
+/// configuration says so, and the cluster keeps every acknowledged write.
+#[test]
+fn a_member_moved_to_another_address_is_reached_there_after_member_update() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let moved = if leader == 3 { 2 } else { 3 };
+    let mut client = cluster.client(cluster.endpoints(), DEADLINE);
+    client.kv(Op::Put { key: b"before".to_vec(), value: b"1".to_vec() }).expect("put");
+    let (new_peer, _) = Cluster::new_addrs();
+    let reply = cluster.change(AdminRequest::UpdateMember { id: moved, addr: new_peer.clone() });
+    assert!(matches!(reply, AdminReply::Membership { .. }), "{reply:?}");
+    // Not a member: refused with the reason.
+    let leader = cluster.wait_for_leader();
+    let elsewhere = "127.0.0.1:9".to_string();
+    match cluster.admin(leader, AdminRequest::UpdateMember { id: 9, addr: elsewhere }) {
+        Err(e) => assert!(e.to_string().contains("not a member"), "{e}"),
+        Ok(reply) => panic!("updating a non-member answered {reply:?}"),
+    }
+    cluster.kill(moved);
+    let old_peer = cluster.nodes[&moved].peer_addr.clone();
+    for arg in cluster.node(moved).args.iter_mut() {
+        if arg.starts_with("--listen-peer=") {
+            *arg = format!("--listen-peer={new_peer}");
+        }
+    }
+    cluster.node(moved).args.push(format!("--advertise-peer={new_peer}"));
+    cluster.node(moved).peer_addr = new_peer.clone();
+    cluster.restart(moved);
+    client.kv(Op::Put { key: b"after".to_vec(), value: b"2".to_vec() }).expect("put");
+    cluster.wait_caught_up(moved);
+    let status = cluster.status(cluster.wait_for_leader()).expect("the leader answers");
+    let member = status.members.iter().find(|m| m.id == moved).expect("still a member");
+    assert_eq!(member.peer_addr.as_deref(), Some(new_peer.as_str()), "was {old_peer}");
+}

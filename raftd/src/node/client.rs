@@ -277,6 +277,9 @@ impl<N: Net> Node<N> {
             AdminRequest::Remove { id } => {
                 return self.change_membership(waiter, ConfChangeType::RemoveNode, id, None)
             }
+            AdminRequest::UpdateMember { id, addr } => {
+                return self.change_membership(waiter, ConfChangeType::UpdateNode, id, Some(addr))
+            }
             AdminRequest::Snapshot => match self.snapshot_now() {
                 Ok(index) => Ok(AdminReply::Snapshot { node: self.config.id, index }),
                 Err(e @ Error::SnapshotNotWritten(_)) => Err(refused(e.to_string())),
@@ -376,7 +379,9 @@ impl<N: Net> Node<N> {
                          is within {PROMOTE_LAG_ENTRIES_MAX} entries); retry"
                     ))
                 }
-                (ConfChangeType::RemoveNode, _) if !is_voter && !is_learner => {
+                (ConfChangeType::RemoveNode | ConfChangeType::UpdateNode, _)
+                    if !is_voter && !is_learner =>
+                {
                     Some(format!("node {id} is not a member"))
                 }
                 (ConfChangeType::RemoveNode, _) if is_voter && conf.voters.incoming.len() == 1 => {
