@@ -131,6 +131,9 @@ enum Cmd {
     },
     /// Exit 0 when every member knows one leader and their configurations agree.
     Check,
+    /// Compare the members' key-value data: a hash from each at the same applied index
+    /// (asked again while writes move the indexes apart). Exit 1 when two differ.
+    Hashkv,
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
     /// `raftctl completion bash > /etc/bash_completion.d/raftctl`.
     Completion {
@@ -451,6 +454,7 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             Ok(())
         }
         Cmd::Check => check(cli, client),
+        Cmd::Hashkv => hashkv(cli, client),
         Cmd::Fault { node, drop_to, drop_from, delay_ms } => {
             let endpoint = endpoint_of(client, *node)?;
             let request = AdminRequest::Fault {
@@ -802,6 +806,80 @@ fn member(cli: &Cli, client: &mut Client, cmd: &MemberCmd) -> Result<(), Failure
             Ok(())
         }
         other => Err(fail(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Every member's client endpoint: the endpoints given, and those the leader knows.
+fn member_endpoints(client: &mut Client) -> Vec<String> {
+    let mut endpoints = client.endpoints.clone();
+    let statuses = client.statuses();
+    if let Some(l) = leader_view(client, &statuses) {
+        for m in &l.members {
+            let Some(addr) = &m.client_addr else { continue };
+            let answered_as = statuses.iter().find(|(_, s)| s.as_ref().is_ok_and(|s| s.id == m.id));
+            if answered_as.is_none() && !endpoints.contains(addr) {
+                endpoints.push(addr.clone());
+            }
+        }
+    }
+    endpoints
+}
+
+fn hashkv(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
+    let endpoints = member_endpoints(client);
+    let deadline = Instant::now() + client.timeout;
+    loop {
+        let mut answers: Vec<(u64, u64, u64, u64)> = Vec::new();
+        let mut failures = Vec::new();
+        for e in &endpoints {
+            match client.admin_at(e, AdminRequest::HashKv) {
+                Ok(AdminReply::HashKv { node, applied, hash, keys }) => {
+                    answers.push((node, applied, hash, keys))
+                }
+                Ok(other) => failures.push(format!("{e}: unexpected reply {other:?}")),
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        answers.sort_unstable();
+        answers.dedup_by_key(|a| a.0);
+        let aligned = answers.windows(2).all(|w| w[0].1 == w[1].1);
+        if (aligned && !answers.is_empty()) || Instant::now() >= deadline {
+            let agree = aligned && answers.windows(2).all(|w| w[0].2 == w[1].2);
+            let rows: Vec<serde_json::Value> = answers
+                .iter()
+                .map(|(node, applied, hash, keys)| {
+                    json!({"node": node, "applied": applied, "hash": format!("{hash:016x}"), "keys": keys})
+                })
+                .collect();
+            print(cli, json!({"members": rows, "agree": agree, "failures": failures}), || {
+                let mut text: Vec<String> = answers
+                    .iter()
+                    .map(|(node, applied, hash, keys)| {
+                        format!("node {node}: applied {applied}, hash {hash:016x}, {keys} keys")
+                    })
+                    .collect();
+                text.extend(failures.iter().map(|f| format!("no answer: {f}")));
+                text.join("\n")
+            });
+            return match (aligned, agree, failures.is_empty(), answers.len()) {
+                (_, _, _, 0) => Err(fail("no member answered")),
+                (false, _, _, _) => Err(fail(
+                    "the members' applied indexes kept moving apart (writes in flight): compare \
+                     again when the cluster is quieter",
+                )),
+                (true, false, _, _) => Err(fail("the members' data differ at the same index")),
+                (true, true, false, _) => {
+                    Err(fail("every member that answered agrees; some did not answer"))
+                }
+                (true, true, true, n) => {
+                    if !cli.json {
+                        out!("ok: {n} members agree");
+                    }
+                    Ok(())
+                }
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -250,6 +250,13 @@ fn raftctl_operates_a_cluster_started_by_the_script() {
         }
     }
 
+    // The members' data agree (the benchmark's writes included).
+    let hashkv = cluster.eventually_ok(&["hashkv"]);
+    assert!(hashkv.contains("ok: 3 members agree"), "{hashkv}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.eventually_ok(&["--json", "hashkv"])).unwrap();
+    assert_eq!(json["agree"], true, "{json}");
+
     // check: ok, then failing with a node down, then ok after a restart.
     cluster.ctl_ok(&["check"]);
     assert!(cluster.script(&["kill", "3"]).status.success());

@@ -248,6 +248,8 @@ pub enum AdminRequest {
         /// Its new peer address.
         addr: String,
     },
+    /// A hash of this node's key-value data at its applied index.
+    HashKv,
 }
 
 /// What a client sends.
@@ -434,6 +436,17 @@ pub enum AdminReply {
         node: u64,
         /// The index it covers.
         index: u64,
+    },
+    /// The answer to `HashKv`.
+    HashKv {
+        /// The node.
+        node: u64,
+        /// The index its state machine had applied.
+        applied: u64,
+        /// The hash of every key and value (see `Kv::hash`).
+        hash: u64,
+        /// Keys it holds.
+        keys: u64,
     },
 }
 

@@ -277,6 +277,15 @@ impl<N: Net> Node<N> {
             AdminRequest::Remove { id } => {
                 return self.change_membership(waiter, ConfChangeType::RemoveNode, id, None)
             }
+            AdminRequest::HashKv => {
+                let (hash, keys) = self.kv.hash();
+                Ok(AdminReply::HashKv {
+                    node: self.config.id,
+                    applied: self.kv.applied(),
+                    hash,
+                    keys,
+                })
+            }
             AdminRequest::UpdateMember { id, addr } => {
                 return self.change_membership(waiter, ConfChangeType::UpdateNode, id, Some(addr))
             }
