@@ -151,6 +151,9 @@ extra_flag() {
   done
 }
 
+# The client endpoints, for raftctl run from the repository's root (its default).
+save_endpoints() { endpoints >"$DIR/endpoints"; }
+
 raftctl() {
   local flags=(--endpoints "$(endpoints)") token
   [ "${TLS:-0}" = 1 ] && flags+=(--cacert "$DIR/certs/ca.pem")
@@ -223,6 +226,7 @@ case "$cmd" in
       write_args "$id" "--initial-cluster $initial ${EXTRA[*]:-}"
       launch "$id"
     done
+    save_endpoints
     if ! wait_for_leader; then
       echo "cluster.sh: no leader within ${LEADER_WAIT_SECS}s; stopping what was started (logs in $DIR)" >&2
       stop_all
@@ -255,6 +259,7 @@ case "$cmd" in
     if [ "${TLS:-0}" = 1 ]; then make_certs "$id"; fi
     write_args "$id" "--join ${EXTRA_FLAGS:-}"
     launch "$id"
+    save_endpoints
     # Added as a learner, promoted once the leader recorded its data dir incarnation
     # (raftctl member add retries the promotion until then).
     raftctl member add "$id" "$(peer_addr "$id")"

@@ -11,6 +11,10 @@ use raftctl::{parse_duration, Client, CtlError, DEFAULT_ENDPOINTS};
 use raftd::protocol::*;
 use serde_json::json;
 
+/// Where `scripts/cluster.sh` lists the local cluster's client endpoints (relative to the
+/// directory raftctl runs in).
+const LOCAL_CLUSTER_ENDPOINTS: &str = ".cluster/endpoints";
+
 /// Prints a line to stdout. When stdout is a pipe closed early (`raftctl status | head -1`),
 /// the command ends quietly with success instead of panicking like `println!`.
 macro_rules! out {
@@ -30,9 +34,11 @@ macro_rules! out {
 #[derive(Parser, Debug)]
 #[command(name = "raftctl", version = raftd::VERSION, about)]
 struct Cli {
-    /// Client endpoints of the cluster's nodes, HOST:PORT,...
-    #[arg(long, env = "RAFT_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
-    endpoints: String,
+    /// Client endpoints of the cluster's nodes, HOST:PORT,... [default: the endpoints in
+    /// ./.cluster/endpoints (the local cluster of scripts/cluster.sh, nodes added included),
+    /// else 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103]
+    #[arg(long, env = "RAFT_ENDPOINTS", global = true)]
+    endpoints: Option<String>,
     /// Time budget of one operation, e.g. 2s or 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     timeout: Duration,
@@ -240,13 +246,16 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let endpoints: Vec<String> = cli
-        .endpoints
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(String::from)
-        .collect();
+    let given = match &cli.endpoints {
+        Some(e) => e.clone(),
+        None => std::fs::read_to_string(LOCAL_CLUSTER_ENDPOINTS)
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINTS.to_string()),
+    };
+    let endpoints: Vec<String> =
+        given.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect();
     if endpoints.is_empty() {
         eprintln!("raftctl: --endpoints is empty");
         return ExitCode::from(2);

@@ -516,6 +516,19 @@ fn the_script_restarts_running_nodes_and_whole_clusters_under_any_dir() {
     let again = ok(&["start", "--dir", dir]);
     assert!(again.contains("cluster: leader") && again.contains("voters [1, 2, 3, 4]"), "{again}");
     assert!((1..=4).all(alive), "every node runs again");
+    // Run from the directory holding the cluster (as ./.cluster), raftctl's default endpoints
+    // are the cluster's, node 4 included.
+    let cwd = cluster.dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::os::unix::fs::symlink(dir, cwd.join(".cluster")).unwrap();
+    let status = Command::new(bin_dir().join("raftctl"))
+        .current_dir(&cwd)
+        .env_remove("RAFT_ENDPOINTS")
+        .args(["--token-file", token.to_str().unwrap(), "--timeout", "10s", "--json", "status"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(4), "{json}");
     // check fails on a voter that is down even when its endpoint is not listed.
     let three: Vec<String> =
         (1..=3).map(|id| format!("127.0.0.1:{}", cluster.base + 100 + id)).collect();

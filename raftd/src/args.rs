@@ -29,11 +29,11 @@ pub struct Args {
     /// Directory of the write-ahead log and snapshots.
     #[arg(long, default_value = "raftd-data")]
     pub data_dir: PathBuf,
-    /// Address for connections from other nodes.
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    /// Address for connections from other nodes: IP:PORT, or HOST:PORT resolved at startup.
+    #[arg(long, default_value = "127.0.0.1:7001", value_parser = parse_listen_addr)]
     pub listen_peer: SocketAddr,
-    /// Address for client and admin connections.
-    #[arg(long, default_value = "127.0.0.1:7101")]
+    /// Address for client and admin connections: IP:PORT, or HOST:PORT resolved at startup.
+    #[arg(long, default_value = "127.0.0.1:7101", value_parser = parse_listen_addr)]
     pub listen_client: SocketAddr,
     /// Where other nodes reach this node's peer port, when not at --listen-peer (which
     /// may be 0.0.0.0). Default: this node's entry in --initial-cluster, else --listen-peer.
@@ -261,6 +261,28 @@ fn advertised(
         )),
         None => Ok(listen.to_string()),
     }
+}
+
+/// A listen address: an IP address and port, or a host name and port resolved now (an
+/// IPv4 address preferred, as when dialling).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let well_formed = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !well_formed {
+        return Err(format!("{s:?} is not HOST:PORT"));
+    }
+    let addrs: Vec<SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(s).map_err(|e| format!("{s}: {e}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s}: the name has no address"))
 }
 
 impl Args {
@@ -507,6 +529,17 @@ mod tests {
         let mut all = vec!["raftd"];
         all.extend_from_slice(args);
         Args::try_parse_from(all).map_err(|e| e.to_string())?.to_config()
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        let c =
+            parse(&["--listen-peer", "localhost:7001", "--listen-client", "[::1]:7101"]).unwrap();
+        assert_eq!(c.listen_peer, "127.0.0.1:7001".parse().unwrap(), "IPv4 preferred");
+        assert_eq!(c.listen_client, "[::1]:7101".parse().unwrap());
+        assert!(parse(&["--listen-peer", "localhost"]).unwrap_err().contains("HOST:PORT"));
+        let err = parse(&["--listen-peer", "no-such-host.invalid:7001"]).unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
     }
 
     #[test]
