@@ -674,3 +674,23 @@ fn version_names_the_commit_and_completions_are_printed() {
         assert!(text.contains(needle) && text.contains("transfer-leader"), "{shell}: {text}");
     }
 }
+
+/// The newcomer's walkthrough (`scripts/walkthrough.sh`): the README's commands in order,
+/// every subcommand, and the failure cases, against a cluster of its own.
+#[test]
+fn the_newcomer_walkthrough_passes() {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/walkthrough.sh"))
+        .args(["--base-port", &free_base_port().to_string()])
+        .env("RAFT_BIN_DIR", bin_dir())
+        .env_remove("CLUSTER_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every step passed"));
+}
