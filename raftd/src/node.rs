@@ -136,8 +136,16 @@ pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Bytes of connection buffers held at most by default (`--max-buffered-bytes`): 256 MiB,
 /// four frames of the default size and then some.
 pub const BUFFERED_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
-/// A learner is promoted only once its log is within this many entries of the leader's.
+/// A learner is promoted only once its log is within this many entries of the leader's...
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 1000;
+/// ...and holds at least this share of the leader's log, in percent (etcd's 90%), so that on a
+/// short log an empty learner is not within the allowance.
+pub const PROMOTE_MATCHED_PERCENT_MIN: u64 = 90;
+
+/// How far behind the leader's last index `last_index` a learner may be and be promoted.
+pub fn promote_lag_allowed(last_index: u64) -> u64 {
+    PROMOTE_LAG_ENTRIES_MAX.min(last_index * (100 - PROMOTE_MATCHED_PERCENT_MIN) / 100)
+}
 /// File descriptors kept free for storage (WAL segments, snapshot files, directories):
 /// connections are shed before the process's limit comes closer than this.
 pub const FD_RESERVE: usize = 64;

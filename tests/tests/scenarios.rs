@@ -524,3 +524,38 @@ fn a_member_moved_to_another_address_is_reached_there_after_member_update() {
     let member = status.members.iter().find(|m| m.id == moved).expect("still a member");
     assert_eq!(member.peer_addr.as_deref(), Some(new_peer.as_str()), "was {old_peer}");
 }
+
+/// A learner is promoted only once it holds nearly all of the leader's log, however short
+/// the log: an empty learner promoted on a short log made a quorum that needed it before it
+/// had anything.
+#[test]
+fn a_learner_that_holds_nothing_is_not_promoted_even_on_a_short_log() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader();
+    let (peer, client) = Cluster::new_addrs();
+    // Every node drops its Raft messages to node 4: its Hello gets through (its incarnation
+    // is recorded), its log stays empty.
+    for id in 1..=3 {
+        let fault = AdminRequest::Fault { drop_to: vec![4], drop_from: vec![], delay_ms: 0 };
+        cluster.admin(id, fault).expect("fault injected");
+    }
+    cluster.add_node(4, peer.clone(), client, vec!["--join".into()]);
+    cluster.change(AdminRequest::AddLearner { id: 4, addr: peer });
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = cluster.wait_for_leader();
+        match cluster.admin(leader, AdminRequest::Promote { id: 4 }) {
+            Ok(reply) => panic!("an empty learner was promoted: {reply:?}"),
+            Err(e) if e.to_string().contains("not in sync") => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never refused as not in sync: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    for id in 1..=3 {
+        cluster.admin(id, AdminRequest::Heal).expect("healed");
+    }
+    cluster.change(AdminRequest::Promote { id: 4 });
+    cluster.wait_caught_up(4);
+}

@@ -380,12 +380,15 @@ impl<N: Net> Node<N> {
                 }
                 // etcd: "can only promote a learner member which is in sync with leader".
                 (ConfChangeType::AddNode, false)
-                    if last_index.saturating_sub(matched) > PROMOTE_LAG_ENTRIES_MAX =>
+                    if last_index.saturating_sub(matched) > promote_lag_allowed(last_index) =>
                 {
                     Some(format!(
                         "learner {id} is not in sync with the leader: it holds the log up to \
                          {matched}, the leader's ends at {last_index} (promotion waits until it \
-                         is within {PROMOTE_LAG_ENTRIES_MAX} entries); retry"
+                         is within {} entries: {PROMOTE_LAG_ENTRIES_MAX}, or {}% of the log \
+                         when shorter); retry",
+                        promote_lag_allowed(last_index),
+                        100 - PROMOTE_MATCHED_PERCENT_MIN
                     ))
                 }
                 (ConfChangeType::RemoveNode | ConfChangeType::UpdateNode, _)
