@@ -305,9 +305,11 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
         Cmd::Certs { dir, cluster_id, nodes, hosts, days } => {
             let created =
                 raftctl::certs::create(dir, cluster_id, nodes, hosts, *days).map_err(fail)?;
-            for path in created.written {
-                out!("wrote {}", path.display());
-            }
+            let written: Vec<String> =
+                created.written.iter().map(|p| p.display().to_string()).collect();
+            print(cli, json!({"written": written}), || {
+                written.iter().map(|p| format!("wrote {p}")).collect::<Vec<_>>().join("\n")
+            });
             Ok(())
         }
         Cmd::Put { key, value } => {
