@@ -583,16 +583,32 @@ impl<N: Net> Node<N> {
         for (id, addr) in node.kv.members().clone() {
             node.learn_peer(id, Some(addr), None);
         }
+        let raft = &node.config.raft;
         info!(
             "node {} of cluster {:?} (incarnation {:016x}, data dir {incarnation:016x}) starting: \
-             peer {}, client {}, data {}, applied {applied}, config {:?}",
+             peer {}, client {}, data {}, applied {applied}; ticks of {} ms, election after {} \
+             ticks, heartbeat every {}, check-quorum {}, pre-vote {}, reads {}, TLS {}",
             node.config.id,
             node.config.cluster_id,
             node.kv.cluster_incarnation(),
             node.config.listen_peer,
             node.config.listen_client,
             node.config.data_dir.display(),
-            node.config.raft
+            node.config.tick_interval.as_millis(),
+            raft.election_tick,
+            raft.heartbeat_tick,
+            if raft.check_quorum { "on" } else { "off" },
+            if raft.pre_vote { "on" } else { "off" },
+            match raft.read_only_option {
+                raft::ReadOnlyOption::Safe => "safe",
+                raft::ReadOnlyOption::LeaseBased => "lease-based",
+            },
+            match (&node.config.tls.peer, &node.config.tls.client) {
+                (None, None) => "off",
+                (Some(_), None) => "on the peer port",
+                (None, Some(_)) => "on the client port",
+                (Some(_), Some(_)) => "on both ports",
+            }
         );
         Ok(node)
     }

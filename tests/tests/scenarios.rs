@@ -559,3 +559,45 @@ fn a_learner_that_holds_nothing_is_not_promoted_even_on_a_short_log() {
     cluster.change(AdminRequest::Promote { id: 4 });
     cluster.wait_caught_up(4);
 }
+
+/// What an operator reads in the logs: a peer that goes away and comes back, at INFO; a
+/// removed node retrying, refused at WARN once a minute rather than at every attempt; no
+/// Rust debug dump of the configuration at startup.
+#[test]
+fn logs_report_peers_lost_and_back_and_repeated_refusals_once() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader();
+    let other = if leader == 3 { 2 } else { 3 };
+    let log_of = |cluster: &Cluster, id: u64| {
+        std::fs::read_to_string(&cluster.nodes[&id].log).unwrap_or_default()
+    };
+    let wait_for = |cluster: &Cluster, id: u64, needle: &str| {
+        let deadline = Instant::now() + DEADLINE;
+        while !log_of(cluster, id).contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in node {id}'s log");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!log_of(&cluster, leader).contains("Config {"), "a debug dump at startup");
+    cluster.kill(other);
+    wait_for(&cluster, leader, &format!("peer {other} at"));
+    assert!(log_of(&cluster, leader).contains("connection lost"));
+    let connected = format!("INFO  raftd::node] peer {other}: connected");
+    let before = log_of(&cluster, leader).matches(&connected).count();
+    cluster.restart(other);
+    let deadline = Instant::now() + DEADLINE;
+    while log_of(&cluster, leader).matches(&connected).count() == before {
+        assert!(Instant::now() < deadline, "node {other} never reported back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Removed while it runs: it keeps knocking (every backoff, at most 2 s) until it stops.
+    cluster.change(AdminRequest::Remove { id: other });
+    let removed = format!("node {other} was removed from the cluster");
+    let survivor = (1..=3).find(|&id| id != other).expect("a survivor");
+    wait_for(&cluster, survivor, &removed);
+    // Give it a few attempts, then count the WARN lines for that reason.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = log_of(&cluster, survivor);
+    let warned = log.lines().filter(|l| l.contains("WARN") && l.contains(&removed)).count();
+    assert!(warned <= 1, "{warned} WARN lines for one reason within a minute:\n{log}");
+}
