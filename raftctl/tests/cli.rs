@@ -694,3 +694,58 @@ fn the_newcomer_walkthrough_passes() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("every step passed"));
 }
+
+/// raftd's configuration layers on a real process: a flag wins over `RAFTD_<FLAG>`, which
+/// wins over `--config-file`; an unknown key stops the node before it starts.
+#[test]
+fn raftd_takes_a_config_file_and_environment_variables_with_flags_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        .collect();
+    let (peer, file_client, flag_client) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+        format!("127.0.0.1:{}", ports[2]),
+    );
+    let config = dir.path().join("raftd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\ncluster-id = \"fromfile\"\ndata-dir = \"{}\"\nlisten-peer = \"{peer}\"\n\
+             listen-client = \"{file_client}\"\ninitial-cluster = \"1={peer}\"\n\
+             tick-interval-ms = 20\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin_dir().join("raftd"))
+        .args(["--config-file", config.to_str().unwrap(), "--listen-client", &flag_client])
+        .env("RAFTD_CLUSTER_ID", "fromenv")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = raftctl::Client::new(vec![flag_client.clone()], Duration::from_secs(2), None);
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        match client.admin_at(&flag_client, raftd::protocol::AdminRequest::Status) {
+            Ok(raftd::protocol::AdminReply::Status(s)) => break s,
+            _ => {
+                assert!(Instant::now() < deadline, "raftd never served at {flag_client}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status.id, 1, "from the file");
+    assert_eq!(status.cluster_id, "fromenv", "the environment over the file");
+    // Unknown key: refused, exit 2, naming it.
+    std::fs::write(&config, "listen_peer = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(bin_dir().join("raftd"))
+        .args(["--config-file", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"listen_peer\""));
+}

@@ -21,8 +21,15 @@ pub enum ReadOnly {
 
 /// A node of the replicated key-value store.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "raftd", version = crate::VERSION, about)]
+#[command(name = "raftd", version = crate::VERSION, about, args_override_self = true)]
 pub struct Args {
+    /// A TOML file of flags (`listen-peer = "127.0.0.1:7001"`, `join = true`, ...): every flag
+    /// but this one, by its name without the dashes. Flags given on the command line win over
+    /// `RAFTD_<FLAG>` environment variables (`RAFTD_LISTEN_PEER`), which win over the file,
+    /// which wins over the defaults. Unknown keys and variables are refused. Also
+    /// `RAFTD_CONFIG_FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
     /// This node's id (not 0).
     #[arg(long, default_value_t = 1)]
     pub id: u64,
@@ -261,6 +268,104 @@ fn advertised(
         )),
         None => Ok(listen.to_string()),
     }
+}
+
+/// The prefix of raftd's environment variables.
+pub const ENV_PREFIX: &str = "RAFTD_";
+
+/// The flags raftd takes, by name (`listen-peer`), and whether each is a switch (`--join`).
+fn flag_names() -> Vec<(String, bool)> {
+    use clap::CommandFactory as _;
+    Args::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let name = a.get_long()?.to_string();
+            let switch = matches!(a.get_action(), ArgAction::SetTrue);
+            (name != "help" && name != "version").then_some((name, switch))
+        })
+        .collect()
+}
+
+/// A flag's environment variable: `listen-peer` is `RAFTD_LISTEN_PEER`.
+fn env_name(flag: &str) -> String {
+    format!("{ENV_PREFIX}{}", flag.to_uppercase().replace('-', "_"))
+}
+
+/// `--flag=value` arguments for `value` given to `flag` (none for a switch set to false).
+fn flag_args(flag: &str, switch: bool, value: &str, source: &str) -> Result<Vec<String>, String> {
+    if !switch {
+        return Ok(vec![format!("--{flag}={value}")]);
+    }
+    match value {
+        "true" => Ok(vec![format!("--{flag}")]),
+        "false" => Ok(Vec::new()),
+        other => Err(format!("{source}: {flag} is a switch: true or false, not {other:?}")),
+    }
+}
+
+/// The command line with the configuration file's flags and the environment's before the
+/// given ones (`args_override_self`: the last occurrence wins, so given > environment > file).
+pub fn layered_args(
+    given: Vec<String>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, String> {
+    let flags = flag_names();
+    let mut program = given.into_iter();
+    let mut out = vec![program.next().unwrap_or_else(|| "raftd".to_string())];
+    let given: Vec<String> = program.collect();
+    // The configuration file: from the command line, else the environment.
+    let mut config_file = env.get(&env_name("config-file")).cloned();
+    for (i, arg) in given.iter().enumerate() {
+        if let Some(path) = arg.strip_prefix("--config-file=") {
+            config_file = Some(path.to_string());
+        } else if arg == "--config-file" {
+            config_file = given.get(i + 1).cloned();
+        }
+    }
+    if let Some(path) = &config_file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("--config-file {path}: {e}"))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("--config-file {path}: {e}"))?;
+        for (key, value) in &table {
+            let Some((_, switch)) = flags.iter().find(|(f, _)| f == key && f != "config-file")
+            else {
+                return Err(format!(
+                    "--config-file {path}: unknown key {key:?} (keys are raftd's flags without \
+                     the dashes: listen-peer, initial-cluster, ...)"
+                ));
+            };
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(format!(
+                        "--config-file {path}: {key} is a {}, not a string, number or boolean",
+                        other.type_str()
+                    ))
+                }
+            };
+            out.extend(flag_args(key, *switch, &value, &format!("--config-file {path}"))?);
+        }
+    }
+    for (var, value) in env.range(ENV_PREFIX.to_string()..) {
+        if !var.starts_with(ENV_PREFIX) {
+            break;
+        }
+        if var == &env_name("config-file") {
+            continue;
+        }
+        let Some((flag, switch)) = flags.iter().find(|(f, _)| &env_name(f) == var) else {
+            return Err(format!(
+                "unknown environment variable {var} (raftd's are {ENV_PREFIX}<FLAG>)"
+            ));
+        };
+        out.extend(flag_args(flag, *switch, value, var)?);
+    }
+    out.extend(given);
+    Ok(out)
 }
 
 /// A listen address: an IP address and port, or a host name and port resolved now (an
@@ -529,6 +634,62 @@ mod tests {
         let mut all = vec!["raftd"];
         all.extend_from_slice(args);
         Args::try_parse_from(all).map_err(|e| e.to_string())?.to_config()
+    }
+
+    /// `given` after the configuration file holding `file` and the environment `env`.
+    fn layered(file: Option<&str>, env: &[(&str, &str)], given: &[&str]) -> Result<Args, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["raftd".to_string()];
+        if let Some(text) = file {
+            let path = dir.path().join("raftd.toml");
+            std::fs::write(&path, text).unwrap();
+            argv.push(format!("--config-file={}", path.display()));
+        }
+        argv.extend(given.iter().map(|s| s.to_string()));
+        let env: BTreeMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let argv = layered_args(argv, &env)?;
+        Args::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let file = "cluster-id = \"file\"\nelection-tick = 20\nheartbeat-tick = 2\njoin = true\n\
+                    check-quorum = false\n";
+        let a = layered(Some(file), &[], &[]).unwrap();
+        assert_eq!((a.cluster_id.as_str(), a.election_tick, a.heartbeat_tick), ("file", 20, 2));
+        assert!(a.join && !a.check_quorum);
+        let env = [("RAFTD_CLUSTER_ID", "env"), ("RAFTD_ELECTION_TICK", "30")];
+        let a = layered(Some(file), &env, &[]).unwrap();
+        assert_eq!((a.cluster_id.as_str(), a.election_tick, a.heartbeat_tick), ("env", 30, 2));
+        let a = layered(Some(file), &env, &["--cluster-id", "flag"]).unwrap();
+        assert_eq!((a.cluster_id.as_str(), a.election_tick), ("flag", 30));
+        // Defaults stay where nothing is given.
+        let a = layered(None, &[], &[]).unwrap();
+        assert_eq!((a.cluster_id.as_str(), a.election_tick), ("raft", 10));
+        // The file named by the environment.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "id = 7\n").unwrap();
+        let env = BTreeMap::from([("RAFTD_CONFIG_FILE".to_string(), path.display().to_string())]);
+        let argv = layered_args(vec!["raftd".into()], &env).unwrap();
+        assert_eq!(Args::try_parse_from(argv).unwrap().id, 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_refused() {
+        let err = layered(Some("listen_peer = \"x\"\n"), &[], &[]).unwrap_err();
+        assert!(err.contains("unknown key \"listen_peer\""), "{err}");
+        let err = layered(Some("peers = [1, 2]\n"), &[], &[]).unwrap_err();
+        assert!(err.contains("unknown key"), "{err}");
+        let err = layered(Some("election-tick = [1]\n"), &[], &[]).unwrap_err();
+        assert!(err.contains("array"), "{err}");
+        let err = layered(Some("join = \"yes\"\n"), &[], &[]).unwrap_err();
+        assert!(err.contains("switch"), "{err}");
+        let err = layered(Some("not toml"), &[], &[]).unwrap_err();
+        assert!(err.contains("--config-file"), "{err}");
+        let err = layered(None, &[("RAFTD_LISTEN_PER", "x")], &[]).unwrap_err();
+        assert!(err.contains("RAFTD_LISTEN_PER"), "{err}");
     }
 
     #[test]

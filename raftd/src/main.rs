@@ -15,7 +15,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    let env: std::collections::BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with(raftd::args::ENV_PREFIX)).collect();
+    let Some(given) = std::env::args_os().map(|a| a.into_string().ok()).collect::<Option<Vec<_>>>()
+    else {
+        eprintln!("raftd: an argument is not UTF-8");
+        return ExitCode::from(2);
+    };
+    let argv = match raftd::args::layered_args(given, &env) {
+        Ok(argv) => argv,
+        Err(message) => {
+            eprintln!("raftd: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = Args::parse_from(argv);
     let config = match args.to_config() {
         Ok(c) => c,
         Err(message) => {
