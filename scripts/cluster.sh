@@ -262,7 +262,8 @@ case "$cmd" in
     save_endpoints
     # Added as a learner, promoted once the leader recorded its data dir incarnation
     # (raftctl member add retries the promotion until then).
-    raftctl member add "$id" "$(peer_addr "$id")"
+    # (A node just launched may take a while to start: a generous timeout.)
+    raftctl --timeout 30s member add "$id" "$(peer_addr "$id")"
     ;;
   *) usage ;;
 esac

@@ -23,10 +23,20 @@ fn script() -> PathBuf {
 
 /// A base port P such that P+1..P+9 and P+101..P+109 are free now.
 fn free_base_port() -> u16 {
-    let mut seed = std::process::id() as u64 * 7919 + Instant::now().elapsed().as_nanos() as u64;
+    // Each call its own sequence: tests in one process run in parallel, and a cluster stopped
+    // for a moment (its ports free) must not find its range taken by the next test's.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut seed =
+        (std::process::id() as u64 * 7919) ^ nanos ^ call.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for _ in 0..200 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let base = 20_000 + (seed >> 33) as u16 % 40_000;
+        // Below the kernel's ephemeral ports (32768 and up): a stopped cluster's port is
+        // never meanwhile the source port of some connection.
+        let base = 20_000 + (seed >> 33) as u16 % 12_000;
         let free =
             (1..10).chain(101..110).all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok());
         if free {
