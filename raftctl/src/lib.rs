@@ -169,12 +169,8 @@ impl Conn {
         greet_timeout: Duration,
         timeout: Duration,
     ) -> Result<Conn, CtlError> {
-        let well_formed = endpoint
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !well_formed {
-            return Err(refused(endpoint, "not an endpoint: give HOST:PORT"));
-        }
+        raftd::resolve::check_host_port(endpoint)
+            .map_err(|why| refused(endpoint, format!("not an endpoint: {why}")))?;
         let addr: SocketAddr = endpoint
             .to_socket_addrs()
             .map_err(|e| refused(endpoint, e))?
@@ -446,8 +442,9 @@ impl Client {
     pub fn register_session(&mut self, deadline: Instant) -> Result<u64, CtlError> {
         let mut last = String::from("no endpoint tried");
         loop {
-            let mut unreachable = Round::new(self.candidates().len());
-            for endpoint in self.candidates() {
+            let candidates = self.candidates();
+            let mut unreachable = Round::new(candidates.len());
+            for endpoint in candidates {
                 let response = self
                     .call_at(&endpoint, |request_id| ClientRequest::RegisterSession { request_id });
                 match response {
@@ -531,8 +528,9 @@ impl Client {
         let mut last = String::from("no endpoint tried");
         let mut unknown = false;
         loop {
-            let mut unreachable = Round::new(self.candidates().len());
-            for endpoint in self.candidates() {
+            let candidates = self.candidates();
+            let mut unreachable = Round::new(candidates.len());
+            for endpoint in candidates {
                 match self.conn(&endpoint) {
                     Ok(_) => {}
                     Err(e @ CtlError::Refused { .. }) => return Err((e, unknown)),
@@ -611,8 +609,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let mut last = String::from("no endpoint tried");
         loop {
-            let mut unreachable = Round::new(self.candidates().len());
-            for endpoint in self.candidates() {
+            let candidates = self.candidates();
+            let mut unreachable = Round::new(candidates.len());
+            for endpoint in candidates {
                 match self.admin_at(&endpoint, request.clone()) {
                     Ok(reply) => {
                         self.leader = Some(endpoint);

@@ -374,12 +374,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let well_formed = s
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !well_formed {
-        return Err(format!("{s:?} is not HOST:PORT"));
-    }
+    crate::resolve::check_host_port(s)?;
     let addrs: Vec<SocketAddr> =
         std::net::ToSocketAddrs::to_socket_addrs(s).map_err(|e| format!("{s}: {e}"))?.collect();
     addrs

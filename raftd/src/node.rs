@@ -840,7 +840,7 @@ impl<N: Net> Node<N> {
         }
         let outcome = conn.read_available(self.clock.now());
         // Reading a TLS stream may have queued handshake answers the socket did not take.
-        if let Err(e) = conn.flush(&mut self.net, token) {
+        if let Err(e) = conn.flush_stream(&mut self.net, token) {
             self.close(token, &format!("write: {e}"));
             return;
         }

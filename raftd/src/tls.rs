@@ -145,47 +145,71 @@ pub fn check_peer_identity(
     })
 }
 
+/// A certificate chain and its private key, read from their files.
+struct Identity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// The files, for messages.
+    files: String,
+}
+
+impl Identity {
+    fn load(cert: &Path, key: &Path) -> Result<Identity, String> {
+        Ok(Identity {
+            certs: load_certs(cert)?,
+            key: load_key(key)?,
+            files: format!("{} with {}", cert.display(), key.display()),
+        })
+    }
+}
+
 /// The configuration of a TLS client: trusts `ca`, presents `cert_key` when given.
 pub fn client_config(
     ca: &Path,
     cert_key: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, String> {
+    let identity = cert_key.map(|(cert, key)| Identity::load(cert, key)).transpose()?;
+    client_config_of(load_roots(ca)?, identity.as_ref())
+}
+
+fn client_config_of(
+    roots: Arc<RootCertStore>,
+    identity: Option<&Identity>,
+) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(load_roots(ca)?);
-    let config = match cert_key {
+        .with_root_certificates(roots);
+    let config = match identity {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?,
+        Some(id) => builder
+            .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
+            .map_err(|e| format!("{}: {e}", id.files))?,
     };
     Ok(Arc::new(config))
 }
 
+/// A server presenting `identity`, requiring client certificates of `client_roots` if given.
 fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
+    identity: &Identity,
+    client_roots: Option<Arc<RootCertStore>>,
 ) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match client_ca {
+    let builder = match client_roots {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                load_roots(ca)?,
-                provider(),
-            )
-            .build()
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        Some(roots) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .build()
+                    .map_err(|e| format!("the trusted CA: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let config = builder
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
+        .map_err(|e| format!("{}: {e}", identity.files))?;
     Ok(Arc::new(config))
 }
 
@@ -221,23 +245,26 @@ impl TlsContext {
     fn load_files(settings: &TlsSettings, id: u64, cluster_id: &str) -> Result<Loaded, String> {
         let mut loaded = Loaded { peer_server: None, peer_client: None, client_server: None };
         if let Some(peer) = &settings.peer {
-            let name = node_name(id, cluster_id);
-            let certs = load_certs(&peer.cert)?;
-            certificate_names(&certs[0], &name).map_err(|why| {
+            // Each file read once: what is checked is what is served.
+            let identity = Identity::load(&peer.cert, &peer.key)?;
+            certificate_names(&identity.certs[0], &node_name(id, cluster_id)).map_err(|why| {
                 format!(
                     "--peer-cert-file {}: {why}; a node's peer certificate names it as a DNS \
                      subject alternative name",
                     peer.cert.display()
                 )
             })?;
-            loaded.peer_server =
-                Some(server_config(&peer.cert, &peer.key, Some(&peer.trusted_ca))?);
-            loaded.peer_client =
-                Some(client_config(&peer.trusted_ca, Some((&peer.cert, &peer.key)))?);
+            let roots = load_roots(&peer.trusted_ca)?;
+            loaded.peer_server = Some(server_config(&identity, Some(Arc::clone(&roots)))?);
+            loaded.peer_client = Some(client_config_of(roots, Some(&identity))?);
         }
         if let Some(client) = &settings.client {
-            let ca = if client.client_cert_auth { client.trusted_ca.as_deref() } else { None };
-            loaded.client_server = Some(server_config(&client.cert, &client.key, ca)?);
+            let identity = Identity::load(&client.cert, &client.key)?;
+            let roots = match (&client.trusted_ca, client.client_cert_auth) {
+                (Some(ca), true) => Some(load_roots(ca)?),
+                _ => None,
+            };
+            loaded.client_server = Some(server_config(&identity, roots)?);
         }
         Ok(loaded)
     }

@@ -190,7 +190,17 @@ impl<S: Read + Write> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
-        // A TLS stream holds encrypted bytes the socket did not take yet.
+        self.flush_stream(net, token)
+    }
+
+    /// Writes what the stream itself holds for the socket (a TLS stream's encrypted records,
+    /// handshake answers among them: reading may queue some), leaving queued frames for
+    /// [`Conn::flush`], and asks for a writable event while anything remains.
+    pub fn flush_stream<N: Net<Stream = S>>(
+        &mut self,
+        net: &mut N,
+        token: Token,
+    ) -> io::Result<()> {
         let stream_pending = match self.stream.flush() {
             Ok(()) => false,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
