@@ -176,6 +176,14 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// Decodes a value from the start of `payload`, ignoring what follows it: the fixed prefix of
+/// a message whose rest may be of another version (a handshake's protocol versions).
+pub fn decode_prefix<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    decode_limited(payload)
+        .map(|(value, _)| value)
+        .map_err(|e| Error::Malformed { reason: e.to_string() })
+}
+
 /// Encodes frames into a reusable buffer that is written out to a socket, possibly in parts.
 #[derive(Debug)]
 pub struct FrameEncoder {

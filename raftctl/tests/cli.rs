@@ -673,6 +673,8 @@ fn version_names_the_commit_and_completions_are_printed() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && text.starts_with(&format!("{bin} 0.")), "{text}");
         assert!(text.contains('('), "names the commit: {text}");
+        assert!(text.contains("wire protocol 2"), "names the wire protocol: {text}");
+        assert!(text.contains("data format: WAL segments"), "names the data format: {text}");
     }
     for (shell, needle) in
         [("bash", "_raftctl()"), ("zsh", "#compdef raftctl"), ("fish", "complete -c raftctl")]

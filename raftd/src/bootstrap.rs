@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::errors::{Error, Result};
 use crate::net::{Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 use crate::node::{peer_hello, tokens_match, NodeConfig};
-use crate::protocol::{replaced_message, Hello, HelloAck, Role};
+use crate::protocol::{decode_hello, replaced_message, Hello, HelloAck, Role};
 use crate::tls::TlsContext;
 
 /// Largest hello accepted while bootstrapping.
@@ -86,6 +86,12 @@ fn write_frame<T: serde::Serialize>(stream: &mut impl Write, value: &T) -> std::
 }
 
 fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut impl Read) -> std::io::Result<T> {
+    let payload = read_payload(stream)?;
+    codec::decode_payload(&payload).map_err(std::io::Error::other)
+}
+
+/// Reads one frame of at most [`HELLO_SIZE_MAX`] bytes, blocking.
+fn read_payload(stream: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; codec::FRAME_LEN_SIZE];
     stream.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -94,7 +100,18 @@ fn read_frame<T: serde::de::DeserializeOwned>(stream: &mut impl Read) -> std::io
     }
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload)?;
-    codec::decode_payload(&payload).map_err(std::io::Error::other)
+    Ok(payload)
+}
+
+/// The answer to a Hello frame: refused when it is of a version this build does not speak.
+fn answer_payload(waiting: &mut Waiting, payload: &[u8]) -> HelloAck {
+    match decode_hello(payload) {
+        Ok(hello) => waiting.answer(&hello),
+        Err(reason) => {
+            warn!("a connection on the peer port refused: {reason}");
+            HelloAck::Refused { reason }
+        }
+    }
 }
 
 /// The decisions of the exchange, without its I/O: what to answer a member's hello, and what
@@ -238,15 +255,15 @@ fn answer_blocking(waiting: &mut Waiting, tls: Option<&TlsContext>, stream: TcpS
     let _ = stream.set_write_timeout(Some(EXCHANGE_TIMEOUT));
     let Some(server) = tls.and_then(TlsContext::accept_peer) else {
         let mut stream = stream;
-        let Ok(hello) = read_frame::<Hello>(&mut stream) else { return };
-        let ack = waiting.answer(&hello);
+        let Ok(payload) = read_payload(&mut stream) else { return };
+        let ack = answer_payload(waiting, &payload);
         let _ = write_frame(&mut stream, &ack);
         return;
     };
     let Ok(server) = server else { return };
     let mut stream = rustls::StreamOwned::new(server, stream);
-    let hello = match read_frame::<Hello>(&mut stream) {
-        Ok(hello) => hello,
+    let payload = match read_payload(&mut stream) {
+        Ok(payload) => payload,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             warn!("connection from {remote} on the peer port refused: {e}");
             return;
@@ -254,6 +271,15 @@ fn answer_blocking(waiting: &mut Waiting, tls: Option<&TlsContext>, stream: TcpS
         Err(_) => return,
     };
     let cluster_id = tls.map(TlsContext::cluster_id).unwrap_or_default();
+    let hello = match decode_hello(&payload) {
+        Ok(hello) => hello,
+        Err(reason) => {
+            warn!("connection from {remote} on the peer port refused: {reason}");
+            let _ = write_frame(&mut stream, &HelloAck::Refused { reason });
+            let _ = stream.flush();
+            return;
+        }
+    };
     let ack = match crate::tls::check_peer_identity(&stream.conn, hello.node_id, cluster_id) {
         Ok(()) => waiting.answer(&hello),
         Err(reason) => {
@@ -519,8 +545,8 @@ impl<N: Net> NetExchange<N> {
             }
             None => {
                 if !conn.done_writing {
-                    if let Ok(hello) = codec::decode_payload::<Hello>(&payload) {
-                        let ack = self.waiting.answer(&hello);
+                    {
+                        let ack = answer_payload(&mut self.waiting, &payload);
                         let mut frame = Vec::new();
                         if codec::encode_into(&mut frame, &ack, HELLO_SIZE_MAX).is_ok() {
                             let _ = conn.stream.write_all(&frame);

@@ -321,6 +321,7 @@ pub struct Node<N: Net = MioNet> {
 /// none: waiting to bootstrap, or joined and not sent the log yet).
 pub(crate) fn peer_hello(config: &NodeConfig, incarnation: u64, cluster_incarnation: u64) -> Hello {
     Hello {
+        versions: ProtocolVersions::OURS,
         cluster_id: config.cluster_id.clone(),
         node_id: config.id,
         role: Role::Peer,
@@ -924,8 +925,16 @@ impl<N: Net> Node<N> {
         let kind = self.conns[&token].kind.clone();
         match kind {
             ConnKind::InboundPeer { from: None } | ConnKind::Client { greeted: false } => {
-                let hello: Hello =
-                    codec::decode_payload(payload).map_err(|e| format!("bad hello: {e}"))?;
+                let hello = match decode_hello(payload) {
+                    Ok(hello) => hello,
+                    Err(reason) => {
+                        // Told, so that a node or client of another version can say why.
+                        let conn = self.conns.get_mut(&token).expect("dispatching on it");
+                        let _ = conn.send(&HelloAck::Refused { reason: reason.clone() });
+                        let _ = conn.flush(&mut self.net, token);
+                        return Err(reason);
+                    }
+                };
                 self.greet(token, hello)
             }
             ConnKind::InboundPeer { from: Some(from) } => {

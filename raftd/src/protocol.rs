@@ -10,6 +10,68 @@ use serde::{Deserialize, Serialize};
 /// The largest snapshot piece in one frame.
 pub const SNAPSHOT_CHUNK_SIZE_BYTES: usize = 1024 * 1024;
 
+/// The wire protocol this build speaks: the encoding of every frame after the handshake's
+/// [`ProtocolVersions`]. A release that changes any frame's encoding raises it; a release
+/// that still speaks the previous one keeps [`PROTOCOL_VERSION_MIN`] there, so that a
+/// cluster is upgraded one node at a time (see the README's "Upgrades").
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest wire protocol this build accepts from a peer or client.
+pub const PROTOCOL_VERSION_MIN: u32 = 2;
+/// The first bytes of every Hello since handshakes were versioned ("RAFTHELO"): a Hello
+/// without it is from a build before (wire protocol 1).
+pub const HELLO_MAGIC: u64 = 0x5241_4654_4845_4c4f;
+
+/// The first field of every [`Hello`], whose encoding never changes: read before the rest, so
+/// that a node of another version is refused with a message naming both versions, in a
+/// [`HelloAck::Refused`] (whose encoding never changes either).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersions {
+    /// [`HELLO_MAGIC`].
+    pub magic: u64,
+    /// The oldest wire protocol the sender speaks.
+    pub min: u32,
+    /// The newest wire protocol the sender speaks.
+    pub max: u32,
+}
+
+impl ProtocolVersions {
+    /// This build's.
+    pub const OURS: ProtocolVersions =
+        ProtocolVersions { magic: HELLO_MAGIC, min: PROTOCOL_VERSION_MIN, max: PROTOCOL_VERSION };
+
+    /// The wire protocol both sides speak (the newest), or why there is none.
+    pub fn agree(&self) -> std::result::Result<u32, String> {
+        let ours = ProtocolVersions::OURS;
+        let common = self.max.min(ours.max);
+        if self.magic != HELLO_MAGIC {
+            return Err(format!(
+                "the peer speaks wire protocol 1 (a build from before versioned handshakes); \
+                 this node speaks wire protocol {}..={}: upgrade the peer",
+                ours.min, ours.max
+            ));
+        }
+        if common < self.min.max(ours.min) {
+            let (older, newer) =
+                if self.max < ours.min { ("peer", "node") } else { ("node", "peer") };
+            return Err(format!(
+                "the peer speaks wire protocol {}..={}, this node {}..={}: no version in \
+                 common (the {older} is too old for the {newer}; upgrade it)",
+                self.min, self.max, ours.min, ours.max
+            ));
+        }
+        Ok(common)
+    }
+}
+
+/// Decodes a [`Hello`], its versions first: an error says why it is refused (a version this
+/// build does not speak, named with ours; or a malformed frame).
+pub fn decode_hello(payload: &[u8]) -> std::result::Result<Hello, String> {
+    let versions: ProtocolVersions = codec::decode_prefix(payload)
+        .map_err(|e| format!("bad hello (not a raftd handshake?): {e}"))?;
+    versions.agree()?;
+    codec::decode_payload(payload).map_err(|e| format!("bad hello: {e}"))
+}
+
 /// Who is connecting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -22,6 +84,8 @@ pub enum Role {
 /// The first frame on every connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The wire protocols the sender speaks (first: see [`ProtocolVersions`]).
+    pub versions: ProtocolVersions,
     /// The cluster the connecting side belongs to (clients: the one they expect).
     pub cluster_id: String,
     /// The connecting node's id; 0 for clients.
@@ -47,6 +111,7 @@ impl Hello {
     /// A client's hello (`cluster_id` empty: any cluster).
     pub fn client(cluster_id: &str, token: Option<String>) -> Hello {
         Hello {
+            versions: ProtocolVersions::OURS,
             cluster_id: cluster_id.to_string(),
             node_id: 0,
             role: Role::Client,
@@ -71,7 +136,8 @@ pub enum HelloAck {
         /// Its cluster incarnation (0 while it has none).
         cluster_incarnation: u64,
     },
-    /// Refused, with the reason (the connection is then closed).
+    /// Refused, with the reason (the connection is then closed). Its encoding (variant 1, one
+    /// string) never changes: it is how a node of another version is told why.
     Refused {
         /// Why.
         reason: String,

@@ -12,7 +12,8 @@ use wal::fs::{Fs, OpenMode};
 use crate::errors::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"RAFTSNAP";
-const VERSION: u32 = 1;
+/// The snapshot file's format version (its data: [`crate::kv::SNAPSHOT_FORMAT_VERSION`]).
+pub const FILE_FORMAT_VERSION: u32 = 1;
 const PREFIX: &str = "snap-";
 const SUFFIX: &str = ".snap";
 /// A snapshot file is written and synced this much at a time.
@@ -34,7 +35,7 @@ fn encode_head(snapshot: &Snapshot) -> Result<Vec<u8>> {
     let conf = codec::encode_value(&meta.conf_state)?;
     let mut out = Vec::with_capacity(44 + conf.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&FILE_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&meta.index.to_le_bytes());
     out.extend_from_slice(&meta.term.to_le_bytes());
@@ -61,7 +62,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
         b.copy_from_slice(&body[at..at + 8]);
         u64::from_le_bytes(b)
     };
-    if u32_at(8) != VERSION {
+    if u32_at(8) != FILE_FORMAT_VERSION {
         return Err(bad("unknown format version"));
     }
     let (index, term) = (u64_at(16), u64_at(24));

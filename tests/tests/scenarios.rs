@@ -192,6 +192,7 @@ fn bad_input_under_load_leaves_the_cluster_serving() {
                     3 => {
                         // A hello claiming to be a peer on the client port.
                         let hello = Hello {
+                            versions: ProtocolVersions::OURS,
                             cluster_id: "faults".into(),
                             node_id: 7,
                             role: Role::Peer,

@@ -80,6 +80,7 @@ fn hello_over_tls(
 
 fn peer_hello(cluster: &Cluster, node_id: u64) -> Hello {
     Hello {
+        versions: ProtocolVersions::OURS,
         cluster_id: cluster.cluster_id(),
         node_id,
         role: Role::Peer,

@@ -18,7 +18,7 @@ use crate::fs::{write_atomically, Fs};
 use crate::record::{read_u32, read_u64};
 
 /// The identity file's own format version (unchanged by the log's).
-const IDENTITY_VERSION: u32 = 2;
+pub const IDENTITY_VERSION: u32 = 2;
 /// The version before incarnations, still read (and upgraded).
 const IDENTITY_VERSION_1: u32 = 1;
 

@@ -98,7 +98,8 @@ use log::{info, warn};
 
 pub use crate::errors::{Error, Result};
 use crate::fs::Fs;
-pub use crate::identity::{new_incarnation, Identity};
+pub use crate::identity::{new_incarnation, Identity, IDENTITY_VERSION};
+pub use crate::record::FORMAT_VERSION as SEGMENT_FORMAT_VERSION;
 use crate::record::*;
 use crate::segment::{parse_segment_name, Segment};
 

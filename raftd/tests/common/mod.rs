@@ -158,6 +158,7 @@ pub fn incarnation_of(data_dir: &std::path::Path) -> u64 {
 /// A peer's hello for the cluster named `cluster_id`.
 pub fn peer_hello(cluster_id: &str, node_id: u64, incarnation: u64) -> Hello {
     Hello {
+        versions: ProtocolVersions::OURS,
         cluster_id: cluster_id.into(),
         node_id,
         role: Role::Peer,

@@ -201,6 +201,7 @@ impl Sim {
         let Ok(mut stream) = self.world.dial(endpoint, peer_addr(target)) else { return };
         self.impostors_connected += 1;
         let hello = Hello {
+            versions: raftd::protocol::ProtocolVersions::OURS,
             cluster_id: "sim".into(),
             node_id: id,
             role: Role::Peer,
