@@ -116,6 +116,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Refused(_) => "refused",
         ClientError::Stale { .. } => "stale",
         ClientError::SessionExpired { .. } => "session_expired",
+        ClientError::NoSpace(_) => "no_space",
     }
 }
 

@@ -561,7 +561,8 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
     let statuses = client.statuses();
     let leader = leader_view(client, &statuses);
     let leader_commit = leader.as_ref().map(|l| l.commit);
-    let warnings = leader.as_ref().map(out_of_contact).unwrap_or_default();
+    let mut warnings = leader.as_ref().map(out_of_contact).unwrap_or_default();
+    warnings.extend(alarms(&statuses).into_iter().map(|a| format!("alarm {a}")));
     if cli.json {
         let nodes: Vec<serde_json::Value> = statuses
             .iter()
@@ -572,6 +573,7 @@ fn status(cli: &Cli, client: &mut Client) -> Result<(), Failure> {
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index, "health": health(s, leader.as_ref()),
                     "uptime_secs": s.uptime_secs, "wal_syncs": s.wal_syncs,
                     "wal_sync_micros": s.wal_sync_micros, "wal_sync_max_micros": s.wal_sync_max_micros,
+                    "alarms": s.alarms,
                 }),
                 Err(e) => json!({"endpoint": endpoint, "health": e.to_string()}),
             })
@@ -653,6 +655,9 @@ const HEALTHY_LAG_ENTRIES_MAX: u64 = 1000;
 
 /// A node's health as its own status and the leader's show it.
 fn health(s: &NodeStatus, leader: Option<&NodeStatus>) -> String {
+    if s.alarms.iter().any(|a| a.starts_with(&format!("NOSPACE on node {}:", s.id))) {
+        return "NOSPACE".to_string();
+    }
     if s.leader == 0 {
         return "no leader".to_string();
     }
@@ -682,6 +687,21 @@ fn leader_view(
         Ok(AdminReply::Status(s)) if s.role == "leader" => Some(*s),
         _ => None,
     }
+}
+
+/// Every alarm the nodes know of, once each: a node's own words for its alarm rather than
+/// a peer's mention of it.
+fn alarms(statuses: &[(String, Result<NodeStatus, CtlError>)]) -> Vec<String> {
+    let mut all: Vec<String> = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .flat_map(|s| s.alarms.clone())
+        .collect();
+    all.sort();
+    all.dedup();
+    let detailed: Vec<String> = all.iter().filter(|a| a.contains(':')).cloned().collect();
+    all.retain(|a| a.contains(':') || !detailed.iter().any(|d| d.starts_with(&format!("{a}:"))));
+    all
 }
 
 /// The members the leader is not in contact with (down, partitioned, or not started).

@@ -42,6 +42,10 @@ pub struct Args {
     /// Address for client and admin connections: IP:PORT, or HOST:PORT resolved at startup.
     #[arg(long, default_value = "127.0.0.1:7101", value_parser = parse_listen_addr)]
     pub listen_client: SocketAddr,
+    /// Address for Prometheus metrics (`/metrics`) and the health probe (`/health`) over
+    /// plain HTTP: IP:PORT or HOST:PORT. Default: not served.
+    #[arg(long, value_parser = parse_listen_addr)]
+    pub listen_metrics: Option<SocketAddr>,
     /// Where other nodes reach this node's peer port, when not at --listen-peer (which
     /// may be 0.0.0.0). Default: this node's entry in --initial-cluster, else --listen-peer.
     #[arg(long, value_name = "HOST:PORT")]
@@ -156,6 +160,14 @@ pub struct Args {
     /// Size of each WAL segment file, in bytes.
     #[arg(long, default_value_t = wal::SEGMENT_SIZE_BYTES_DEFAULT)]
     pub segment_size_bytes: u64,
+    /// The data dir's size at which its space alarm is raised (puts refused with NoSpace
+    /// until it is below again), in bytes; 0: no quota.
+    #[arg(long, default_value_t = crate::space::SPACE_QUOTA_BYTES_DEFAULT)]
+    pub space_quota_bytes: u64,
+    /// Free bytes kept on the data dir's file system: below this, the space alarm is raised
+    /// [default: 4 WAL segments]
+    #[arg(long)]
+    pub space_reserve_bytes: Option<u64>,
     /// Client sessions the state machine keeps at most; registering one more forgets the
     /// least recently active, whose next write is refused with SessionExpired. Applied by
     /// every node from the next session registration this node proposes as leader.
@@ -588,6 +600,7 @@ impl Args {
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
             listen_client: self.listen_client,
+            listen_metrics: self.listen_metrics,
             advertise_peer,
             advertise_client,
             initial_cluster: self.initial_cluster.clone(),
@@ -606,6 +619,13 @@ impl Args {
             frame_size_max: self.frame_size_max,
             max_request_bytes,
             segment_size_bytes: self.segment_size_bytes,
+            space_limits: crate::space::SpaceLimits {
+                quota_bytes: self.space_quota_bytes,
+                reserve_bytes: self.space_reserve_bytes.unwrap_or(
+                    self.segment_size_bytes
+                        .saturating_mul(crate::space::SPACE_RESERVE_SEGMENTS_DEFAULT),
+                ),
+            },
             session_limits: crate::kv::SessionLimits {
                 max_sessions: self.max_sessions,
                 ttl_ms: self.session_ttl_secs * 1000,

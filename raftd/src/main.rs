@@ -45,7 +45,10 @@ fn main() -> ExitCode {
         }
     }
     let id = config.id;
-    let result = Node::new(config, shutdown).and_then(|mut node| node.run());
+    let result = Node::new(config, shutdown).and_then(|mut node| {
+        raftd::notify::notify(&format!("READY=1\nSTATUS=node {id} serving"));
+        node.run()
+    });
     match result {
         Ok(()) | Err(raftd::errors::Error::Stopped) => {
             log::info!("node {id} stopped");

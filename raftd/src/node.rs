@@ -25,6 +25,7 @@ use crate::errors::{Error, Result};
 use crate::kv::{
     Applied, Command, CommandBody, EntryPayload, Kv, LegacyWrite, MemberContext, SessionLimits,
 };
+use crate::metrics::{Metrics, Operation};
 use crate::net::{MioNet, Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
 use crate::protocol::*;
 use crate::resolve::{Lookup, Resolver};
@@ -81,6 +82,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Peer listener address.
     pub listen_peer: SocketAddr,
+    /// Where `/metrics` and `/health` are served over HTTP, if anywhere.
+    pub listen_metrics: Option<SocketAddr>,
     /// Client and admin listener address.
     pub listen_client: SocketAddr,
     /// Where other nodes reach this node's peer listener.
@@ -125,6 +128,9 @@ pub struct NodeConfig {
     pub session_limits: SessionLimits,
     /// Bounds on connections.
     pub conn_limits: ConnLimits,
+    /// The data dir's quota and the free space kept on its file system (both 0: not
+    /// watched, as in a simulation, whose file system is not the machine's).
+    pub space_limits: crate::space::SpaceLimits,
 }
 
 /// Client connections kept at most by default (`--max-client-connections`).
@@ -196,6 +202,9 @@ struct Waiter {
     conn: Token,
     request_id: u64,
     deadline: Instant,
+    /// What it asks, and when it arrived (for the latency metrics).
+    op: Operation,
+    arrived: Instant,
 }
 
 struct PendingRead {
@@ -226,6 +235,8 @@ struct PeerLink {
     /// Its last outbound connection was welcomed and has not closed since: the operator is
     /// told at INFO when a peer goes away and when it is back.
     up: bool,
+    /// When the oldest heartbeat not answered yet was sent (the round-trip metric).
+    heartbeat_sent: Option<Instant>,
 }
 
 struct SnapshotIn {
@@ -315,6 +326,20 @@ pub struct Node<N: Net = MioNet> {
     /// Peers found with a data dir other than the recorded one, and the incarnation found
     /// (each logged once).
     replaced_peers: BTreeMap<u64, u64>,
+    /// What the node measures (served by `--listen-metrics`).
+    metrics: Arc<Metrics>,
+    /// The leader last published to the metrics (to count changes).
+    metrics_leader: u64,
+    /// When this node, as leader, last saw a quorum of voters active (the core forgets each
+    /// voter's activity at every check-quorum round; a quorum seen within an election timeout
+    /// is active).
+    quorum_seen_at: Option<Instant>,
+    /// When the data dir was last measured.
+    space_checked_at: Option<Instant>,
+    /// Why this node's space alarm is raised, if it is.
+    no_space: Option<String>,
+    /// The space alarm each peer last reported.
+    peer_no_space: BTreeMap<u64, bool>,
 }
 
 /// The hello a node opens each peer connection with (`cluster_incarnation` 0 while it has
@@ -385,6 +410,13 @@ impl Node<MioNet> {
                 Arc::new(fs)
             }
         };
+        let metrics = Metrics::new(config.id);
+        if let Some(addr) = config.listen_metrics {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| Error::io("listen (metrics)", addr.to_string(), e))?;
+            crate::metrics::serve(listener, Arc::clone(&metrics))
+                .map_err(|e| Error::io("start", "the metrics thread", e))?;
+        }
         let mut storage = open_storage(&config, fs, None)?;
         let incarnation = storage.incarnation();
         let tls = if config.tls.any() {
@@ -430,7 +462,10 @@ impl Node<MioNet> {
         let (raw, kv, applied) = open_core(&config, storage)?;
         let net = MioNet::new(std_peer_listener, config.listen_client, tls)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
-        Node::assemble(config, shutdown, clock, (raw, kv, applied), net)
+        let mut node = Node::assemble(config, shutdown, clock, (raw, kv, applied), net)?;
+        node.raw.store_mut().set_metrics(Arc::clone(&metrics));
+        node.metrics = metrics;
+        Ok(node)
     }
 }
 
@@ -487,6 +522,7 @@ impl<N: Net> Node<N> {
         new_incarnation: u64,
         initial: &BTreeMap<u64, u64>,
     ) -> Result<Node<N>> {
+        let config = unwatched_space(config);
         let mut storage = open_storage(&config, fs, Some(new_incarnation))?;
         storage.set_inline(true);
         if storage.is_empty() && !config.join && !config.initial_cluster.is_empty() {
@@ -507,6 +543,7 @@ impl<N: Net> Node<N> {
         net: N,
         new_incarnation: u64,
     ) -> Result<Started<N>> {
+        let config = unwatched_space(config);
         let mut storage = open_storage(&config, fs, Some(new_incarnation))?;
         storage.set_inline(true);
         if storage.is_empty() && !config.join && !config.initial_cluster.is_empty() {
@@ -576,8 +613,15 @@ impl<N: Net> Node<N> {
             incarnation,
             seen_incarnations: BTreeMap::from([(config.id, incarnation)]),
             replaced_peers: BTreeMap::new(),
+            metrics: Metrics::new(config.id),
+            metrics_leader: 0,
+            quorum_seen_at: None,
+            space_checked_at: None,
+            no_space: None,
+            peer_no_space: BTreeMap::new(),
             config,
         };
+        node.raw.store_mut().set_metrics(Arc::clone(&node.metrics));
         for (&id, addr) in &node.config.initial_cluster.clone() {
             node.learn_peer(id, Some(addr.clone()), None);
         }
@@ -620,6 +664,7 @@ impl<N: Net> Node<N> {
             self.turn()?;
         }
         info!("node {}: shutting down", self.config.id);
+        crate::notify::notify("STOPPING=1");
         self.finish_snapshot(true)?;
         self.raw.store_mut().sync()?;
         Ok(())
@@ -1215,6 +1260,7 @@ impl<N: Net> Node<N> {
             backoff: RECONNECT_BACKOFF_MIN,
             snapshot_out: None,
             up: false,
+            heartbeat_sent: None,
         });
         if addr.is_some() && link.addr != addr {
             link.addr = addr;
@@ -1234,7 +1280,21 @@ impl<N: Net> Node<N> {
                 if m.from != from {
                     return Err(format!("message from {} on node {from}'s connection", m.from));
                 }
+                if m.msg_type == MessageType::HeartbeatResponse {
+                    let sent = self.peers.get_mut(&from).and_then(|l| l.heartbeat_sent.take());
+                    if let Some(sent) = sent {
+                        let elapsed = self.clock.now().saturating_duration_since(sent);
+                        self.metrics.peer_round_trip(from, elapsed);
+                    }
+                }
                 self.step(m);
+            }
+            PeerFrame::Alarm { no_space } => {
+                let before = self.peer_no_space.insert(from, no_space).unwrap_or(false);
+                if before != no_space {
+                    let state = if no_space { "raised" } else { "cleared" };
+                    info!("node {from}'s space alarm {state}");
+                }
             }
             PeerFrame::SnapshotChunk { message, offset, total, data } => {
                 if message.from != from || message.msg_type != MessageType::Snapshot {
@@ -1308,6 +1368,12 @@ impl<N: Net> Node<N> {
             debug!("step {t:?} from {from}: {e}");
         }
     }
+}
+
+/// `config` without space watching: a simulator's file system is not the machine's.
+fn unwatched_space(mut config: NodeConfig) -> NodeConfig {
+    config.space_limits = crate::space::SpaceLimits { quota_bytes: 0, reserve_bytes: 0 };
+    config
 }
 
 /// Opens the data dir on `fs` (a new one gets the incarnation `new_incarnation`, else a

@@ -197,6 +197,11 @@ pub enum PeerFrame {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The sender's disk-space alarm, sent every second to every peer (see `raftd::space`).
+    Alarm {
+        /// True while the sender's data dir is short of space.
+        no_space: bool,
+    },
 }
 
 /// A key-value operation.
@@ -430,6 +435,8 @@ pub struct NodeStatus {
     pub wal_sync_micros: u64,
     /// The longest one, microseconds.
     pub wal_sync_max_micros: u64,
+    /// Alarms raised, as this node knows them ("NOSPACE on node 2: ...").
+    pub alarms: Vec<String>,
 }
 
 /// Why a request failed.
@@ -480,6 +487,10 @@ pub enum ClientError {
         /// The session.
         session_id: u64,
     },
+    /// A member's disk is nearly full (see `raftd::space`): puts and compare-and-swaps are
+    /// refused until space returns; reads and deletes go on.
+    #[error("no space: {0}; writes are refused until space returns (reads and deletes go on)")]
+    NoSpace(String),
 }
 
 /// An operator reply.

@@ -25,6 +25,11 @@ fn file_name(index: u64) -> String {
     format!("{PREFIX}{index:020}{SUFFIX}")
 }
 
+/// The path of the snapshot file at `index` in `dir`.
+pub fn path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(file_name(index))
+}
+
 fn parse_name(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()
 }

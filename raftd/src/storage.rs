@@ -100,6 +100,8 @@ pub struct SyncStats {
 /// read from its file when a follower needs it, not held for the life of the process.
 pub struct WalStorage {
     sync_stats: SyncStats,
+    /// Where each sync's duration is recorded.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// The snapshot in force; index 0 when there is none.
     snapshot: SnapshotMetadata,
     /// The snapshot read at open, until the node takes it to restore its state machine.
@@ -164,6 +166,7 @@ impl WalStorage {
         Ok((
             WalStorage {
                 sync_stats: SyncStats::default(),
+                metrics: None,
                 snapshot: snapshot.metadata.clone(),
                 loaded: (!snapshot.is_empty()).then_some(snapshot),
                 wal,
@@ -375,14 +378,23 @@ impl WalStorage {
     pub fn sync(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
         self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))?;
-        let micros = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.wal_fsync.observe(elapsed);
+        }
+        let micros = elapsed.as_micros() as u64;
         self.sync_stats.count += 1;
         self.sync_stats.micros += micros;
         self.sync_stats.max_micros = self.sync_stats.max_micros.max(micros);
         Ok(())
     }
 
-    /// Syncs so far and their durations.
+    /// Records each sync's duration in `metrics`.
+    pub fn set_metrics(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Syncs so far, and their time.
     pub fn sync_stats(&self) -> SyncStats {
         self.sync_stats
     }

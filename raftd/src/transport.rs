@@ -65,6 +65,9 @@ pub struct Conn<S> {
     /// When it was accepted or dialled (a handshake must complete within a timeout).
     pub opened_at: std::time::Instant,
     frame_size_max: usize,
+    /// Bytes written and read since the last [`Conn::take_byte_counts`].
+    written_bytes: u64,
+    read_bytes: u64,
 }
 
 /// How reading a connection ended.
@@ -103,6 +106,8 @@ impl<S: Read + Write> Conn<S> {
             closing: false,
             opened_at: now,
             frame_size_max,
+            written_bytes: 0,
+            read_bytes: 0,
         }
     }
 
@@ -147,6 +152,11 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
+    /// Bytes written and read since the last call: (written, read).
+    pub fn take_byte_counts(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.written_bytes), std::mem::take(&mut self.read_bytes))
+    }
+
     /// Queues a frame; false when the queue is over its limit (the caller disconnects).
     pub fn send<T: Serialize>(&mut self, value: &T) -> Result<bool, codec::Error> {
         self.encoder.encode(value)?;
@@ -158,7 +168,8 @@ impl<S: Read + Write> Conn<S> {
         loop {
             match self.decoder.read_from(&mut self.stream) {
                 Ok(0) => return Ok(ReadOutcome::Closed),
-                Ok(_) => {
+                Ok(n) => {
+                    self.read_bytes += n as u64;
                     self.last_read = now;
                     self.read_since_release_check = true;
                     // Past the budget, stop once a whole frame is buffered: the frames are
@@ -184,7 +195,10 @@ impl<S: Read + Write> Conn<S> {
                 Ok(0) => {
                     return Err(io::Error::new(io::ErrorKind::WriteZero, "socket wrote nothing"))
                 }
-                Ok(n) => self.encoder.consume(n),
+                Ok(n) => {
+                    self.written_bytes += n as u64;
+                    self.encoder.consume(n)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -340,11 +340,20 @@ impl<N: Net> Node<N> {
         // from the leader's snapshot meanwhile, and not frozen).
         self.kv.thaw();
         match finished {
-            Ok(_) => info!(
-                "snapshot at index {index} in {:?} (put in force in {:?} on the loop)",
-                self.clock.now().duration_since(started),
-                self.clock.now().duration_since(finishing)
-            ),
+            Ok(_) => {
+                self.metrics.snapshot.observe(self.clock.now().saturating_duration_since(started));
+                let file = crate::snapfile::path(&self.config.data_dir, index);
+                if let Ok(meta) = std::fs::metadata(file) {
+                    self.metrics
+                        .snapshot_size_bytes
+                        .store(meta.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                info!(
+                    "snapshot at index {index} in {:?} (put in force in {:?} on the loop)",
+                    self.clock.now().duration_since(started),
+                    self.clock.now().duration_since(finishing)
+                )
+            }
             Err(Error::SnapshotNotWritten(why)) => self.snapshot_not_written(index, why),
             Err(e) => return Err(e),
         }

@@ -76,11 +76,28 @@ impl<N: Net> Node<N> {
         }
     }
 
+    /// Records a request's latency, and the outcome of a write.
+    fn measure<T>(&self, w: &Waiter, result: &std::result::Result<T, ClientError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let elapsed = self.clock.now().saturating_duration_since(w.arrived);
+        self.metrics.request(w.op, elapsed);
+        if matches!(w.op, Operation::Put | Operation::Delete | Operation::Cas | Operation::Session)
+        {
+            match result {
+                Ok(_) => self.metrics.proposals_committed.fetch_add(1, Relaxed),
+                // Redirected: never proposed here.
+                Err(ClientError::NotLeader { .. } | ClientError::NoLeader) => 0,
+                Err(_) => self.metrics.proposals_failed.fetch_add(1, Relaxed),
+            };
+        }
+    }
+
     pub(super) fn kv_reply(
         &mut self,
         w: &Waiter,
         result: std::result::Result<KvReply, ClientError>,
     ) {
+        self.measure(w, &result);
         self.respond(w.conn, ClientResponse::Kv { request_id: w.request_id, result });
     }
 
@@ -89,6 +106,7 @@ impl<N: Net> Node<N> {
         w: &Waiter,
         result: std::result::Result<u64, ClientError>,
     ) {
+        self.measure(w, &result);
         self.respond(w.conn, ClientResponse::Session { request_id: w.request_id, result });
     }
 
@@ -105,6 +123,7 @@ impl<N: Net> Node<N> {
         w: &Waiter,
         result: std::result::Result<AdminReply, ClientError>,
     ) {
+        self.measure(w, &result);
         self.respond(w.conn, ClientResponse::Admin { request_id: w.request_id, result });
     }
 
@@ -126,14 +145,22 @@ impl<N: Net> Node<N> {
     }
 
     pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
-        let deadline = self.clock.now() + self.config.request_timeout;
+        let arrived = self.clock.now();
+        let deadline = arrived + self.config.request_timeout;
         match request {
             ClientRequest::Kv { request_id, session_id, seq, op } => {
-                let waiter = Waiter { conn: token, request_id, deadline };
+                let kind = match op {
+                    Op::Put { .. } => Operation::Put,
+                    Op::Get { .. } => Operation::Get,
+                    Op::Delete { .. } => Operation::Delete,
+                    Op::Cas { .. } => Operation::Cas,
+                };
+                let waiter = Waiter { conn: token, request_id, deadline, op: kind, arrived };
                 self.kv_request(waiter, session_id, seq, op);
             }
             ClientRequest::RegisterSession { request_id } => {
-                let waiter = Waiter { conn: token, request_id, deadline };
+                let op = Operation::Session;
+                let waiter = Waiter { conn: token, request_id, deadline, op, arrived };
                 if !self.is_leader() {
                     let e = self.not_leader();
                     return self.session_reply(&waiter, Err(e));
@@ -144,7 +171,8 @@ impl<N: Net> Node<N> {
                 self.propose_command(body, Proposed::Session(n), waiter);
             }
             ClientRequest::Admin { request_id, request } => {
-                let waiter = Waiter { conn: token, request_id, deadline };
+                let op = Operation::Admin;
+                let waiter = Waiter { conn: token, request_id, deadline, op, arrived };
                 self.admin_request(waiter, request);
             }
         }
@@ -165,6 +193,11 @@ impl<N: Net> Node<N> {
                     let e = self.not_leader();
                     self.kv_reply(&waiter, Err(e));
                     return;
+                }
+                if matches!(op, Op::Put { .. } | Op::Cas { .. }) {
+                    if let Some(why) = self.space_alarm() {
+                        return self.kv_reply(&waiter, Err(ClientError::NoSpace(why)));
+                    }
                 }
                 let body = CommandBody::Write { session_id, seq, op };
                 self.propose_command(body, Proposed::Write(session_id, seq), waiter);
@@ -444,6 +477,18 @@ impl<N: Net> Node<N> {
         log.slice(index, index + 1, u64::MAX).ok()?.pop()
     }
 
+    /// The alarms this node knows of, in words.
+    fn alarms(&self) -> Vec<String> {
+        let mut alarms = Vec::new();
+        if let Some(why) = &self.no_space {
+            alarms.push(format!("NOSPACE on node {}: {why}", self.config.id));
+        }
+        for (&id, _) in self.peer_no_space.iter().filter(|(_, &raised)| raised) {
+            alarms.push(format!("NOSPACE on node {id}"));
+        }
+        alarms
+    }
+
     /// This node's view of itself and the cluster (what `raftctl status` shows).
     pub fn status(&self) -> NodeStatus {
         let status = self.raw.status();
@@ -498,6 +543,7 @@ impl<N: Net> Node<N> {
             wal_syncs: sync.count,
             wal_sync_micros: sync.micros,
             wal_sync_max_micros: sync.max_micros,
+            alarms: self.alarms(),
         }
     }
 }

@@ -26,6 +26,12 @@ impl<N: Net> Node<N> {
                 }
                 continue;
             }
+            if m.msg_type == MessageType::Heartbeat {
+                let now = self.clock.now();
+                if let Some(link) = self.peers.get_mut(&to) {
+                    link.heartbeat_sent.get_or_insert(now);
+                }
+            }
             self.send_peer(to, &PeerFrame::Raft(m));
         }
     }
@@ -178,6 +184,8 @@ impl<N: Net> Node<N> {
 
     /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
     pub(super) fn housekeeping(&mut self, now: Instant) {
+        self.publish_metrics();
+        self.watch_space(now);
         self.stop_if_removed(now);
         self.record_incarnations();
         self.resolver.collect(now);
@@ -201,6 +209,124 @@ impl<N: Net> Node<N> {
             }
             keep
         });
+    }
+
+    /// Publishes the gauges the loop holds (term, indexes, leadership, quorum, connections,
+    /// pending proposals) and the bytes each peer connection moved since the last time.
+    pub(super) fn publish_metrics(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = Arc::clone(&self.metrics);
+        let raft = &self.raw.raft;
+        let lead = raft.lead;
+        if lead != 0 && lead != self.metrics_leader {
+            m.leader_changes.fetch_add(1, Relaxed);
+        }
+        if lead != 0 {
+            self.metrics_leader = lead;
+        }
+        m.has_leader.store(lead != 0, Relaxed);
+        let leader = raft.state == StateType::Leader;
+        m.is_leader.store(leader, Relaxed);
+        let now = self.clock.now();
+        if leader && raft.prs.quorum_active(self.config.id) {
+            self.quorum_seen_at = Some(now);
+        } else if !leader {
+            self.quorum_seen_at = None;
+        }
+        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
+        let quorum = self
+            .quorum_seen_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= election_timeout);
+        m.quorum_active.store(leader && quorum, Relaxed);
+        let raft = &self.raw.raft;
+        m.term.store(raft.term, Relaxed);
+        m.commit_index.store(raft.raft_log.committed, Relaxed);
+        m.applied_index.store(self.kv.applied(), Relaxed);
+        let pending = self.write_waiters.values().map(Vec::len).sum::<usize>()
+            + self.session_waiters.len()
+            + self.proposal_waiters.len();
+        m.proposals_pending.store(pending as u64, Relaxed);
+        let (mut clients, mut peers) = (0u64, 0u64);
+        for conn in self.conns.values_mut() {
+            let peer = match conn.kind {
+                ConnKind::Client { .. } => {
+                    clients += 1;
+                    continue;
+                }
+                ConnKind::OutboundPeer { to } => Some(to),
+                ConnKind::InboundPeer { from } => from,
+            };
+            peers += 1;
+            let (sent, received) = conn.take_byte_counts();
+            if let Some(peer) = peer {
+                m.peer_bytes(peer, sent, received);
+            }
+        }
+        m.client_connections.store(clients, Relaxed);
+        m.peer_connections.store(peers, Relaxed);
+    }
+
+    /// Once a second: measures the data dir, raises or clears this node's space alarm, and
+    /// tells every peer.
+    fn watch_space(&mut self, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+        let limits = self.config.space_limits;
+        if limits.quota_bytes == 0 && limits.reserve_bytes == 0 {
+            return;
+        }
+        if self.space_checked_at.is_some_and(|at| now.duration_since(at) < SPACE_CHECK_INTERVAL) {
+            return;
+        }
+        self.space_checked_at = Some(now);
+        match crate::space::measure(&self.config.data_dir) {
+            Ok(usage) => {
+                self.metrics.data_dir_bytes.store(usage.used, Relaxed);
+                self.metrics.data_dir_free_bytes.store(usage.free, Relaxed);
+                let alarm = limits.alarm(usage);
+                match (&self.no_space, &alarm) {
+                    (None, Some(why)) => warn!(
+                        "space alarm raised: {why}; puts and compare-and-swaps are refused \
+                         with NoSpace until space returns"
+                    ),
+                    (Some(_), None) => info!(
+                        "space alarm cleared: {} bytes free, the data dir holds {}",
+                        usage.free, usage.used
+                    ),
+                    _ => {}
+                }
+                self.no_space = alarm;
+            }
+            Err(e) => warn!("cannot measure the data dir's space: {e}"),
+        }
+        self.metrics.no_space.store(self.space_alarm().is_some(), Relaxed);
+        let frame = PeerFrame::Alarm { no_space: self.no_space.is_some() };
+        let ids: Vec<u64> =
+            self.peers.iter().filter(|(_, l)| l.conn.is_some()).map(|(&id, _)| id).collect();
+        for id in ids {
+            self.send_peer(id, &frame);
+        }
+    }
+
+    /// Why writes are refused for want of space, if they are: this node's alarm, or the
+    /// alarm a member reported.
+    pub(super) fn space_alarm(&self) -> Option<String> {
+        if let Some(why) = &self.no_space {
+            return Some(format!("node {}: {why}", self.config.id));
+        }
+        if !self.peer_no_space.values().any(|&raised| raised) {
+            return None;
+        }
+        let cs = self.raw.raft.prs.conf_state();
+        self.peer_no_space
+            .iter()
+            .find(|&(id, &raised)| {
+                raised
+                    && (cs.voters.contains(id)
+                        || cs.learners.contains(id)
+                        || cs.voters_outgoing.contains(id))
+            })
+            .map(|(id, _)| format!("node {id}'s data dir is short of space"))
     }
 
     /// Closes connections that did not say Hello in time, gives back idle buffers, sheds the

@@ -370,6 +370,7 @@ fn frame_kind(frame: &PeerFrame) -> String {
         PeerFrame::SnapshotChunk { message, .. } => {
             format!("snapshot with an invalid configuration at term {}", message.term)
         }
+        PeerFrame::Alarm { no_space } => format!("space alarm {no_space}"),
     }
 }
 
