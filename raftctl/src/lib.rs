@@ -7,6 +7,7 @@
 
 #![warn(clippy::unwrap_used)]
 
+pub mod backup;
 pub mod bench;
 pub mod certs;
 
@@ -511,6 +512,12 @@ impl Client {
                     self.session_id = None;
                     return Err(e);
                 }
+                Err((CtlError::Cluster(e @ ClientError::NoSpace(_)), true)) => {
+                    // Refused now, but an earlier attempt may have been applied.
+                    return Err(CtlError::Timeout {
+                        last: format!("{e}, and an earlier attempt's outcome is unknown"),
+                    });
+                }
                 Err((e, _)) => return Err(e),
             }
         }
@@ -643,6 +650,11 @@ impl Client {
             }
             std::thread::sleep(RETRY_PAUSE);
         }
+    }
+
+    /// The endpoint of the leader, as the last request to it found.
+    pub fn leader_endpoint(&self) -> Option<&str> {
+        self.leader.as_deref()
     }
 
     /// Every endpoint's status (or why it did not answer).

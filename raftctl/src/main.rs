@@ -104,10 +104,14 @@ enum Cmd {
     /// Membership: list, add, add-learner, promote, remove.
     #[command(subcommand)]
     Member(MemberCmd),
-    /// Snapshot and compact now (on the leader, or --node).
+    /// Snapshot and compact now (on the leader, or --node); or save and check backups.
+    #[command(args_conflicts_with_subcommands = true)]
     Snapshot {
+        /// Take it on this node instead of the leader.
         #[arg(long)]
         node: Option<u64>,
+        #[command(subcommand)]
+        backup: Option<BackupCmd>,
     },
     /// Load the cluster and report throughput and latency.
     Bench {
@@ -406,7 +410,8 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             Ok(())
         }
         Cmd::Member(cmd) => member(cli, client, cmd),
-        Cmd::Snapshot { node } => {
+        Cmd::Snapshot { backup: Some(cmd), .. } => backup(cli, client, cmd),
+        Cmd::Snapshot { node, backup: None } => {
             let reply = match node {
                 Some(id) => {
                     let endpoint = endpoint_of(client, *id)?;
@@ -491,6 +496,53 @@ fn run(cli: &Cli, client: &mut Client, token: Option<&str>) -> Result<(), Failur
             Ok(())
         }
     }
+}
+
+/// Backups.
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Save a consistent snapshot of everything the leader applied into FILE (written whole
+    /// or not at all); restore it with `raftd --restore FILE --initial-cluster ...`.
+    Save { file: std::path::PathBuf },
+    /// Check a saved snapshot (its checksum and state machine) and describe it.
+    Status { file: std::path::PathBuf },
+}
+
+fn backup(cli: &Cli, client: &mut Client, cmd: &BackupCmd) -> Result<(), Failure> {
+    let (file, info) = match cmd {
+        BackupCmd::Save { file } => (file, raftctl::backup::save(client, file)?),
+        BackupCmd::Status { file } => {
+            let bytes = std::fs::read(file)
+                .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+            (file, raftctl::backup::inspect(file, &bytes).map_err(fail)?)
+        }
+    };
+    let verb = if matches!(cmd, BackupCmd::Save { .. }) { "saved" } else { "checked" };
+    print(
+        cli,
+        json!({
+            "file": file.display().to_string(), "index": info.index, "term": info.term,
+            "voters": info.voters, "learners": info.learners, "keys": info.keys,
+            "hash": info.hash, "size": info.size,
+            "cluster_incarnation": format!("{:016x}", info.cluster_incarnation),
+        }),
+        || {
+            format!(
+                "{verb} {}: index {}, term {}, {} keys (hash {}), {} bytes; taken from a cluster \
+                 of voters {:?}, learners {:?} (incarnation {:016x})",
+                file.display(),
+                info.index,
+                info.term,
+                info.keys,
+                info.hash,
+                info.size,
+                info.voters,
+                info.learners,
+                info.cluster_incarnation
+            )
+        },
+    );
+    Ok(())
 }
 
 fn print(cli: &Cli, value: serde_json::Value, text: impl FnOnce() -> String) {

@@ -42,6 +42,11 @@ pub struct Args {
     /// Address for client and admin connections: IP:PORT, or HOST:PORT resolved at startup.
     #[arg(long, default_value = "127.0.0.1:7101", value_parser = parse_listen_addr)]
     pub listen_client: SocketAddr,
+    /// Start a new cluster from this backup (`raftctl snapshot save`): every member of
+    /// --initial-cluster is started with the same file and an empty data dir. Ignored once
+    /// the data dir holds a cluster.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// Address for Prometheus metrics (`/metrics`) and the health probe (`/health`) over
     /// plain HTTP: IP:PORT or HOST:PORT. Default: not served.
     #[arg(long, value_parser = parse_listen_addr)]
@@ -464,6 +469,9 @@ impl Args {
         if self.join && !self.initial_cluster.is_empty() {
             return Err("--join and --initial-cluster exclude each other".into());
         }
+        if self.restore.is_some() && self.initial_cluster.is_empty() {
+            return Err("--restore starts a new cluster: give its --initial-cluster".into());
+        }
         if !self.initial_cluster.is_empty() && !self.initial_cluster.contains_key(&self.id) {
             return Err(format!("--initial-cluster must include this node's --id {}", self.id));
         }
@@ -605,6 +613,7 @@ impl Args {
             advertise_client,
             initial_cluster: self.initial_cluster.clone(),
             join: self.join,
+            restore: self.restore.clone(),
             raft,
             election_seed: None,
             tick_interval: Duration::from_millis(self.tick_interval_ms),

@@ -672,6 +672,12 @@ impl Kv {
         }
     }
 
+    /// True when write `seq` of session `session_id` (or a later one) is applied: a retry of
+    /// it is answered from the session, whatever else would refuse a new write.
+    pub fn write_applied(&self, session_id: u64, seq: u64) -> bool {
+        self.sessions.by_id.get(&session_id).is_some_and(|s| seq <= s.seq)
+    }
+
     /// Opens session `index` under `limits`.
     fn register(&mut self, index: u64, limits: SessionLimits) -> Applied {
         self.sessions.limits = limits;
@@ -821,6 +827,16 @@ impl Kv {
     /// True for a node removed from the cluster.
     pub fn is_removed(&self, id: u64) -> bool {
         self.removed.contains(&id)
+    }
+
+    /// Forgets every member, removed id and incarnation, for a new cluster started from this
+    /// state (`raftd --restore`): the new members are then recorded.
+    pub fn forget_membership(&mut self) {
+        self.members.clear();
+        self.removed.clear();
+        self.incarnations.clear();
+        self.retired.clear();
+        self.cluster_incarnation = 0;
     }
 
     /// The address book.

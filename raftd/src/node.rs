@@ -33,6 +33,7 @@ use crate::storage::{SnapshotJob, WalStorage};
 use crate::transport::{Conn, ConnKind, ReadOutcome};
 
 mod apply;
+mod backup;
 mod client;
 mod peers;
 
@@ -58,6 +59,8 @@ const READY_TIME_BUDGET: Duration = Duration::from_millis(20);
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// Most ticks caught up at once after a pause, in election timeouts.
 const TICK_CATCH_UP_ELECTION_TIMEOUTS: u64 = 2;
+/// A peer's space alarm counts this long after its last report (sent every second).
+const PEER_ALARM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest snapshot accepted from the leader, in bytes (it is received into memory).
 pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// A second connection from a peer that is connected is refused; the first is closed too when
@@ -94,6 +97,9 @@ pub struct NodeConfig {
     pub initial_cluster: BTreeMap<u64, String>,
     /// Start empty and wait to be added.
     pub join: bool,
+    /// A backup (`raftctl snapshot save`) an empty data dir starts a new cluster from, with
+    /// `initial_cluster` for members.
+    pub restore: Option<PathBuf>,
     /// The Raft knobs (id, applied and peers are set by the node).
     pub raft: raft::Config,
     /// Seeds the randomized election timeout (None: from the process id and the time; a
@@ -334,12 +340,21 @@ pub struct Node<N: Net = MioNet> {
     /// voter's activity at every check-quorum round; a quorum seen within an election timeout
     /// is active).
     quorum_seen_at: Option<Instant>,
+    /// Backups waiting for a snapshot of at least the index they name.
+    snapshot_saves: Vec<(Waiter, u64)>,
+    /// Backups being read, by export id.
+    snapshot_exports: BTreeMap<u64, backup::Export>,
+    next_export: u64,
+    /// A snapshot was started for the backups waiting (its failure is theirs).
+    save_snapshot_began: bool,
     /// When the data dir was last measured.
     space_checked_at: Option<Instant>,
     /// Why this node's space alarm is raised, if it is.
     no_space: Option<String>,
-    /// The space alarm each peer last reported.
-    peer_no_space: BTreeMap<u64, bool>,
+    /// The space alarm each peer last reported, and when (a report older than
+    /// `PEER_ALARM_TIMEOUT` no longer counts: its node is down, and raises it again if it
+    /// restarts short of space).
+    peer_no_space: BTreeMap<u64, (bool, Instant)>,
 }
 
 /// The hello a node opens each peer connection with (`cluster_incarnation` 0 while it has
@@ -431,6 +446,26 @@ impl Node<MioNet> {
         let std_peer_listener = std::net::TcpListener::bind(config.listen_peer)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::io("listen (peer)", config.listen_peer.to_string(), e))?;
+        let restore = match (&config.restore, storage.is_empty()) {
+            (Some(path), true) => Some(read_backup(path)?),
+            (Some(path), false) => {
+                warn!(
+                    "the data dir is not empty: --restore {} ignored (it starts new clusters \
+                     only)",
+                    path.display()
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        if let Some((snapshot, _)) = &restore {
+            info!(
+                "starting a new cluster from the backup {} (index {}, term {})",
+                config.restore.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                snapshot.metadata.index,
+                snapshot.metadata.term
+            );
+        }
         if storage.is_empty() {
             if config.join {
                 info!(
@@ -452,10 +487,20 @@ impl Node<MioNet> {
                     incarnation,
                     &shutdown,
                 )? {
-                    crate::bootstrap::Outcome::Bootstrap(incarnations) => {
-                        bootstrap(&mut storage, &config, &incarnations)?
+                    crate::bootstrap::Outcome::Bootstrap(incarnations) => match restore {
+                        Some(backup) => {
+                            restore_bootstrap(&mut storage, &config, &incarnations, backup)?
+                        }
+                        None => bootstrap(&mut storage, &config, &incarnations)?,
+                    },
+                    crate::bootstrap::Outcome::Join => {
+                        if restore.is_some() {
+                            warn!(
+                                "the cluster exists already (its members recorded this node): \
+                                 joining it; --restore ignored"
+                            );
+                        }
                     }
-                    crate::bootstrap::Outcome::Join => {}
                 }
             }
         }
@@ -616,6 +661,10 @@ impl<N: Net> Node<N> {
             metrics: Metrics::new(config.id),
             metrics_leader: 0,
             quorum_seen_at: None,
+            snapshot_saves: Vec::new(),
+            snapshot_exports: BTreeMap::new(),
+            next_export: 1,
+            save_snapshot_began: false,
             space_checked_at: None,
             no_space: None,
             peer_no_space: BTreeMap::new(),
@@ -707,6 +756,7 @@ impl<N: Net> Node<N> {
         self.handle_readies()?;
         self.kv.fold_in(FOLD_IN_ENTRIES_PER_ITERATION);
         self.finish_snapshot(false)?;
+        self.serve_snapshot_saves()?;
         self.pump_snapshots();
         self.release_delayed();
         self.flush_all();
@@ -1290,7 +1340,8 @@ impl<N: Net> Node<N> {
                 self.step(m);
             }
             PeerFrame::Alarm { no_space } => {
-                let before = self.peer_no_space.insert(from, no_space).unwrap_or(false);
+                let now = self.clock.now();
+                let before = self.peer_no_space.insert(from, (no_space, now)).is_some_and(|p| p.0);
                 if before != no_space {
                     let state = if no_space { "raised" } else { "cleared" };
                     info!("node {from}'s space alarm {state}");
@@ -1472,6 +1523,58 @@ fn bootstrap(
     storage.sync()?;
     info!(
         "bootstrapped cluster {:?} (incarnation {cluster_incarnation:016x}) of {:?}",
+        config.cluster_id,
+        initial_cluster.keys().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Reads and checks a backup (`raftctl snapshot save`): its file, and the state machine in it.
+fn read_backup(path: &std::path::Path) -> Result<(raft::Snapshot, Kv)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read the backup", path, e))?;
+    let snapshot = crate::snapfile::decode(path, &bytes)
+        .map_err(|e| Error::Config(format!("--restore {}: {e}", path.display())))?;
+    let kv = Kv::restore(&snapshot.data).map_err(|e| {
+        Error::Config(format!(
+            "--restore {}: its state machine does not restore: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((snapshot, kv))
+}
+
+/// Starts a new cluster from a backup: the backup's state machine, with its members and
+/// incarnations replaced by the initial cluster's (a new cluster incarnation, so that no node
+/// of the old cluster is taken for a member), as a snapshot at the backup's index and term.
+/// Every initial member restores the same backup and computes the same snapshot.
+fn restore_bootstrap(
+    storage: &mut WalStorage,
+    config: &NodeConfig,
+    incarnations: &BTreeMap<u64, u64>,
+    (backup, mut kv): (raft::Snapshot, Kv),
+) -> Result<()> {
+    let initial_cluster = &config.initial_cluster;
+    let cluster_incarnation =
+        crate::bootstrap::cluster_incarnation(&config.cluster_id, initial_cluster, incarnations);
+    let (index, term) = (backup.metadata.index, backup.metadata.term);
+    kv.forget_membership();
+    for (&id, addr) in initial_cluster {
+        kv.set_member(id, addr.clone());
+        kv.set_incarnation(id, incarnations.get(&id).copied());
+    }
+    kv.set_cluster_incarnation(cluster_incarnation);
+    kv.set_applied(index);
+    let conf_state = raft::ConfState {
+        voters: initial_cluster.keys().copied().collect(),
+        ..raft::ConfState::default()
+    };
+    let metadata = raft::SnapshotMetadata { conf_state, index, term };
+    storage.install_initial_snapshot(raft::Snapshot { data: kv.snapshot(), metadata })?;
+    storage.set_hard_state(&raft::HardState { term, vote: 0, commit: index })?;
+    storage.sync()?;
+    info!(
+        "bootstrapped cluster {:?} (incarnation {cluster_incarnation:016x}) of {:?} from a backup \
+         at index {index}, term {term}",
         config.cluster_id,
         initial_cluster.keys().collect::<Vec<_>>()
     );

@@ -321,6 +321,17 @@ pub enum AdminRequest {
     },
     /// A hash of this node's key-value data at its applied index.
     HashKv,
+    /// A backup (leader only): a snapshot of everything applied when the request arrived is
+    /// taken (or the last one, if nothing was applied since) and its file kept open for
+    /// reading with `SnapshotChunk`, answered by [`AdminReply::SnapshotSaved`].
+    SnapshotSave,
+    /// The next piece of a backup's file, from `offset`.
+    SnapshotChunk {
+        /// The export, from [`AdminReply::SnapshotSaved`].
+        export: u64,
+        /// Where the piece starts.
+        offset: u64,
+    },
 }
 
 /// What a client sends.
@@ -524,6 +535,26 @@ pub enum AdminReply {
         hash: u64,
         /// Keys it holds.
         keys: u64,
+    },
+    /// A backup is ready to be read with `SnapshotChunk`: a snapshot file (see
+    /// `raftd::snapfile`) of `size` bytes.
+    SnapshotSaved {
+        /// Names it in `SnapshotChunk` requests (to this node).
+        export: u64,
+        /// The node (the leader) that took it.
+        node: u64,
+        /// The applied index it images.
+        index: u64,
+        /// The term of that entry.
+        term: u64,
+        /// The file's length.
+        size: u64,
+    },
+    /// A piece of a backup's file (empty past its end).
+    SnapshotChunk {
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 

@@ -50,7 +50,9 @@ fn encode_head(snapshot: &Snapshot) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
+/// Decodes a snapshot file's bytes (`path` names it in errors): its checksum, format and
+/// lengths checked.
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
     let bad =
         |reason: &str| Error::Corrupt { path: path.to_path_buf(), reason: reason.to_string() };
     if bytes.len() < 48 || bytes[..8] != MAGIC {

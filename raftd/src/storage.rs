@@ -200,6 +200,11 @@ impl WalStorage {
         self.loaded.take()
     }
 
+    /// Where the snapshot file at `index` is (or would be).
+    pub fn snapshot_path(&self, index: u64) -> PathBuf {
+        snapfile::path(&self.snap_dir, index)
+    }
+
     /// The snapshot in force, data included, read from its file (checksum verified).
     pub fn load_snapshot(&self) -> Result<Snapshot> {
         let snapshot = snapfile::read(self.fs.as_ref(), &self.snap_dir, self.snapshot.index)?;
@@ -246,6 +251,15 @@ impl WalStorage {
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
         snapfile::write(self.fs.as_ref(), &self.snap_dir, snapshot)?;
         self.mark_snapshot(&snapshot.metadata)
+    }
+
+    /// Installs the snapshot an empty data dir starts from (`raftd --restore`), and keeps it
+    /// for [`WalStorage::take_loaded_snapshot`]; durable after [`WalStorage::sync`].
+    pub fn install_initial_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
+        assert!(self.is_empty(), "a restored snapshot goes into an empty data dir");
+        self.apply_snapshot(&snapshot)?;
+        self.loaded = Some(snapshot);
+        Ok(())
     }
 
     fn mark_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {

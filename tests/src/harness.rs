@@ -645,9 +645,13 @@ fn client_loop(
                 last_seen.insert(key.clone(), if swapped { Some(value.clone()) } else { previous });
                 Output::Cas(swapped)
             }
-            // Refused before being proposed: it never happened.
+            // Refused before being proposed: it never happened. (NoSpace comes as such only
+            // when no earlier attempt of the write may have been applied.)
             Err(CtlError::Cluster(
-                ClientError::TooLarge { .. } | ClientError::Refused(_) | ClientError::Stale { .. },
+                ClientError::TooLarge { .. }
+                | ClientError::Refused(_)
+                | ClientError::Stale { .. }
+                | ClientError::NoSpace(_),
             )) => {
                 continue;
             }

@@ -302,7 +302,7 @@ impl<N: Net> Node<N> {
         Ok(())
     }
 
-    fn begin_snapshot(&mut self) -> Result<()> {
+    pub(super) fn begin_snapshot(&mut self) -> Result<()> {
         let index = self.kv.applied();
         let started = self.clock.now();
         // Frozen, not copied: the state is encoded on the writer thread while this one goes
@@ -342,7 +342,7 @@ impl<N: Net> Node<N> {
         match finished {
             Ok(_) => {
                 self.metrics.snapshot.observe(self.clock.now().saturating_duration_since(started));
-                let file = crate::snapfile::path(&self.config.data_dir, index);
+                let file = self.raw.store().snapshot_path(index);
                 if let Ok(meta) = std::fs::metadata(file) {
                     self.metrics
                         .snapshot_size_bytes

@@ -194,7 +194,14 @@ impl<N: Net> Node<N> {
                     self.kv_reply(&waiter, Err(e));
                     return;
                 }
-                if matches!(op, Op::Put { .. } | Op::Cas { .. }) {
+                // A retry of a write applied or in flight is answered as it would have been:
+                // refused for want of space now, it would be told "not applied" wrongly.
+                let known = self.kv.write_applied(session_id, seq)
+                    || self.write_waiters.contains_key(&(session_id, seq))
+                    || self.proposal_waiters.iter().any(|(p, _)| {
+                        matches!(p, Proposed::Write(s, q) if (*s, *q) == (session_id, seq))
+                    });
+                if matches!(op, Op::Put { .. } | Op::Cas { .. }) && !known {
                     if let Some(why) = self.space_alarm() {
                         return self.kv_reply(&waiter, Err(ClientError::NoSpace(why)));
                     }
@@ -319,6 +326,9 @@ impl<N: Net> Node<N> {
                     keys,
                 })
             }
+            AdminRequest::SnapshotSave if !self.is_leader() => Err(self.not_leader()),
+            AdminRequest::SnapshotSave => return self.snapshot_save(waiter),
+            AdminRequest::SnapshotChunk { export, offset } => self.snapshot_chunk(export, offset),
             AdminRequest::UpdateMember { id, addr } => {
                 return self.change_membership(waiter, ConfChangeType::UpdateNode, id, Some(addr))
             }
@@ -483,8 +493,11 @@ impl<N: Net> Node<N> {
         if let Some(why) = &self.no_space {
             alarms.push(format!("NOSPACE on node {}: {why}", self.config.id));
         }
-        for (&id, _) in self.peer_no_space.iter().filter(|(_, &raised)| raised) {
-            alarms.push(format!("NOSPACE on node {id}"));
+        let now = self.clock.now();
+        for (&id, &(raised, at)) in &self.peer_no_space {
+            if raised && now.saturating_duration_since(at) < PEER_ALARM_TIMEOUT {
+                alarms.push(format!("NOSPACE on node {id}"));
+            }
         }
         alarms
     }

@@ -186,6 +186,7 @@ impl<N: Net> Node<N> {
     pub(super) fn housekeeping(&mut self, now: Instant) {
         self.publish_metrics();
         self.watch_space(now);
+        self.expire_exports(now);
         self.stop_if_removed(now);
         self.record_incarnations();
         self.resolver.collect(now);
@@ -314,13 +315,16 @@ impl<N: Net> Node<N> {
         if let Some(why) = &self.no_space {
             return Some(format!("node {}: {why}", self.config.id));
         }
-        if !self.peer_no_space.values().any(|&raised| raised) {
+        let now = self.clock.now();
+        let recent = |at: Instant| now.saturating_duration_since(at) < PEER_ALARM_TIMEOUT;
+        if !self.peer_no_space.values().any(|&(raised, at)| raised && recent(at)) {
             return None;
         }
         let cs = self.raw.raft.prs.conf_state();
         self.peer_no_space
             .iter()
-            .find(|&(id, &raised)| {
+            .find(|&(id, &(raised, at))| {
+                let raised = raised && recent(at);
                 raised
                     && (cs.voters.contains(id)
                         || cs.learners.contains(id)
