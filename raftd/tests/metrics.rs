@@ -207,7 +207,13 @@ fn metrics_are_scraped_and_parsed_during_a_workload_and_health_follows_the_quoru
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // Not found and wrong methods are told apart.
+    // A snapshot is counted, timed and sized.
+    let mut admin = Client::connect(&cluster.procs[leader as usize - 1].client_addr).unwrap();
+    admin.admin(AdminRequest::Snapshot).unwrap().unwrap();
+    let s = scrape(leader_addr);
+    assert_eq!(value(&s, "raft_snapshot_duration_seconds_count", ""), 1.0);
+    assert!(value(&s, "raft_snapshot_size_bytes", "") > 17.0 * 256.0);
+    // Unknown paths are told apart.
     assert_eq!(http_get(leader_addr, "/nothing").unwrap().0, 404);
     // The two followers gone: the leader loses its quorum, and /health says so.
     for id in (1..=3u64).filter(|&p| p != leader) {
