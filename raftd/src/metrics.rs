@@ -73,11 +73,12 @@ impl Histogram {
     }
 }
 
-/// The client operations whose latency is measured apart.
+/// The client operations whose latency is measured apart (in `Metrics::requests` at their
+/// discriminant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
     /// A put.
-    Put,
+    Put = 0,
     /// A linearizable or serializable get.
     Get,
     /// A delete.
@@ -176,8 +177,7 @@ impl Metrics {
 
     /// Records a client request's latency.
     pub fn request(&self, op: Operation, elapsed: Duration) {
-        let i = Operation::ALL.iter().position(|&o| o == op).expect("every operation listed");
-        self.requests[i].observe(elapsed);
+        self.requests[op as usize].observe(elapsed);
     }
 
     /// Adds bytes sent to and received from `peer`.

@@ -207,10 +207,11 @@ fn fd_limit() -> usize {
 struct Waiter {
     conn: Token,
     request_id: u64,
+    /// When it times out: it arrived `--request-timeout-ms` before (which the latency
+    /// metrics count from).
     deadline: Instant,
-    /// What it asks, and when it arrived (for the latency metrics).
+    /// What it asks (for the latency metrics).
     op: Operation,
-    arrived: Instant,
 }
 
 struct PendingRead {
@@ -351,6 +352,12 @@ pub struct Node<N: Net = MioNet> {
     space_checked_at: Option<Instant>,
     /// Why this node's space alarm is raised, if it is.
     no_space: Option<String>,
+    /// Why puts are refused for want of space (this node's alarm or a member's), if they
+    /// are: kept up to date at each tick and each report, so that a write only looks here.
+    space_refusal: Option<String>,
+    /// The time replies are stamped with for the latency metrics: read after each poll and
+    /// each sync (the waits of a loop iteration), not per reply.
+    replied_at: Instant,
     /// The space alarm each peer last reported, and when (a report older than
     /// `PEER_ALARM_TIMEOUT` no longer counts: its node is down, and raises it again if it
     /// restarts short of space).
@@ -631,6 +638,7 @@ impl<N: Net> Node<N> {
             accept_retry: false,
             client_queued: 0,
             memory_collected_at: clock.now(),
+            replied_at: clock.now(),
             shed_count: 0,
             shed_logged_at: clock.now(),
             proposals: Vec::new(),
@@ -667,6 +675,7 @@ impl<N: Net> Node<N> {
             save_snapshot_began: false,
             space_checked_at: None,
             no_space: None,
+            space_refusal: None,
             peer_no_space: BTreeMap::new(),
             config,
         };
@@ -737,6 +746,7 @@ impl<N: Net> Node<N> {
         // Ticks first: those due passed before what the sockets hold now arrived (a follower
         // that counted them after a heartbeat would campaign for nothing).
         let now = self.clock.now();
+        self.replied_at = now;
         if now >= self.next_tick {
             self.catch_up_ticks(now);
             self.housekeeping(now);
@@ -1345,6 +1355,7 @@ impl<N: Net> Node<N> {
                 if before != no_space {
                     let state = if no_space { "raised" } else { "cleared" };
                     info!("node {from}'s space alarm {state}");
+                    self.space_refusal = self.space_alarm();
                 }
             }
             PeerFrame::SnapshotChunk { message, offset, total, data } => {

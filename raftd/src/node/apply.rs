@@ -94,6 +94,7 @@ impl<N: Net> Node<N> {
             }
             if rd.must_sync || rd.snapshot.is_some() || !rd.entries.is_empty() {
                 store.sync()?;
+                self.replied_at = self.clock.now();
             }
             if let (Some(snapshot), Some(kv)) = (&rd.snapshot, installed) {
                 self.kv = kv;

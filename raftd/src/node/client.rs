@@ -79,7 +79,8 @@ impl<N: Net> Node<N> {
     /// Records a request's latency, and the outcome of a write.
     fn measure<T>(&self, w: &Waiter, result: &std::result::Result<T, ClientError>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let elapsed = self.clock.now().saturating_duration_since(w.arrived);
+        let arrived = w.deadline.checked_sub(self.config.request_timeout).unwrap_or(w.deadline);
+        let elapsed = self.replied_at.saturating_duration_since(arrived);
         self.metrics.request(w.op, elapsed);
         if matches!(w.op, Operation::Put | Operation::Delete | Operation::Cas | Operation::Session)
         {
@@ -145,8 +146,7 @@ impl<N: Net> Node<N> {
     }
 
     pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
-        let arrived = self.clock.now();
-        let deadline = arrived + self.config.request_timeout;
+        let deadline = self.clock.now() + self.config.request_timeout;
         match request {
             ClientRequest::Kv { request_id, session_id, seq, op } => {
                 let kind = match op {
@@ -155,12 +155,12 @@ impl<N: Net> Node<N> {
                     Op::Delete { .. } => Operation::Delete,
                     Op::Cas { .. } => Operation::Cas,
                 };
-                let waiter = Waiter { conn: token, request_id, deadline, op: kind, arrived };
+                let waiter = Waiter { conn: token, request_id, deadline, op: kind };
                 self.kv_request(waiter, session_id, seq, op);
             }
             ClientRequest::RegisterSession { request_id } => {
                 let op = Operation::Session;
-                let waiter = Waiter { conn: token, request_id, deadline, op, arrived };
+                let waiter = Waiter { conn: token, request_id, deadline, op };
                 if !self.is_leader() {
                     let e = self.not_leader();
                     return self.session_reply(&waiter, Err(e));
@@ -172,7 +172,7 @@ impl<N: Net> Node<N> {
             }
             ClientRequest::Admin { request_id, request } => {
                 let op = Operation::Admin;
-                let waiter = Waiter { conn: token, request_id, deadline, op, arrived };
+                let waiter = Waiter { conn: token, request_id, deadline, op };
                 self.admin_request(waiter, request);
             }
         }
@@ -194,16 +194,17 @@ impl<N: Net> Node<N> {
                     self.kv_reply(&waiter, Err(e));
                     return;
                 }
-                // A retry of a write applied or in flight is answered as it would have been:
-                // refused for want of space now, it would be told "not applied" wrongly.
-                let known = self.kv.write_applied(session_id, seq)
-                    || self.write_waiters.contains_key(&(session_id, seq))
-                    || self.proposal_waiters.iter().any(|(p, _)| {
-                        matches!(p, Proposed::Write(s, q) if (*s, *q) == (session_id, seq))
-                    });
-                if matches!(op, Op::Put { .. } | Op::Cas { .. }) && !known {
-                    if let Some(why) = self.space_alarm() {
-                        return self.kv_reply(&waiter, Err(ClientError::NoSpace(why)));
+                if let Some(why) = &self.space_refusal {
+                    // A retry of a write applied or in flight is answered as it would have
+                    // been: refused for want of space now, it would be told "not applied".
+                    let known = self.kv.write_applied(session_id, seq)
+                        || self.write_waiters.contains_key(&(session_id, seq))
+                        || self.proposal_waiters.iter().any(|(p, _)| {
+                            matches!(p, Proposed::Write(s, q) if (*s, *q) == (session_id, seq))
+                        });
+                    if matches!(op, Op::Put { .. } | Op::Cas { .. }) && !known {
+                        let e = ClientError::NoSpace(why.clone());
+                        return self.kv_reply(&waiter, Err(e));
                     }
                 }
                 let body = CommandBody::Write { session_id, seq, op };

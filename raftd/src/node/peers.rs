@@ -186,6 +186,7 @@ impl<N: Net> Node<N> {
     pub(super) fn housekeeping(&mut self, now: Instant) {
         self.publish_metrics();
         self.watch_space(now);
+        self.space_refusal = self.space_alarm();
         self.expire_exports(now);
         self.stop_if_removed(now);
         self.record_incarnations();
@@ -310,7 +311,7 @@ impl<N: Net> Node<N> {
     }
 
     /// Why writes are refused for want of space, if they are: this node's alarm, or the
-    /// alarm a member reported.
+    /// alarm a member reported recently (see `space_refusal`, which holds it).
     pub(super) fn space_alarm(&self) -> Option<String> {
         if let Some(why) = &self.no_space {
             return Some(format!("node {}: {why}", self.config.id));
