@@ -158,3 +158,47 @@ fn a_full_disk_on_a_follower_refuses_puts_until_space_returns_without_a_wipe() {
     }
     drop(small);
 }
+
+#[test]
+fn a_data_dir_over_its_quota_refuses_puts_until_deletes_and_a_snapshot_shrink_it() {
+    // 1 MiB segments (the cluster's default here), a 3 MiB quota, nothing kept behind a
+    // snapshot: the operator's remedy (delete, snapshot) gives the space back.
+    let flags = ["--space-quota-bytes", "3145728", "--snapshot-catchup-entries", "0"];
+    let cluster = TestCluster::start(1, &flags);
+    cluster.wait_for_leader();
+    let addr = cluster.procs[0].client_addr.clone();
+    let mut c = Client::connect(&addr).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut written = 0;
+    let refusal = loop {
+        let op = Op::Put { key: format!("big/{written}").into_bytes(), value: vec![1; 64 * 1024] };
+        match c.kv(op).unwrap() {
+            Ok(_) => written += 1,
+            Err(ClientError::NoSpace(why)) => break why,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the quota never refused a put");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(refusal.contains("--space-quota-bytes"), "{refusal}");
+    assert!(written >= 20, "refused after {written} puts of 64 KiB");
+    for i in 0..written {
+        let deleted = c.kv(Op::Delete { key: format!("big/{i}").into_bytes() }).unwrap().unwrap();
+        assert_eq!(deleted.result, OpResult::Delete(true));
+    }
+    match c.admin(AdminRequest::Snapshot).unwrap() {
+        Ok(AdminReply::Snapshot { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match put(&addr, "after") {
+            Ok(_) => break,
+            Err(ClientError::NoSpace(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "puts never resumed after the snapshot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.status().unwrap().alarms.is_empty());
+}
