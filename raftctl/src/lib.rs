@@ -229,6 +229,14 @@ impl Conn {
             Ok(conn)
         };
         match ack {
+            HelloAck::Welcome { protocol, .. } if !ProtocolVersions::speaks(protocol) => {
+                Err(refused(
+                    endpoint,
+                    format!(
+                        "welcomed in wire protocol {protocol}, which this raftctl does not speak"
+                    ),
+                ))
+            }
             HelloAck::Welcome { .. } => greeted(conn),
             HelloAck::Refused { reason } => Err(refused(endpoint, format!("refused: {reason}"))),
             HelloAck::Removed { node_id } => {

@@ -79,6 +79,18 @@ pub fn cluster_incarnation(
     h.max(1)
 }
 
+/// The cluster incarnation of a bootstrap from a backup (`raftd --restore`): that of the
+/// members, mixed with the backup's index, term and checksum, so that members that restored
+/// different backups, or did not all restore one, refuse each other (each side checks the
+/// other's cluster incarnation) instead of forming a cluster whose state machines differ.
+pub fn restored_cluster_incarnation(plain: u64, index: u64, term: u64, data: &[u8]) -> u64 {
+    let mut h = plain ^ 0x9e37_79b9_7f4a_7c15;
+    for word in [index, term, u64::from(crc32fast::hash(data)), data.len() as u64] {
+        h = (h ^ word).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    h.max(1)
+}
+
 fn write_frame<T: serde::Serialize>(stream: &mut impl Write, value: &T) -> std::io::Result<()> {
     let mut buf = Vec::new();
     codec::encode_into(&mut buf, value, HELLO_SIZE_MAX).map_err(std::io::Error::other)?;

@@ -27,8 +27,11 @@ pub const LATENCY_BUCKETS_MICROS: [u64; 16] = [
 ];
 /// Largest HTTP request head read from a scraper.
 const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
-/// Time a scraper has to send its request and take the answer.
+/// Time a scraper has to send its whole request, and then to take the answer.
 const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests answered at once, each on a thread of its own; more connections are closed at
+/// once (a client holding connections open cannot keep `/health` from answering).
+const HTTP_CONNECTIONS_MAX: usize = 16;
 
 /// A latency histogram with [`LATENCY_BUCKETS_MICROS`] buckets.
 #[derive(Debug, Default)]
@@ -69,7 +72,9 @@ impl Histogram {
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count.load(Relaxed));
+        // The buckets' total, not `count` read at another moment: a scrape during an
+        // observation must still show `_count` equal to the `+Inf` bucket.
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
     }
 }
 
@@ -394,11 +399,25 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         info!("metrics and health on http://{addr}/metrics and /health");
+        let busy = Arc::new(AtomicU64::new(0));
         for stream in listener.incoming() {
             match stream {
                 Ok(stream) => {
-                    if let Err(e) = answer(stream, &metrics) {
-                        log::debug!("metrics request: {e}");
+                    if busy.fetch_add(1, Relaxed) >= HTTP_CONNECTIONS_MAX as u64 {
+                        busy.fetch_sub(1, Relaxed);
+                        continue;
+                    }
+                    let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&busy));
+                    let spawned =
+                        std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+                            if let Err(e) = answer(stream, &metrics) {
+                                log::debug!("metrics request: {e}");
+                            }
+                            done.fetch_sub(1, Relaxed);
+                        });
+                    if let Err(e) = spawned {
+                        warn!("metrics: cannot start a thread for a request: {e}");
+                        busy.fetch_sub(1, Relaxed);
                     }
                 }
                 Err(e) => {
@@ -413,11 +432,18 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()
 
 /// Answers one HTTP/1.x request and closes the connection.
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(HTTP_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_IO_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + HTTP_IO_TIMEOUT;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        // One deadline for the whole request, not per read: a byte every few seconds does not
+        // hold the connection.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;

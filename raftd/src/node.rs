@@ -217,6 +217,8 @@ struct Waiter {
 struct PendingRead {
     waiter: Waiter,
     key: Vec<u8>,
+    /// A backup waiting for its read index (`AdminRequest::SnapshotSave`), not a get.
+    backup: bool,
 }
 
 /// Reads waiting for the read index asked with `ctx`.
@@ -337,10 +339,9 @@ pub struct Node<N: Net = MioNet> {
     metrics: Arc<Metrics>,
     /// The leader last published to the metrics (to count changes).
     metrics_leader: u64,
-    /// When this node, as leader, last saw a quorum of voters active (the core forgets each
-    /// voter's activity at every check-quorum round; a quorum seen within an election timeout
-    /// is active).
-    quorum_seen_at: Option<Instant>,
+    /// Writes whose waiters timed out while their entries may still apply, with the term
+    /// they were proposed in: a retry of one is never refused with NoSpace.
+    expired_writes: BTreeMap<(u64, u64), u64>,
     /// Backups waiting for a snapshot of at least the index they name.
     snapshot_saves: Vec<(Waiter, u64)>,
     /// Backups being read, by export id.
@@ -668,8 +669,8 @@ impl<N: Net> Node<N> {
             replaced_peers: BTreeMap::new(),
             metrics: Metrics::new(config.id),
             metrics_leader: 0,
-            quorum_seen_at: None,
             snapshot_saves: Vec::new(),
+            expired_writes: BTreeMap::new(),
             snapshot_exports: BTreeMap::new(),
             next_export: 1,
             save_snapshot_began: false,
@@ -908,6 +909,7 @@ impl<N: Net> Node<N> {
                         );
                     }
                     link.conn = None;
+                    link.heartbeat_sent = None;
                     if link.snapshot_out.take().is_some() {
                         self.raw.report_snapshot(to, SnapshotStatus::Failure);
                     }
@@ -1051,7 +1053,13 @@ impl<N: Net> Node<N> {
                 let ack: HelloAck =
                     codec::decode_payload(payload).map_err(|e| format!("bad hello ack: {e}"))?;
                 match ack {
-                    HelloAck::Welcome { node_id, incarnation, cluster_incarnation }
+                    HelloAck::Welcome { protocol, .. } if !ProtocolVersions::speaks(protocol) => {
+                        Err(format!(
+                            "peer {to} welcomed us in wire protocol {protocol}, which this node \
+                             does not speak ({PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION})"
+                        ))
+                    }
+                    HelloAck::Welcome { node_id, incarnation, cluster_incarnation, .. }
                         if node_id == to =>
                     {
                         self.check_peer_identity(to, incarnation, cluster_incarnation)?;
@@ -1145,16 +1153,20 @@ impl<N: Net> Node<N> {
             let _ = conn.flush(&mut self.net, token);
             return Err(reason);
         }
+        // (Agreed when the Hello was decoded.)
+        let protocol = hello.versions.agree().unwrap_or(PROTOCOL_VERSION);
         let ack = match hello.role {
             Role::Peer => HelloAck::Welcome {
                 node_id: self.config.id,
                 incarnation: self.incarnation,
                 cluster_incarnation: self.kv.cluster_incarnation(),
+                protocol,
             },
             Role::Client => HelloAck::Welcome {
                 node_id: self.config.id,
                 incarnation: 0,
                 cluster_incarnation: 0,
+                protocol,
             },
         };
         let conn = self.conns.get_mut(&token).expect("dispatching on it");
@@ -1342,9 +1354,15 @@ impl<N: Net> Node<N> {
                 }
                 if m.msg_type == MessageType::HeartbeatResponse {
                     let sent = self.peers.get_mut(&from).and_then(|l| l.heartbeat_sent.take());
+                    let election_timeout =
+                        self.config.tick_interval * self.config.raft.election_tick as u32;
                     if let Some(sent) = sent {
+                        // An answer to a heartbeat sent before a lost connection or an earlier
+                        // leadership would measure the gap, not the round trip.
                         let elapsed = self.clock.now().saturating_duration_since(sent);
-                        self.metrics.peer_round_trip(from, elapsed);
+                        if elapsed <= election_timeout {
+                            self.metrics.peer_round_trip(from, elapsed);
+                        }
                     }
                 }
                 self.step(m);
@@ -1565,9 +1583,13 @@ fn restore_bootstrap(
     (backup, mut kv): (raft::Snapshot, Kv),
 ) -> Result<()> {
     let initial_cluster = &config.initial_cluster;
-    let cluster_incarnation =
-        crate::bootstrap::cluster_incarnation(&config.cluster_id, initial_cluster, incarnations);
     let (index, term) = (backup.metadata.index, backup.metadata.term);
+    let cluster_incarnation = crate::bootstrap::restored_cluster_incarnation(
+        crate::bootstrap::cluster_incarnation(&config.cluster_id, initial_cluster, incarnations),
+        index,
+        term,
+        &backup.data,
+    );
     kv.forget_membership();
     for (&id, addr) in initial_cluster {
         kv.set_member(id, addr.clone());

@@ -39,6 +39,11 @@ impl ProtocolVersions {
     pub const OURS: ProtocolVersions =
         ProtocolVersions { magic: HELLO_MAGIC, min: PROTOCOL_VERSION_MIN, max: PROTOCOL_VERSION };
 
+    /// Whether this build speaks wire protocol `version` (one a Welcome names).
+    pub fn speaks(version: u32) -> bool {
+        (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version)
+    }
+
     /// The wire protocol both sides speak (the newest), or why there is none.
     pub fn agree(&self) -> std::result::Result<u32, String> {
         let ours = ProtocolVersions::OURS;
@@ -127,7 +132,8 @@ impl Hello {
 /// The answer to a [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloAck {
-    /// Accepted: the answering node's id, and (to peers) its incarnations.
+    /// Accepted: the answering node's id, (to peers) its incarnations, and the wire protocol
+    /// the connection speaks from here on.
     Welcome {
         /// The node answering.
         node_id: u64,
@@ -135,6 +141,10 @@ pub enum HelloAck {
         incarnation: u64,
         /// Its cluster incarnation (0 while it has none).
         cluster_incarnation: u64,
+        /// The wire protocol agreed (the newest both sides speak): every frame after this
+        /// one is of that version. (The Hello's fields after its versions are the same in
+        /// every version a build accepts.)
+        protocol: u32,
     },
     /// Refused, with the reason (the connection is then closed). Its encoding (variant 1, one
     /// string) never changes: it is how a node of another version is told why.

@@ -13,9 +13,10 @@ use std::path::Path;
 /// Bytes kept free on the data dir's file system, by default, in WAL segments: room for the
 /// segment being written, the next one, and a snapshot's worth of churn.
 pub const SPACE_RESERVE_SEGMENTS_DEFAULT: u64 = 4;
-/// The data dir's size at most, by default (etcd's default backend quota is 2 GiB; the WAL
-/// and snapshots here are both counted).
-pub const SPACE_QUOTA_BYTES_DEFAULT: u64 = 8 * 1024 * 1024 * 1024;
+/// The data dir's size at most, by default: none (0), so that a node upgraded with a large
+/// data dir does not start refusing writes; the reserve guards the disk itself. (etcd's
+/// backend quota is 2 GiB by default.)
+pub const SPACE_QUOTA_BYTES_DEFAULT: u64 = 0;
 
 /// One measurement of the data dir.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +73,14 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
             Err(e) => return Err(e),
         };
         if meta.is_dir() {
-            total = total.saturating_add(dir_bytes(&entry.path())?);
+            match dir_bytes(&entry.path()) {
+                Ok(bytes) => total = total.saturating_add(bytes),
+                // Not raftd's (a file system's root-only `lost+found`, where the data dir is a
+                // mount point): not counted.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         } else {
             total = total.saturating_add(meta.len());
         }
@@ -108,6 +116,20 @@ mod tests {
         assert!(limits.alarm(Usage { used: 0, free: 99 }).unwrap().contains("reserve"));
         let no_quota = SpaceLimits { quota_bytes: 0, reserve_bytes: 0 };
         assert_eq!(no_quota.alarm(Usage { used: u64::MAX, free: 0 }), None);
+    }
+
+    #[test]
+    fn a_subdirectory_that_cannot_be_read_is_not_counted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), vec![0u8; 100]).unwrap();
+        let locked = dir.path().join("lost+found");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // (root reads it anyway; elsewhere it is skipped.)
+        let usage = measure(dir.path()).unwrap();
+        assert!(usage.used >= 100);
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]

@@ -346,7 +346,12 @@ fn a_token_is_required_when_configured_and_faults_need_permission() {
     let mut s = TcpStream::connect(&addr).unwrap();
     let hello = Hello::client("", Some("s3cret".into()));
     write_frame(&mut s, &hello).unwrap();
-    let welcome = HelloAck::Welcome { node_id: 1, incarnation: 0, cluster_incarnation: 0 };
+    let welcome = HelloAck::Welcome {
+        node_id: 1,
+        incarnation: 0,
+        cluster_incarnation: 0,
+        protocol: PROTOCOL_VERSION,
+    };
     assert_eq!(read_frame::<HelloAck>(&mut s).unwrap(), welcome);
     // The client secret does not open the peer port (issue 14): peers have their own.
     let peer_addr = cluster.procs[0].peer_addr.clone();

@@ -91,7 +91,10 @@ fn a_peer_or_client_of_another_wire_protocol_is_refused_naming_both_versions() {
         // A range that overlaps ours is welcomed.
         let hello =
             Hello { versions: versions(PROTOCOL_VERSION, newer), ..Hello::client("", None) };
-        assert!(matches!(answer(&p.client_addr, &hello), HelloAck::Welcome { .. }));
+        match answer(&p.client_addr, &hello) {
+            HelloAck::Welcome { protocol, .. } => assert_eq!(protocol, PROTOCOL_VERSION),
+            other => panic!("{other:?}"),
+        }
     }
     let logs = cluster.logs();
     assert!(logs.contains(&newer_range) && logs.contains(&ours), "refusals logged");

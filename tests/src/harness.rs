@@ -206,6 +206,11 @@ impl Cluster {
         Cluster::start_each(n, shadowed, &mut |_, _| extra.iter().map(|s| s.to_string()).collect())
     }
 
+    /// Starts `n` nodes, node `id` with the flags `flags(id)` besides the usual ones.
+    pub fn start_each_flags(n: usize, flags: &mut dyn FnMut(u64) -> Vec<String>) -> Cluster {
+        Cluster::start_each(n, false, &mut |_, id| flags(id))
+    }
+
     /// Starts `n` nodes, node `id` with the flags `flags(cluster, id)` besides the usual ones.
     fn start_each(
         n: usize,

@@ -116,3 +116,40 @@ fn a_damaged_backup_is_refused_by_status_and_by_restore() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--restore"), "{err}");
 }
+
+/// Members restored from different backups refuse each other: the two that share one form the
+/// cluster, the third never joins it with its other state.
+#[test]
+fn members_restored_from_different_backups_refuse_each_other() {
+    let old = Cluster::start(1, &[]);
+    old.wait_for_leader();
+    let endpoints = old.endpoints().join(",");
+    let mut client = old.client(old.endpoints(), Duration::from_secs(30));
+    let save = |name: &str| {
+        let file = old.dir.path().join(name);
+        let (ok, out, err) =
+            raftctl(&["--endpoints", &endpoints, "snapshot", "save", file.to_str().unwrap()]);
+        assert!(ok, "{out}{err}");
+        file.to_str().unwrap().to_string()
+    };
+    client.kv(Op::Put { key: b"k".to_vec(), value: b"first".to_vec() }).unwrap();
+    let first = save("first.snap");
+    client.kv(Op::Put { key: b"k".to_vec(), value: b"second".to_vec() }).unwrap();
+    let second = save("second.snap");
+    let new = Cluster::start_each_flags(3, &mut |id| {
+        let file = if id == 3 { &second } else { &first };
+        vec!["--restore".to_string(), file.clone()]
+    });
+    let leader = new.wait_for_leader_among(&[1, 2]);
+    assert!(leader == 1 || leader == 2);
+    let deadline = std::time::Instant::now() + faults::harness::DEADLINE;
+    while !full_logs(&new).contains("another bootstrap") {
+        assert!(std::time::Instant::now() < deadline, "no refusal logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut fresh = new.client(new.endpoints()[..2].to_vec(), Duration::from_secs(30));
+    let op = Op::Get { key: b"k".to_vec(), serializable: false };
+    assert_eq!(fresh.kv(op).unwrap().result, OpResult::Get(Some(b"first".to_vec())));
+    let s3 = new.status(3).map(|s| (s.leader, s.applied));
+    assert!(s3.is_none_or(|(leader, _)| leader != 1 && leader != 2), "node 3 joined: {s3:?}");
+}

@@ -181,7 +181,11 @@ impl<N: Net> Node<N> {
                 }
             }
             Applied::Write(result) => {
-                self.answer_write(key.expect("a write has a key"), result);
+                let key = key.expect("a write has a key");
+                if !self.expired_writes.is_empty() {
+                    self.expired_writes.remove(&key);
+                }
+                self.answer_write(key, result);
             }
         }
     }
@@ -281,6 +285,12 @@ impl<N: Net> Node<N> {
         while self.reads_ready.front().is_some_and(|(index, _)| *index <= applied) {
             let (_, batch) = self.reads_ready.pop_front().expect("checked");
             for r in batch {
+                if r.backup {
+                    // Its read index is applied: a snapshot from here holds every write
+                    // acknowledged before the backup was asked for.
+                    self.snapshot_save(r.waiter, true);
+                    continue;
+                }
                 let reply =
                     KvReply { index: applied, result: OpResult::Get(self.kv.get(&r.key).cloned()) };
                 self.kv_reply(&r.waiter, Ok(reply));

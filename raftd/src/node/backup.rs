@@ -20,8 +20,14 @@ pub(super) struct Export {
 }
 
 impl<N: Net> Node<N> {
-    /// Queues a backup of everything applied now.
-    pub(super) fn snapshot_save(&mut self, waiter: Waiter) {
+    /// Queues a backup: first through a read index, as a linearizable read (a leader deposed
+    /// without knowing it, or one that has not applied its predecessor's last writes, must
+    /// not save less than was acknowledged); once `confirmed`, of everything applied now.
+    pub(super) fn snapshot_save(&mut self, waiter: Waiter, confirmed: bool) {
+        if !confirmed {
+            self.read_batch.push(PendingRead { waiter, key: Vec::new(), backup: true });
+            return;
+        }
         if self.kv.applied() == 0 {
             return self.admin_reply(&waiter, Err(refused("nothing is applied yet")));
         }

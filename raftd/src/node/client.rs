@@ -128,6 +128,15 @@ impl<N: Net> Node<N> {
         self.respond(w.conn, ClientResponse::Admin { request_id: w.request_id, result });
     }
 
+    /// Answers a request with an error, in the reply its kind takes.
+    pub(super) fn fail_waiter(&mut self, w: &Waiter, e: ClientError) {
+        match w.op {
+            Operation::Admin => self.admin_reply(w, Err(e)),
+            Operation::Session => self.session_reply(w, Err(e)),
+            _ => self.kv_reply(w, Err(e)),
+        }
+    }
+
     pub(super) fn not_leader(&self) -> ClientError {
         let lead = self.raw.raft.lead;
         if lead == 0 {
@@ -186,7 +195,7 @@ impl<N: Net> Node<N> {
                 self.kv_reply(&waiter, Ok(reply));
             }
             Op::Get { key, serializable: false } => {
-                self.read_batch.push(PendingRead { waiter, key })
+                self.read_batch.push(PendingRead { waiter, key, backup: false })
             }
             op => {
                 if !self.is_leader() {
@@ -195,13 +204,21 @@ impl<N: Net> Node<N> {
                     return;
                 }
                 if let Some(why) = &self.space_refusal {
-                    // A retry of a write applied or in flight is answered as it would have
-                    // been: refused for want of space now, it would be told "not applied".
-                    let known = self.kv.write_applied(session_id, seq)
-                        || self.write_waiters.contains_key(&(session_id, seq))
-                        || self.proposal_waiters.iter().any(|(p, _)| {
-                            matches!(p, Proposed::Write(s, q) if (*s, *q) == (session_id, seq))
-                        });
+                    // NoSpace says "not applied, ever": a write that may be in the log (a retry
+                    // of one applied, in flight, or timed out here; or any write while entries
+                    // of an earlier leader may still apply) goes the usual way instead.
+                    let key = (session_id, seq);
+                    let raft = &self.raw.raft;
+                    let settled =
+                        raft.raft_log.term(self.kv.applied()).is_ok_and(|t| t == raft.term);
+                    let known = !settled
+                        || self.kv.write_applied(session_id, seq)
+                        || self.write_waiters.contains_key(&key)
+                        || self.expired_writes.contains_key(&key)
+                        || self
+                            .proposal_waiters
+                            .iter()
+                            .any(|(p, _)| matches!(p, Proposed::Write(s, q) if (*s, *q) == key));
                     if matches!(op, Op::Put { .. } | Op::Cas { .. }) && !known {
                         let e = ClientError::NoSpace(why.clone());
                         return self.kv_reply(&waiter, Err(e));
@@ -281,7 +298,7 @@ impl<N: Net> Node<N> {
                         err
                     };
                     for r in batch {
-                        self.kv_reply(&r.waiter, Err(err.clone()));
+                        self.fail_waiter(&r.waiter, err.clone());
                     }
                 }
             }
@@ -328,7 +345,7 @@ impl<N: Net> Node<N> {
                 })
             }
             AdminRequest::SnapshotSave if !self.is_leader() => Err(self.not_leader()),
-            AdminRequest::SnapshotSave => return self.snapshot_save(waiter),
+            AdminRequest::SnapshotSave => return self.snapshot_save(waiter, false),
             AdminRequest::SnapshotChunk { export, offset } => self.snapshot_chunk(export, offset),
             AdminRequest::UpdateMember { id, addr } => {
                 return self.change_membership(waiter, ConfChangeType::UpdateNode, id, Some(addr))

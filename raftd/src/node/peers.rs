@@ -229,17 +229,6 @@ impl<N: Net> Node<N> {
         m.has_leader.store(lead != 0, Relaxed);
         let leader = raft.state == StateType::Leader;
         m.is_leader.store(leader, Relaxed);
-        let now = self.clock.now();
-        if leader && raft.prs.quorum_active(self.config.id) {
-            self.quorum_seen_at = Some(now);
-        } else if !leader {
-            self.quorum_seen_at = None;
-        }
-        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
-        let quorum = self
-            .quorum_seen_at
-            .is_some_and(|at| now.saturating_duration_since(at) <= election_timeout);
-        m.quorum_active.store(leader && quorum, Relaxed);
         let raft = &self.raw.raft;
         m.term.store(raft.term, Relaxed);
         m.commit_index.store(raft.raft_log.committed, Relaxed);
@@ -249,6 +238,8 @@ impl<N: Net> Node<N> {
             + self.proposal_waiters.len();
         m.proposals_pending.store(pending as u64, Relaxed);
         let (mut clients, mut peers) = (0u64, 0u64);
+        // When each peer was last heard from, on either connection.
+        let mut heard: BTreeMap<u64, Instant> = BTreeMap::new();
         for conn in self.conns.values_mut() {
             let peer = match conn.kind {
                 ConnKind::Client { .. } => {
@@ -259,6 +250,10 @@ impl<N: Net> Node<N> {
                 ConnKind::InboundPeer { from } => from,
             };
             peers += 1;
+            if let Some(peer) = peer {
+                let at = heard.entry(peer).or_insert(conn.last_read);
+                *at = (*at).max(conn.last_read);
+            }
             let (sent, received) = conn.take_byte_counts();
             if let Some(peer) = peer {
                 m.peer_bytes(peer, sent, received);
@@ -266,6 +261,21 @@ impl<N: Net> Node<N> {
         }
         m.client_connections.store(clients, Relaxed);
         m.peer_connections.store(peers, Relaxed);
+        // A quorum of voters heard from within an election timeout (the core's own record of
+        // activity exists only with check-quorum, and is reset at each of its rounds).
+        let now = self.clock.now();
+        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
+        let id = self.config.id;
+        let quorum = self.raw.raft.prs.conf.voters.vote_result(|voter| {
+            Some(
+                voter == id
+                    || heard
+                        .get(&voter)
+                        .is_some_and(|&at| now.saturating_duration_since(at) <= election_timeout),
+            )
+        }) == raft::quorum::VoteResult::Won;
+        m.quorum_active.store(leader && quorum, Relaxed);
+        m.no_space.store(self.space_refusal.is_some() || self.no_space.is_some(), Relaxed);
     }
 
     /// Once a second: measures the data dir, raises or clears this node's space alarm, and
@@ -301,7 +311,6 @@ impl<N: Net> Node<N> {
             }
             Err(e) => warn!("cannot measure the data dir's space: {e}"),
         }
-        self.metrics.no_space.store(self.space_alarm().is_some(), Relaxed);
         let frame = PeerFrame::Alarm { no_space: self.no_space.is_some() };
         let ids: Vec<u64> =
             self.peers.iter().filter(|(_, l)| l.conn.is_some()).map(|(&id, _)| id).collect();
@@ -488,13 +497,23 @@ impl<N: Net> Node<N> {
 
     pub(super) fn expire_waiters(&mut self, now: Instant) {
         let mut expired: Vec<Waiter> = Vec::new();
-        self.write_waiters.retain(|_, ws| {
+        let term = self.raw.raft.term;
+        let expired_writes = &mut self.expired_writes;
+        self.write_waiters.retain(|&key, ws| {
             let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
                 std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
+            if !gone.is_empty() {
+                expired_writes.insert(key, term);
+            }
             expired.extend(gone);
             *ws = kept;
             !ws.is_empty()
         });
+        // Those of earlier terms are applied or gone once an entry of this term applied.
+        let raft = &self.raw.raft;
+        if raft.raft_log.term(self.kv.applied()).is_ok_and(|t| t == raft.term) {
+            self.expired_writes.retain(|_, &mut t| t == raft.term);
+        }
         self.reads_in_flight.retain(|_, in_flight| {
             // (Reads in one batch arrived at different times: each expires on its own.)
             if in_flight.reads.iter().any(|r| r.waiter.deadline <= now) {
@@ -527,7 +546,7 @@ impl<N: Net> Node<N> {
             }
         }
         for w in expired {
-            self.kv_reply(&w, Err(ClientError::Timeout));
+            self.fail_waiter(&w, ClientError::Timeout);
         }
         let sessions_expired: Vec<u64> = self
             .session_waiters
