@@ -761,3 +761,54 @@ fn raftd_takes_a_config_file_and_environment_variables_with_flags_first() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key \"listen_peer\""));
 }
+
+/// Issue 20: the space alarm through raftctl: `status` shows it (HEALTH and an alarm line, and
+/// in JSON), and a put is refused naming it, with exit status 1.
+#[test]
+fn status_shows_the_space_alarm_and_a_put_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let (peer, client) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 1));
+    // A quota any data dir is over.
+    let mut child = Command::new(bin_dir().join("raftd"))
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--listen-peer", &peer, "--listen-client", &client])
+        .args(["--initial-cluster", &format!("1={peer}"), "--cluster-id", "alarm"])
+        .args(["--tick-interval-ms", "20", "--space-quota-bytes", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(bin_dir().join("raftctl"))
+            .args(["--endpoints", &client, "--timeout", "2s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        let (code, text) = ctl(&["status"]);
+        if code == Some(0) && text.contains("alarm NOSPACE on node 1") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no alarm shown: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.contains("NOSPACE") && status.contains("--space-quota-bytes"), "{status}");
+    let (code, json) = ctl(&["--json", "status"]);
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.contains("\"alarms\":[\"NOSPACE on node 1"), "{json}");
+    let (code, text) = ctl(&["put", "k", "v"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no space"), "{text}");
+    let (code, text) = ctl(&["get", "k"]);
+    assert_eq!(code, Some(1), "a missing key, read: {text}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
