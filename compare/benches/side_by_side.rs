@@ -42,7 +42,7 @@ mod ours_loop {
     }
 
     impl Cluster {
-        pub fn new() -> Cluster {
+        pub fn new(batch_append: bool) -> Cluster {
             let nodes = (1..=3)
                 .map(|id| {
                     let config = Config {
@@ -51,6 +51,7 @@ mod ours_loop {
                         heartbeat_tick: 1,
                         max_size_per_msg: 1024 * 1024,
                         max_inflight_msgs: 256,
+                        batch_append,
                         ..Config::default()
                     };
                     let cs = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
@@ -145,7 +146,7 @@ mod raftrs_loop {
     }
 
     impl Cluster {
-        pub fn new() -> Cluster {
+        pub fn new(batch_append: bool) -> Cluster {
             let logger = slog::Logger::root(slog::Discard, slog::o!());
             let nodes = (1..=3)
                 .map(|id| {
@@ -155,6 +156,7 @@ mod raftrs_loop {
                         heartbeat_tick: 1,
                         max_size_per_msg: 1024 * 1024,
                         max_inflight_msgs: 256,
+                        batch_append,
                         ..Config::default()
                     };
                     let cs = ConfState::from((vec![1, 2, 3], vec![]));
@@ -272,16 +274,21 @@ fn main() {
     // `cargo bench` passes `--bench`; a name filter is not supported.
     println!("committed proposals/s, 3 in-memory nodes, 256-byte entries, median of {ROUNDS}");
     println!("{:<34} {:>14} {:>14} {:>8}", "case", "this core", "raft-rs 0.7", "ratio");
-    let cases: [(&str, usize, bool); 3] = [
-        ("batch 1", 1, false),
-        ("batch 64 (64 propose calls)", 64, false),
-        ("batch 64 (ours: propose_batch)", 64, true),
+    // (name, proposals per Ready, this core's in one propose_batch call, batch_append on both)
+    let cases: [(&str, usize, bool, bool); 5] = [
+        ("batch 1", 1, false, false),
+        ("batch 64 (64 propose calls)", 64, false, false),
+        ("batch 64, batch_append on both", 64, false, true),
+        ("batch 1, batch_append on both", 1, false, true),
+        ("batch 64 (ours: propose_batch)", 64, true, false),
     ];
-    for (name, batch, as_one_call) in cases {
+    for (name, batch, as_one_call, batch_append) in cases {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            ours.push(round(&mut ours_loop::Cluster::new(), batch, as_one_call));
-            theirs.push(round(&mut raftrs_loop::Cluster::new(), batch, as_one_call));
+            let mut cluster = ours_loop::Cluster::new(batch_append);
+            ours.push(round(&mut cluster, batch, as_one_call));
+            let mut cluster = raftrs_loop::Cluster::new(batch_append);
+            theirs.push(round(&mut cluster, batch, as_one_call));
         }
         let (o, t) = (median(ours), median(theirs));
         println!("{name:<34} {o:>14.0} {t:>14.0} {:>7.2}x", o / t);

@@ -65,6 +65,11 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Followers drop proposals instead of forwarding them to the leader.
     pub disable_proposal_forwarding: bool,
+    /// An append to a follower that continues the last append queued for it in the same
+    /// Ready (and fits in `max_size_per_msg` with it) is merged into that message, taking one
+    /// inflight slot: proposals made one call at a time leave as one message per follower
+    /// (raft-rs's `batch_append`; etcd sends one message per proposal).
+    pub batch_append: bool,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             read_only_option: ReadOnlyOption::Safe,
             lease_duration: Duration::ZERO,
             disable_proposal_forwarding: false,
+            batch_append: false,
         }
     }
 }

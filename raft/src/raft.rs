@@ -146,6 +146,8 @@ pub struct Raft<T: Storage> {
     pub randomized_election_timeout: usize,
     /// See [`Config::disable_proposal_forwarding`].
     pub disable_proposal_forwarding: bool,
+    /// See [`Config::batch_append`].
+    pub batch_append: bool,
     /// Reads received before this leader committed an entry of its term (etcd#7331).
     pending_read_index_messages: Vec<Message>,
     /// The application's clock ([`crate::RawNode::advance_clock`]); never goes back.
@@ -211,6 +213,7 @@ impl<T: Storage> Raft<T> {
             election_timeout: config.election_tick,
             randomized_election_timeout: config.election_tick,
             disable_proposal_forwarding: config.disable_proposal_forwarding,
+            batch_append: config.batch_append,
             pending_read_index_messages: Vec::new(),
             now: Duration::ZERO,
             lease_duration: config.lease_duration,

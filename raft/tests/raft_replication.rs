@@ -569,3 +569,84 @@ fn single_voter_sends_no_commit_above_its_persisted_log() {
     assert_eq!(r.raft_log.committed, 3);
     assert!(read_messages(&mut r).iter().any(|m| m.to == 2 && m.commit == 3));
 }
+
+/// `batch_append`: proposals made one call at a time before the Ready is taken leave as one
+/// append per follower, taking one inflight slot, split only by `max_size_per_msg`; without
+/// it, one append per proposal (etcd's behaviour).
+#[test]
+fn batch_append_merges_appends_queued_for_a_follower_within_its_size_limit() {
+    let entry_size = Entry::new(1, 2, b"somedata".to_vec()).size_bytes();
+    // The first append also carries the leader's empty entry (index 1), not sent before.
+    let one_each = [vec![2], vec![1; 9]].concat();
+    for (batch_append, max_size, expected) in [
+        (false, 1024 * 1024, Some(one_each)),
+        (true, 1024 * 1024, Some(vec![11])),
+        (true, 3 * entry_size, None),
+    ] {
+        let mut r = leader_of(&[1, 2, 3], |c| {
+            c.batch_append = batch_append;
+            c.max_size_per_msg = max_size;
+        });
+        for id in [2, 3] {
+            r.prs.progress.get_mut(&id).unwrap().become_replicate();
+        }
+        for _ in 0..10 {
+            r.step(propose(1, b"somedata")).unwrap();
+        }
+        let ms = read_messages(&mut r);
+        for to in [2, 3] {
+            let to_ms: Vec<&Message> = ms.iter().filter(|m| m.to == to).collect();
+            let sizes: Vec<usize> = to_ms.iter().map(|m| m.entries.len()).collect();
+            if let Some(expected) = &expected {
+                assert_eq!(&sizes, expected, "batch_append {batch_append}, to {to}");
+            }
+            // In order, none twice, each message continuing the one before, within the limit.
+            let indexes: Vec<u64> =
+                to_ms.iter().flat_map(|m| m.entries.iter().map(|e| e.index)).collect();
+            let sent = *indexes.last().unwrap();
+            assert_eq!(indexes, (1..=sent).collect::<Vec<u64>>());
+            let mut prev = 0;
+            for m in &to_ms {
+                assert_eq!(m.index, prev, "the message's previous index");
+                prev = m.entries.last().unwrap().index;
+                let bytes: u64 = m.entries.iter().map(Entry::size_bytes).sum();
+                assert!(m.entries.len() == 1 || bytes <= max_size, "{bytes} > {max_size}");
+            }
+            assert_eq!(r.prs.progress[&to].ins.count(), to_ms.len(), "an inflight slot each");
+            assert_eq!(r.prs.progress[&to].next_idx, sent + 1);
+            if expected.is_none() {
+                assert!(to_ms.len() > 1 && to_ms.len() < 10, "merged within the limit: {sizes:?}");
+            }
+        }
+        // Acknowledgements of what was sent (a quorum without the leader, whose own entries
+        // count once synced) commit it and free every slot.
+        let sent = r.prs.progress[&2].next_idx - 1;
+        r.step(ack(2, sent)).unwrap();
+        r.step(ack(3, sent)).unwrap();
+        assert_eq!(r.raft_log.committed, sent);
+        assert_eq!(r.prs.progress[&2].ins.count(), 0);
+    }
+}
+
+/// `batch_append` never merges into an append that a heartbeat or another message to the
+/// same follower followed, nor across a follower still probing.
+#[test]
+fn batch_append_keeps_message_order_and_probing() {
+    let mut r = leader_of(&[1, 2], |c| c.batch_append = true);
+    r.prs.progress.get_mut(&2).unwrap().become_replicate();
+    r.step(propose(1, b"a")).unwrap();
+    r.step(new_message(1, 1, MessageType::Beat, 0)).unwrap();
+    r.step(propose(1, b"b")).unwrap();
+    let kinds: Vec<(MessageType, usize)> =
+        read_messages(&mut r).iter().map(|m| (m.msg_type, m.entries.len())).collect();
+    assert_eq!(
+        kinds,
+        vec![(MessageType::Append, 2), (MessageType::Heartbeat, 0), (MessageType::Append, 1)]
+    );
+    // Probing: one append in flight at a time, no merging.
+    let mut r = leader_of(&[1, 2], |c| c.batch_append = true);
+    r.step(propose(1, b"a")).unwrap();
+    r.step(propose(1, b"b")).unwrap();
+    let ms = read_messages(&mut r);
+    assert_eq!(ms.len(), 1, "a probing follower gets one append: {ms:?}");
+}

@@ -26,6 +26,17 @@ impl<T: Storage> Raft<T> {
             return false;
         }
         match (prev_term, entries) {
+            (Ok(_), Ok(entries)) if self.try_batch_append(to, next_idx, &entries) => {
+                let last = entries.last().map_or(next_idx - 1, |e| e.index);
+                let committed = self.raft_log.committed;
+                let m = self.msgs.iter_mut().rev().find(|m| m.to == to).expect("found by the try");
+                m.entries.extend(entries);
+                m.commit = committed;
+                let pr = self.prs.progress.get_mut(&to).expect("progress checked above");
+                pr.optimistic_update(last);
+                pr.ins.extend_last(last);
+                true
+            }
             (Ok(log_term), Ok(entries)) => {
                 let last_sent = entries.last().map(|e| e.index);
                 let pr = self.prs.progress.get_mut(&to).expect("progress checked above");
@@ -55,6 +66,29 @@ impl<T: Storage> Raft<T> {
             }
             _ => self.send_snapshot(to),
         }
+    }
+
+    /// Whether `entries`, from `next_idx`, can join the last message queued for `to` (see
+    /// [`crate::Config::batch_append`]): an append of this term in replication whose last
+    /// entry is `next_idx - 1`, whose inflight slot is the last, with room in the size limit.
+    fn try_batch_append(&self, to: u64, next_idx: u64, entries: &[Entry]) -> bool {
+        if !self.batch_append || entries.is_empty() {
+            return false;
+        }
+        let pr = &self.prs.progress[&to];
+        if pr.state != ProgressState::Replicate {
+            return false;
+        }
+        let Some(m) = self.msgs.iter().rev().find(|m| m.to == to) else {
+            return false;
+        };
+        // Sized as `limit_size` sizes a message's entries.
+        let size = |es: &[Entry]| es.iter().map(Entry::size_bytes).fold(0u64, u64::saturating_add);
+        m.msg_type == MessageType::Append
+            && m.term == self.term
+            && m.entries.last().is_some_and(|e| e.index + 1 == next_idx)
+            && pr.ins.last_index() == Some(next_idx - 1)
+            && size(&m.entries).saturating_add(size(entries)) <= self.max_msg_size
     }
 
     /// The entries `to` needs are compacted: send the snapshot instead.

@@ -42,6 +42,23 @@ impl Inflights {
         self.count += 1;
     }
 
+    /// Moves the last recorded append's last index up to `inflight`: more entries were merged
+    /// into that message before it left.
+    pub fn extend_last(&mut self, inflight: u64) {
+        assert!(self.count > 0, "no inflight append to extend");
+        let mut idx = self.start + self.count - 1;
+        if idx >= self.cap {
+            idx -= self.cap;
+        }
+        assert!(inflight >= self.buffer[idx], "inflight {inflight} below {}", self.buffer[idx]);
+        self.buffer[idx] = inflight;
+    }
+
+    /// The last recorded append's last index.
+    pub fn last_index(&self) -> Option<u64> {
+        self.last()
+    }
+
     fn grow(&mut self) {
         let new_len = (self.buffer.len() * 2).clamp(1, self.cap);
         self.buffer.resize(new_len, 0);
