@@ -271,7 +271,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a name filter is not supported.
+    // `cargo bench` passes `--bench`; other arguments keep the cases whose name holds them.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     println!("committed proposals/s, 3 in-memory nodes, 256-byte entries, median of {ROUNDS}");
     println!("{:<34} {:>14} {:>14} {:>8}", "case", "this core", "raft-rs 0.7", "ratio");
     // (name, proposals per Ready, this core's in one propose_batch call, batch_append on both)
@@ -283,6 +284,9 @@ fn main() {
         ("batch 64 (ours: propose_batch)", 64, true, false),
     ];
     for (name, batch, as_one_call, batch_append) in cases {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let mut cluster = ours_loop::Cluster::new(batch_append);
