@@ -39,7 +39,6 @@ pub struct Histogram {
     /// Observations per bucket (not cumulative; the last is +Inf).
     buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len() + 1],
     sum_micros: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -49,12 +48,6 @@ impl Histogram {
         let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add(micros, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
     }
 
     /// Appends the histogram's series (`labels`: `key="value"` pairs, or empty).
@@ -72,8 +65,7 @@ impl Histogram {
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        // The buckets' total, not `count` read at another moment: a scrape during an
-        // observation must still show `_count` equal to the `+Inf` bucket.
+        // The count is the buckets' total, so that it always equals the `+Inf` bucket.
         let _ = writeln!(out, "{name}_count{braces} {cumulative}");
     }
 }

@@ -515,10 +515,7 @@ impl Node<MioNet> {
         let (raw, kv, applied) = open_core(&config, storage)?;
         let net = MioNet::new(std_peer_listener, config.listen_client, tls)
             .map_err(|e| Error::io("listen (client)", config.listen_client.to_string(), e))?;
-        let mut node = Node::assemble(config, shutdown, clock, (raw, kv, applied), net)?;
-        node.raw.store_mut().set_metrics(Arc::clone(&metrics));
-        node.metrics = metrics;
-        Ok(node)
+        Node::assemble(config, shutdown, clock, (raw, kv, applied), net, metrics)
     }
 }
 
@@ -556,7 +553,9 @@ impl<N: Net> Booting<N> {
         }
         let core = open_core(&config, storage)?;
         let net = exchange.into_net();
-        let node = Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)?;
+        let metrics = Metrics::new(config.id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let node = Node::assemble(config, stop, clock, core, net, metrics)?;
         Ok(Started::Running(node))
     }
 }
@@ -582,7 +581,8 @@ impl<N: Net> Node<N> {
             bootstrap(&mut storage, &config, initial)?;
         }
         let core = open_core(&config, storage)?;
-        Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)
+        let metrics = Metrics::new(config.id);
+        Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net, metrics)
     }
 
     /// A node whose world is given, as [`Node::simulated`], whose empty data dir started with
@@ -606,18 +606,23 @@ impl<N: Net> Node<N> {
             return Ok(Started::Booting(Booting { config, clock, storage, exchange }));
         }
         let core = open_core(&config, storage)?;
-        let node = Node::assemble(config, Arc::new(AtomicBool::new(false)), clock, core, net)?;
+        let metrics = Metrics::new(config.id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let node = Node::assemble(config, stop, clock, core, net, metrics)?;
         Ok(Started::Running(node))
     }
 
-    /// The node around its opened core and state machine, on `net`.
+    /// The node around its opened core and state machine, on `net`, measuring into `metrics`
+    /// (the daemon's are served from before the node exists: during a bootstrap too).
     fn assemble(
         config: NodeConfig,
         shutdown: Arc<AtomicBool>,
         clock: Arc<dyn Clock>,
-        (raw, kv, applied): (RawNode<WalStorage>, Kv, u64),
+        (mut raw, kv, applied): (RawNode<WalStorage>, Kv, u64),
         net: N,
+        metrics: Arc<Metrics>,
     ) -> Result<Node<N>> {
+        raw.store_mut().set_metrics(Arc::clone(&metrics));
         let incarnation = raw.store().incarnation();
         let mut node = Node {
             net,
@@ -667,7 +672,7 @@ impl<N: Net> Node<N> {
             incarnation,
             seen_incarnations: BTreeMap::from([(config.id, incarnation)]),
             replaced_peers: BTreeMap::new(),
-            metrics: Metrics::new(config.id),
+            metrics,
             metrics_leader: 0,
             snapshot_saves: Vec::new(),
             expired_writes: BTreeMap::new(),
@@ -680,7 +685,6 @@ impl<N: Net> Node<N> {
             peer_no_space: BTreeMap::new(),
             config,
         };
-        node.raw.store_mut().set_metrics(Arc::clone(&node.metrics));
         for (&id, addr) in &node.config.initial_cluster.clone() {
             node.learn_peer(id, Some(addr.clone()), None);
         }
@@ -794,6 +798,12 @@ impl<N: Net> Node<N> {
             self.raw.tick();
         }
         self.next_tick += interval * u32::try_from(due).unwrap_or(u32::MAX);
+    }
+
+    /// The election timeout in time: `election_tick` ticks (before randomization).
+    fn election_timeout(&self) -> Duration {
+        self.config.tick_interval
+            * u32::try_from(self.config.raft.election_tick).unwrap_or(u32::MAX)
     }
 
     fn alloc_token(&mut self) -> Token {
@@ -1244,8 +1254,7 @@ impl<N: Net> Node<N> {
                 self.config.cluster_id, hello.cluster_incarnation
             ));
         }
-        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
-        let stale_after = election_timeout * STALE_CONNECTION_ELECTION_TIMEOUTS;
+        let stale_after = self.election_timeout() * STALE_CONNECTION_ELECTION_TIMEOUTS;
         let now = self.clock.now();
         let live = self
             .conns
@@ -1354,13 +1363,11 @@ impl<N: Net> Node<N> {
                 }
                 if m.msg_type == MessageType::HeartbeatResponse {
                     let sent = self.peers.get_mut(&from).and_then(|l| l.heartbeat_sent.take());
-                    let election_timeout =
-                        self.config.tick_interval * self.config.raft.election_tick as u32;
                     if let Some(sent) = sent {
                         // An answer to a heartbeat sent before a lost connection or an earlier
                         // leadership would measure the gap, not the round trip.
                         let elapsed = self.clock.now().saturating_duration_since(sent);
-                        if elapsed <= election_timeout {
+                        if elapsed <= self.election_timeout() {
                             self.metrics.peer_round_trip(from, elapsed);
                         }
                     }

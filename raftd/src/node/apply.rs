@@ -224,6 +224,8 @@ impl<N: Net> Node<N> {
                             // Its incarnation is forgotten with it: if it is added again,
                             // what is recorded is what it presents then.
                             self.seen_incarnations.remove(&change.node_id);
+                            self.peer_no_space.remove(&change.node_id);
+                            self.metrics.forget_peer(change.node_id);
                             if let Some(link) = self.peers.remove(&change.node_id) {
                                 if let Some(token) = link.conn {
                                     self.close(token, "the peer was removed");

@@ -511,12 +511,7 @@ impl<N: Net> Node<N> {
         if let Some(why) = &self.no_space {
             alarms.push(format!("NOSPACE on node {}: {why}", self.config.id));
         }
-        let now = self.clock.now();
-        for (&id, &(raised, at)) in &self.peer_no_space {
-            if raised && now.saturating_duration_since(at) < PEER_ALARM_TIMEOUT {
-                alarms.push(format!("NOSPACE on node {id}"));
-            }
-        }
+        alarms.extend(self.members_short_of_space().map(|id| format!("NOSPACE on node {id}")));
         alarms
     }
 

@@ -184,9 +184,9 @@ impl<N: Net> Node<N> {
 
     /// Once per tick: connect to peers, expire requests and stalled snapshot transfers.
     pub(super) fn housekeeping(&mut self, now: Instant) {
-        self.publish_metrics();
         self.watch_space(now);
         self.space_refusal = self.space_alarm();
+        self.publish_metrics();
         self.expire_exports(now);
         self.stop_if_removed(now);
         self.record_incarnations();
@@ -229,7 +229,6 @@ impl<N: Net> Node<N> {
         m.has_leader.store(lead != 0, Relaxed);
         let leader = raft.state == StateType::Leader;
         m.is_leader.store(leader, Relaxed);
-        let raft = &self.raw.raft;
         m.term.store(raft.term, Relaxed);
         m.commit_index.store(raft.raft_log.committed, Relaxed);
         m.applied_index.store(self.kv.applied(), Relaxed);
@@ -250,12 +249,10 @@ impl<N: Net> Node<N> {
                 ConnKind::InboundPeer { from } => from,
             };
             peers += 1;
+            let (sent, received) = conn.take_byte_counts();
             if let Some(peer) = peer {
                 let at = heard.entry(peer).or_insert(conn.last_read);
                 *at = (*at).max(conn.last_read);
-            }
-            let (sent, received) = conn.take_byte_counts();
-            if let Some(peer) = peer {
                 m.peer_bytes(peer, sent, received);
             }
         }
@@ -264,7 +261,7 @@ impl<N: Net> Node<N> {
         // A quorum of voters heard from within an election timeout (the core's own record of
         // activity exists only with check-quorum, and is reset at each of its rounds).
         let now = self.clock.now();
-        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
+        let election_timeout = self.election_timeout();
         let id = self.config.id;
         let quorum = self.raw.raft.prs.conf.voters.vote_result(|voter| {
             Some(
@@ -275,7 +272,8 @@ impl<N: Net> Node<N> {
             )
         }) == raft::quorum::VoteResult::Won;
         m.quorum_active.store(leader && quorum, Relaxed);
-        m.no_space.store(self.space_refusal.is_some() || self.no_space.is_some(), Relaxed);
+        // (Refreshed just before, in `housekeeping`; it holds this node's own alarm too.)
+        m.no_space.store(self.space_refusal.is_some(), Relaxed);
     }
 
     /// Once a second: measures the data dir, raises or clears this node's space alarm, and
@@ -325,22 +323,21 @@ impl<N: Net> Node<N> {
         if let Some(why) = &self.no_space {
             return Some(format!("node {}: {why}", self.config.id));
         }
+        let id = self.members_short_of_space().next()?;
+        Some(format!("node {id}'s data dir is short of space"))
+    }
+
+    /// The members whose last report, within `PEER_ALARM_TIMEOUT`, raised their space alarm.
+    pub(super) fn members_short_of_space(&self) -> impl Iterator<Item = u64> + '_ {
         let now = self.clock.now();
-        let recent = |at: Instant| now.saturating_duration_since(at) < PEER_ALARM_TIMEOUT;
-        if !self.peer_no_space.values().any(|&(raised, at)| raised && recent(at)) {
-            return None;
-        }
-        let cs = self.raw.raft.prs.conf_state();
         self.peer_no_space
             .iter()
-            .find(|&(id, &(raised, at))| {
-                let raised = raised && recent(at);
+            .filter(move |&(id, &(raised, at))| {
                 raised
-                    && (cs.voters.contains(id)
-                        || cs.learners.contains(id)
-                        || cs.voters_outgoing.contains(id))
+                    && now.saturating_duration_since(at) < PEER_ALARM_TIMEOUT
+                    && self.raw.raft.prs.progress.contains_key(id)
             })
-            .map(|(id, _)| format!("node {id}'s data dir is short of space"))
+            .map(|(&id, _)| id)
     }
 
     /// Closes connections that did not say Hello in time, gives back idle buffers, sheds the
@@ -420,8 +417,7 @@ impl<N: Net> Node<N> {
             self.refused_as_removed_since = None;
             return;
         }
-        let election_timeout = self.config.tick_interval * self.config.raft.election_tick as u32;
-        let grace = election_timeout * REMOVED_STOP_AFTER_ELECTION_TIMEOUTS;
+        let grace = self.election_timeout() * REMOVED_STOP_AFTER_ELECTION_TIMEOUTS;
         if now.duration_since(since) >= grace {
             error!(
                 "node {} was removed from the cluster: every peer ({:?}) has refused it as \
