@@ -74,7 +74,9 @@ mod ours_loop {
     impl Loop for Cluster {
         fn propose(&mut self, batch: usize, as_one_call: bool) {
             if as_one_call {
-                let entries = (0..batch).map(|_| (Vec::new(), self.payload.clone())).collect();
+                let entries = (0..batch)
+                    .map(|_| (ours::Bytes::new(), ours::Bytes::from(self.payload.clone())))
+                    .collect();
                 self.nodes[0].propose_batch(entries).expect("propose");
             } else {
                 for _ in 0..batch {

@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 mod cluster;
 
 use cluster::Cluster;
-use raft::Storage;
+use raft::{Bytes, Storage};
 
 /// Bytes per proposal, as in the project's key-value workload.
 const PAYLOAD_SIZE_BYTES: usize = 256;
@@ -64,7 +64,7 @@ fn bench_propose(c: &mut Criterion) {
         let payload = vec![7u8; PAYLOAD_SIZE_BYTES];
         let mut proposed = 0u64;
         b.iter(|| {
-            let batch = (0..64).map(|_| (Vec::new(), payload.clone())).collect();
+            let batch = (0..64).map(|_| (Bytes::new(), Bytes::from(payload.clone()))).collect();
             cluster.node(1).propose_batch(batch).expect("proposal");
             cluster.stabilize();
             proposed += 64;

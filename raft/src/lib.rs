@@ -16,11 +16,11 @@
 //!
 //! ```
 //! use raft::{
-//!     ConfChange, ConfChangeV2, Config, EntryType, MemoryStorage, RawNode, StateType, Storage,
+//!     Bytes, ConfChange, ConfChangeV2, Config, EntryType, MemoryStorage, RawNode, StateType, Storage,
 //! };
 //!
 //! /// Handles one Ready: persist, (send), apply, advance. Returns the applied data.
-//! fn handle_ready(node: &mut RawNode<MemoryStorage>) -> Vec<Vec<u8>> {
+//! fn handle_ready(node: &mut RawNode<MemoryStorage>) -> Vec<Bytes> {
 //!     let rd = node.ready();
 //!     // 1. Persist: snapshot, entries, hard state (fsync when rd.must_sync).
 //!     if let Some(snapshot) = &rd.snapshot {
@@ -100,7 +100,7 @@
 //! node.read_index(b"read-42".to_vec()).expect("a leader is known");
 //! let rd = node.ready();
 //! let read = &rd.read_states[0];
-//! assert_eq!(read.request_ctx, b"read-42");
+//! assert_eq!(read.request_ctx, &b"read-42"[..]);
 //! // Serve the read once node.raft.raft_log.applied >= read.index.
 //! assert!(node.raft.raft_log.applied >= read.index);
 //! node.advance(rd);
@@ -181,3 +181,6 @@ pub use crate::raw_node::{
 };
 pub use crate::read_only::{ReadIndexStatus, ReadOnly, ReadState};
 pub use crate::storage::{limit_size, MemoryStorage, RaftState, Storage, NO_LIMIT};
+/// Shared, reference-counted bytes: entry payloads and contexts. A clone (into the unstable
+/// log, into each follower's message, into `Ready`) counts a reference; it copies nothing.
+pub use bytes::Bytes;

@@ -5,6 +5,7 @@
 //! and in its write-ahead log; the core itself never serializes them, except configuration
 //! changes, which it must read back out of entries (see [`ConfChangeV2::encode`]).
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of message a node steps, named as in etcd's `raftpb.MessageType`.
@@ -114,12 +115,11 @@ pub struct Entry {
     pub term: u64,
     /// The entry's position in the log, from 1.
     pub index: u64,
-    /// The payload: application data or an encoded configuration change.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// The payload: application data or an encoded configuration change. Shared: a clone
+    /// counts a reference.
+    pub data: Bytes,
     /// Opaque application context (etcd uses it to match proposals to waiters).
-    #[serde(with = "serde_bytes")]
-    pub context: Vec<u8>,
+    pub context: Bytes,
 }
 
 /// Bytes an entry adds to a message or to the uncommitted total, as etcd counts them.
@@ -127,8 +127,14 @@ const ENTRY_OVERHEAD_BYTES: u64 = 24;
 
 impl Entry {
     /// A normal entry with the given payload.
-    pub fn new(term: u64, index: u64, data: Vec<u8>) -> Entry {
-        Entry { entry_type: EntryType::Normal, term, index, data, context: Vec::new() }
+    pub fn new(term: u64, index: u64, data: impl Into<Bytes>) -> Entry {
+        Entry {
+            entry_type: EntryType::Normal,
+            term,
+            index,
+            data: data.into(),
+            context: Bytes::new(),
+        }
     }
 
     /// The size counted against `max_size_per_msg` and `max_committed_size_per_ready`.
@@ -244,8 +250,7 @@ pub struct Message {
     /// On a rejected append: the follower's best guess of where the logs may match.
     pub reject_hint: u64,
     /// Opaque context: a read request's id, or a campaign marker on votes.
-    #[serde(with = "serde_bytes")]
-    pub context: Vec<u8>,
+    pub context: Bytes,
     /// Heartbeats: the leader's clock when it sent this one, in nanoseconds of the
     /// application's clock ([`crate::RawNode::advance_clock`]); the response echoes it. Only
     /// that leader reads it, to start its lease ([`crate::Config::lease_duration`]).

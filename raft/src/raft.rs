@@ -1,6 +1,7 @@
 //! The Raft state machine: the seed's `raft` struct, its roles, and its step functions
 //! (etcd `raft.go`).
 
+use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
 
@@ -273,8 +274,8 @@ impl<T: Storage> Raft<T> {
                 entry_type: EntryType::ConfChange,
                 term: 1,
                 index: i as u64 + 1,
-                data: ConfChange { change_type, node_id, context: Vec::new() }.encode(),
-                context: Vec::new(),
+                data: ConfChange { change_type, node_id, context: Vec::new() }.encode().into(),
+                context: Bytes::new(),
             })
             .collect();
         self.raft_log.append(&entries);
@@ -587,9 +588,9 @@ impl<T: Storage> Raft<T> {
         }
         let (last_index, last_term) = (self.raft_log.last_index(), self.raft_log.last_term());
         let context = if campaign_type == CampaignType::Transfer {
-            CAMPAIGN_TRANSFER.to_vec()
+            Bytes::from_static(CAMPAIGN_TRANSFER)
         } else {
-            vec![]
+            Bytes::new()
         };
         for id in self.prs.voter_ids() {
             if id == self_id {

@@ -1,5 +1,6 @@
 //! The application's handle on the state machine: inputs in, [`Ready`] out (etcd `RawNode`).
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 
 use crate::config::Config;
@@ -212,13 +213,13 @@ impl<T: Storage> RawNode<T> {
     /// Proposes `data` for the log. `Ok` means accepted for replication, not committed: watch
     /// `committed_entries` for it. `ProposalDropped` when there is no leader, forwarding is
     /// disabled, a leader transfer is in progress, or the uncommitted-size limit is reached.
-    pub fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<()> {
-        let entry = Entry { data, context, ..Entry::default() };
+    pub fn propose(&mut self, context: impl Into<Bytes>, data: impl Into<Bytes>) -> Result<()> {
+        let entry = Entry { data: data.into(), context: context.into(), ..Entry::default() };
         self.propose_entries(vec![entry])
     }
 
     /// Proposes several normal entries in one message, replicated as one batch.
-    pub fn propose_batch(&mut self, batch: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    pub fn propose_batch(&mut self, batch: Vec<(Bytes, Bytes)>) -> Result<()> {
         let entries = batch
             .into_iter()
             .map(|(context, data)| Entry { data, context, ..Entry::default() })
@@ -238,9 +239,14 @@ impl<T: Storage> RawNode<T> {
 
     /// Proposes a configuration change. Only one may be pending at a time: a second one, or
     /// one invalid for the joint state, is replaced by an empty entry in the log.
-    pub fn propose_conf_change(&mut self, context: Vec<u8>, cc: &impl ConfChangeI) -> Result<()> {
+    pub fn propose_conf_change(
+        &mut self,
+        context: impl Into<Bytes>,
+        cc: &impl ConfChangeI,
+    ) -> Result<()> {
         let (entry_type, data) = cc.to_entry();
-        let entry = Entry { entry_type, data, context, ..Entry::default() };
+        let entry =
+            Entry { entry_type, data: data.into(), context: context.into(), ..Entry::default() };
         self.propose_entries(vec![entry])
     }
 
@@ -285,10 +291,10 @@ impl<T: Storage> RawNode<T> {
 
     /// Requests a linearizable read; `ctx` identifies it in the `ReadState` that answers it.
     /// Batch concurrent reads into one call: a heartbeat round is sent per call.
-    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<()> {
+    pub fn read_index(&mut self, ctx: impl Into<Bytes>) -> Result<()> {
         let m = Message {
             msg_type: MessageType::ReadIndex,
-            entries: vec![Entry { data: ctx, ..Entry::default() }],
+            entries: vec![Entry { data: ctx.into(), ..Entry::default() }],
             ..Message::default()
         };
         self.raft.step(m)

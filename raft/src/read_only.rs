@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use bytes::Bytes;
+
 use crate::config::ReadOnlyOption;
 use crate::message::Message;
 
@@ -11,7 +13,7 @@ pub struct ReadState {
     /// The commit index when the read was received by the leader.
     pub index: u64,
     /// The context the application passed to `read_index`.
-    pub request_ctx: Vec<u8>,
+    pub request_ctx: Bytes,
     /// Set when the leader answered from its lease: the lease's end on the application's
     /// clock. The read is linearizable only if the application's clock, read after it took
     /// this read state, is still before it (a pause between the clock reading the core was
@@ -38,9 +40,9 @@ pub struct ReadOnly {
     /// How reads are served.
     pub option: ReadOnlyOption,
     /// Waiting reads by context.
-    pub pending_read_index: HashMap<Vec<u8>, ReadIndexStatus>,
+    pub pending_read_index: HashMap<Bytes, ReadIndexStatus>,
     /// Contexts in arrival order.
-    pub read_index_queue: VecDeque<Vec<u8>>,
+    pub read_index_queue: VecDeque<Bytes>,
 }
 
 impl ReadOnly {
@@ -71,7 +73,7 @@ impl ReadOnly {
     /// they were all received before that heartbeat round was sent. Returns them in order and
     /// frees them.
     pub fn advance(&mut self, ctx: &[u8]) -> Vec<ReadIndexStatus> {
-        let Some(position) = self.read_index_queue.iter().position(|c| c.as_slice() == ctx) else {
+        let Some(position) = self.read_index_queue.iter().position(|c| c.as_ref() == ctx) else {
             return Vec::new();
         };
         let confirmed: Vec<ReadIndexStatus> = self
@@ -92,8 +94,8 @@ impl ReadOnly {
     }
 
     /// The context of the newest waiting read, carried by heartbeats.
-    pub fn last_pending_request_ctx(&self) -> Option<&[u8]> {
-        self.read_index_queue.back().map(Vec::as_slice)
+    pub fn last_pending_request_ctx(&self) -> Option<&Bytes> {
+        self.read_index_queue.back()
     }
 
     /// Reads waiting.

@@ -5,6 +5,7 @@
 
 use crate::errors::StorageError;
 use crate::message::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use bytes::Bytes;
 
 /// "No limit" for size-limited reads.
 pub const NO_LIMIT: u64 = u64::MAX;
@@ -185,8 +186,8 @@ impl MemoryStorage {
         }
         let cut = (compact_index - self.offset()) as usize;
         self.entries.drain(..cut);
-        self.entries[0].data = Vec::new();
-        self.entries[0].context = Vec::new();
+        self.entries[0].data = Bytes::new();
+        self.entries[0].context = Bytes::new();
         Ok(())
     }
 

@@ -319,7 +319,7 @@ fn second_pending_conf_change_becomes_an_empty_entry() {
     let conf_entry = |node_id| Message {
         entries: vec![raft::Entry {
             entry_type: raft::EntryType::ConfChange,
-            data: cc(AddNode, node_id).encode(),
+            data: cc(AddNode, node_id).encode().into(),
             ..raft::Entry::default()
         }],
         ..propose(1, b"")

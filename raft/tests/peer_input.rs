@@ -126,7 +126,7 @@ fn follower_in_lease() -> Raft<MemoryStorage> {
 fn transfer_vote(from: u64, term: u64) -> Message {
     let mut m = new_message(from, 1, MessageType::RequestVote, term);
     (m.index, m.log_term) = (3, 2);
-    m.context = raft::CAMPAIGN_TRANSFER.to_vec();
+    m.context = raft::Bytes::from_static(raft::CAMPAIGN_TRANSFER);
     m
 }
 

@@ -7,13 +7,13 @@ use common::*;
 use std::time::Duration;
 
 use raft::{
-    Config, Entry, Error, HardState, MemoryStorage, Message, MessageType, Raft, ReadOnlyOption,
-    StateType,
+    Bytes, Config, Entry, Error, HardState, MemoryStorage, Message, MessageType, Raft,
+    ReadOnlyOption, StateType,
 };
 
 fn read_index(from: u64, ctx: &[u8]) -> Message {
     Message {
-        entries: vec![Entry { data: ctx.to_vec(), ..Entry::default() }],
+        entries: vec![Entry { data: Bytes::copy_from_slice(ctx), ..Entry::default() }],
         ..new_message(from, from, MessageType::ReadIndex, 0)
     }
 }
@@ -29,7 +29,10 @@ fn check_reads_through_every_node(mut n: Network, readers: &[u64]) {
         n.send(vec![read_index(reader, &ctx)]);
         let r = n.peer_mut(reader);
         assert_eq!(r.read_states.len(), 1, "read {i} through node {reader}");
-        assert_eq!((r.read_states[0].index, &r.read_states[0].request_ctx), (want_index, &ctx));
+        assert_eq!(
+            (r.read_states[0].index, &r.read_states[0].request_ctx),
+            (want_index, &Bytes::copy_from_slice(&ctx))
+        );
         r.read_states.clear();
     }
 }
@@ -172,7 +175,7 @@ fn a_forwarded_read_is_confirmed_by_a_round_even_in_lease() {
     let leader = n.peer_mut(1);
     leader.step(read_index(2, b"f")).unwrap();
     assert!(
-        leader.msgs.iter().any(|m| m.msg_type == MessageType::Heartbeat && m.context == b"f"),
+        leader.msgs.iter().any(|m| m.msg_type == MessageType::Heartbeat && m.context == b"f"[..]),
         "a round for the forwarded read"
     );
     assert!(!leader.msgs.iter().any(|m| m.msg_type == MessageType::ReadIndexResp));
@@ -226,7 +229,7 @@ fn read_only_for_new_leader_waits_for_its_first_commit() {
     assert_eq!(leader.raft_log.term(4), Ok(leader.term));
     assert_eq!(leader.read_states.len(), 1, "the held read is answered");
     assert_eq!(
-        (leader.read_states[0].index, leader.read_states[0].request_ctx.as_slice()),
+        (leader.read_states[0].index, leader.read_states[0].request_ctx.as_ref()),
         (4, &b"ctx"[..])
     );
     n.send(vec![read_index(1, b"ctx")]);
@@ -248,7 +251,7 @@ fn leader_of_two_with_commit() -> Raft<MemoryStorage> {
 #[test]
 fn read_only_memory_is_freed_when_answered() {
     let mut r = leader_of_two_with_commit();
-    let ctx = b"ctx".to_vec();
+    let ctx = Bytes::from_static(b"ctx");
     r.step(Message { from: 2, ..read_index(2, &ctx) }).unwrap();
     let msgs = read_messages(&mut r);
     assert_eq!(msgs.len(), 1);
@@ -278,11 +281,12 @@ fn many_reads_answered_by_one_round_and_memory_stays_bounded() {
         }
         read_messages(&mut r);
         let ack = Message {
-            context: ctxs.last().unwrap().clone(),
+            context: Bytes::copy_from_slice(ctxs.last().unwrap()),
             ..new_message(2, 1, MessageType::HeartbeatResponse, 0)
         };
         r.step(ack).unwrap();
-        let answered: Vec<Vec<u8>> = r.read_states.drain(..).map(|rs| rs.request_ctx).collect();
+        let answered: Vec<Vec<u8>> =
+            r.read_states.drain(..).map(|rs| rs.request_ctx.to_vec()).collect();
         assert_eq!(answered, ctxs, "batch {batch}: one round answers all, in order");
         assert!(r.read_only.read_index_queue.is_empty());
     }
@@ -301,11 +305,11 @@ fn ack_of_an_older_round_does_not_answer_later_reads() {
     r.step(read_index(0, b"first")).unwrap();
     r.step(read_index(0, b"second")).unwrap();
     let first_ack = Message {
-        context: b"first".to_vec(),
+        context: Bytes::from_static(b"first"),
         ..new_message(2, 1, MessageType::HeartbeatResponse, 0)
     };
     r.step(first_ack).unwrap();
-    let answered: Vec<&[u8]> = r.read_states.iter().map(|rs| rs.request_ctx.as_slice()).collect();
+    let answered: Vec<&[u8]> = r.read_states.iter().map(|rs| rs.request_ctx.as_ref()).collect();
     assert_eq!(answered, vec![&b"first"[..]]);
     assert_eq!(r.read_only.pending_read_count(), 1, "the second read still waits");
 }
@@ -324,7 +328,7 @@ fn read_needs_a_quorum_of_acks() {
     for from in [2, 3] {
         assert!(r.read_states.is_empty());
         let ack = Message {
-            context: b"q".to_vec(),
+            context: Bytes::from_static(b"q"),
             ..new_message(from, 1, MessageType::HeartbeatResponse, 0)
         };
         r.step(ack).unwrap();
@@ -354,7 +358,7 @@ fn raw_node_read_index_through_follower() {
     let follower = &cluster.nodes[&3];
     assert_eq!(follower.read_states.len(), 1);
     let rs = &follower.read_states[0];
-    assert_eq!((rs.index, rs.request_ctx.as_slice()), (2, &b"r1"[..]));
+    assert_eq!((rs.index, rs.request_ctx.as_ref()), (2, &b"r1"[..]));
     assert!(follower.raw.raft.raft_log.applied >= rs.index);
 }
 

@@ -20,7 +20,7 @@ fn append() -> PeerFrame {
         .map(|i| Entry {
             term: 3,
             index: 1000 + i,
-            data: vec![7; VALUE_SIZE_BYTES],
+            data: vec![7; VALUE_SIZE_BYTES].into(),
             ..Entry::default()
         })
         .collect();

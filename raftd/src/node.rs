@@ -296,7 +296,7 @@ pub struct Node<N: Net = MioNet> {
     /// Connections shed since the last log line about it, and when that was.
     shed_count: u64,
     shed_logged_at: Instant,
-    proposals: Vec<(Vec<u8>, Vec<u8>)>,
+    proposals: Vec<(raft::Bytes, raft::Bytes)>,
     proposal_waiters: Vec<(client::Proposed, Waiter)>,
     read_batch: Vec<PendingRead>,
     reads_in_flight: BTreeMap<u64, ReadsInFlight>,
@@ -1549,8 +1549,8 @@ fn bootstrap(
                 entry_type: EntryType::ConfChange,
                 term: 1,
                 index: i as u64 + 1,
-                data: cc.encode(),
-                context: Vec::new(),
+                data: cc.encode().into(),
+                context: raft::Bytes::new(),
             }
         })
         .collect();

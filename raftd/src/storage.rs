@@ -1,21 +1,25 @@
 //! `raft::Storage` over the write-ahead log and snapshot files.
 //!
 //! Entries are stored in the WAL as bytes: entry type (u8), context length (u32 LE), context,
-//! data. Snapshots are files under `snap/`; the WAL's snapshot marker records the one in
+//! data. The first three are the entry's head, written into the log beside its shared data
+//! (never joined with it in a buffer); read back, context and data are slices of one buffer. Snapshots are files under `snap/`; the WAL's snapshot marker records the one in
 //! force, and is written only after its file is durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::{error, info, warn};
-use raft::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError};
+use raft::{
+    Bytes, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError,
+};
 
 use crate::errors::{Error, Result};
 use crate::snapfile;
 
 const ENTRY_PREFIX_SIZE: usize = 5;
 
-fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+/// Writes the bytes stored before an entry's data: its type, its context's length, its context.
+fn encode_entry_head(e: &Entry, out: &mut Vec<u8>) {
     out.clear();
     out.push(match e.entry_type {
         EntryType::Normal => 0,
@@ -24,11 +28,10 @@ fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
     });
     out.extend_from_slice(&(e.context.len() as u32).to_le_bytes());
     out.extend_from_slice(&e.context);
-    out.extend_from_slice(&e.data);
 }
 
 fn decode_entry(w: wal::Entry) -> std::result::Result<Entry, StorageError> {
-    let bytes = w.data;
+    let bytes = Bytes::from(w.data);
     let bad = |why: &str| {
         StorageError::Other(format!("entry {} in the log is malformed: {why}", w.index))
     };
@@ -45,8 +48,8 @@ fn decode_entry(w: wal::Entry) -> std::result::Result<Entry, StorageError> {
     if ENTRY_PREFIX_SIZE + ctx_len > bytes.len() {
         return Err(bad("context runs past the end"));
     }
-    let context = bytes[ENTRY_PREFIX_SIZE..ENTRY_PREFIX_SIZE + ctx_len].to_vec();
-    let data = bytes[ENTRY_PREFIX_SIZE + ctx_len..].to_vec();
+    let context = bytes.slice(ENTRY_PREFIX_SIZE..ENTRY_PREFIX_SIZE + ctx_len);
+    let data = bytes.slice(ENTRY_PREFIX_SIZE + ctx_len..);
     Ok(Entry { entry_type, term: w.term, index: w.index, data, context })
 }
 
@@ -228,12 +231,12 @@ impl WalStorage {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(entries.len().max(scratch.len()), Vec::new);
         for (e, buf) in entries.iter().zip(scratch.iter_mut()) {
-            encode_entry(e, buf);
+            encode_entry_head(e, buf);
         }
         let refs: Vec<wal::EntryRef<'_>> = entries
             .iter()
             .zip(&scratch)
-            .map(|(e, data)| wal::EntryRef { index: e.index, term: e.term, data })
+            .map(|(e, head)| wal::EntryRef { index: e.index, term: e.term, head, data: &e.data })
             .collect();
         let result = self.wal.append_entries(&refs);
         drop(refs);
@@ -488,7 +491,13 @@ mod tests {
     }
 
     fn entry(index: u64, term: u64, entry_type: EntryType, data: &[u8], context: &[u8]) -> Entry {
-        Entry { entry_type, term, index, data: data.to_vec(), context: context.to_vec() }
+        Entry {
+            entry_type,
+            term,
+            index,
+            data: Bytes::copy_from_slice(data),
+            context: Bytes::copy_from_slice(context),
+        }
     }
 
     #[test]

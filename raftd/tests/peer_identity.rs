@@ -246,7 +246,7 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                     entries: vec![Entry {
                         term: x.min(term),
                         index: x.saturating_add(1),
-                        data: vec![0xff; 8],
+                        data: vec![0xff; 8].into(),
                         ..Entry::default()
                     }],
                     commit: absurd[(k + 2) % absurd.len()],
@@ -257,9 +257,9 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                     reject: k % 2 == 0,
                     reject_hint: x,
                     context: if k % 3 == 0 {
-                        raft::CAMPAIGN_TRANSFER.to_vec()
+                        raft::Bytes::from_static(raft::CAMPAIGN_TRANSFER)
                     } else {
-                        vec![0xee; 4]
+                        raft::Bytes::from(vec![0xee; 4])
                     },
                     sent_at: absurd[(k + 3) % absurd.len()],
                 };
@@ -302,7 +302,7 @@ fn a_transfer_campaign_the_leader_never_started_moves_nothing() {
             index: u64::MAX / 2,
             ..raft::Message::default()
         };
-        m.context = raft::CAMPAIGN_TRANSFER.to_vec();
+        m.context = raft::Bytes::from_static(raft::CAMPAIGN_TRANSFER);
         let addr = cluster.node(to).peer_addr.clone();
         send_as(&addr, &cluster_id, speaker, incarnation, m);
     }
@@ -337,7 +337,7 @@ fn frames_of_every_type_from_a_non_member_are_refused_at_the_door() {
                 log_term: term,
                 index: u64::MAX / 2,
                 commit: u64::MAX,
-                context: raft::CAMPAIGN_TRANSFER.to_vec(),
+                context: raft::Bytes::from_static(raft::CAMPAIGN_TRANSFER),
                 ..raft::Message::default()
             };
             // After a refused Hello: the connection is closed, the frame never read.

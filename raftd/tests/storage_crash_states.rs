@@ -140,8 +140,8 @@ fn run(disk: &SimFs, ops: &[Op]) -> (Vec<Image>, Vec<u64>, Vec<bool>) {
                         entry_type: EntryType::Normal,
                         term: *term,
                         index,
-                        data: data_of(index, *term),
-                        context: vec![],
+                        data: data_of(index, *term).into(),
+                        context: raft::Bytes::new(),
                     })
                     .collect();
                 s.append(&entries).unwrap();

@@ -187,13 +187,13 @@ pub struct Sim {
     /// Index -> (term, data, commit term) of every entry known committed. The commit term is
     /// the term of the node that first saw it committed: at least the term it was committed
     /// in.
-    committed: BTreeMap<u64, (u64, Vec<u8>, u64)>,
+    committed: BTreeMap<u64, (u64, raft::Bytes, u64)>,
     /// Index -> data applied, from any node.
-    applied: BTreeMap<u64, Vec<u8>>,
+    applied: BTreeMap<u64, raft::Bytes>,
     /// Proposals whose entry was seen applied, for the liveness check.
-    proposals_applied: BTreeSet<Vec<u8>>,
+    proposals_applied: BTreeSet<raft::Bytes>,
     /// Read contexts -> the highest applied index of a completed write when the read began.
-    reads: BTreeMap<Vec<u8>, u64>,
+    reads: BTreeMap<raft::Bytes, u64>,
     /// The highest index applied anywhere (writes completed by then).
     completed_write_index: u64,
     next_proposal: u64,
@@ -535,7 +535,7 @@ impl Sim {
                 raw.advance_clock(lease_clock);
             }
             if raw.read_index(ctx.clone()).is_ok() {
-                self.reads.insert(ctx, floor);
+                self.reads.insert(ctx.into(), floor);
             }
         }
     }

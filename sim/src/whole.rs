@@ -451,7 +451,7 @@ struct Sim {
     leaders_by_term: BTreeMap<u64, u64>,
     /// Each committed entry seen, as its term and its bytes (State Machine Safety: every node
     /// that commits an index holds the same entry there).
-    committed_entries: BTreeMap<u64, (u64, Vec<u8>)>,
+    committed_entries: BTreeMap<u64, (u64, raft::Bytes)>,
     /// Each node's commit index checked so far (reset when its disk is replaced).
     checked_commit: Vec<u64>,
 }

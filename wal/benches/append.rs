@@ -25,7 +25,7 @@ fn append_run(sync_every: usize) -> (f64, f64) {
     let start = Instant::now();
     while start.elapsed() < RUN_TIME {
         let batch: Vec<EntryRef<'_>> = (1..=sync_every as u64)
-            .map(|k| EntryRef { index: index + k, term: 1, data: &payload })
+            .map(|k| EntryRef { head: &[], index: index + k, term: 1, data: &payload })
             .collect();
         wal.append_entries(&batch).expect("append");
         index += sync_every as u64;
@@ -44,8 +44,9 @@ fn recovery_run() -> (Duration, f64) {
         let (mut wal, _) = Wal::open(dir.path(), &identity(), Options::default()).expect("open");
         let mut index = 0u64;
         while index < RECOVERY_ENTRIES {
-            let batch: Vec<EntryRef<'_>> =
-                (1..=64).map(|k| EntryRef { index: index + k, term: 1, data: &payload }).collect();
+            let batch: Vec<EntryRef<'_>> = (1..=64)
+                .map(|k| EntryRef { head: &[], index: index + k, term: 1, data: &payload })
+                .collect();
             wal.append_entries(&batch).expect("append");
             index += 64;
         }

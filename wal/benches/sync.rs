@@ -27,6 +27,7 @@ fn bench_group_commit(c: &mut Criterion) {
             b.iter(|| {
                 refs.clear();
                 refs.extend((1..=batch).map(|k| EntryRef {
+                    head: &[],
                     index: index + k,
                     term: 1,
                     data: &payload,

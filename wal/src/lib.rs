@@ -72,7 +72,7 @@
 //! let (mut wal, recovery) = Wal::open(dir.path(), &identity, options.clone()).unwrap();
 //! assert_eq!((recovery.first_index, recovery.last_index), (1, 0));
 //!
-//! wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"x=1" }]).unwrap();
+//! wal.append_entries(&[EntryRef { head: &[], index: 1, term: 1, data: b"x=1" }]).unwrap();
 //! wal.set_hard_state(HardState { term: 1, vote: 1, commit: 1 }).unwrap();
 //! wal.sync().unwrap(); // Durable from here on.
 //! drop(wal);
@@ -199,15 +199,31 @@ pub struct SnapshotMarker {
     pub conf_state: Vec<u8>,
 }
 
-/// An entry to append.
+/// An entry to append. Its stored bytes are `head` followed by `data`, copied straight into
+/// the log from where they are (a caller's framing and its shared payload need not be joined
+/// into a buffer first); they read back as one byte string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryRef<'a> {
     /// Its index.
     pub index: u64,
     /// Its term.
     pub term: u64,
+    /// Bytes stored before `data` (empty for most callers).
+    pub head: &'a [u8],
     /// Its bytes.
     pub data: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// The bytes it stores.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.data.len()
+    }
+
+    /// True when it stores no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// An entry read back.
@@ -303,7 +319,7 @@ pub struct Wal {
 }
 
 fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> usize {
-    entries.map(|e| ENTRY_SLOT_SIZE + e.data.len()).sum::<usize>() + ENTRIES_HEADER_SIZE
+    entries.map(|e| ENTRY_SLOT_SIZE + e.len()).sum::<usize>() + ENTRIES_HEADER_SIZE
 }
 
 impl Wal {
@@ -811,9 +827,8 @@ impl Wal {
             // The largest chunk that fits a segment (at least one entry).
             let mut end = start + 1;
             let mut len = entries_payload_len(entries[start..end].iter());
-            while end < entries.len() && len + ENTRY_SLOT_SIZE + entries[end].data.len() <= capacity
-            {
-                len += ENTRY_SLOT_SIZE + entries[end].data.len();
+            while end < entries.len() && len + ENTRY_SLOT_SIZE + entries[end].len() <= capacity {
+                len += ENTRY_SLOT_SIZE + entries[end].len();
                 end += 1;
             }
             self.append_chunk(&entries[start..end], len)?;
@@ -833,9 +848,11 @@ impl Wal {
                 let slot = ENTRIES_HEADER_SIZE + k * ENTRY_SLOT_SIZE;
                 p[slot..slot + 8].copy_from_slice(&e.term.to_le_bytes());
                 p[slot + 8..slot + 12].copy_from_slice(&(data_at as u32).to_le_bytes());
-                p[slot + 12..slot + 16].copy_from_slice(&(e.data.len() as u32).to_le_bytes());
-                p[data_at..data_at + e.data.len()].copy_from_slice(e.data);
-                data_at += e.data.len();
+                p[slot + 12..slot + 16].copy_from_slice(&(e.len() as u32).to_le_bytes());
+                let data_start = data_at + e.head.len();
+                p[data_at..data_start].copy_from_slice(e.head);
+                p[data_start..data_start + e.data.len()].copy_from_slice(e.data);
+                data_at = data_start + e.data.len();
             }
         })?;
         self.apply_batch(Batch { first_index, count: chunk.len() as u64, sequence, payload })
@@ -1222,11 +1239,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let identity = Identity { node_id: 1, cluster_id: "t".to_string() };
         let (mut wal, _) = Wal::open(dir.path(), &identity, Options::default()).expect("open");
-        wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"x" }]).expect("append");
+        wal.append_entries(&[EntryRef { head: &[], index: 1, term: 1, data: b"x" }])
+            .expect("append");
         wal.fail_next_sync = true;
         assert!(matches!(wal.sync(), Err(Error::SyncFailed { .. })));
         assert!(matches!(wal.sync(), Err(Error::Poisoned)), "no retry");
-        let more = [EntryRef { index: 2, term: 1, data: b"y" }];
+        let more = [EntryRef { head: &[], index: 2, term: 1, data: b"y" }];
         assert!(matches!(wal.append_entries(&more), Err(Error::Poisoned)));
         assert!(matches!(wal.set_hard_state(HardState::default()), Err(Error::Poisoned)));
     }

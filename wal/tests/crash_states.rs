@@ -195,7 +195,12 @@ fn run(fs: &SimFs, ops: &[Op]) -> Run {
                 let refs: Vec<EntryRef<'_>> = datas
                     .iter()
                     .enumerate()
-                    .map(|(k, data)| EntryRef { index: first + k as u64, term: *term, data })
+                    .map(|(k, data)| EntryRef {
+                        head: &[],
+                        index: first + k as u64,
+                        term: *term,
+                        data,
+                    })
                     .collect();
                 wal.append_entries(&refs).expect("append");
             }
@@ -273,7 +278,8 @@ fn check_state(
     // Writable again, and that write survives.
     let next = got.last + 1;
     let data = data_of(next, 1000);
-    wal.append_entries(&[EntryRef { index: next, term: 1000, data: &data }]).expect("append after");
+    wal.append_entries(&[EntryRef { head: &[], index: next, term: 1000, data: &data }])
+        .expect("append after");
     wal.sync().expect("sync after");
     drop(wal);
     let (wal, _) = open_image(&disk.power_cut_keeping(CrashChoice::KeepNone), what);
@@ -370,7 +376,7 @@ fn a_full_disk_stops_writes_with_a_clear_error_and_corrupts_nothing() {
     let error = loop {
         let index = synced + 1;
         let data = data_of(index, 1);
-        if let Err(e) = wal.append_entries(&[EntryRef { index, term: 1, data: &data }]) {
+        if let Err(e) = wal.append_entries(&[EntryRef { head: &[], index, term: 1, data: &data }]) {
             break e;
         }
         wal.sync().expect("a sync within allocated space succeeds");
@@ -387,7 +393,8 @@ fn a_full_disk_stops_writes_with_a_clear_error_and_corrupts_nothing() {
         assert_eq!(wal.last_index(), synced, "every synced entry, nothing else");
         image_of(&wal);
         let data = data_of(synced + 1, 1);
-        wal.append_entries(&[EntryRef { index: synced + 1, term: 1, data: &data }]).unwrap();
+        wal.append_entries(&[EntryRef { head: &[], index: synced + 1, term: 1, data: &data }])
+            .unwrap();
         wal.sync().unwrap();
         drop(wal);
         let cut = disk.power_cut_keeping(CrashChoice::KeepNone);

@@ -30,11 +30,17 @@ fn data_of(index: u64, term: u64) -> Vec<u8> {
     format!("entry {index} of term {term}").into_bytes()
 }
 
-/// Appends entries `[first, last]` of `term` as one batch.
+/// Appends entries `[first, last]` of `term` as one batch, each given as a head and the rest
+/// split at a point that moves with the index (none, some, all of it in the head).
 fn append(wal: &mut Wal, first: u64, last: u64, term: u64) {
     let datas: Vec<Vec<u8>> = (first..=last).map(|i| data_of(i, term)).collect();
-    let refs: Vec<EntryRef<'_>> =
-        (first..=last).zip(&datas).map(|(index, data)| EntryRef { index, term, data }).collect();
+    let refs: Vec<EntryRef<'_>> = (first..=last)
+        .zip(&datas)
+        .map(|(index, bytes)| {
+            let (head, data) = bytes.split_at(index as usize % (bytes.len() + 1));
+            EntryRef { head, index, term, data }
+        })
+        .collect();
     wal.append_entries(&refs).expect("append");
 }
 
@@ -117,10 +123,12 @@ fn appends_must_follow_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = open(dir.path());
     append(&mut wal, 1, 3, 1);
-    let gap = [EntryRef { index: 5, term: 1, data: b"x" }];
+    let gap = [EntryRef { head: &[], index: 5, term: 1, data: b"x" }];
     assert!(matches!(wal.append_entries(&gap), Err(Error::NonContiguous { first: 5, last: 3 })));
-    let unordered =
-        [EntryRef { index: 4, term: 1, data: b"x" }, EntryRef { index: 6, term: 1, data: b"y" }];
+    let unordered = [
+        EntryRef { head: &[], index: 4, term: 1, data: b"x" },
+        EntryRef { head: &[], index: 6, term: 1, data: b"y" },
+    ];
     assert!(matches!(wal.append_entries(&unordered), Err(Error::Invalid(_))));
     assert_eq!(wal.last_index(), 3);
 }
@@ -133,7 +141,9 @@ fn segments_rotate_and_an_oversized_entry_gets_its_own() {
         append(&mut wal, i, i, 1);
     }
     let big = vec![7u8; 3 * SMALL_SEGMENT as usize];
-    wal.append_entries(&[EntryRef { index: 401, term: 1, data: &big }]).unwrap();
+    // Given as a head and the rest: sized, placed and read back as one.
+    let (head, data) = big.split_at(SMALL_SEGMENT as usize);
+    wal.append_entries(&[EntryRef { head, index: 401, term: 1, data }]).unwrap();
     append(&mut wal, 402, 402, 1);
     wal.sync().unwrap();
     assert!(wal.segment_paths().len() >= 2);
@@ -488,8 +498,9 @@ fn child_appends_until_killed() {
     let payload = vec![0xabu8; 700];
     let mut index = 0u64;
     for batch in 0u64.. {
-        let refs: Vec<EntryRef<'_>> =
-            (0..5).map(|k| EntryRef { index: index + 1 + k, term: 1, data: &payload }).collect();
+        let refs: Vec<EntryRef<'_>> = (0..5)
+            .map(|k| EntryRef { head: &[], index: index + 1 + k, term: 1, data: &payload })
+            .collect();
         wal.append_entries(&refs).unwrap();
         wal.set_hard_state(HardState { term: 1, vote: 1, commit: index + 5 }).unwrap();
         wal.sync().unwrap();
@@ -551,7 +562,7 @@ fn a_segment_starting_with_a_snapshot_marker_recovers_after_compaction() {
     let (mut wal, _) = Wal::open(dir.path(), &identity(), small.clone()).unwrap();
     let big = vec![1u8; 600];
     let refs: Vec<EntryRef<'_>> =
-        (1..=5).map(|index| EntryRef { index, term: 1, data: &big }).collect();
+        (1..=5).map(|index| EntryRef { head: &[], index, term: 1, data: &big }).collect();
     wal.append_entries(&refs).unwrap();
     wal.sync().unwrap();
     assert_eq!(wal.segment_paths().len(), 1);
@@ -578,16 +589,16 @@ fn straddling_log(later: bool) -> (tempfile::TempDir, Options) {
     let dir = tempfile::tempdir().unwrap();
     let small = Options { segment_size_bytes: wal::SEGMENT_SIZE_BYTES_MIN, ..Options::default() };
     let (mut wal, _) = Wal::open(dir.path(), &identity(), small.clone()).unwrap();
-    wal.append_entries(&[EntryRef { index: 1, term: 1, data: b"A" }]).unwrap();
+    wal.append_entries(&[EntryRef { head: &[], index: 1, term: 1, data: b"A" }]).unwrap();
     wal.sync().unwrap();
     let b = vec![b'B'; 3500];
     let c = vec![b'C'; 1000];
-    wal.append_entries(&[EntryRef { index: 2, term: 1, data: &b }]).unwrap();
-    wal.append_entries(&[EntryRef { index: 3, term: 1, data: &c }]).unwrap();
+    wal.append_entries(&[EntryRef { head: &[], index: 2, term: 1, data: &b }]).unwrap();
+    wal.append_entries(&[EntryRef { head: &[], index: 3, term: 1, data: &c }]).unwrap();
     assert_eq!(wal.segment_paths().len(), 2, "C rotated to a second segment");
     wal.sync().unwrap();
     if later {
-        wal.append_entries(&[EntryRef { index: 4, term: 1, data: b"D" }]).unwrap();
+        wal.append_entries(&[EntryRef { head: &[], index: 4, term: 1, data: b"D" }]).unwrap();
         wal.sync().unwrap();
     }
     (dir, small)

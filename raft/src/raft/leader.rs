@@ -1,5 +1,6 @@
 //! The leader's side: replication to followers, proposals, reads, leader transfer.
 
+use bytes::Bytes;
 use log::{debug, info, warn};
 
 use super::*;
@@ -128,7 +129,7 @@ impl<T: Storage> Raft<T> {
         true
     }
 
-    pub(super) fn send_heartbeat(&mut self, to: u64, ctx: Vec<u8>) {
+    pub(super) fn send_heartbeat(&mut self, to: u64, ctx: Bytes) {
         // Never advertise a commit index the follower may not have: it could not commit to it.
         let commit = self.prs.progress[&to].matched.min(self.raft_log.committed);
         self.send(Message {
@@ -154,11 +155,11 @@ impl<T: Storage> Raft<T> {
 
     /// Sends heartbeats carrying the newest waiting read's context.
     pub fn bcast_heartbeat(&mut self) {
-        let ctx = self.read_only.last_pending_request_ctx().map(<[u8]>::to_vec);
+        let ctx = self.read_only.last_pending_request_ctx().cloned();
         self.bcast_heartbeat_with_ctx(ctx.unwrap_or_default());
     }
 
-    pub(super) fn bcast_heartbeat_with_ctx(&mut self, ctx: Vec<u8>) {
+    pub(super) fn bcast_heartbeat_with_ctx(&mut self, ctx: Bytes) {
         for id in self.peer_ids() {
             self.send_heartbeat(id, ctx.clone());
         }

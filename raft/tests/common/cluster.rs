@@ -248,7 +248,7 @@ impl Node {
         let cc = match entry.entry_type {
             EntryType::Normal => {
                 if !entry.data.is_empty() {
-                    self.applied.push(entry.data.clone());
+                    self.applied.push(entry.data.to_vec());
                 }
                 return;
             }

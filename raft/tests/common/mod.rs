@@ -326,5 +326,5 @@ impl Network {
 
 /// The entries of a log, for comparisons.
 pub fn log_entries(r: &Raft<MemoryStorage>) -> Vec<(u64, u64, Vec<u8>)> {
-    r.raft_log.all_entries().into_iter().map(|e| (e.index, e.term, e.data)).collect()
+    r.raft_log.all_entries().into_iter().map(|e| (e.index, e.term, e.data.to_vec())).collect()
 }

@@ -246,7 +246,7 @@ impl<N: Net> Node<N> {
             let e = ClientError::TooLarge { len: data.len(), max: self.config.max_request_bytes };
             return self.proposal_failed(&proposed, &waiter, e);
         }
-        self.proposals.push((Vec::new(), data));
+        self.proposals.push((raft::Bytes::new(), data.into()));
         self.proposal_waiters.push((proposed, waiter));
     }
 

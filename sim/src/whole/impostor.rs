@@ -261,7 +261,7 @@ impl Sim {
                         log_term: absurd,
                         index: last + rng.below(10),
                         commit: u64::MAX,
-                        context: raft::CAMPAIGN_TRANSFER.to_vec(),
+                        context: raft::Bytes::from_static(raft::CAMPAIGN_TRANSFER),
                         ..Message::default()
                     })
                 }
@@ -283,7 +283,7 @@ impl Sim {
                         entries: vec![Entry {
                             term,
                             index: index + 1,
-                            data: vec![0xff; 8],
+                            data: vec![0xff; 8].into(),
                             ..Entry::default()
                         }],
                         ..Message::default()
