@@ -243,8 +243,10 @@ pub struct Message {
     pub entries: Vec<Entry>,
     /// The sender's commit index.
     pub commit: u64,
-    /// The snapshot, for `Snapshot` messages.
-    pub snapshot: Option<Snapshot>,
+    /// The snapshot, for `Snapshot` messages. Boxed (as etcd's is a pointer): every other
+    /// message is moved a few times on its way out, and would carry the snapshot's inline
+    /// size each time.
+    pub snapshot: Option<Box<Snapshot>>,
     /// True when the request is refused.
     pub reject: bool,
     /// On a rejected append: the follower's best guess of where the logs may match.

@@ -857,8 +857,10 @@ impl<T: Storage> Raft<T> {
             self.bcast_append();
         } else {
             // Probe new members now rather than at the next heartbeat or proposal.
-            for id in self.peer_ids() {
+            let mut peer = self.next_peer(None);
+            while let Some(id) = peer {
                 self.maybe_send_append(id, false);
+                peer = self.next_peer(Some(id));
             }
         }
         if self.lead_transferee != INVALID_ID

@@ -73,7 +73,7 @@ fn restore_refuses_a_configuration_without_this_node() {
 fn restore_from_snapshot_message() {
     let mut r = new_test_raft(2, &[1, 2], 10, 1, storage_with_peers(&[1, 2]));
     let m = Message {
-        snapshot: Some(snap(11, 11, &[1, 2])),
+        snapshot: Some(Box::new(snap(11, 11, &[1, 2]))),
         ..new_message(1, 2, MessageType::Snapshot, 2)
     };
     r.step(m).unwrap();

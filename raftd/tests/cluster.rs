@@ -562,14 +562,14 @@ fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
         to: follower,
         from: leader,
         term: status.term,
-        snapshot: Some(raft::Snapshot {
+        snapshot: Some(Box::new(raft::Snapshot {
             data: Vec::new(),
             metadata: raft::SnapshotMetadata {
                 conf_state: raft::ConfState { voters: vec![1, 2, 3], ..Default::default() },
                 index: status.last_index + 1000,
                 term: status.term,
             },
-        }),
+        })),
         ..Default::default()
     };
     let frame = PeerFrame::SnapshotChunk { message, offset: 0, total: data.len() as u64, data };

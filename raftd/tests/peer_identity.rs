@@ -250,9 +250,11 @@ fn crafted_frames_of_every_type_from_a_member_leave_the_cluster_serving() {
                         ..Entry::default()
                     }],
                     commit: absurd[(k + 2) % absurd.len()],
-                    snapshot: (msg_type == MessageType::Snapshot).then(|| Snapshot {
-                        data: vec![1, 2, 3],
-                        metadata: SnapshotMetadata { index: x, term: x, ..Default::default() },
+                    snapshot: (msg_type == MessageType::Snapshot).then(|| {
+                        Box::new(Snapshot {
+                            data: vec![1, 2, 3],
+                            metadata: SnapshotMetadata { index: x, term: x, ..Default::default() },
+                        })
                     }),
                     reject: k % 2 == 0,
                     reject_hint: x,
@@ -393,14 +395,14 @@ fn a_snapshot_stream_is_taken_only_from_the_leader_in_order_and_within_its_cap()
             to: receiver,
             from,
             term: status.term,
-            snapshot: Some(Snapshot {
+            snapshot: Some(Box::new(Snapshot {
                 data: Vec::new(),
                 metadata: SnapshotMetadata {
                     conf_state: ConfState { voters: vec![1, 2, 3], ..Default::default() },
                     index: status.last_index + 1000,
                     term: status.term,
                 },
-            }),
+            })),
             ..Default::default()
         },
         offset,

@@ -263,7 +263,7 @@ impl<T: Storage> Raft<T> {
             return;
         };
         let (index, term) = (snapshot.metadata.index, snapshot.metadata.term);
-        if self.restore(snapshot) {
+        if self.restore(*snapshot) {
             info!(
                 "{:x} [commit: {}] restored snapshot [index: {index}, term: {term}]",
                 self.id, self.raft_log.committed

@@ -1,5 +1,7 @@
 //! The leader's side: replication to followers, proposals, reads, leader transfer.
 
+use std::ops::Bound;
+
 use bytes::Bytes;
 use log::{debug, info, warn};
 
@@ -123,7 +125,7 @@ impl<T: Storage> Raft<T> {
         self.send(Message {
             msg_type: MessageType::Snapshot,
             to,
-            snapshot: Some(snapshot),
+            snapshot: Some(Box::new(snapshot)),
             ..Message::default()
         });
         true
@@ -142,14 +144,24 @@ impl<T: Storage> Raft<T> {
         });
     }
 
-    pub(super) fn peer_ids(&self) -> Vec<u64> {
-        self.prs.progress.keys().copied().filter(|&id| id != self.id).collect()
+    /// The first follower or learner, in id order, after `after` (from the first when
+    /// `None`): a walk over the peers that sends to each as it goes, without collecting their
+    /// ids (a broadcast per proposal allocated a list each time).
+    pub(super) fn next_peer(&self, after: Option<u64>) -> Option<u64> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.prs
+            .progress
+            .range((from, Bound::Unbounded))
+            .map(|(&id, _)| id)
+            .find(|&id| id != self.id)
     }
 
     /// Sends appends to every follower and learner.
     pub fn bcast_append(&mut self) {
-        for id in self.peer_ids() {
+        let mut peer = self.next_peer(None);
+        while let Some(id) = peer {
             self.send_append(id);
+            peer = self.next_peer(Some(id));
         }
     }
 
@@ -160,8 +172,10 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn bcast_heartbeat_with_ctx(&mut self, ctx: Bytes) {
-        for id in self.peer_ids() {
+        let mut peer = self.next_peer(None);
+        while let Some(id) = peer {
             self.send_heartbeat(id, ctx.clone());
+            peer = self.next_peer(Some(id));
         }
     }
 

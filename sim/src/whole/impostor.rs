@@ -298,7 +298,7 @@ impl Sim {
                         to,
                         from,
                         term,
-                        snapshot: Some(Snapshot {
+                        snapshot: Some(Box::new(Snapshot {
                             data: Vec::new(),
                             metadata: SnapshotMetadata {
                                 index: status.commit + 1_000,
@@ -309,7 +309,7 @@ impl Sim {
                                     ..ConfState::default()
                                 },
                             },
-                        }),
+                        })),
                         ..Message::default()
                     };
                     PeerFrame::SnapshotChunk {
