@@ -17,6 +17,7 @@ pub const VERSION: &str = concat!(
 pub mod args;
 pub mod bootstrap;
 pub mod clock;
+pub mod entry_cache;
 pub mod errors;
 pub mod kv;
 pub mod metrics;

@@ -13,10 +13,12 @@ use raft::{
     Bytes, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata, StorageError,
 };
 
+use crate::entry_cache::EntryCache;
 use crate::errors::{Error, Result};
 use crate::snapfile;
 
-const ENTRY_PREFIX_SIZE: usize = 5;
+/// Bytes of an entry's head before its context: type (1), context length (4).
+pub(crate) const ENTRY_PREFIX_SIZE: usize = 5;
 
 /// Writes the bytes stored before an entry's data: its type, its context's length, its context.
 fn encode_entry_head(e: &Entry, out: &mut Vec<u8>) {
@@ -113,6 +115,8 @@ pub struct WalStorage {
     fs: Arc<dyn wal::fs::Fs>,
     snap_dir: PathBuf,
     scratch: Vec<Vec<u8>>,
+    /// The newest entries as appended, handed back without reading the WAL.
+    cache: EntryCache,
     /// Write snapshot files and delete old files on the calling thread, not helpers
     /// (deterministic crash tests and the simulator).
     inline: bool,
@@ -176,6 +180,7 @@ impl WalStorage {
                 fs,
                 snap_dir,
                 scratch: Vec::new(),
+                cache: EntryCache::default(),
                 inline: false,
             },
             recovery,
@@ -241,7 +246,17 @@ impl WalStorage {
         let result = self.wal.append_entries(&refs);
         drop(refs);
         self.scratch = scratch;
+        match result {
+            Ok(()) => self.cache.append(entries),
+            Err(_) => self.cache.clear(),
+        }
         result.map_err(Error::from)
+    }
+
+    /// The state machine has applied through `index`: those entries need not be kept in
+    /// memory any more (a follower that still needs one gets it from the WAL).
+    pub fn release_applied(&mut self, index: u64) {
+        self.cache.forget_through(index);
     }
 
     /// Records the hard state; durable after [`WalStorage::sync`].
@@ -274,6 +289,7 @@ impl WalStorage {
         })?;
         self.snapshot = meta.clone();
         self.loaded = None;
+        self.cache.retain_within(self.wal.first_index(), self.wal.last_index());
         Ok(())
     }
 
@@ -336,6 +352,7 @@ impl WalStorage {
             let compact_to = index.saturating_sub(keep_entries) + 1;
             if compact_to > self.wal.first_index() {
                 garbage = Some(self.wal.compact_deferred(compact_to)?);
+                self.cache.retain_within(self.wal.first_index(), self.wal.last_index());
             }
         }
         // Deleting files (a segment, an old snapshot) takes milliseconds each: not on the
@@ -447,6 +464,13 @@ impl raft::Storage for WalStorage {
         high: u64,
         max_size: u64,
     ) -> std::result::Result<Vec<Entry>, StorageError> {
+        // The log's bounds decide what exists; the cache only how it is fetched.
+        let (first, last) = (self.wal.first_index(), self.wal.last_index());
+        if low >= first && high <= last + 1 {
+            if let Some(entries) = self.cache.entries(low, high, max_size) {
+                return Ok(entries);
+            }
+        }
         let entries = self.wal.entries(low, high, max_size).map_err(storage_error)?;
         entries.into_iter().map(decode_entry).collect()
     }
@@ -534,6 +558,58 @@ mod tests {
         assert_eq!(s.entries(9, 11, u64::MAX).unwrap(), ents[8..].to_vec());
         assert_eq!(s.first_index(), Ok(7), "two entries kept behind the snapshot");
         assert_eq!(s.entries(1, 2, u64::MAX), Err(StorageError::Compacted));
+    }
+
+    /// Entries read back while they are among the newest share the bytes they were appended
+    /// with (no copy out of the WAL); every read, cached or not, agrees with the WAL's as
+    /// the log's suffix is replaced, a snapshot installed and the log compacted.
+    #[test]
+    fn the_newest_entries_are_read_back_sharing_their_bytes_and_agree_with_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = wal::Options { segment_size_bytes: 1 << 20, ..wal::Options::default() };
+        let (mut s, _) = WalStorage::open(dir.path(), &identity(), opts.clone()).unwrap();
+        let payload = |i: u64, term: u64| format!("entry {i} of term {term}").into_bytes();
+        let ents: Vec<Entry> = (1..=20)
+            .map(|i| {
+                entry(i, 1, EntryType::Normal, &payload(i, 1), if i % 3 == 0 { b"c" } else { b"" })
+            })
+            .collect();
+        s.append(&ents).unwrap();
+        let read = s.entries(5, 21, u64::MAX).unwrap();
+        assert_eq!(read, ents[4..].to_vec());
+        for (got, appended) in read.iter().zip(&ents[4..]) {
+            assert_eq!(got.data.as_ptr(), appended.data.as_ptr(), "entry {} shared", got.index);
+        }
+        // A conflicting suffix from 15 on, of term 2.
+        let tail: Vec<Entry> =
+            (15..=17).map(|i| entry(i, 2, EntryType::Normal, &payload(i, 2), b"")).collect();
+        s.append(&tail).unwrap();
+        let want: Vec<Entry> = ents[..14].iter().chain(&tail).cloned().collect();
+        assert_eq!(s.entries(1, 18, u64::MAX).unwrap(), want);
+        assert_eq!(s.entries(15, 19, u64::MAX), Err(StorageError::Unavailable));
+        // The size limit applies as the WAL applies it.
+        let three: u64 = want[..3].iter().map(crate::entry_cache::stored_len).sum();
+        assert_eq!(s.entries(1, 18, three).unwrap().len(), 3);
+        assert_eq!(s.entries(1, 18, three - 1).unwrap().len(), 2);
+        s.sync().unwrap();
+        let cs = ConfState { voters: vec![1], ..ConfState::default() };
+        s.create_snapshot(12, cs.clone(), b"image".to_vec(), 2).unwrap();
+        assert_eq!(s.entries(1, 2, u64::MAX), Err(StorageError::Compacted));
+        assert_eq!(s.entries(11, 18, u64::MAX).unwrap(), want[10..].to_vec());
+        // A snapshot past the log's end resets it: nothing old is served.
+        let leader = Snapshot {
+            data: b"leader image".to_vec(),
+            metadata: SnapshotMetadata { index: 40, term: 3, conf_state: cs },
+        };
+        s.apply_snapshot(&leader).unwrap();
+        assert_eq!(s.entries(15, 16, u64::MAX), Err(StorageError::Compacted));
+        let next = vec![entry(41, 3, EntryType::Normal, b"after", b"")];
+        s.append(&next).unwrap();
+        assert_eq!(s.entries(41, 42, u64::MAX).unwrap(), next);
+        s.sync().unwrap();
+        drop(s);
+        let (s, _) = WalStorage::open(dir.path(), &identity(), opts).unwrap();
+        assert_eq!(s.entries(41, 42, u64::MAX).unwrap(), next, "the same from the WAL");
     }
 
     #[test]

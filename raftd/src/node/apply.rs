@@ -113,6 +113,9 @@ impl<N: Net> Node<N> {
             for entry in &rd.committed_entries[early..] {
                 self.apply(entry)?;
             }
+            if let Some(last) = rd.committed_entries.last() {
+                self.raw.store_mut().release_applied(last.index);
+            }
             self.raw.advance(rd);
             self.serve_reads();
             self.maybe_snapshot()?;
