@@ -43,7 +43,7 @@
 
 #![warn(clippy::unwrap_used)]
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -167,6 +167,15 @@ pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize> {
     bincode::serde::encode_into_writer(value, &mut size, bincode_config())
         .map_err(|e| Error::Encode { reason: e.to_string() })?;
     Ok(size.bytes_written)
+}
+
+/// Writes one value, without a length prefix, to `out` as it is encoded (a value too large to
+/// hold twice: a snapshot image going to its file). An error from `out` is returned as
+/// [`Error::Encode`] naming it.
+pub fn encode_value_to_writer<T: Serialize>(value: &T, out: &mut dyn Write) -> Result<()> {
+    bincode::serde::encode_into_std_write(value, &mut &mut *out, bincode_config())
+        .map(drop)
+        .map_err(|e| Error::Encode { reason: e.to_string() })
 }
 
 /// Appends one value, without a length prefix, to `out`.

@@ -599,9 +599,23 @@ pub struct FrozenKv {
 impl FrozenKv {
     /// The snapshot bytes, as [`Kv::snapshot`] gives them for the state when frozen.
     pub fn encode(self) -> Vec<u8> {
+        self.with_image(encode_image)
+    }
+
+    /// Writes the snapshot bytes [`FrozenKv::encode`] gives to `out` as they are encoded,
+    /// never holding them whole (a snapshot file is written so).
+    pub fn write_to(self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.with_image(|image| {
+            out.write_all(SNAPSHOT_MAGIC)?;
+            out.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
+            codec::encode_value_to_writer(image, out).map_err(std::io::Error::other)
+        })
+    }
+
+    fn with_image<R>(self, f: impl FnOnce(&ImageRef<'_>) -> R) -> R {
         let mut data: Vec<(&Vec<u8>, &Vec<u8>)> = self.data.iter().collect();
         data.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        encode_image(&ImageRef {
+        f(&ImageRef {
             data,
             sessions: &self.sessions,
             members: &self.members,
@@ -1582,6 +1596,18 @@ mod tests {
         assert_eq!(restored, kv);
         let frozen = Kv::restore(&kv.freeze().encode()).unwrap();
         assert!(frozen.is_retired(2, 0xa));
+        kv.thaw();
+        // Written as it is encoded (into a snapshot file): the same bytes.
+        for i in 0..1000u32 {
+            kv.data.insert(format!("k{i}").into_bytes(), vec![i as u8; i as usize % 300]);
+        }
+        let encoded = kv.freeze().encode();
+        kv.thaw();
+        let mut streamed = Vec::new();
+        kv.freeze().write_to(&mut streamed).unwrap();
+        kv.thaw();
+        assert_eq!(streamed, encoded);
+        assert_eq!(Kv::restore(&streamed).unwrap(), kv);
         // A member removed before its incarnation was recorded retires nothing.
         kv.remove_member(3);
         assert!(!kv.is_retired(3, 0));

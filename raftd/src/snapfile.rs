@@ -35,8 +35,7 @@ fn parse_name(name: &str) -> Option<u64> {
 }
 
 /// Everything before the data: magic, version, reserved, index, term, conf state, data length.
-fn encode_head(snapshot: &Snapshot) -> Result<Vec<u8>> {
-    let meta = &snapshot.metadata;
+fn encode_head(meta: &SnapshotMetadata, data_len: u64) -> Result<Vec<u8>> {
     let conf = codec::encode_value(&meta.conf_state)?;
     let mut out = Vec::with_capacity(44 + conf.len());
     out.extend_from_slice(&MAGIC);
@@ -46,7 +45,7 @@ fn encode_head(snapshot: &Snapshot) -> Result<Vec<u8>> {
     out.extend_from_slice(&meta.term.to_le_bytes());
     out.extend_from_slice(&(conf.len() as u32).to_le_bytes());
     out.extend_from_slice(&conf);
-    out.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data_len.to_le_bytes());
     Ok(out)
 }
 
@@ -90,36 +89,50 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Snapshot> {
 /// Writes a snapshot file durably: temporary file, fsync, rename, directory fsync (the
 /// directory itself created durably if missing).
 pub fn write(fs: &dyn Fs, dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
+    write_streamed(fs, dir, &snapshot.metadata, |w| w.write_all(&snapshot.data))
+}
+
+/// [`write`] for data produced by `write_data` as it is written (a state machine image
+/// encoded straight into the file, never held whole in memory): written in pieces of
+/// [`WRITE_PIECE_BYTES`] after a head whose data length, and so whose checksum, is filled in
+/// once the data is done. An error from the disk (a full one, say) is reported as the disk's,
+/// whatever `write_data` made of it.
+pub fn write_streamed(
+    fs: &dyn Fs,
+    dir: &Path,
+    metadata: &SnapshotMetadata,
+    write_data: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<PathBuf> {
     wal::fs::create_dir_all_durably(fs, dir)
         .map_err(|e| Error::io("create snapshot dir", dir, e))?;
-    let path = dir.join(file_name(snapshot.metadata.index));
+    let path = dir.join(file_name(metadata.index));
     let tmp = wal::fs::temporary_path(&path);
-    // The file is the head, the data and a CRC of both, written from where they are (the
-    // data can be hundreds of megabytes: it is not copied into one buffer with the rest).
-    let head = encode_head(snapshot)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head);
-    crc.update(&snapshot.data);
-    let crc = crc.finalize().to_le_bytes();
+    let head_len = encode_head(metadata, 0)?.len() as u64;
     let f = fs.open(&tmp, OpenMode::CreateTruncate).map_err(|e| Error::io("create", &tmp, e))?;
+    let mut pieces = Pieces {
+        file: f.as_ref(),
+        offset: head_len,
+        previous: None,
+        crc: crc32fast::Hasher::new(),
+        buf: Vec::new(),
+        failed: None,
+    };
     let written = (|| {
-        // In pieces, each one's write-back started as it is written and waited for before
-        // the next is started: a single write-back of the whole file at the final fsync would
-        // hold the disk (and so the WAL's syncs, which clients wait on) for as long as it
-        // takes.
-        f.write_at(0, &head).map_err(|e| Error::io("write", &tmp, e))?;
-        let mut offset = head.len() as u64;
-        let mut previous: Option<(u64, u64)> = None;
-        for piece in snapshot.data.chunks(WRITE_PIECE_BYTES).chain(std::iter::once(&crc[..])) {
-            f.write_at(offset, piece).map_err(|e| Error::io("write", &tmp, e))?;
-            if let Some((start, len)) = previous {
-                f.write_back(start, len, true);
-            }
-            f.write_back(offset, piece.len() as u64, false);
-            previous = Some((offset, piece.len() as u64));
-            offset += piece.len() as u64;
+        let produced = write_data(&mut pieces).and_then(|()| std::io::Write::flush(&mut pieces));
+        if let Some(e) = pieces.failed.take() {
+            return Err(Error::io("write", &tmp, e));
         }
-        Ok(())
+        produced.map_err(|e| Error::SnapshotNotWritten(format!("encoding the image: {e}")))?;
+        // The head, now that the data's length is known, and the checksum of both.
+        let data_len = pieces.offset - head_len;
+        let head = encode_head(metadata, data_len)?;
+        assert_eq!(head.len() as u64, head_len, "the head's length does not depend on the data");
+        f.write_at(0, &head).map_err(|e| Error::io("write", &tmp, e))?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.combine(&pieces.crc);
+        f.write_at(pieces.offset, &crc.finalize().to_le_bytes())
+            .map_err(|e| Error::io("write", &tmp, e))
     })();
     if let Err(e) = written {
         // A full disk, say: the partial file goes, the caller may try again later.
@@ -133,6 +146,72 @@ pub fn write(fs: &dyn Fs, dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     fs.sync_dir(dir)
         .map_err(|e| Error::Fatal(format!("fsync of {} failed: {e}", dir.display())))?;
     Ok(path)
+}
+
+/// The data of a snapshot file on its way to the disk, a piece at a time: each piece's
+/// write-back is started as it is written and waited for before the next is started, since
+/// a single write-back of the whole file at the final fsync would hold the disk (and so the
+/// WAL's syncs, which clients wait on) for as long as it takes.
+struct Pieces<'a> {
+    file: &'a dyn wal::fs::FsFile,
+    /// Where the next piece goes.
+    offset: u64,
+    /// The last piece written, whose write-back is waited for before the next one's starts.
+    previous: Option<(u64, u64)>,
+    /// Of the data written so far.
+    crc: crc32fast::Hasher,
+    /// Bytes not yet making a whole piece.
+    buf: Vec<u8>,
+    /// The disk's error, kept as it was.
+    failed: Option<std::io::Error>,
+}
+
+impl Pieces<'_> {
+    fn put(&mut self, piece: &[u8]) -> std::io::Result<()> {
+        if let Err(e) = self.file.write_at(self.offset, piece) {
+            let kept = std::io::Error::new(e.kind(), e.to_string());
+            self.failed = Some(e);
+            return Err(kept);
+        }
+        self.crc.update(piece);
+        if let Some((start, len)) = self.previous {
+            self.file.write_back(start, len, true);
+        }
+        self.file.write_back(self.offset, piece.len() as u64, false);
+        self.previous = Some((self.offset, piece.len() as u64));
+        self.offset += piece.len() as u64;
+        Ok(())
+    }
+}
+
+impl std::io::Write for Pieces<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= WRITE_PIECE_BYTES {
+            // Large writes go out from where they are.
+            self.put(&data[..WRITE_PIECE_BYTES])?;
+            return Ok(WRITE_PIECE_BYTES);
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(WRITE_PIECE_BYTES);
+        }
+        let n = data.len().min(WRITE_PIECE_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == WRITE_PIECE_BYTES {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.put(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        result
+    }
 }
 
 /// Indexes of the snapshot files in `dir`, ascending.

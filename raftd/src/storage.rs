@@ -294,24 +294,23 @@ impl WalStorage {
     }
 
     /// Starts snapshotting the state machine as of the applied `index` and returns at once:
-    /// `encode` (which must image the state at `index`) runs, and the file is written and
-    /// synced, on another thread, so the event loop waits for neither the CPU work nor the
-    /// disk. Put it in force with [`WalStorage::finish_snapshot`].
+    /// `encode` (which must write the image of the state at `index`) runs on another thread,
+    /// writing straight into the file, which is then synced there too, so the event loop
+    /// waits for neither the CPU work nor the disk, and the image is never held whole in
+    /// memory. Put it in force with [`WalStorage::finish_snapshot`].
     pub fn begin_snapshot(
         &self,
         index: u64,
         conf_state: ConfState,
-        encode: impl FnOnce() -> Vec<u8> + Send + 'static,
+        encode: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'static,
     ) -> Result<SnapshotJob> {
         let term = self.wal.term(index)?;
         let metadata = SnapshotMetadata { conf_state, index, term };
         let dir = self.snap_dir.clone();
         let fs = self.fs.clone();
         let write = move || {
-            let snapshot = Snapshot { data: encode(), metadata };
-            snapfile::write(fs.as_ref(), &dir, &snapshot)?;
-            // Freed here, not on the loop: the image may be hundreds of megabytes.
-            Ok(snapshot.metadata)
+            snapfile::write_streamed(fs.as_ref(), &dir, &metadata, encode)?;
+            Ok(metadata)
         };
         if self.inline {
             return Ok(SnapshotJob { index, writer: SnapshotWriter::Done(write()) });
@@ -397,7 +396,7 @@ impl WalStorage {
         data: Vec<u8>,
         keep_entries: u64,
     ) -> Result<()> {
-        let job = self.begin_snapshot(index, conf_state, move || data)?;
+        let job = self.begin_snapshot(index, conf_state, move |w| w.write_all(&data))?;
         self.finish_snapshot(job, keep_entries).map(drop)
     }
 
@@ -622,7 +621,7 @@ mod tests {
         s.append(&ents).unwrap();
         s.sync().unwrap();
         let cs = ConfState { voters: vec![1, 2], ..ConfState::default() };
-        let job = s.begin_snapshot(8, cs.clone(), || b"old image".to_vec()).unwrap();
+        let job = s.begin_snapshot(8, cs.clone(), |w| w.write_all(b"old image")).unwrap();
         assert_eq!(job.index, 8);
         let leader = Snapshot {
             data: b"leader image".to_vec(),

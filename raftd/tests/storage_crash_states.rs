@@ -153,7 +153,7 @@ fn run(disk: &SimFs, ops: &[Op]) -> (Vec<Image>, Vec<u64>, Vec<bool>) {
             }
             Op::Snapshot { index, keep } => {
                 let data = image_data(*index);
-                let job = s.begin_snapshot(*index, conf(), move || data).unwrap();
+                let job = s.begin_snapshot(*index, conf(), move |w| w.write_all(&data)).unwrap();
                 s.finish_snapshot(job, *keep).unwrap();
                 sync = true;
             }

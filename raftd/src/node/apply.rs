@@ -325,7 +325,7 @@ impl<N: Net> Node<N> {
         // on applying; the writes made meanwhile are folded in when the snapshot is finished.
         let frozen = self.kv.freeze();
         let cs = self.raw.raft.prs.conf_state();
-        let job = match self.raw.store().begin_snapshot(index, cs, move || frozen.encode()) {
+        let job = match self.raw.store().begin_snapshot(index, cs, move |w| frozen.write_to(w)) {
             Ok(job) => job,
             Err(Error::SnapshotNotWritten(why)) => {
                 self.kv.thaw();
