@@ -65,9 +65,10 @@ impl EntryCache {
     }
 
     /// Keeps only entries within the log's `[first_index, last_index]`; drops everything if
-    /// what is held does not end at `last_index` (the log was reset under it).
+    /// what is held does not end at `last_index`, or the log is empty (it was reset under it:
+    /// a snapshot at the last index but of another term leaves `first_index = last_index + 1`).
     pub fn retain_within(&mut self, first_index: u64, last_index: u64) {
-        if self.last_index().is_some_and(|last| last != last_index) {
+        if first_index > last_index || self.last_index().is_some_and(|last| last != last_index) {
             self.clear();
         }
         while self.first_index().is_some_and(|first| first < first_index) {
@@ -181,6 +182,9 @@ mod tests {
         assert_eq!(c.first_index(), Some(5));
         c.forget_through(5);
         assert_eq!(c.first_index(), Some(6));
+        c.retain_within(7, 6); // A snapshot at the last index, of another term: log empty.
+        assert_eq!((c.first_index(), c.bytes()), (None, 0));
+        c.append(&[entry(7, 2, 10)]);
         c.retain_within(100, 100); // A snapshot past the log's end reset it.
         assert_eq!((c.first_index(), c.bytes()), (None, 0));
     }
