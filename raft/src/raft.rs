@@ -857,11 +857,9 @@ impl<T: Storage> Raft<T> {
             self.bcast_append();
         } else {
             // Probe new members now rather than at the next heartbeat or proposal.
-            let mut peer = self.next_peer(None);
-            while let Some(id) = peer {
-                self.maybe_send_append(id, false);
-                peer = self.next_peer(Some(id));
-            }
+            self.for_each_peer(|r, id| {
+                r.maybe_send_append(id, false);
+            });
         }
         if self.lead_transferee != INVALID_ID
             && !self.prs.conf.voters.contains(self.lead_transferee)

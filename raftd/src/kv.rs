@@ -605,11 +605,7 @@ impl FrozenKv {
     /// Writes the snapshot bytes [`FrozenKv::encode`] gives to `out` as they are encoded,
     /// never holding them whole (a snapshot file is written so).
     pub fn write_to(self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        self.with_image(|image| {
-            out.write_all(SNAPSHOT_MAGIC)?;
-            out.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
-            codec::encode_value_to_writer(image, out).map_err(std::io::Error::other)
-        })
+        self.with_image(|image| write_image(image, out))
     }
 
     fn with_image<R>(self, f: impl FnOnce(&ImageRef<'_>) -> R) -> R {
@@ -636,11 +632,16 @@ fn encode_image(image: &ImageRef<'_>) -> Vec<u8> {
     // a steady write load that snapshots every 100,000 entries.
     let len = codec::encoded_len(image).expect("the state machine always encodes");
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_SIZE + len);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    codec::encode_value_into(image, &mut out).expect("the state machine always encodes");
+    write_image(image, &mut out).expect("the state machine always encodes into memory");
     debug_assert_eq!(out.len(), SNAPSHOT_HEADER_SIZE + len, "the image's size was counted");
     out
+}
+
+/// Writes the snapshot bytes of `image`: [`SNAPSHOT_MAGIC`], the format version, the state.
+fn write_image(image: &ImageRef<'_>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    out.write_all(SNAPSHOT_MAGIC)?;
+    out.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
+    codec::encode_value_to_writer(image, out).map_err(std::io::Error::other)
 }
 
 /// Equal states: equal contents, whatever is frozen.

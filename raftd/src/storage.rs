@@ -2,8 +2,9 @@
 //!
 //! Entries are stored in the WAL as bytes: entry type (u8), context length (u32 LE), context,
 //! data. The first three are the entry's head, written into the log beside its shared data
-//! (never joined with it in a buffer); read back, context and data are slices of one buffer. Snapshots are files under `snap/`; the WAL's snapshot marker records the one in
-//! force, and is written only after its file is durable.
+//! (never joined with it in a buffer); read back, context and data are slices of one buffer.
+//! Snapshots are files under `snap/`; the WAL's snapshot marker records the one in force, and
+//! is written only after its file is durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -147,7 +147,7 @@ impl<T: Storage> Raft<T> {
     /// The first follower or learner, in id order, after `after` (from the first when
     /// `None`): a walk over the peers that sends to each as it goes, without collecting their
     /// ids (a broadcast per proposal allocated a list each time).
-    pub(super) fn next_peer(&self, after: Option<u64>) -> Option<u64> {
+    fn next_peer(&self, after: Option<u64>) -> Option<u64> {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.prs
             .progress
@@ -156,13 +156,18 @@ impl<T: Storage> Raft<T> {
             .find(|&id| id != self.id)
     }
 
-    /// Sends appends to every follower and learner.
-    pub fn bcast_append(&mut self) {
+    /// Calls `f` with each follower and learner in id order.
+    pub(super) fn for_each_peer(&mut self, mut f: impl FnMut(&mut Self, u64)) {
         let mut peer = self.next_peer(None);
         while let Some(id) = peer {
-            self.send_append(id);
+            f(self, id);
             peer = self.next_peer(Some(id));
         }
+    }
+
+    /// Sends appends to every follower and learner.
+    pub fn bcast_append(&mut self) {
+        self.for_each_peer(|r, id| r.send_append(id));
     }
 
     /// Sends heartbeats carrying the newest waiting read's context.
@@ -172,11 +177,7 @@ impl<T: Storage> Raft<T> {
     }
 
     pub(super) fn bcast_heartbeat_with_ctx(&mut self, ctx: Bytes) {
-        let mut peer = self.next_peer(None);
-        while let Some(id) = peer {
-            self.send_heartbeat(id, ctx.clone());
-            peer = self.next_peer(Some(id));
-        }
+        self.for_each_peer(|r, id| r.send_heartbeat(id, ctx.clone()));
     }
 
     /// Commits what a quorum has replicated; true when the commit index moved.
