@@ -46,7 +46,7 @@
 use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Bytes of the length prefix.
 pub const FRAME_LEN_SIZE: usize = 4;
@@ -110,8 +110,11 @@ const GUARD_BYTES_PER_PAYLOAD_BYTE: usize = 16;
 /// lengths is at most 32 times its length (at least 4 KiB), and a sequence preallocates at
 /// most serde's cautious 1 MiB. The guard is a compile-time constant in bincode 2, hence the
 /// buckets.
-fn decode_limited<T: DeserializeOwned>(
-    payload: &[u8],
+///
+/// Decoded borrowing: a value whose byte strings are `&[u8]` (or `&str`) points into
+/// `payload` instead of copying out of it; owned fields are allocated as usual.
+fn decode_limited<'de, T: Deserialize<'de>>(
+    payload: &'de [u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
     let guard = payload.len().saturating_mul(GUARD_BYTES_PER_PAYLOAD_BYTE);
     macro_rules! bucket {
@@ -119,7 +122,7 @@ fn decode_limited<T: DeserializeOwned>(
             $(
                 if guard <= 1 << $shift {
                     let config = bincode::config::standard().with_limit::<{ 1 << $shift }>();
-                    return bincode::serde::decode_from_slice(payload, config);
+                    return bincode::serde::borrow_decode_from_slice(payload, config);
                 }
             )*
         };
@@ -187,6 +190,12 @@ pub fn encode_value_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(
 
 /// Decodes exactly one value from a frame's payload.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    decode_payload_borrowed(payload)
+}
+
+/// Decodes exactly one value from a frame's payload, its `&[u8]` fields borrowed from it (a
+/// request whose key and value are checked and passed on without a copy).
+pub fn decode_payload_borrowed<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> Result<T> {
     let (value, used) =
         decode_limited(payload).map_err(|e| Error::Malformed { reason: e.to_string() })?;
     if used != payload.len() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{ClientError, KvReply, Op, OpResult};
+use crate::protocol::{ClientError, KvReply, Op, OpRef, OpResult};
 
 /// Client sessions kept at most by default (`--max-sessions`); past it the least recently
 /// active is forgotten.
@@ -49,26 +49,49 @@ impl<'a> EntryPayload<'a> {
 }
 
 /// Appends a command entry's data for `command` to `out`: [`COMMAND_TAG`], then its encoding.
-pub fn encode_command(command: &Command, out: &mut Vec<u8>) -> codec::Result<()> {
+pub fn encode_command<B: serde_bytes::Serialize>(
+    command: &CommandOf<B>,
+    out: &mut Vec<u8>,
+) -> codec::Result<()> {
     out.push(COMMAND_TAG);
     codec::encode_value_into(command, out)
 }
 
+/// A command as it travels through the log, its keys and values owned.
+pub type Command = CommandOf<Vec<u8>>;
+
+/// A command whose keys and values are borrowed from the request it is written from, or the
+/// entry it is applied from.
+pub type CommandRef<'a> = CommandOf<&'a [u8]>;
+
+/// What a command does, its keys and values owned.
+pub type CommandBody = CommandBodyOf<Vec<u8>>;
+
 /// A command as it travels through the log (Raft thesis §6.3): stamped with the leader's
 /// clock when proposed, so that sessions expire by replicated time, the same on every node.
+/// Its keys and values are `B`: owned ([`Command`]) or borrowed ([`CommandRef`]), with the
+/// same encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
+#[serde(bound(
+    serialize = "B: serde_bytes::Serialize",
+    deserialize = "B: serde_bytes::Deserialize<'de>"
+))]
+pub struct CommandOf<B> {
     /// The proposing leader's wall clock, milliseconds since the Unix epoch. The state
     /// machine's clock is the largest stamp applied so far (a new leader's clock behind the
     /// old one's does not move it back).
     pub leader_time_ms: u64,
     /// What to do.
-    pub body: CommandBody,
+    pub body: CommandBodyOf<B>,
 }
 
 /// What a [`Command`] does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CommandBody {
+#[serde(bound(
+    serialize = "B: serde_bytes::Serialize",
+    deserialize = "B: serde_bytes::Deserialize<'de>"
+))]
+pub enum CommandBodyOf<B> {
     /// [`CommandBody::RegisterSession`] as written before the bound on reply bytes (still
     /// read: the bound is then [`SESSION_REPLY_BYTES_MAX_DEFAULT`]).
     RegisterSessionV1 {
@@ -85,7 +108,7 @@ pub enum CommandBody {
         /// Increases with each new write in the session, from 1.
         seq: u64,
         /// The write.
-        op: Op,
+        op: Op<B>,
     },
     /// Opens a client session; its id is this entry's index.
     RegisterSession {
@@ -98,14 +121,14 @@ pub enum CommandBody {
     },
 }
 
-impl CommandBody {
+impl<B: AsRef<[u8]>> CommandBodyOf<B> {
     /// Bytes of keys, values and tokens it carries (its encoding adds a few bytes of tags,
     /// lengths and integers).
     pub fn payload_len(&self) -> usize {
         match self {
-            CommandBody::RegisterSession { token, .. }
-            | CommandBody::RegisterSessionV1 { token, .. } => token.len(),
-            CommandBody::Write { op, .. } => op.payload_len(),
+            CommandBodyOf::RegisterSession { token, .. }
+            | CommandBodyOf::RegisterSessionV1 { token, .. } => token.len(),
+            CommandBodyOf::Write { op, .. } => op.payload_len(),
         }
     }
 }
@@ -368,6 +391,18 @@ pub struct Kv {
     applied: u64,
 }
 
+/// Writes `value` over `held`: in its allocation when that holds it and is less than twice
+/// its size (an overwrite with a value of about the same size allocates nothing), otherwise
+/// in one of its own size (a shrunken value does not keep a large allocation).
+fn overwrite(held: &mut Vec<u8>, value: &[u8]) {
+    if value.len() <= held.capacity() && held.capacity() / 2 <= value.len() {
+        held.clear();
+        held.extend_from_slice(value);
+    } else {
+        *held = value.to_vec();
+    }
+}
+
 /// The key-value map, which can be frozen for a snapshot without a copy.
 ///
 /// Hashed, not ordered: no operation needs key order, and a lookup is one hash and one
@@ -400,15 +435,25 @@ impl Data {
         Arc::make_mut(&mut self.base)
     }
 
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    /// Sets `key` to `value`, copying them in: a key already held is not allocated again, and
+    /// its value is written over in place when it fits ([`overwrite`]).
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
         if self.frozen {
-            self.overlay.insert(key, Some(value));
+            match self.overlay.get_mut(key) {
+                Some(Some(held)) => overwrite(held, value),
+                Some(written) => *written = Some(value.to_vec()),
+                None => drop(self.overlay.insert(key.to_vec(), Some(value.to_vec()))),
+            }
             return;
         }
         if !self.overlay.is_empty() {
-            self.overlay.remove(&key);
+            self.overlay.remove(key);
         }
-        self.base_mut().insert(key, value);
+        let base = self.base_mut();
+        match base.get_mut(key) {
+            Some(held) => overwrite(held, value),
+            None => drop(base.insert(key.to_vec(), value.to_vec())),
+        }
     }
 
     /// Removes `key`; true if it was there.
@@ -681,13 +726,13 @@ impl Kv {
 
     /// Applies the command at `index`. The replicated clock moves to its stamp first, so a
     /// session idle past the TTL is gone before the command is looked at.
-    pub fn apply(&mut self, index: u64, command: Command) -> Applied {
+    pub fn apply<B: AsRef<[u8]>>(&mut self, index: u64, command: CommandOf<B>) -> Applied {
         self.sessions.advance_clock(command.leader_time_ms);
         match command.body {
-            CommandBody::RegisterSession { limits, .. } => self.register(index, limits),
-            CommandBody::RegisterSessionV1 { limits, .. } => self.register(index, limits.into()),
-            CommandBody::Write { session_id, seq, op } => {
-                Applied::Write(self.write(index, session_id, seq, op))
+            CommandBodyOf::RegisterSession { limits, .. } => self.register(index, limits),
+            CommandBodyOf::RegisterSessionV1 { limits, .. } => self.register(index, limits.into()),
+            CommandBodyOf::Write { session_id, seq, op } => {
+                Applied::Write(self.write(index, session_id, seq, op.borrowed()))
             }
         }
     }
@@ -713,7 +758,7 @@ impl Kv {
         if !self.sessions.by_id.contains_key(&w.client_id) {
             self.sessions.register(w.client_id);
         }
-        self.write(index, w.client_id, w.seq, w.op)
+        self.write(index, w.client_id, w.seq, w.op.borrowed())
     }
 
     /// Applies write `seq` of a session at `index`. The write already applied for this
@@ -725,7 +770,7 @@ impl Kv {
         index: u64,
         session_id: u64,
         seq: u64,
-        op: Op,
+        op: OpRef<'_>,
     ) -> Result<KvReply, ClientError> {
         let Some(session) = self.sessions.by_id.get(&session_id) else {
             return Err(ClientError::SessionExpired { session_id });
@@ -746,16 +791,16 @@ impl Kv {
                 self.data.insert(key, value);
                 OpResult::Put
             }
-            Op::Delete { key } => OpResult::Delete(self.data.remove(&key)),
+            Op::Delete { key } => OpResult::Delete(self.data.remove(key)),
             Op::Cas { key, expected, new } => {
-                let previous = self.data.get(&key).cloned();
-                let swapped = previous == expected;
+                let previous = self.data.get(key).cloned();
+                let swapped = previous.as_deref() == expected;
                 if swapped {
                     self.data.insert(key, new);
                 }
                 OpResult::Cas { swapped, previous }
             }
-            Op::Get { key, .. } => OpResult::Get(self.data.get(&key).cloned()),
+            Op::Get { key, .. } => OpResult::Get(self.data.get(key).cloned()),
         };
         let reply = KvReply { index, result };
         self.sessions.record(session_id, seq, reply.clone());
@@ -1500,7 +1545,7 @@ mod tests {
         assert_eq!(held.max_reply_bytes, SESSION_REPLY_BYTES_MAX_DEFAULT);
         let limits = SessionLimits { max_reply_bytes: 11, ..SessionLimits::default() };
         let bytes = codec::encode_value(&register_at(6, limits)).unwrap();
-        kv.apply(6, codec::decode_payload(&bytes).unwrap());
+        kv.apply(6, codec::decode_payload::<Command>(&bytes).unwrap());
         assert_eq!(kv.sessions.limits, limits);
     }
 
@@ -1600,7 +1645,7 @@ mod tests {
         kv.thaw();
         // Written as it is encoded (into a snapshot file): the same bytes.
         for i in 0..1000u32 {
-            kv.data.insert(format!("k{i}").into_bytes(), vec![i as u8; i as usize % 300]);
+            kv.data.insert(format!("k{i}").as_bytes(), &vec![i as u8; i as usize % 300]);
         }
         let encoded = kv.freeze().encode();
         kv.thaw();
@@ -1856,5 +1901,85 @@ mod tests {
         assert_eq!(codec::encode_value(&op).unwrap(), codec::encode_value(&plain).unwrap());
         let back: Op = codec::decode_payload(&codec::encode_value(&op).unwrap()).unwrap();
         assert_eq!(back, op);
+    }
+
+    /// Whether `part` lies inside `whole` (a slice borrowed from it, not a copy).
+    fn inside(part: &[u8], whole: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end
+    }
+
+    /// A request's write becomes its command without a copy of its key and value on the way
+    /// (both borrowed from the frame), in the encoding of the owned command; applied from the
+    /// entry, borrowed again, it leaves the same state as the owned command.
+    #[test]
+    fn a_write_is_decoded_borrowed_from_its_frame_and_applied_borrowed_from_its_entry() {
+        use crate::protocol::{ClientRequest, ClientRequestOf, ClientRequestRef};
+        let ops = [
+            Op::Put { key: b"k".to_vec(), value: vec![1; 300] },
+            Op::Delete { key: b"k".to_vec() },
+            Op::Cas { key: b"k".to_vec(), expected: None, new: b"n".to_vec() },
+            Op::Cas { key: b"k".to_vec(), expected: Some(b"n".to_vec()), new: vec![] },
+            Op::Get { key: b"k".to_vec(), serializable: true },
+        ];
+        let (mut owned, mut borrowed) = (Kv::default(), Kv::default());
+        owned.apply(1, register_at(0, SessionLimits::default()));
+        borrowed.apply(1, register_at(0, SessionLimits::default()));
+        for (seq, op) in ops.into_iter().enumerate() {
+            let seq = seq as u64 + 1;
+            let request = ClientRequest::Kv { request_id: 9, session_id: 1, seq, op: op.clone() };
+            let frame = codec::encode_value(&request).unwrap();
+            let decoded: ClientRequestRef = codec::decode_payload_borrowed(&frame).unwrap();
+            let ClientRequestOf::Kv { op: op_ref, .. } = decoded else { panic!("a kv request") };
+            assert_eq!(op_ref, op.borrowed());
+            let (key, value) = match op_ref {
+                Op::Put { key, value } => (key, Some(value)),
+                Op::Cas { key, new, .. } => (key, Some(new)),
+                Op::Get { key, .. } | Op::Delete { key } => (key, None),
+            };
+            assert!(inside(key, &frame), "the key is the frame's");
+            assert!(value.is_none_or(|v| inside(v, &frame)), "the value is the frame's");
+
+            let body = CommandBodyOf::Write { session_id: 1, seq, op: op_ref };
+            let mut data = Vec::new();
+            encode_command(&CommandOf { leader_time_ms: 5, body }, &mut data).unwrap();
+            let command = Command {
+                leader_time_ms: 5,
+                body: CommandBody::Write { session_id: 1, seq, op: op.clone() },
+            };
+            let mut owned_data = Vec::new();
+            encode_command(&command, &mut owned_data).unwrap();
+            assert_eq!(data, owned_data, "the same entry either way");
+
+            let EntryPayload::Command(bytes) = EntryPayload::of(&data, &[]) else {
+                panic!("a command entry")
+            };
+            let applied: CommandRef = codec::decode_payload_borrowed(bytes).unwrap();
+            let index = seq + 1;
+            assert_eq!(borrowed.apply(index, applied), owned.apply(index, command));
+            assert_eq!(borrowed.snapshot(), owned.snapshot());
+        }
+    }
+
+    /// A value written over one of about its size reuses its allocation; a much smaller one
+    /// does not keep the large allocation.
+    #[test]
+    fn an_overwrite_reuses_the_value_allocation_unless_it_shrinks_by_half() {
+        let mut held = vec![1u8; 256];
+        let at = held.as_ptr();
+        overwrite(&mut held, &[2; 200]);
+        assert_eq!((held.as_ptr(), held.as_slice()), (at, &[2u8; 200][..]));
+        overwrite(&mut held, &[3; 100]);
+        assert_eq!(held, [3; 100]);
+        assert_eq!(held.capacity(), 100, "a value under half the allocation gets its own");
+        overwrite(&mut held, &[4; 1000]);
+        assert_eq!(held, [4; 1000]);
+        assert_eq!(held.capacity(), 1000, "a larger value is allocated at its size");
+        let mut kv = Data::default();
+        kv.insert(b"k", &[5; 64]);
+        let at = kv.get(b"k").unwrap().as_ptr();
+        kv.insert(b"k", &[6; 64]);
+        assert_eq!(kv.get(b"k").unwrap().as_ptr(), at, "overwritten in place");
+        assert_eq!(kv.get(b"k").unwrap(), &[6; 64]);
     }
 }

@@ -23,7 +23,8 @@ use raft::{
 use crate::clock::{Clock, SystemClock};
 use crate::errors::{Error, Result};
 use crate::kv::{
-    Applied, Command, CommandBody, EntryPayload, Kv, LegacyWrite, MemberContext, SessionLimits,
+    Applied, CommandBody, CommandBodyOf, CommandOf, CommandRef, EntryPayload, Kv, LegacyWrite,
+    MemberContext, SessionLimits,
 };
 use crate::metrics::{Metrics, Operation};
 use crate::net::{MioNet, Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
@@ -1117,8 +1118,10 @@ impl<N: Net> Node<N> {
                 }
             }
             ConnKind::Client { greeted: true } => {
-                let request: ClientRequest =
-                    codec::decode_payload(payload).map_err(|e| format!("bad request: {e}"))?;
+                // Keys and values borrowed from the frame: a write's are copied once, into
+                // its command.
+                let request: ClientRequestRef = codec::decode_payload_borrowed(payload)
+                    .map_err(|e| format!("bad request: {e}"))?;
                 self.client_request(token, request);
                 Ok(())
             }

@@ -214,23 +214,29 @@ pub enum PeerFrame {
     },
 }
 
-/// A key-value operation.
+/// A key-value operation. Its keys and values are `B`: owned (`Vec<u8>`, the default) or
+/// borrowed (`&[u8]`, see [`OpRef`]) from the frame or the log entry it was decoded from, with
+/// the same encoding either way.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
+#[serde(bound(
+    serialize = "B: serde_bytes::Serialize",
+    deserialize = "B: serde_bytes::Deserialize<'de>"
+))]
+pub enum Op<B = Vec<u8>> {
     /// Set `key` to `value`.
     Put {
         /// The key.
         #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
+        key: B,
         /// The value.
         #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
+        value: B,
     },
     /// Read `key`: linearizable unless `serializable`.
     Get {
         /// The key.
         #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
+        key: B,
         /// Answer from this node's state without confirming leadership (may be stale).
         serializable: bool,
     },
@@ -238,31 +244,38 @@ pub enum Op {
     Delete {
         /// The key.
         #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
+        key: B,
     },
     /// Set `key` to `new` if its value is `expected` (`None`: absent).
     Cas {
         /// The key.
         #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
+        key: B,
         /// The value it must have.
         #[serde(with = "serde_bytes")]
-        expected: Option<Vec<u8>>,
+        expected: Option<B>,
         /// The value to set.
         #[serde(with = "serde_bytes")]
-        new: Vec<u8>,
+        new: B,
     },
 }
 
-impl Op {
+/// An operation whose keys and values are borrowed from the bytes it was decoded from: a
+/// request is checked and written into its command, and a command applied, without a copy of
+/// either until the state machine keeps them.
+pub type OpRef<'a> = Op<&'a [u8]>;
+
+impl<B: AsRef<[u8]>> Op<B> {
     /// Bytes of keys and values it carries (what its encoding is made of, besides a few
     /// bytes of tags and lengths).
     pub fn payload_len(&self) -> usize {
         match self {
-            Op::Put { key, value } => key.len() + value.len(),
-            Op::Get { key, .. } | Op::Delete { key } => key.len(),
+            Op::Put { key, value } => key.as_ref().len() + value.as_ref().len(),
+            Op::Get { key, .. } | Op::Delete { key } => key.as_ref().len(),
             Op::Cas { key, expected, new } => {
-                key.len() + expected.as_ref().map_or(0, Vec::len) + new.len()
+                key.as_ref().len()
+                    + expected.as_ref().map_or(0, |e| e.as_ref().len())
+                    + new.as_ref().len()
             }
         }
     }
@@ -270,6 +283,22 @@ impl Op {
     /// True for operations that go through the log.
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. })
+    }
+
+    /// The same operation, its bytes borrowed from this one.
+    pub fn borrowed(&self) -> OpRef<'_> {
+        match self {
+            Op::Put { key, value } => Op::Put { key: key.as_ref(), value: value.as_ref() },
+            Op::Get { key, serializable } => {
+                Op::Get { key: key.as_ref(), serializable: *serializable }
+            }
+            Op::Delete { key } => Op::Delete { key: key.as_ref() },
+            Op::Cas { key, expected, new } => Op::Cas {
+                key: key.as_ref(),
+                expected: expected.as_ref().map(AsRef::as_ref),
+                new: new.as_ref(),
+            },
+        }
     }
 }
 
@@ -344,9 +373,20 @@ pub enum AdminRequest {
     },
 }
 
-/// What a client sends.
+/// What a client sends, its keys and values owned (as a client builds it).
+pub type ClientRequest = ClientRequestOf<Vec<u8>>;
+
+/// A [`ClientRequest`] as a node decodes it: keys and values borrowed from the frame.
+pub type ClientRequestRef<'a> = ClientRequestOf<&'a [u8]>;
+
+/// What a client sends, its keys and values `B`: owned ([`ClientRequest`]) or borrowed
+/// ([`ClientRequestRef`]), with the same encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientRequest {
+#[serde(bound(
+    serialize = "B: serde_bytes::Serialize",
+    deserialize = "B: serde_bytes::Deserialize<'de>"
+))]
+pub enum ClientRequestOf<B> {
     /// A key-value operation. `(session_id, seq)` identifies a write across retries, so that
     /// a retried write is applied once (reads need no session: give 0).
     Kv {
@@ -357,7 +397,7 @@ pub enum ClientRequest {
         /// Increases with each new write in the session, from 1.
         seq: u64,
         /// The operation.
-        op: Op,
+        op: Op<B>,
     },
     /// An operator request.
     Admin {

@@ -148,7 +148,8 @@ impl<N: Net> Node<N> {
         match entry.entry_type {
             EntryType::Normal if entry.data.is_empty() => {}
             EntryType::Normal => match EntryPayload::of(&entry.data, &entry.context) {
-                EntryPayload::Command(bytes) => match codec::decode_payload::<Command>(bytes) {
+                // Keys and values borrowed from the entry: copied once, into the map.
+                EntryPayload::Command(bytes) => match codec::decode_payload_borrowed(bytes) {
                     Ok(command) => self.apply_command(entry.index, command),
                     Err(e) => error!("{}", undecodable(entry.index, "a command", e)),
                 },
@@ -167,15 +168,15 @@ impl<N: Net> Node<N> {
         Ok(())
     }
 
-    fn apply_command(&mut self, index: u64, command: Command) {
+    fn apply_command(&mut self, index: u64, command: CommandRef) {
         let token = match &command.body {
-            CommandBody::RegisterSession { token, .. }
-            | CommandBody::RegisterSessionV1 { token, .. } => self.read_contexts.counter(token),
-            CommandBody::Write { .. } => None,
+            CommandBodyOf::RegisterSession { token, .. }
+            | CommandBodyOf::RegisterSessionV1 { token, .. } => self.read_contexts.counter(token),
+            CommandBodyOf::Write { .. } => None,
         };
         let key = match &command.body {
-            CommandBody::Write { session_id, seq, .. } => Some((*session_id, *seq)),
-            CommandBody::RegisterSession { .. } | CommandBody::RegisterSessionV1 { .. } => None,
+            CommandBodyOf::Write { session_id, seq, .. } => Some((*session_id, *seq)),
+            CommandBodyOf::RegisterSession { .. } | CommandBodyOf::RegisterSessionV1 { .. } => None,
         };
         match self.kv.apply(index, command) {
             Applied::Registered { session_id } => {

@@ -154,10 +154,10 @@ impl<N: Net> Node<N> {
         self.raw.raft.state == StateType::Leader
     }
 
-    pub(super) fn client_request(&mut self, token: Token, request: ClientRequest) {
+    pub(super) fn client_request(&mut self, token: Token, request: ClientRequestRef) {
         let deadline = self.clock.now() + self.config.request_timeout;
         match request {
-            ClientRequest::Kv { request_id, session_id, seq, op } => {
+            ClientRequestOf::Kv { request_id, session_id, seq, op } => {
                 let kind = match op {
                     Op::Put { .. } => Operation::Put,
                     Op::Get { .. } => Operation::Get,
@@ -167,7 +167,7 @@ impl<N: Net> Node<N> {
                 let waiter = Waiter { conn: token, request_id, deadline, op: kind };
                 self.kv_request(waiter, session_id, seq, op);
             }
-            ClientRequest::RegisterSession { request_id } => {
+            ClientRequestOf::RegisterSession { request_id } => {
                 let op = Operation::Session;
                 let waiter = Waiter { conn: token, request_id, deadline, op };
                 if !self.is_leader() {
@@ -179,7 +179,7 @@ impl<N: Net> Node<N> {
                 let body = CommandBody::RegisterSession { token, limits };
                 self.propose_command(body, Proposed::Session(n), waiter);
             }
-            ClientRequest::Admin { request_id, request } => {
+            ClientRequestOf::Admin { request_id, request } => {
                 let op = Operation::Admin;
                 let waiter = Waiter { conn: token, request_id, deadline, op };
                 self.admin_request(waiter, request);
@@ -187,15 +187,15 @@ impl<N: Net> Node<N> {
         }
     }
 
-    pub(super) fn kv_request(&mut self, waiter: Waiter, session_id: u64, seq: u64, op: Op) {
+    pub(super) fn kv_request(&mut self, waiter: Waiter, session_id: u64, seq: u64, op: OpRef) {
         match op {
             Op::Get { key, serializable: true } => {
-                let result = OpResult::Get(self.kv.get(&key).cloned());
+                let result = OpResult::Get(self.kv.get(key).cloned());
                 let reply = KvReply { index: self.kv.applied(), result };
                 self.kv_reply(&waiter, Ok(reply));
             }
             Op::Get { key, serializable: false } => {
-                self.read_batch.push(PendingRead { waiter, key, backup: false })
+                self.read_batch.push(PendingRead { waiter, key: key.to_vec(), backup: false })
             }
             op => {
                 if !self.is_leader() {
@@ -224,7 +224,7 @@ impl<N: Net> Node<N> {
                         return self.kv_reply(&waiter, Err(e));
                     }
                 }
-                let body = CommandBody::Write { session_id, seq, op };
+                let body = CommandBodyOf::Write { session_id, seq, op };
                 self.propose_command(body, Proposed::Write(session_id, seq), waiter);
             }
         }
@@ -232,10 +232,15 @@ impl<N: Net> Node<N> {
 
     /// Adds a command, stamped with this leader's clock, to the batch proposed at the end of
     /// the loop iteration.
-    fn propose_command(&mut self, body: CommandBody, proposed: Proposed, waiter: Waiter) {
+    fn propose_command<B: AsRef<[u8]> + serde_bytes::Serialize>(
+        &mut self,
+        body: CommandBodyOf<B>,
+        proposed: Proposed,
+        waiter: Waiter,
+    ) {
         // The wall clock: what sessions expire by (a clock before 1970 reads 0, and then the
         // replicated clock does not move).
-        let command = Command { leader_time_ms: self.clock.wall_ms(), body };
+        let command = CommandOf { leader_time_ms: self.clock.wall_ms(), body };
         // Sized once: grown from empty, the buffer was reallocated and copied three times
         // for a 256-byte value.
         let mut data = Vec::with_capacity(command.body.payload_len() + COMMAND_OVERHEAD_BYTES);
