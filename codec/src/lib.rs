@@ -334,6 +334,11 @@ impl FrameDecoder {
         self.frame_size_max = frame_size_max;
     }
 
+    /// The largest payload accepted.
+    pub fn frame_size_max(&self) -> usize {
+        self.frame_size_max
+    }
+
     /// Whether [`FrameDecoder::next_payload`] has something to return: a whole frame, or a
     /// length prefix above the limit (an error).
     pub fn has_frame(&self) -> bool {

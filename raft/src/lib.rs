@@ -161,6 +161,7 @@ mod raft_log;
 mod raw_node;
 mod read_only;
 mod rng;
+pub mod sharing;
 mod storage;
 pub mod tracker;
 
@@ -180,6 +181,7 @@ pub use crate::raw_node::{
     ConfChangeI, ProgressStatus, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,
 };
 pub use crate::read_only::{ReadIndexStatus, ReadOnly, ReadState};
+pub use crate::sharing::decode_sharing;
 pub use crate::storage::{limit_size, MemoryStorage, RaftState, Storage, NO_LIMIT};
 /// Shared, reference-counted bytes: entry payloads and contexts. A clone (into the unstable
 /// log, into each follower's message, into `Ready`) counts a reference; it copies nothing.

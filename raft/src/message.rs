@@ -116,9 +116,11 @@ pub struct Entry {
     /// The entry's position in the log, from 1.
     pub index: u64,
     /// The payload: application data or an encoded configuration change. Shared: a clone
-    /// counts a reference.
+    /// counts a reference (and decoded in [`crate::decode_sharing`], a slice of the frame).
+    #[serde(with = "crate::sharing")]
     pub data: Bytes,
     /// Opaque application context (etcd uses it to match proposals to waiters).
+    #[serde(with = "crate::sharing")]
     pub context: Bytes,
 }
 
@@ -252,6 +254,7 @@ pub struct Message {
     /// On a rejected append: the follower's best guess of where the logs may match.
     pub reject_hint: u64,
     /// Opaque context: a read request's id, or a campaign marker on votes.
+    #[serde(with = "crate::sharing")]
     pub context: Bytes,
     /// Heartbeats: the leader's clock when it sent this one, in nanoseconds of the
     /// application's clock ([`crate::RawNode::advance_clock`]); the response echoes it. Only

@@ -38,6 +38,12 @@ mod backup;
 mod client;
 mod peers;
 
+/// A peer frame at least this long (an append carrying entries, a snapshot piece) is copied
+/// whole into one shared buffer, and the entries in it are decoded as slices of that buffer;
+/// a shorter one (a heartbeat, a response, an append of one small entry) is decoded with a
+/// copy of each field, which then costs no more.
+const SHARED_FRAME_BYTES_MIN: usize = 256;
+
 const FIRST_CONN_TOKEN: usize = 2;
 /// A partly received snapshot is dropped after this long without a chunk.
 const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -963,17 +969,23 @@ impl<N: Net> Node<N> {
             self.close(token, &format!("write: {e}"));
             return;
         }
-        // Frames first: a peer may send its last frames and close.
+        // Frames first: a peer may send its last frames and close. Each is dispatched where it
+        // lies in the decoder's buffer, lent out meanwhile: a request's key and value are
+        // decoded borrowed from there.
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
             };
-            let payload = match conn.decoder.next_payload() {
-                Ok(Some(payload)) => payload.to_vec(),
-                Ok(None) => break,
+            let mut decoder = conn.lend_decoder();
+            let dispatched = match decoder.next_payload() {
+                Ok(Some(payload)) => self.dispatch(token, payload),
+                Ok(None) => {
+                    conn.return_decoder(decoder);
+                    break;
+                }
                 Err(e) => {
                     let remote = conn.remote;
-                    if conn.in_handshake() && crate::tls::looks_like_tls(conn.decoder.buffered()) {
+                    if conn.in_handshake() && crate::tls::looks_like_tls(decoder.buffered()) {
                         warn!(
                             "a TLS client connected from {remote} to a plaintext port (this node \
                              runs without TLS on it); refused"
@@ -986,12 +998,16 @@ impl<N: Net> Node<N> {
                     return;
                 }
             };
-            if let Err(why) = self.dispatch(token, &payload) {
+            if let Err(why) = dispatched {
                 let remote =
                     self.conns.get(&token).map(|c| c.remote.to_string()).unwrap_or_default();
                 self.warn_refusal(&remote, &why);
                 self.close(token, "refused");
                 return;
+            }
+            match self.conns.get_mut(&token) {
+                Some(conn) => conn.return_decoder(decoder),
+                None => return,
             }
         }
         match outcome {
@@ -1056,8 +1072,15 @@ impl<N: Net> Node<N> {
                 self.greet(token, hello)
             }
             ConnKind::InboundPeer { from: Some(from) } => {
-                let frame: PeerFrame =
-                    codec::decode_payload(payload).map_err(|e| format!("bad peer frame: {e}"))?;
+                let frame: PeerFrame = if payload.len() >= SHARED_FRAME_BYTES_MIN {
+                    // One copy of the frame, its entries slices of it: not one allocation and
+                    // copy per entry.
+                    let shared = raft::Bytes::copy_from_slice(payload);
+                    raft::decode_sharing(&shared, codec::decode_payload)
+                } else {
+                    codec::decode_payload(payload)
+                }
+                .map_err(|e| format!("bad peer frame: {e}"))?;
                 self.peer_frame(from, frame)
             }
             ConnKind::OutboundPeer { to } => {

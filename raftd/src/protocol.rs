@@ -203,9 +203,9 @@ pub enum PeerFrame {
         offset: u64,
         /// The data's full length.
         total: u64,
-        /// The piece.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// The piece (a slice of the frame it arrived in: see [`raft::decode_sharing`]).
+        #[serde(with = "raft::sharing")]
+        data: raft::Bytes,
     },
     /// The sender's disk-space alarm, sent every second to every peer (see `raftd::space`).
     Alarm {

@@ -125,6 +125,22 @@ impl<S: Read + Write> Conn<S> {
         self.decoder.set_frame_size_max(self.frame_size_max);
     }
 
+    /// Takes the decoder out (an empty one with the same limit in its place), so that the
+    /// frames it holds are handled where they lie, by code that needs the whole node, instead
+    /// of each being copied out first. Given back with [`Conn::return_decoder`].
+    pub fn lend_decoder(&mut self) -> FrameDecoder {
+        let stand_in = FrameDecoder::new(self.decoder.frame_size_max());
+        std::mem::replace(&mut self.decoder, stand_in)
+    }
+
+    /// Puts back the decoder [`Conn::lend_decoder`] took, with the limit set meanwhile (the
+    /// connection may have identified itself in one of the frames).
+    pub fn return_decoder(&mut self, mut decoder: FrameDecoder) {
+        debug_assert_eq!(self.decoder.buffered_len(), 0, "nothing is read while it is lent");
+        decoder.set_frame_size_max(self.decoder.frame_size_max());
+        self.decoder = decoder;
+    }
+
     /// Bytes of memory its buffers hold.
     pub fn buffer_bytes(&self) -> usize {
         self.decoder.capacity() + self.encoder.capacity()

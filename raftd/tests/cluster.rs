@@ -572,7 +572,12 @@ fn a_snapshot_that_does_not_decode_is_refused_before_it_is_made_durable() {
         })),
         ..Default::default()
     };
-    let frame = PeerFrame::SnapshotChunk { message, offset: 0, total: data.len() as u64, data };
+    let frame = PeerFrame::SnapshotChunk {
+        message,
+        offset: 0,
+        total: data.len() as u64,
+        data: data.into(),
+    };
     let _ = write_frame(&mut stream, &frame);
     let log = cluster.node(follower).log.clone();
     let deadline = Instant::now() + Duration::from_secs(60);

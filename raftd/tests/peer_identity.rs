@@ -407,7 +407,7 @@ fn a_snapshot_stream_is_taken_only_from_the_leader_in_order_and_within_its_cap()
         },
         offset,
         total,
-        data,
+        data: data.into(),
     };
     let addr = cluster.node(receiver).peer_addr.clone();
     let log = cluster.node(receiver).log.clone();

@@ -80,7 +80,7 @@ impl<N: Net> Node<N> {
                     message: header.clone(),
                     offset: *offset as u64,
                     total: data.len() as u64,
-                    data: data[*offset..end].to_vec(),
+                    data: raft::Bytes::copy_from_slice(&data[*offset..end]),
                 };
                 *offset = end;
                 let finished = end == data.len();

@@ -316,7 +316,7 @@ impl Sim {
                         message,
                         offset: 0,
                         total: image.len() as u64,
-                        data: image,
+                        data: image.into(),
                     }
                 }
                 // TimeoutNow at the current term: only the leader may send it (and then the
