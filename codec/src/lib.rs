@@ -297,10 +297,18 @@ impl FrameDecoder {
     /// or zeroing. Returns what `read` returned: 0 at end of stream; `WouldBlock` when a
     /// non-blocking socket has nothing.
     pub fn read_from(&mut self, reader: &mut impl Read) -> io::Result<usize> {
+        self.read_from_short(reader).map(|(n, _)| n)
+    }
+
+    /// [`FrameDecoder::read_from`], and whether the read was short: it returned less than the
+    /// room it was given (on a plain stream socket, everything the kernel held was taken, and
+    /// another read would find nothing; see epoll(7)).
+    pub fn read_from_short(&mut self, reader: &mut impl Read) -> io::Result<(usize, bool)> {
         self.reserve(READ_CHUNK_SIZE);
+        let room = self.buf.len() - self.end;
         let n = reader.read(&mut self.buf[self.end..])?;
         self.end += n;
-        Ok(n)
+        Ok((n, n < room))
     }
 
     /// Bytes received and not yet taken out as frames.

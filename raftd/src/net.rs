@@ -47,6 +47,9 @@ pub struct NetEvent {
     pub readable: bool,
     /// The stream takes bytes again (or finished connecting).
     pub writable: bool,
+    /// The remote closed its side, or the connection failed: read to the end (a short read
+    /// does not mean the end was seen).
+    pub read_closed: bool,
 }
 
 /// What the node needs of a network.
@@ -75,6 +78,12 @@ pub trait Net {
 
     /// Why a dialled connection failed, if it did.
     fn connect_error(stream: &Self::Stream) -> io::Result<Option<io::Error>>;
+
+    /// Whether a read of `stream` that returned less than the room it was given took all it
+    /// held, so that reading again before the next readiness event would only find nothing
+    /// (a plain stream socket: epoll(7); not a TLS stream, whose reads return the plaintext of
+    /// the records already decrypted).
+    fn drained_by_short_read(stream: &Self::Stream) -> bool;
 
     /// Reports `stream`'s readiness under `token`: readable always, writable if `writable`.
     fn register(
@@ -237,6 +246,7 @@ impl Net for MioNet {
             token: e.token(),
             readable: e.is_readable(),
             writable: e.is_writable(),
+            read_closed: e.is_read_closed() || e.is_error(),
         }));
         Ok(())
     }
@@ -280,6 +290,10 @@ impl Net for MioNet {
 
     fn connect_error(stream: &MioStream) -> io::Result<Option<io::Error>> {
         stream.socket().take_error()
+    }
+
+    fn drained_by_short_read(stream: &MioStream) -> bool {
+        matches!(stream, MioStream::Plain(_))
     }
 
     fn register(&mut self, stream: &mut MioStream, token: Token, writable: bool) -> io::Result<()> {

@@ -767,12 +767,13 @@ impl<N: Net> Node<N> {
             match event.token {
                 PEER_LISTENER => self.accept(true),
                 CLIENT_LISTENER => self.accept(false),
-                token => self.conn_event(token, event.readable, event.writable),
+                token => self.conn_event(token, event.readable, event.writable, event.read_closed),
             }
         }
         self.events = events;
         for token in std::mem::take(&mut self.read_again) {
-            self.conn_event(token, true, false);
+            // No event says what the socket holds: read until it says WouldBlock.
+            self.conn_event(token, true, false, true);
         }
         self.submit_batches();
         self.handle_readies()?;
@@ -943,7 +944,9 @@ impl<N: Net> Node<N> {
         }
     }
 
-    fn conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+    /// Handles readiness of connection `token`; `read_closed`: the event said the remote
+    /// closed (or no event was seen), so a short read does not end the reading.
+    fn conn_event(&mut self, token: Token, readable: bool, writable: bool, read_closed: bool) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
@@ -963,7 +966,8 @@ impl<N: Net> Node<N> {
         if !readable {
             return;
         }
-        let outcome = conn.read_available(self.clock.now());
+        let short_read_drains = !read_closed && N::drained_by_short_read(&conn.stream);
+        let outcome = conn.read_available(self.clock.now(), short_read_drains);
         // Reading a TLS stream may have queued handshake answers the socket did not take.
         if let Err(e) = conn.flush_stream(&mut self.net, token) {
             self.close(token, &format!("write: {e}"));

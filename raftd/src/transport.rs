@@ -180,11 +180,19 @@ impl<S: Read + Write> Conn<S> {
     }
 
     /// Reads everything available into the decoder (`now`: when, for [`Conn::last_read`]).
-    pub fn read_available(&mut self, now: std::time::Instant) -> io::Result<ReadOutcome> {
+    /// With `short_read_drains` (the stream is drained by a short read, and the remote has
+    /// not closed: see [`crate::net::Net::drained_by_short_read`]) a read that returns less
+    /// than it was offered ends it, without the read that would only say `WouldBlock` (half
+    /// the reads of a busy node).
+    pub fn read_available(
+        &mut self,
+        now: std::time::Instant,
+        short_read_drains: bool,
+    ) -> io::Result<ReadOutcome> {
         loop {
-            match self.decoder.read_from(&mut self.stream) {
-                Ok(0) => return Ok(ReadOutcome::Closed),
-                Ok(n) => {
+            match self.decoder.read_from_short(&mut self.stream) {
+                Ok((0, _)) => return Ok(ReadOutcome::Closed),
+                Ok((n, short)) => {
                     self.read_bytes += n as u64;
                     self.last_read = now;
                     self.read_since_release_check = true;
@@ -194,6 +202,9 @@ impl<S: Read + Write> Conn<S> {
                     // the frame limit as soon as its prefix arrives).
                     if self.decoder.buffered_len() > READ_BUDGET_BYTES && self.decoder.has_frame() {
                         return Ok(ReadOutcome::More);
+                    }
+                    if short && short_read_drains {
+                        return Ok(ReadOutcome::Open);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
@@ -249,5 +260,83 @@ impl<S: Read + Write> Conn<S> {
         let outbound = matches!(self.kind, ConnKind::OutboundPeer { .. });
         self.writable_registered = outbound;
         net.register(&mut self.stream, token, outbound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A non-blocking stream holding `held` bytes (then `WouldBlock`, or the end once
+    /// `closed`), counting the reads made of it.
+    struct Held {
+        held: Vec<u8>,
+        closed: bool,
+        reads: usize,
+    }
+
+    impl Read for Held {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            if self.held.is_empty() {
+                return match self.closed {
+                    true => Ok(0),
+                    false => Err(io::ErrorKind::WouldBlock.into()),
+                };
+            }
+            let n = buf.len().min(self.held.len());
+            buf[..n].copy_from_slice(&self.held[..n]);
+            self.held.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn conn(held: usize, closed: bool) -> Conn<Held> {
+        let stream = Held { held: vec![0; held], closed, reads: 0 };
+        let remote = "127.0.0.1:1".parse().unwrap();
+        let now = std::time::Instant::now();
+        let kind = ConnKind::OutboundPeer { to: 2 };
+        Conn::new(stream, kind, remote, codec::FRAME_SIZE_MAX_DEFAULT, now)
+    }
+
+    /// A short read of a stream that a short read drains ends the reading: no second read
+    /// only to be told `WouldBlock`; one that filled its room reads again.
+    #[test]
+    fn a_short_read_ends_the_reading_when_it_drains_the_stream() {
+        let now = std::time::Instant::now();
+        let mut c = conn(100, false);
+        assert_eq!(c.read_available(now, true).unwrap(), ReadOutcome::Open);
+        assert_eq!((c.stream.reads, c.decoder.buffered_len()), (1, 100));
+
+        let mut c = conn(100, false);
+        assert_eq!(c.read_available(now, false).unwrap(), ReadOutcome::Open);
+        assert_eq!(c.stream.reads, 2, "not known to drain: read until WouldBlock");
+
+        // More than one read's room: the full reads go on, the short one ends it.
+        let mut c = conn(300 * 1024, false);
+        assert_eq!(c.read_available(now, true).unwrap(), ReadOutcome::Open);
+        assert_eq!(c.decoder.buffered_len(), 300 * 1024);
+        let reads = c.stream.reads;
+        assert!(reads >= 2 && c.stream.held.is_empty(), "{reads} reads");
+        assert!(c.stream.read(&mut [0]).is_err(), "and nothing was left");
+    }
+
+    /// When the remote closed (the caller passes `short_read_drains` false), reading goes on
+    /// past a short read to the end of the stream.
+    #[test]
+    fn a_closed_stream_is_read_to_its_end() {
+        let now = std::time::Instant::now();
+        let mut c = conn(100, true);
+        assert_eq!(c.read_available(now, false).unwrap(), ReadOutcome::Closed);
+        assert_eq!((c.stream.reads, c.decoder.buffered_len()), (2, 100));
     }
 }

@@ -383,7 +383,12 @@ impl Net for SimNet {
         for (i, port) in [Port::Peer, Port::Client].into_iter().enumerate() {
             if s.backlog.get(&(self.node, port)).is_some_and(|q| !q.is_empty()) {
                 let token = [PEER_LISTENER, CLIENT_LISTENER][i];
-                events.push(NetEvent { token, readable: true, writable: false });
+                events.push(NetEvent {
+                    token,
+                    readable: true,
+                    writable: false,
+                    read_closed: false,
+                });
             }
         }
         for (&(id, end), &(token, wants_writable)) in &s.registered {
@@ -396,7 +401,8 @@ impl Net for SimNet {
             let connected = end == 1 || stream.accepted;
             let writable = wants_writable && (stream.reset || connected);
             if readable || writable {
-                events.push(NetEvent { token, readable, writable });
+                let read_closed = stream.reset || flow.closed;
+                events.push(NetEvent { token, readable, writable, read_closed });
             }
         }
         Ok(())
@@ -424,6 +430,12 @@ impl Net for SimNet {
             return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
         }
         self.world.connect(Endpoint::Node(self.node), addr)
+    }
+
+    /// A read takes all that arrived (and readiness is reported for as long as anything is
+    /// there).
+    fn drained_by_short_read(_: &SimStream) -> bool {
+        true
     }
 
     fn connect_error(stream: &SimStream) -> io::Result<Option<io::Error>> {
