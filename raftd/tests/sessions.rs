@@ -49,6 +49,37 @@ fn a_retry_while_its_session_is_held_gets_the_first_reply() {
     assert_eq!(cluster.get("n"), Some(b"2".to_vec()), "the retry did not swap again");
 }
 
+/// Retries of a write that arrive while it is in flight wait on it with the first: every one
+/// gets the first's reply, and the write applies once (the leader keeps the first waiter of a
+/// write apart from any further ones).
+#[test]
+fn retries_of_a_write_in_flight_all_get_its_reply_and_it_applies_once() {
+    let cluster = TestCluster::start(1, &[]);
+    let leader = cluster.wait_for_leader();
+    let session_id = cluster.register_session();
+    let mut stream = cluster.procs[leader as usize - 1].wait_client().into_stream();
+    let cas = Op::Cas { key: b"r".to_vec(), expected: None, new: b"1".to_vec() };
+    // Written back to back, before any reply: the later ones arrive while the first is in
+    // flight (or in the same batch).
+    for request_id in 1..=3 {
+        let request = ClientRequest::Kv { request_id, session_id, seq: 1, op: cas.clone() };
+        write_frame(&mut stream, &request).unwrap();
+    }
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < 3 {
+        match read_frame::<ClientResponse>(&mut stream).unwrap() {
+            ClientResponse::Kv { request_id, result } => replies.insert(request_id, result),
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    let first = replies[&1].clone().unwrap();
+    assert!(matches!(first.result, OpResult::Cas { swapped: true, previous: None }), "{first:?}");
+    assert!(replies.values().all(|r| r.as_ref() == Ok(&first)), "{replies:?}");
+    let again = Op::Cas { key: b"r".to_vec(), expected: None, new: b"2".to_vec() };
+    let next = cluster.write_in(session_id, 2, again).unwrap();
+    assert!(matches!(next.result, OpResult::Cas { swapped: false, .. }), "applied once: {next:?}");
+}
+
 /// Sessions expire by the leaders' clocks carried in the log: a session idle past
 /// `--session-ttl-secs` is gone on every node, and its retry refused.
 #[test]

@@ -196,8 +196,11 @@ impl<N: Net> Node<N> {
 
     /// Answers the clients waiting on the write `(session_id, seq)`.
     fn answer_write(&mut self, key: (u64, u64), result: std::result::Result<KvReply, ClientError>) {
-        if let Some(waiters) = self.write_waiters.remove(&key) {
-            for w in waiters {
+        if let Some(w) = self.write_waiters.remove(&key) {
+            self.kv_reply(&w, result.clone());
+        }
+        if !self.more_write_waiters.is_empty() {
+            for w in self.more_write_waiters.remove(&key).unwrap_or_default() {
                 self.kv_reply(&w, result.clone());
             }
         }

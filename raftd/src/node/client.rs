@@ -1,5 +1,7 @@
 //! Client and admin requests: reads, writes, membership, status.
 
+use std::collections::btree_map::Entry as MapEntry;
+
 use super::*;
 
 /// Bytes a command's encoding adds to its keys and values: tags, lengths, the session, the
@@ -214,6 +216,7 @@ impl<N: Net> Node<N> {
                     let known = !settled
                         || self.kv.write_applied(session_id, seq)
                         || self.write_waiters.contains_key(&key)
+                        || self.more_write_waiters.contains_key(&key)
                         || self.expired_writes.contains_key(&key)
                         || self
                             .proposal_waiters
@@ -266,7 +269,13 @@ impl<N: Net> Node<N> {
                     for (proposed, w) in waiters {
                         match proposed {
                             Proposed::Write(session_id, seq) => {
-                                self.write_waiters.entry((session_id, seq)).or_default().push(w)
+                                let key = (session_id, seq);
+                                match self.write_waiters.entry(key) {
+                                    MapEntry::Vacant(first) => drop(first.insert(w)),
+                                    MapEntry::Occupied(_) => {
+                                        self.more_write_waiters.entry(key).or_default().push(w)
+                                    }
+                                }
                             }
                             Proposed::Session(n) => {
                                 self.session_waiters.insert(n, w);

@@ -232,7 +232,8 @@ impl<N: Net> Node<N> {
         m.term.store(raft.term, Relaxed);
         m.commit_index.store(raft.raft_log.committed, Relaxed);
         m.applied_index.store(self.kv.applied(), Relaxed);
-        let pending = self.write_waiters.values().map(Vec::len).sum::<usize>()
+        let pending = self.write_waiters.len()
+            + self.more_write_waiters.values().map(Vec::len).sum::<usize>()
             + self.session_waiters.len()
             + self.proposal_waiters.len();
         m.proposals_pending.store(pending as u64, Relaxed);
@@ -495,14 +496,21 @@ impl<N: Net> Node<N> {
         let mut expired: Vec<Waiter> = Vec::new();
         let term = self.raw.raft.term;
         let expired_writes = &mut self.expired_writes;
-        self.write_waiters.retain(|&key, ws| {
-            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
-                std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
-            if !gone.is_empty() {
-                expired_writes.insert(key, term);
+        self.write_waiters.retain(|&key, w| {
+            if w.deadline > now {
+                return true;
             }
-            expired.extend(gone);
-            *ws = kept;
+            expired_writes.insert(key, term);
+            expired.push(w.clone());
+            false
+        });
+        self.more_write_waiters.retain(|&key, ws| {
+            if ws.iter().any(|w| w.deadline <= now) {
+                expired_writes.insert(key, term);
+                let (gone, kept) = std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
+                expired.extend::<Vec<Waiter>>(gone);
+                *ws = kept;
+            }
             !ws.is_empty()
         });
         // Those of earlier terms are applied or gone once an entry of this term applied.
