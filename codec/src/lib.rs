@@ -134,6 +134,18 @@ fn decode_limited<'de, T: Deserialize<'de>>(
     Err(bincode::error::DecodeError::LimitExceeded)
 }
 
+/// Appends what bincode writes to a `Vec` directly: through `std::io::Write` each varint
+/// went through an `io::Result` and the writer's bookkeeping (a tenth of a write's encoding).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Append<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Appends one frame holding `value` to `buf`, without allocating when `buf` has room.
 pub fn encode_into<T: Serialize>(
     buf: &mut Vec<u8>,
@@ -142,7 +154,7 @@ pub fn encode_into<T: Serialize>(
 ) -> Result<()> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_LEN_SIZE]);
-    if let Err(e) = bincode::serde::encode_into_std_write(value, buf, bincode_config()) {
+    if let Err(e) = bincode::serde::encode_into_writer(value, Append(buf), bincode_config()) {
         buf.truncate(start);
         return Err(Error::Encode { reason: e.to_string() });
     }
@@ -183,8 +195,7 @@ pub fn encode_value_to_writer<T: Serialize>(value: &T, out: &mut dyn Write) -> R
 
 /// Appends one value, without a length prefix, to `out`.
 pub fn encode_value_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<()> {
-    bincode::serde::encode_into_std_write(value, out, bincode_config())
-        .map(drop)
+    bincode::serde::encode_into_writer(value, Append(out), bincode_config())
         .map_err(|e| Error::Encode { reason: e.to_string() })
 }
 
@@ -467,6 +478,20 @@ mod tests {
             out.push(m);
         }
         out
+    }
+
+    /// Appended straight into a `Vec`, a value is the bytes bincode's own encoder makes.
+    #[test]
+    fn values_appended_to_a_vec_are_bincodes_bytes() {
+        let value = (u64::MAX, 300u32, "key", vec![7u8; 300], Some(-5i64), [1u16, 2, 3]);
+        let reference = bincode::serde::encode_to_vec(value.clone(), bincode_config()).unwrap();
+        let mut out = vec![9];
+        encode_value_into(&value, &mut out).unwrap();
+        assert_eq!((out[0], &out[1..]), (9, &reference[..]), "appended after what was there");
+        let mut framed = Vec::new();
+        encode_into(&mut framed, &value, FRAME_SIZE_MAX_DEFAULT).unwrap();
+        assert_eq!(&framed[FRAME_LEN_SIZE..], &reference[..]);
+        assert_eq!(encode_value(&value).unwrap(), reference);
     }
 
     #[test]
