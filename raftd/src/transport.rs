@@ -55,6 +55,9 @@ pub struct Conn<S> {
     pub decoder: FrameDecoder,
     /// Frames waiting to be written.
     pub encoder: FrameEncoder,
+    /// The capacity of the decoder while [`Conn::lend_decoder`] has it out: still this
+    /// connection's memory, for [`Conn::buffer_bytes`].
+    lent_decoder_bytes: usize,
     writable_registered: bool,
     /// When bytes last arrived (a connection silent for long may be stale).
     pub last_read: std::time::Instant,
@@ -100,6 +103,7 @@ impl<S: Read + Write> Conn<S> {
             remote,
             decoder: FrameDecoder::new(read_limit),
             encoder: FrameEncoder::new(frame_size_max),
+            lent_decoder_bytes: 0,
             writable_registered: false,
             last_read: now,
             read_since_release_check: false,
@@ -130,20 +134,22 @@ impl<S: Read + Write> Conn<S> {
     /// of each being copied out first. Given back with [`Conn::return_decoder`].
     pub fn lend_decoder(&mut self) -> FrameDecoder {
         let stand_in = FrameDecoder::new(self.decoder.frame_size_max());
+        self.lent_decoder_bytes = self.decoder.capacity();
         std::mem::replace(&mut self.decoder, stand_in)
     }
 
     /// Puts back the decoder [`Conn::lend_decoder`] took, with the limit set meanwhile (the
     /// connection may have identified itself in one of the frames).
     pub fn return_decoder(&mut self, mut decoder: FrameDecoder) {
-        debug_assert_eq!(self.decoder.buffered_len(), 0, "nothing is read while it is lent");
+        assert_eq!(self.decoder.buffered_len(), 0, "nothing is read while it is lent");
         decoder.set_frame_size_max(self.decoder.frame_size_max());
         self.decoder = decoder;
+        self.lent_decoder_bytes = 0;
     }
 
     /// Bytes of memory its buffers hold.
     pub fn buffer_bytes(&self) -> usize {
-        self.decoder.capacity() + self.encoder.capacity()
+        self.decoder.capacity() + self.lent_decoder_bytes + self.encoder.capacity()
     }
 
     /// Gives back the memory of buffers that hold nothing if nothing arrived since the last
@@ -306,6 +312,24 @@ mod tests {
         let now = std::time::Instant::now();
         let kind = ConnKind::OutboundPeer { to: 2 };
         Conn::new(stream, kind, remote, codec::FRAME_SIZE_MAX_DEFAULT, now)
+    }
+
+    /// Lent out while its frames are dispatched, the decoder's buffer still counts as the
+    /// connection's (the shedding of clients over `--max-buffered-bytes` may run then), and
+    /// a limit raised meanwhile (a Hello accepted) goes back with it.
+    #[test]
+    fn a_lent_decoder_still_counts_and_takes_back_the_limit_set_meanwhile() {
+        let now = std::time::Instant::now();
+        let mut c = conn(100, false);
+        c.read_available(now, true).unwrap();
+        let before = c.buffer_bytes();
+        assert!(before >= 100);
+        let lent = c.lend_decoder();
+        assert_eq!(c.buffer_bytes(), before, "counted while lent");
+        c.decoder.set_frame_size_max(1234);
+        c.return_decoder(lent);
+        assert_eq!((c.buffer_bytes(), c.decoder.frame_size_max()), (before, 1234));
+        assert_eq!(c.decoder.buffered_len(), 100, "the bytes came back with it");
     }
 
     /// A short read of a stream that a short read drains ends the reading: no second read
