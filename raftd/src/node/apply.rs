@@ -196,13 +196,15 @@ impl<N: Net> Node<N> {
 
     /// Answers the clients waiting on the write `(session_id, seq)`.
     fn answer_write(&mut self, key: (u64, u64), result: std::result::Result<KvReply, ClientError>) {
-        if let Some(w) = self.write_waiters.remove(&key) {
-            self.kv_reply(&w, result.clone());
-        }
         if !self.more_write_waiters.is_empty() {
             for w in self.more_write_waiters.remove(&key).unwrap_or_default() {
                 self.kv_reply(&w, result.clone());
             }
+        }
+        // The first waiter takes the result itself: nearly every write has only it, and a
+        // reply may carry a value (a compare-and-swap's previous one) not worth copying.
+        if let Some(w) = self.write_waiters.remove(&key) {
+            self.kv_reply(&w, result);
         }
     }
 

@@ -507,8 +507,9 @@ impl<N: Net> Node<N> {
         self.more_write_waiters.retain(|&key, ws| {
             if ws.iter().any(|w| w.deadline <= now) {
                 expired_writes.insert(key, term);
-                let (gone, kept) = std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
-                expired.extend::<Vec<Waiter>>(gone);
+                let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
+                    std::mem::take(ws).into_iter().partition(|w| w.deadline <= now);
+                expired.extend(gone);
                 *ws = kept;
             }
             !ws.is_empty()
