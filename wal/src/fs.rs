@@ -11,8 +11,8 @@
 //! # Durability rules the callers follow (and the simulation enforces)
 //!
 //! - Bytes written to a file or a mapping are durable only after a sync covering them:
-//!   [`FsMap::flush_range`] for a range of a mapping, [`FsFile::sync_all`] for the whole file
-//!   (data and length).
+//!   [`FsMap::flush_range`] or [`FsSyncer::sync_range`] for a range, [`FsFile::sync_all`] for
+//!   the whole file (data and length).
 //! - A file's length (growth by [`FsFile::allocate`]) is durable only after
 //!   [`FsFile::sync_all`].
 //! - A directory entry (a created, renamed or deleted name) is durable only after its
@@ -96,6 +96,17 @@ pub trait FsFile: Send {
     fn sync_all(&self) -> io::Result<()>;
     /// Maps the whole file for reading and writing.
     fn map(&self) -> io::Result<Box<dyn FsMap>>;
+    /// A handle that syncs ranges of this file from any thread, also after the file and its
+    /// mappings are dropped (a log sync run off the event loop).
+    fn syncer(&self) -> io::Result<Arc<dyn FsSyncer>>;
+}
+
+/// Makes ranges of one file durable, from any thread.
+pub trait FsSyncer: Send + Sync {
+    /// Makes `[offset, offset + len)` durable, including what was written into it through a
+    /// mapping (as [`FsMap::flush_range`] would). Within the file's durable length (growth is
+    /// durable only after [`FsFile::sync_all`]).
+    fn sync_range(&self, offset: usize, len: usize) -> io::Result<()>;
 }
 
 /// A writable mapping of a whole file.
@@ -295,6 +306,24 @@ impl FsFile for OsFile {
 
     fn map(&self) -> io::Result<Box<dyn FsMap>> {
         Ok(Box::new(self.map_os()?))
+    }
+
+    fn syncer(&self) -> io::Result<Arc<dyn FsSyncer>> {
+        Ok(Arc::new(OsSyncer { file: self.file.try_clone()? }))
+    }
+}
+
+/// Syncs through its own descriptor of the file. On Linux msync(MS_SYNC) of a range of a
+/// shared mapping is an fdatasync of that range of the file (`vfs_fsync_range`), and
+/// fdatasync writes back every page of the file dirtied through a mapping; so a whole-file
+/// fdatasync covers the range, and it needs no mapping alive while it runs.
+pub(crate) struct OsSyncer {
+    file: File,
+}
+
+impl FsSyncer for OsSyncer {
+    fn sync_range(&self, _offset: usize, _len: usize) -> io::Result<()> {
+        self.file.sync_data()
     }
 }
 

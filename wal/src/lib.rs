@@ -311,11 +311,64 @@ pub struct Wal {
     synced_lsn: u64,
     /// Byte ranges written since the last sync, per segment.
     dirty: BTreeMap<u64, (usize, usize)>,
+    /// Between [`Wal::begin_sync`] and [`Wal::finish_sync`].
+    sync_in_flight: bool,
     poisoned: bool,
     /// Test hook: the next sync fails as a failing disk would make it.
     #[cfg(test)]
     fail_next_sync: bool,
     _lock: Box<dyn std::any::Any + Send>,
+}
+
+/// A sync begun by [`Wal::begin_sync`]: runs on any thread, keeps what it syncs open.
+pub struct SyncJob {
+    /// The last record it covers.
+    covered_lsn: u64,
+    ranges: Vec<SyncRange>,
+    /// Test hook: the sync fails as a failing disk would make it.
+    #[cfg(test)]
+    fail: bool,
+}
+
+struct SyncRange {
+    syncer: Arc<dyn crate::fs::FsSyncer>,
+    path: PathBuf,
+    offset: usize,
+    len: usize,
+}
+
+impl SyncJob {
+    /// Makes the ranges written before it was begun durable (blocks for the disk).
+    pub fn run(&self) -> Result<()> {
+        for range in &self.ranges {
+            #[cfg(test)]
+            if self.fail {
+                return Err(Error::SyncFailed {
+                    path: range.path.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                });
+            }
+            range
+                .syncer
+                .sync_range(range.offset, range.len)
+                .map_err(crate::segment::sync_failed(&range.path))?;
+        }
+        Ok(())
+    }
+
+    /// True when it has nothing to sync (nothing was written since the last sync).
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncJob")
+            .field("covered_lsn", &self.covered_lsn)
+            .field("ranges", &self.ranges.len())
+            .finish()
+    }
 }
 
 fn entries_payload_len<'a>(entries: impl Iterator<Item = &'a EntryRef<'a>>) -> usize {
@@ -391,6 +444,7 @@ impl Wal {
             next_lsn: 1,
             synced_lsn: 0,
             dirty: BTreeMap::new(),
+            sync_in_flight: false,
             poisoned: false,
             #[cfg(test)]
             fail_next_sync: false,
@@ -897,32 +951,59 @@ impl Wal {
     }
 
     /// Makes everything appended so far durable. A failure is fatal: the log refuses all
-    /// further work and the caller must exit.
+    /// further work and the caller must exit. Refused while a [`SyncJob`] is in flight.
     pub fn sync(&mut self) -> Result<()> {
+        let job = self.begin_sync()?;
+        let synced = job.run();
+        self.finish_sync(job, synced)
+    }
+
+    /// Starts a sync of everything appended so far, to be run by [`SyncJob::run`] on any
+    /// thread while the log takes further writes (they are not covered), and finished with
+    /// [`Wal::finish_sync`]. One at a time: refused while another is in flight, and so is
+    /// anything that syncs (compaction), until it is finished.
+    pub fn begin_sync(&mut self) -> Result<SyncJob> {
         self.check_usable()?;
-        let covered = self.next_lsn - 1;
-        let dirty = std::mem::take(&mut self.dirty);
-        for (sequence, (start, end)) in dirty {
-            let Some(segment) = self.segments.get(&sequence) else {
-                continue;
-            };
-            let synced = segment.sync_range(start, end - start);
-            #[cfg(test)]
-            let synced = if std::mem::take(&mut self.fail_next_sync) {
-                Err(Error::SyncFailed {
+        if self.sync_in_flight {
+            return Err(Error::Invalid("a sync is already in flight".into()));
+        }
+        let mut ranges = Vec::new();
+        for (sequence, (start, end)) in std::mem::take(&mut self.dirty) {
+            if let Some(segment) = self.segments.get(&sequence) {
+                ranges.push(SyncRange {
+                    syncer: segment.syncer(),
                     path: segment.path.clone(),
-                    source: std::io::Error::from_raw_os_error(libc::EIO),
-                })
-            } else {
-                synced
-            };
-            if let Err(e) = synced {
-                self.poisoned = true;
-                return Err(e);
+                    offset: start,
+                    len: end - start,
+                });
             }
         }
-        self.synced_lsn = covered;
+        self.sync_in_flight = true;
+        Ok(SyncJob {
+            covered_lsn: self.next_lsn - 1,
+            ranges,
+            #[cfg(test)]
+            fail: std::mem::take(&mut self.fail_next_sync),
+        })
+    }
+
+    /// Records the outcome of `job`: on success what it covered is durable (and later records
+    /// say so); a failure is fatal as for [`Wal::sync`].
+    pub fn finish_sync(&mut self, job: SyncJob, synced: Result<()>) -> Result<()> {
+        assert!(self.sync_in_flight, "a sync finished that was not begun");
+        self.sync_in_flight = false;
+        if let Err(e) = synced {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.check_usable()?;
+        self.synced_lsn = self.synced_lsn.max(job.covered_lsn);
         Ok(())
+    }
+
+    /// True between [`Wal::begin_sync`] and [`Wal::finish_sync`].
+    pub fn sync_in_flight(&self) -> bool {
+        self.sync_in_flight
     }
 
     /// Drops the entries before `index` and deletes the segments that hold nothing else. The

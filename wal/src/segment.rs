@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::errors::{Error, Result};
-use crate::fs::{Fs, FsFile, FsMap, OpenMode};
+use std::sync::Arc;
+
+use crate::fs::{Fs, FsFile, FsMap, FsSyncer, OpenMode};
 use crate::record::{write_segment_header, SEGMENT_HEADER_SIZE};
 
 /// Suffix of segment file names: `{sequence:020}.wal`, so names sort by sequence.
@@ -16,6 +18,7 @@ pub struct Segment {
     pub path: PathBuf,
     file: Box<dyn FsFile>,
     map: Box<dyn FsMap>,
+    syncer: Arc<dyn FsSyncer>,
 }
 
 /// The file name of segment `sequence`.
@@ -32,7 +35,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn sync_failed(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn sync_failed(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::SyncFailed { path: path.to_path_buf(), source }
 }
 
@@ -59,7 +62,8 @@ impl Segment {
         map.flush_range(0, SEGMENT_HEADER_SIZE).map_err(sync_failed(&path))?;
         file.sync_all().map_err(sync_failed(&path))?;
         fs.sync_dir(dir).map_err(sync_failed(dir))?;
-        Ok(Segment { path, file, map })
+        let syncer = file.syncer().map_err(|e| Error::io("open segment", &path, e))?;
+        Ok(Segment { path, file, map, syncer })
     }
 
     /// Opens and maps an existing segment file.
@@ -73,7 +77,8 @@ impl Segment {
                 .map_err(|e| Error::io("preallocate", &path, e))?;
         }
         let map = file.map().map_err(|e| Error::io("memory-map", &path, e))?;
-        Ok(Segment { path, file, map })
+        let syncer = file.syncer().map_err(|e| Error::io("open segment", &path, e))?;
+        Ok(Segment { path, file, map, syncer })
     }
 
     /// The mapped bytes.
@@ -100,6 +105,11 @@ impl Segment {
     /// Makes the bytes `[offset, offset + len)` durable.
     pub fn sync_range(&self, offset: usize, len: usize) -> Result<()> {
         self.map.flush_range(offset, len).map_err(sync_failed(&self.path))
+    }
+
+    /// A handle that makes ranges of this segment durable from any thread.
+    pub fn syncer(&self) -> Arc<dyn FsSyncer> {
+        self.syncer.clone()
     }
 
     /// Makes the whole file durable (including what an earlier process left in the cache).

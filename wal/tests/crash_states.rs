@@ -74,6 +74,11 @@ enum Op {
     },
     HardState(HardState),
     Sync,
+    /// A sync begun (`Wal::begin_sync`) while later operations write on; it runs and finishes
+    /// at the next `FinishSync` (as a sync thread would, covering at least what was written
+    /// before it began).
+    BeginSync,
+    FinishSync,
     /// A snapshot of the local log (the entry at `index` is there).
     Snapshot(SnapshotMarker),
     /// A follower installing its leader's snapshot beyond its log.
@@ -88,6 +93,7 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
     let mut terms: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut first, mut last, mut term, mut commit, mut snapshot) = (1u64, 0u64, 1u64, 0u64, 0u64);
     let mut ops = Vec::new();
+    let mut in_flight = false;
     while ops.len() < len {
         match rng.below(20) {
             0..=7 => {
@@ -110,7 +116,15 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
                 commit = (commit + rng.below(4)).min(last);
                 ops.push(Op::HardState(HardState { term, vote: 1, commit }));
             }
-            11..=14 => ops.push(Op::Sync),
+            11..=14 if in_flight => {
+                ops.push(Op::FinishSync);
+                in_flight = false;
+            }
+            11..=12 => ops.push(Op::Sync),
+            13..=14 => {
+                ops.push(Op::BeginSync);
+                in_flight = true;
+            }
             15 if commit > snapshot && commit >= first => {
                 snapshot = commit;
                 // Of varying size, so that markers also start segments.
@@ -130,7 +144,8 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
                 let marker = SnapshotMarker { index, term, conf_state: b"leader's conf".to_vec() };
                 ops.push(Op::Install(marker));
             }
-            17 if snapshot >= first => {
+            // A compaction syncs: not while a sync is in flight.
+            17 if snapshot >= first && !in_flight => {
                 let index = (snapshot + 1).saturating_sub(rng.below(3)).max(first);
                 first = first.max(index.min(last + 1));
                 terms.retain(|&i, _| i >= first);
@@ -139,6 +154,9 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
             18 => ops.push(Op::DeleteGarbage),
             _ => {}
         }
+    }
+    if in_flight {
+        ops.push(Op::FinishSync);
     }
     ops.push(Op::Sync);
     ops
@@ -173,21 +191,24 @@ fn image_of(wal: &Wal) -> Image {
 }
 
 /// One run of the workload: the image after each operation (index 0: after open), the
-/// file-system operations done when each ended, and, for each, whether it ended with a sync.
+/// file-system operations done when each ended, and, for each that ended with a sync, the
+/// image that sync made durable (a sync begun earlier covers what was written by then).
 struct Run {
     images: Vec<Image>,
     ops_done: Vec<u64>,
-    synced: Vec<bool>,
+    synced: Vec<Option<usize>>,
 }
 
 fn run(fs: &SimFs, ops: &[Op]) -> Run {
     let shared: Arc<dyn Fs> = Arc::new(fs.clone());
     let (mut wal, _) = Wal::open_on(shared, Path::new(DIR), &identity(), options()).expect("open");
     let mut run =
-        Run { images: vec![image_of(&wal)], ops_done: vec![fs.op_count()], synced: vec![true] };
+        Run { images: vec![image_of(&wal)], ops_done: vec![fs.op_count()], synced: vec![Some(0)] };
     let mut garbage: Vec<Garbage> = Vec::new();
+    let mut job: Option<(wal::SyncJob, usize)> = None;
     for op in ops {
-        let mut synced = false;
+        let this = run.images.len();
+        let mut synced = None;
         match op {
             Op::Append { first, count, term } => {
                 let datas: Vec<Vec<u8>> =
@@ -207,14 +228,25 @@ fn run(fs: &SimFs, ops: &[Op]) -> Run {
             Op::HardState(hs) => wal.set_hard_state(*hs).expect("hard state"),
             Op::Sync => {
                 wal.sync().expect("sync");
-                synced = true;
+                synced = Some(this);
+            }
+            Op::BeginSync => {
+                assert!(job.is_none());
+                job = Some((wal.begin_sync().expect("begin sync"), this));
+                assert!(wal.sync().is_err(), "no second sync while one is in flight");
+            }
+            Op::FinishSync => {
+                let (job, began) = job.take().expect("begun");
+                let ran = job.run();
+                wal.finish_sync(job, ran).expect("sync");
+                synced = Some(began);
             }
             Op::Snapshot(marker) | Op::Install(marker) => {
                 wal.mark_snapshot(marker.clone()).expect("marker")
             }
             Op::Compact(index) => {
                 // A compaction that drops nothing writes (and syncs) nothing.
-                synced = *index > wal.first_index();
+                synced = (*index > wal.first_index()).then_some(this);
                 garbage.push(wal.compact_deferred(*index).expect("compact"));
             }
             Op::DeleteGarbage => {
@@ -304,7 +336,7 @@ fn explore(seed: u64, random: u64) -> (u64, u64) {
         if done == 0 {
             continue; // Crashed while creating the log: nothing was promised.
         }
-        let last_sync = (0..done).rev().find(|&m| this.synced[m]).expect("open syncs");
+        let last_sync = (0..done).filter_map(|m| this.synced[m]).max().expect("open syncs");
         let allowed = last_sync..=(done).min(this.images.len() - 1);
         if std::env::var("CRASH_EXPLORER_DUMP").ok().and_then(|v| v.parse().ok()) == Some(k) {
             let cut = disk.power_cut_keeping(CrashChoice::KeepAll);

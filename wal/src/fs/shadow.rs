@@ -19,7 +19,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{parent_of, Fs, FsFile, FsMap, OpenMode, OsFile, OsFs, OsMap, PAGE_SIZE};
+use super::{
+    parent_of, Fs, FsFile, FsMap, FsSyncer, OpenMode, OsFile, OsFs, OsMap, OsSyncer, PAGE_SIZE,
+};
 
 const CACHED_NAMES: &str = "names.cached";
 const DURABLE_NAMES: &str = "names.durable";
@@ -276,6 +278,15 @@ impl FsFile for ShadowFile {
         let os = self.os.map_os()?;
         Ok(Box::new(ShadowMap { os, inode: self.inode.clone(), tracked: self.tracked }))
     }
+
+    fn syncer(&self) -> io::Result<Arc<dyn FsSyncer>> {
+        Ok(Arc::new(ShadowSyncer {
+            os: OsSyncer { file: self.os.file.try_clone()? },
+            file: self.os.file.try_clone()?,
+            inode: self.inode.clone(),
+            tracked: self.tracked,
+        }))
+    }
 }
 
 struct ShadowMap {
@@ -296,19 +307,56 @@ impl FsMap for ShadowMap {
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
         self.os.flush_range(offset, len)?;
         if self.tracked {
-            // The synced pages, within the length the shadow holds as durable (set by the
-            // file's last sync_all).
-            // No durable copy yet (the file's first sync_all is still to come): nothing of the
-            // mapping is durable past its length, which is zero.
-            let shadow =
-                OpenOptions::new().create(true).truncate(false).write(true).open(&self.inode)?;
-            let durable_len = shadow.metadata()?.len() as usize;
-            let start = offset / PAGE_SIZE * PAGE_SIZE;
-            let end = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            let end = end.min(durable_len).min(self.os.bytes().len());
-            if start < end {
-                shadow.write_all_at(&self.os.bytes()[start..end], start as u64)?;
-            }
+            shadow_pages(&self.inode, offset, len, self.os.bytes().len(), |dst, at| {
+                dst.copy_from_slice(&self.os.bytes()[at..at + dst.len()]);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the pages covering `[offset, offset + len)` of a file of `file_len` bytes into its
+/// shadow `inode`, within the length the shadow holds as durable (set by the file's last
+/// sync_all; no durable copy yet means nothing is durable past length zero). `read` fills a
+/// buffer with the file's bytes from an offset.
+fn shadow_pages(
+    inode: &Path,
+    offset: usize,
+    len: usize,
+    file_len: usize,
+    read: impl FnOnce(&mut [u8], usize) -> io::Result<()>,
+) -> io::Result<()> {
+    let shadow = OpenOptions::new().create(true).truncate(false).write(true).open(inode)?;
+    let durable_len = shadow.metadata()?.len() as usize;
+    let start = offset / PAGE_SIZE * PAGE_SIZE;
+    let end = (offset + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let end = end.min(durable_len).min(file_len);
+    if start < end {
+        let mut pages = vec![0u8; end - start];
+        read(&mut pages, start)?;
+        shadow.write_all_at(&pages, start as u64)?;
+    }
+    Ok(())
+}
+
+/// Syncs through the operating system, then records the synced pages in the shadow, read
+/// back through its own descriptor (the page cache holds what mappings wrote).
+struct ShadowSyncer {
+    os: OsSyncer,
+    file: stdfs::File,
+    inode: PathBuf,
+    tracked: bool,
+}
+
+impl FsSyncer for ShadowSyncer {
+    fn sync_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.os.sync_range(offset, len)?;
+        if self.tracked {
+            let file_len = self.file.metadata()?.len() as usize;
+            shadow_pages(&self.inode, offset, len, file_len, |dst, at| {
+                self.file.read_exact_at(dst, at as u64)
+            })?;
         }
         Ok(())
     }

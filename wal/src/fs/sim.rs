@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{parent_of, Fs, FsFile, FsMap, OpenMode, PAGE_SIZE};
+use super::{parent_of, Fs, FsFile, FsMap, FsSyncer, OpenMode, PAGE_SIZE};
 
 /// What a power cut keeps of one unsynced item; see [`SimFs::power_cut`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,22 @@ impl State {
     fn tick_sync(&mut self) {
         self.tick();
         self.first_sync.get_or_insert(self.ops);
+    }
+
+    /// Makes the pages of inode `id` that cover `[offset, offset + len)` durable (a sync of a
+    /// range: msync).
+    fn flush_pages(&mut self, id: usize, offset: usize, len: usize) {
+        self.tick_sync();
+        let inode = &mut self.inodes[id];
+        let start = offset / PAGE_SIZE * PAGE_SIZE;
+        let end =
+            (offset + len).div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE).min(inode.data.len());
+        if inode.durable.len() < end {
+            inode.durable.resize(end, 0);
+        }
+        if start < end {
+            inode.durable[start..end].copy_from_slice(&inode.data[start..end]);
+        }
     }
 
     fn file(&self, path: &Path) -> io::Result<usize> {
@@ -516,6 +532,23 @@ impl FsFile for SimFile {
         let buf = self.fs.lock_state().inodes[self.id].data.clone();
         Ok(Box::new(SimMap { fs: self.fs.clone(), id: self.id, buf }))
     }
+
+    fn syncer(&self) -> io::Result<Arc<dyn FsSyncer>> {
+        Ok(Arc::new(SimSyncer { fs: self.fs.clone(), id: self.id }))
+    }
+}
+
+/// Syncs pages of a file's cached content, as a mapping's flush does.
+struct SimSyncer {
+    fs: SimFs,
+    id: usize,
+}
+
+impl FsSyncer for SimSyncer {
+    fn sync_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.fs.lock_state().flush_pages(self.id, offset, len);
+        Ok(())
+    }
 }
 
 /// A mapping: its own copy of the file, every change also made to the file's cached content.
@@ -543,18 +576,7 @@ impl FsMap for SimMap {
     }
 
     fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
-        let mut state = self.fs.lock_state();
-        state.tick_sync();
-        let inode = &mut state.inodes[self.id];
-        let start = offset / PAGE_SIZE * PAGE_SIZE;
-        let end =
-            (offset + len).div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE).min(inode.data.len());
-        if inode.durable.len() < end {
-            inode.durable.resize(end, 0);
-        }
-        if start < end {
-            inode.durable[start..end].copy_from_slice(&inode.data[start..end]);
-        }
+        self.fs.lock_state().flush_pages(self.id, offset, len);
         Ok(())
     }
 }
