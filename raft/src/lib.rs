@@ -178,7 +178,8 @@ pub use crate::raft::{
 };
 pub use crate::raft_log::RaftLog;
 pub use crate::raw_node::{
-    ConfChangeI, ProgressStatus, RawNode, Ready, SnapshotStatus, Status, TransferLeaderError,
+    ConfChangeI, LightReady, ProgressStatus, RawNode, Ready, SnapshotStatus, Status,
+    TransferLeaderError,
 };
 pub use crate::read_only::{ReadIndexStatus, ReadOnly, ReadState};
 pub use crate::sharing::decode_sharing;

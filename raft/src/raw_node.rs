@@ -38,6 +38,11 @@ use crate::tracker::{Progress, ProgressState};
 ///    `on_persist_ready`, etcd's self-addressed append response). The persisted entries
 ///    become stable and, on a leader, count in its own progress; a single voter commits
 ///    them then, so its next Ready holds them as committed.
+///
+/// While step 1's sync runs (on another thread, say), the application may go on stepping
+/// messages and proposals into the node and take a [`LightReady`] with
+/// [`RawNode::light_ready`]: what need not wait for that sync. It must not call `ready` again
+/// before `advance`.
 #[derive(Debug, Default, PartialEq)]
 pub struct Ready {
     /// The leader and role, when they changed since the last Ready.
@@ -60,6 +65,21 @@ pub struct Ready {
     /// True when `messages` may be sent before this Ready is persisted: this node leads, and
     /// the Ready changes neither its term nor its vote (see step 2).
     pub messages_before_persist: bool,
+}
+
+/// What need not wait for the Ready being persisted, taken with [`RawNode::light_ready`]
+/// between `ready` and `advance` (raft-rs has a `LightReady` of the same spirit).
+#[derive(Debug, Default, PartialEq)]
+pub struct LightReady {
+    /// Committed entries durable on this node and not handed out before, in order: apply
+    /// them, then call [`RawNode::advance_apply_to`] with the last one's index.
+    pub committed_entries: Vec<Entry>,
+    /// A leader's messages, when the Ready being persisted changes neither its term nor its
+    /// vote (as `Ready::messages_before_persist`): they acknowledge nothing of its own.
+    /// Messages of a node that does not lead wait for the next Ready.
+    pub messages: Vec<Message>,
+    /// Confirmed reads; serve each once applied reaches its `index`.
+    pub read_states: Vec<ReadState>,
 }
 
 /// The outcome of sending a snapshot, reported with [`RawNode::report_snapshot`].
@@ -179,6 +199,9 @@ pub struct RawNode<T: Storage> {
     pub raft: Raft<T>,
     prev_soft_state: SoftState,
     prev_hard_state: HardState,
+    /// The last committed entry handed out to be applied (by `ready` or `light_ready`); at
+    /// least the log's applied index.
+    applying: u64,
 }
 
 impl<T: Storage> RawNode<T> {
@@ -190,7 +213,8 @@ impl<T: Storage> RawNode<T> {
         // What storage holds, so that a bootstrapped node's first Ready persists its state.
         let prev_hard_state = raft.raft_log.store.initial_state()?.hard_state;
         let prev_soft_state = raft.soft_state();
-        Ok(RawNode { raft, prev_soft_state, prev_hard_state })
+        let applying = raft.raft_log.applied;
+        Ok(RawNode { raft, prev_soft_state, prev_hard_state, applying })
     }
 
     /// Advances the logical clock; call every tick interval.
@@ -341,6 +365,11 @@ impl<T: Storage> RawNode<T> {
             || hard_state.vote != self.prev_hard_state.vote;
         let must_sync = !entries.is_empty() || term_or_vote_changed;
         let messages_before_persist = raft.state == StateType::Leader && !term_or_vote_changed;
+        debug_assert!(
+            self.applying <= raft.raft_log.applied,
+            "ready before what light_ready handed out was applied (advance_apply_to)"
+        );
+        self.applying = raft.raft_log.applied;
         let rd = Ready {
             soft_state: (soft_state != self.prev_soft_state).then_some(soft_state),
             hard_state: (!hard_state.is_empty() && hard_state != self.prev_hard_state)
@@ -354,7 +383,61 @@ impl<T: Storage> RawNode<T> {
             messages_before_persist,
         };
         self.prev_soft_state = soft_state;
+        if let Some(e) = rd.committed_entries.last() {
+            self.applying = self.applying.max(e.index);
+        }
+        if let Some(snapshot) = &rd.snapshot {
+            self.applying = self.applying.max(snapshot.metadata.index);
+        }
         rd
+    }
+
+    /// Between [`RawNode::ready`] and [`RawNode::advance`], while that Ready is persisted:
+    /// takes what need not wait for it (see [`LightReady`]). Committed entries come only up to
+    /// what this node has durably (never one of the Ready being persisted), and never while a
+    /// received snapshot waits to be installed.
+    pub fn light_ready(&mut self) -> LightReady {
+        let raft = &mut self.raft;
+        let durable_committed = raft.raft_log.committed.min(raft.raft_log.persisted_index());
+        let committed_entries =
+            if durable_committed > self.applying && !raft.raft_log.has_pending_snapshot() {
+                let lo = (self.applying + 1).max(raft.raft_log.first_index());
+                let max_size = raft.raft_log.max_next_ents_size;
+                match raft.raft_log.slice(lo, durable_committed + 1, max_size) {
+                    Ok(entries) => entries,
+                    Err(e) => panic!("committed entries [{lo}, {durable_committed}]: {e}"),
+                }
+            } else {
+                Vec::new()
+            };
+        if let Some(e) = committed_entries.last() {
+            self.applying = e.index;
+            raft.reduce_uncommitted_size(&committed_entries);
+        }
+        let hard_state = raft.hard_state();
+        let term_or_vote_durable = hard_state.term == self.prev_hard_state.term
+            && hard_state.vote == self.prev_hard_state.vote;
+        let messages = if raft.state == StateType::Leader && term_or_vote_durable {
+            std::mem::take(&mut raft.msgs)
+        } else {
+            Vec::new()
+        };
+        LightReady {
+            committed_entries,
+            messages,
+            read_states: std::mem::take(&mut raft.read_states),
+        }
+    }
+
+    /// The application applied the entries a [`LightReady`] handed out, up to `index`.
+    pub fn advance_apply_to(&mut self, index: u64) {
+        assert!(index <= self.applying, "applied {index}, beyond what was handed out");
+        let raft = &mut self.raft;
+        let old_applied = raft.raft_log.applied;
+        if index > old_applied {
+            raft.raft_log.applied_to(index);
+            raft.on_applied(old_applied, index);
+        }
     }
 
     /// The application handled `rd`: persisted entries become stable (and count toward a
@@ -376,11 +459,13 @@ impl<T: Storage> RawNode<T> {
         if let Some(e) = rd.entries.last() {
             raft.on_persist_entries(e.index, e.term);
         }
-        if applied > 0 {
-            let old_applied = raft.raft_log.applied;
+        // (Already past it when a LightReady's entries were applied meanwhile.)
+        let old_applied = raft.raft_log.applied;
+        if applied > old_applied {
             raft.raft_log.applied_to(applied);
             raft.on_applied(old_applied, applied);
         }
+        self.applying = self.applying.max(raft.raft_log.applied);
     }
 
     /// The node's status; on the leader it includes every member's progress.

@@ -488,3 +488,119 @@ fn status_reports_configuration_progress_and_transferee() {
     assert!(p3.matched < last && p3.inflight_count > 0, "{p3:?}");
     assert!(status.progress[&4].is_learner);
 }
+
+/// Raft thesis §10.2.1: a leader may write its log in parallel with replicating it. While its
+/// Ready is persisted (a sync in flight), a LightReady hands out its appends of later
+/// proposals; the entries the followers committed meanwhile are not applied here before they
+/// are durable here too, and are handed out once they are (by the next Ready).
+#[test]
+fn a_leader_replicates_while_it_persists_and_applies_only_what_is_durable_here() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.node(1).propose(vec![], b"a".to_vec()).unwrap();
+    let mut rd = cluster.node(1).ready();
+    assert!(rd.messages_before_persist);
+    let a = rd.entries.last().cloned().expect("a is to be persisted");
+    cluster.in_flight.extend(std::mem::take(&mut rd.messages));
+    cluster.node(1).store_mut().append(&rd.entries).unwrap();
+    // The followers persist and acknowledge `a` while the leader's sync still runs.
+    cluster.stabilize_messages_only();
+    cluster.handle_ready(2);
+    cluster.handle_ready(3);
+    cluster.stabilize_messages_only();
+    assert_eq!(cluster.node(1).raft.raft_log.committed, a.index, "a quorum has it");
+    cluster.node(1).propose(vec![], b"b".to_vec()).unwrap();
+    let light = cluster.node(1).light_ready();
+    assert!(light.committed_entries.is_empty(), "a is not durable on the leader yet");
+    let appends_b = light
+        .messages
+        .iter()
+        .filter(|m| m.msg_type == MessageType::Append && m.entries.iter().any(|e| *e.data == *b"b"))
+        .count();
+    assert_eq!(appends_b, 2, "b's appends leave before the leader wrote b");
+    cluster.node(1).advance(rd);
+    let rd = cluster.node(1).ready();
+    assert_eq!(rd.committed_entries, vec![a], "durable now: applied");
+}
+
+/// While a Ready is persisted, committed entries already durable here are handed out once by
+/// a LightReady (and never again by the next Ready), in order, after those of the Ready.
+#[test]
+fn committed_entries_durable_here_are_handed_out_once_while_a_ready_is_persisted() {
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.stabilize();
+    cluster.node(1).propose(vec![], b"a".to_vec()).unwrap();
+    // The leader persists `a`; the followers too, their acknowledgements held back.
+    cluster.handle_ready(1);
+    cluster.stabilize_messages_only();
+    cluster.handle_ready(2);
+    cluster.handle_ready(3);
+    let acks = std::mem::take(&mut cluster.in_flight);
+    cluster.node(1).propose(vec![], b"b".to_vec()).unwrap();
+    let rd = cluster.node(1).ready();
+    assert!(rd.committed_entries.is_empty());
+    assert_eq!(rd.entries.len(), 1, "b is being persisted");
+    for m in acks {
+        cluster.node(1).step(m).unwrap();
+    }
+    let light = cluster.node(1).light_ready();
+    let data: Vec<&[u8]> = light.committed_entries.iter().map(|e| &e.data[..]).collect();
+    assert_eq!(data, vec![&b"a"[..]], "a is committed and durable here");
+    let a = light.committed_entries[0].index;
+    cluster.node(1).advance_apply_to(a);
+    assert!(cluster.node(1).light_ready().committed_entries.is_empty(), "handed out once");
+    cluster.node(1).advance(rd);
+    assert_eq!(cluster.node(1).raft.raft_log.applied, a);
+    let rd = cluster.node(1).ready();
+    assert!(rd.committed_entries.iter().all(|e| e.index > a), "not again: {rd:?}");
+}
+
+/// A leader whose Ready being persisted makes its term and vote durable sends nothing through
+/// a LightReady: its appends of that term wait for the sync (see
+/// `a_leaders_messages_wait_for_its_term_to_be_durable`). A follower's messages (they may
+/// acknowledge what is being persisted) always wait for the next Ready.
+#[test]
+fn no_message_overtakes_the_term_or_the_entries_it_depends_on() {
+    let storage = MemoryStorage::new_with_conf_state(ConfState {
+        voters: vec![1],
+        learners: vec![2],
+        ..ConfState::default()
+    });
+    let mut node = RawNode::new(&cluster_config(1), storage).unwrap();
+    node.campaign().unwrap();
+    let rd = node.ready();
+    assert!(!rd.messages_before_persist);
+    node.store_mut().append(&rd.entries).unwrap();
+    node.store_mut().set_hard_state(rd.hard_state.expect("term and vote"));
+    let heartbeat_tick = cluster_config(1).heartbeat_tick;
+    for _ in 0..heartbeat_tick {
+        node.tick();
+    }
+    assert!(!node.raft.msgs.is_empty(), "a heartbeat to the learner is due");
+    assert!(node.light_ready().messages.is_empty(), "the term is not durable yet");
+    node.advance(rd);
+    let rd = node.ready();
+    node.store_mut().append(&rd.entries).unwrap();
+    for _ in 0..heartbeat_tick {
+        node.tick();
+    }
+    assert!(!node.light_ready().messages.is_empty(), "durable: messages may run ahead");
+    node.advance(rd);
+
+    let mut cluster = Cluster::new(&[1, 2, 3], |_| {});
+    cluster.elect(1);
+    cluster.node(1).propose(vec![], b"a".to_vec()).unwrap();
+    cluster.handle_ready(1);
+    cluster.stabilize_messages_only();
+    let rd = cluster.node(2).ready();
+    assert_eq!(rd.entries.len(), 1, "a is being persisted on the follower");
+    cluster.node(1).propose(vec![], b"b".to_vec()).unwrap();
+    cluster.handle_ready(1);
+    cluster.stabilize_messages_only();
+    let light = cluster.node(2).light_ready();
+    assert!(light.messages.is_empty(), "its acknowledgement waits: {:?}", light.messages);
+    cluster.node(2).advance(rd);
+    let rd = cluster.node(2).ready();
+    assert!(rd.messages.iter().any(|m| m.msg_type == MessageType::AppendResponse));
+}
