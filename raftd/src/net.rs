@@ -12,8 +12,8 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use log::{error, info};
 use mio::net::{TcpListener, TcpStream};
@@ -26,6 +26,8 @@ use crate::tls::{TlsContext, TlsStream};
 pub const PEER_LISTENER: Token = Token(0);
 /// The token of the client port's listener.
 pub const CLIENT_LISTENER: Token = Token(1);
+/// The token of the event that says a sync of the log ended (see [`Net::start_sync`]).
+pub const SYNC_DONE: Token = Token(2);
 /// Readiness events taken from the system at most per poll.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -103,6 +105,69 @@ pub trait Net {
 
     /// Stops reporting `stream` (before it is dropped).
     fn deregister(&mut self, stream: &mut Self::Stream);
+
+    /// Runs `job`, a sync of the log, off the loop (one at a time): the loop goes on serving
+    /// sockets and timers while the disk works. `poll` reports its end as an event of
+    /// [`SYNC_DONE`]; [`Net::take_synced`] then hands it back with its outcome.
+    fn start_sync(&mut self, job: wal::SyncJob);
+
+    /// The sync that ended, if one did.
+    fn take_synced(&mut self) -> Option<SyncDone>;
+
+    /// Waits for the sync in flight to end (before anything else syncs the log, and on
+    /// shutdown). None if none was in flight, or if it was lost (its thread died).
+    fn wait_synced(&mut self) -> Option<SyncDone>;
+}
+
+/// A sync of the log that ended.
+#[derive(Debug)]
+pub struct SyncDone {
+    /// The job, to be finished by the log.
+    pub job: wal::SyncJob,
+    /// Its outcome; an error is fatal.
+    pub result: wal::Result<()>,
+    /// How long the disk took.
+    pub took: Duration,
+}
+
+/// The thread that runs the syncs of [`MioNet`], and wakes its poll when one ends.
+struct Syncer {
+    jobs: Option<mpsc::Sender<wal::SyncJob>>,
+    done: mpsc::Receiver<SyncDone>,
+    /// A sync run on the loop because the thread was gone.
+    finished: Option<SyncDone>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(waker: mio::Waker) -> io::Result<Syncer> {
+        let (jobs, jobs_rx) = mpsc::channel::<wal::SyncJob>();
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+            while let Ok(job) = jobs_rx.recv() {
+                let started = Instant::now();
+                let result = job.run();
+                let took = started.elapsed();
+                if done_tx.send(SyncDone { job, result, took }).is_err() {
+                    return;
+                }
+                if let Err(e) = waker.wake() {
+                    error!("cannot wake the event loop after a sync: {e}");
+                }
+            }
+        })?;
+        Ok(Syncer { jobs: Some(jobs), done, finished: None, thread: Some(thread) })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // The thread ends once the sync it runs (if any) does.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A stream of [`MioNet`]: TCP, or TLS over TCP.
@@ -165,6 +230,7 @@ pub struct MioNet {
     reload: Arc<AtomicBool>,
     /// What a plaintext client of a TLS peer (0) or client (1) port is told, framed.
     plaintext_refusals: [Vec<u8>; 2],
+    syncer: Syncer,
 }
 
 /// The frame telling a plaintext client of the TLS `port` why it is refused.
@@ -198,6 +264,7 @@ impl MioNet {
         // process, its default).
         let reload = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+        let syncer = Syncer::start(mio::Waker::new(poll.registry(), SYNC_DONE)?)?;
         Ok(MioNet {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -206,6 +273,7 @@ impl MioNet {
             tls,
             reload,
             plaintext_refusals: [plaintext_refusal("peer")?, plaintext_refusal("client")?],
+            syncer,
         })
     }
 
@@ -311,5 +379,24 @@ impl Net for MioNet {
 
     fn deregister(&mut self, stream: &mut MioStream) {
         let _ = self.poll.registry().deregister(stream.socket_mut());
+    }
+
+    fn start_sync(&mut self, job: wal::SyncJob) {
+        let jobs = self.syncer.jobs.as_ref().expect("the sync thread runs until dropped");
+        if let Err(mpsc::SendError(job)) = jobs.send(job) {
+            // The thread is gone (a panic in the file system's code): sync here instead.
+            let started = Instant::now();
+            let result = job.run();
+            self.syncer.finished = Some(SyncDone { job, result, took: started.elapsed() });
+        }
+    }
+
+    fn take_synced(&mut self) -> Option<SyncDone> {
+        self.syncer.finished.take().or_else(|| self.syncer.done.try_recv().ok())
+    }
+
+    fn wait_synced(&mut self) -> Option<SyncDone> {
+        // (`recv` fails only if the thread panicked with the job.)
+        self.syncer.finished.take().or_else(|| self.syncer.done.recv().ok())
     }
 }

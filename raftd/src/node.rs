@@ -27,7 +27,7 @@ use crate::kv::{
     MemberContext, SessionLimits,
 };
 use crate::metrics::{Metrics, Operation};
-use crate::net::{MioNet, Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
+use crate::net::{MioNet, Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER, SYNC_DONE};
 use crate::protocol::*;
 use crate::resolve::{Lookup, Resolver};
 use crate::storage::{SnapshotJob, WalStorage};
@@ -44,7 +44,7 @@ mod peers;
 /// copy of each field, which then costs no more.
 const SHARED_FRAME_BYTES_MIN: usize = 256;
 
-const FIRST_CONN_TOKEN: usize = 2;
+const FIRST_CONN_TOKEN: usize = 3;
 /// A partly received snapshot is dropped after this long without a chunk.
 const SNAPSHOT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff bounds for peer connections.
@@ -332,6 +332,8 @@ pub struct Node<N: Net = MioNet> {
     fatal: Option<Error>,
     /// The snapshot whose file is being written, and when it was taken.
     snapshot_job: Option<(SnapshotJob, Instant)>,
+    /// The Ready whose sync is in flight.
+    persisting: Option<apply::Persisting>,
     /// Peers that refused this node as removed from the cluster (cleared by any welcome).
     removed_by: std::collections::BTreeSet<u64>,
     /// Since when every known peer refuses this node as removed.
@@ -678,6 +680,7 @@ impl<N: Net> Node<N> {
             snapshot_failure: None,
             fatal: None,
             snapshot_job: None,
+            persisting: None,
             removed_by: std::collections::BTreeSet::new(),
             refused_as_removed_since: None,
             shutdown,
@@ -741,6 +744,7 @@ impl<N: Net> Node<N> {
         }
         info!("node {}: shutting down", self.config.id);
         crate::notify::notify("STOPPING=1");
+        self.settle_sync()?;
         self.finish_snapshot(true)?;
         self.raw.store_mut().sync()?;
         Ok(())
@@ -751,8 +755,9 @@ impl<N: Net> Node<N> {
     /// proposes, persists, sends and applies, and writes out what is queued.
     pub fn turn(&mut self) -> Result<()> {
         // Readies left over (see handle_readies), or connections with more to read: look at
-        // the sockets, do not wait.
-        let timeout = if self.raw.has_ready() || !self.read_again.is_empty() {
+        // the sockets, do not wait. (While a sync is in flight, its end wakes the poll.)
+        let readies_left = self.raw.has_ready() && self.persisting.is_none();
+        let timeout = if readies_left || !self.read_again.is_empty() {
             Duration::ZERO
         } else {
             self.next_tick.saturating_duration_since(self.clock.now())
@@ -773,6 +778,8 @@ impl<N: Net> Node<N> {
             match event.token {
                 PEER_LISTENER => self.accept(true),
                 CLIENT_LISTENER => self.accept(false),
+                // Taken by handle_readies, below.
+                SYNC_DONE => {}
                 token => self.conn_event(token, event.readable, event.writable, event.read_closed),
             }
         }

@@ -412,7 +412,36 @@ impl WalStorage {
     pub fn sync(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
         self.wal.sync().map_err(|e| Error::Fatal(e.to_string()))?;
-        let elapsed = started.elapsed();
+        self.record_sync(started.elapsed());
+        Ok(())
+    }
+
+    /// Starts a sync of everything written so far, to be run off the loop
+    /// ([`wal::SyncJob::run`]) and finished with [`WalStorage::finish_sync`]; nothing else
+    /// syncs meanwhile.
+    pub fn begin_sync(&mut self) -> Result<wal::SyncJob> {
+        self.wal.begin_sync().map_err(|e| Error::Fatal(e.to_string()))
+    }
+
+    /// Records the end of a sync begun by [`WalStorage::begin_sync`], which took `took` on
+    /// the disk. An error is fatal to the node.
+    pub fn finish_sync(
+        &mut self,
+        job: wal::SyncJob,
+        result: wal::Result<()>,
+        took: std::time::Duration,
+    ) -> Result<()> {
+        self.wal.finish_sync(job, result).map_err(|e| Error::Fatal(e.to_string()))?;
+        self.record_sync(took);
+        Ok(())
+    }
+
+    /// True while a sync begun by [`WalStorage::begin_sync`] is not finished.
+    pub fn sync_in_flight(&self) -> bool {
+        self.wal.sync_in_flight()
+    }
+
+    fn record_sync(&mut self, elapsed: std::time::Duration) {
         if let Some(metrics) = &self.metrics {
             metrics.wal_fsync.observe(elapsed);
         }
@@ -420,7 +449,6 @@ impl WalStorage {
         self.sync_stats.count += 1;
         self.sync_stats.micros += micros;
         self.sync_stats.max_micros = self.sync_stats.max_micros.max(micros);
-        Ok(())
     }
 
     /// Records each sync's duration in `metrics`.

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use mio::Token;
-use raftd::net::{Net, NetEvent, Port, CLIENT_LISTENER, PEER_LISTENER};
+use raftd::net::{Net, NetEvent, Port, SyncDone, CLIENT_LISTENER, PEER_LISTENER, SYNC_DONE};
 
 use wal::fs::SimFs;
 
@@ -156,7 +156,7 @@ impl World {
         s.disks.insert(node, disk.clone());
         s.listeners.insert(peer, (node, Port::Peer));
         s.listeners.insert(client, (node, Port::Client));
-        SimNet { world: self.clone(), node, addrs: [peer, client] }
+        SimNet { world: self.clone(), node, addrs: [peer, client], sync: None }
     }
 
     /// Cuts (or heals) the link between two endpoints, both ways.
@@ -359,12 +359,18 @@ impl Drop for SimStream {
     }
 }
 
+/// The longest a sync of a node's log takes in the simulation (the node goes on meanwhile).
+pub const SYNC_LATENCY_MAX: Duration = Duration::from_millis(3);
+
 /// A node's network in the simulation.
 #[derive(Debug)]
 pub struct SimNet {
     world: World,
     node: usize,
     addrs: [SocketAddr; 2],
+    /// The sync in flight and when the disk finishes it: it runs then (so the writes made
+    /// meanwhile may be covered too, as on a real disk).
+    sync: Option<(Duration, wal::SyncJob)>,
 }
 
 impl Drop for SimNet {
@@ -380,6 +386,14 @@ impl Net for SimNet {
         // The simulation does not wait: the driver moves time between turns.
         events.clear();
         let s = self.world.state.borrow();
+        if self.sync.as_ref().is_some_and(|(due, _)| *due <= s.now) {
+            events.push(NetEvent {
+                token: SYNC_DONE,
+                readable: true,
+                writable: false,
+                read_closed: false,
+            });
+        }
         for (i, port) in [Port::Peer, Port::Client].into_iter().enumerate() {
             if s.backlog.get(&(self.node, port)).is_some_and(|q| !q.is_empty()) {
                 let token = [PEER_LISTENER, CLIENT_LISTENER][i];
@@ -460,5 +474,29 @@ impl Net for SimNet {
 
     fn deregister(&mut self, stream: &mut SimStream) {
         self.world.state.borrow_mut().registered.remove(&(stream.id, stream.end));
+    }
+
+    /// The disk takes 0 to [`SYNC_LATENCY_MAX`], drawn from the world's generator.
+    fn start_sync(&mut self, job: wal::SyncJob) {
+        assert!(self.sync.is_none(), "one sync at a time");
+        let mut s = self.world.state.borrow_mut();
+        let rng = s.rng.as_mut().expect("seeded");
+        let took = Duration::from_micros(rng.below(SYNC_LATENCY_MAX.as_micros() as u64 + 1));
+        let due = s.now + took;
+        self.sync = Some((due, job));
+    }
+
+    fn take_synced(&mut self) -> Option<SyncDone> {
+        let now = self.world.state.borrow().now;
+        if self.sync.as_ref().is_none_or(|(due, _)| *due > now) {
+            return None;
+        }
+        self.wait_synced()
+    }
+
+    fn wait_synced(&mut self) -> Option<SyncDone> {
+        let (_, job) = self.sync.take()?;
+        let result = job.run();
+        Some(SyncDone { job, result, took: Duration::ZERO })
     }
 }

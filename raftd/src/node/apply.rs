@@ -7,6 +7,7 @@ use super::*;
 /// entries not yet synced are always in `rd.entries`). None when it installs a snapshot. The
 /// rest are applied after the sync: an entry is applied only once durable here too, so that a
 /// client is never answered for an entry that this node, counted in its quorum, could lose.
+/// All of them are applied before any LightReady's (which start after the Ready's).
 pub(super) fn durable_committed_prefix(rd: &raft::Ready) -> usize {
     if rd.snapshot.is_some() {
         return 0;
@@ -15,39 +16,43 @@ pub(super) fn durable_committed_prefix(rd: &raft::Ready) -> usize {
     rd.committed_entries.partition_point(|e| e.index < durable_below)
 }
 
+/// A Ready whose sync runs off the loop (see [`Net::start_sync`]): what is left to do once it
+/// is durable. Meanwhile the loop steps what arrives, and [`raft::LightReady`]s hand out what
+/// need not wait for the sync.
+pub(crate) struct Persisting {
+    rd: raft::Ready,
+    /// Messages that wait for the sync: a follower's acknowledgements, a candidate's votes,
+    /// a new leader's first appends (empty when they left before it).
+    messages: Vec<Message>,
+    /// How many of `rd.committed_entries` were applied before the sync.
+    early: usize,
+    /// The state machine of the snapshot `rd` installs, decoded.
+    installed: Option<Kv>,
+}
+
 impl<N: Net> Node<N> {
-    /// Handles Readies until none is left or [`READY_TIME_BUDGET`] is spent (replaying a long
-    /// log at startup takes many): the rest wait for the next loop iteration, so that sockets
-    /// and timers are served in between.
+    /// Handles Readies until none is left, a sync is in flight, or [`READY_TIME_BUDGET`] is
+    /// spent (replaying a long log at startup takes many): the rest wait for the next loop
+    /// iteration, so that sockets and timers are served in between. While a sync is in flight,
+    /// takes a LightReady instead.
     pub(super) fn handle_readies(&mut self) -> Result<()> {
+        if self.persisting.is_some() {
+            match self.net.take_synced() {
+                Some(done) => self.sync_ended(done)?,
+                None => return self.handle_light_ready(),
+            }
+        }
         let deadline = self.clock.now() + READY_TIME_BUDGET;
         while self.raw.has_ready() && self.clock.now() < deadline {
             let mut rd = self.raw.ready();
-            let leader = self.is_leader();
             if rd.soft_state.is_some_and(|ss| ss.lead != raft::INVALID_ID) {
                 // A leader (new, or the same after an election): one that was not leading
                 // when the reads in flight were asked never heard of them.
                 self.ask_read_index_again(|_| true);
             }
             let mut messages = std::mem::take(&mut rd.messages);
-            for rs in rd.read_states.drain(..) {
-                let n = self.read_contexts.counter(&rs.request_ctx);
-                let Some(ReadsInFlight { reads: batch, .. }) =
-                    n.and_then(|n| self.reads_in_flight.remove(&n))
-                else {
-                    continue;
-                };
-                // Answered from the lease: still linearizable only if the lease holds now,
-                // after the core took its commit index; else ask again (a heartbeat round).
-                if rs.lease_expiry.is_some_and(|expiry| self.clock.lease_now() >= expiry) {
-                    warn!("a lease read outlived the lease (a pause?); confirming it again");
-                    self.read_batch.extend(batch);
-                    continue;
-                }
-                {
-                    self.reads_ready.push_back((rs.index, batch));
-                }
-            }
+            let read_states = std::mem::take(&mut rd.read_states);
+            self.take_read_states(read_states);
             // Raft thesis §10.2.1: a leader's messages never acknowledge its own unsynced
             // state (the core counts the leader's entries once `advance` says they are
             // synced), so they may leave before it syncs, unless this Ready also makes its
@@ -57,24 +62,6 @@ impl<N: Net> Node<N> {
             // followers' syncs overlap the leader's.
             let early_messages = rd.messages_before_persist;
             if early_messages && !rd.entries.is_empty() {
-                self.send_messages(std::mem::take(&mut messages));
-                self.flush_peers();
-            }
-            // On the leader, committed entries already durable here are applied and answered
-            // before this Ready's sync, so that those clients' next requests arrive while it
-            // runs. A follower syncs and acknowledges first: the leader waits on that, and
-            // nobody waits on a follower's apply.
-            let early = if leader { durable_committed_prefix(&rd) } else { 0 };
-            if early > 0 {
-                for entry in &rd.committed_entries[..early] {
-                    self.apply(entry)?;
-                }
-                self.serve_reads();
-                self.flush_all();
-            }
-            // Without new entries, the leader's messages (the new commit index, heartbeats)
-            // follow the answers: a client waits on its answer, a follower does not.
-            if early_messages {
                 self.send_messages(std::mem::take(&mut messages));
                 self.flush_peers();
             }
@@ -92,39 +79,134 @@ impl<N: Net> Node<N> {
             if let Some(hs) = &rd.hard_state {
                 store.set_hard_state(hs)?;
             }
-            if rd.must_sync || rd.snapshot.is_some() || !rd.entries.is_empty() {
-                store.sync()?;
-                self.replied_at = self.clock.now();
+            let must_sync = rd.must_sync || rd.snapshot.is_some() || !rd.entries.is_empty();
+            if must_sync {
+                // Off the loop: it goes on reading requests and acknowledgements meanwhile.
+                let job = self.raw.store_mut().begin_sync()?;
+                self.net.start_sync(job);
             }
-            if let (Some(snapshot), Some(kv)) = (&rd.snapshot, installed) {
-                self.kv = kv;
-                self.last_snapshot_index = snapshot.metadata.index;
-                for (id, addr) in self.kv.members().clone() {
-                    self.learn_peer(id, Some(addr), None);
+            // Committed entries already durable here are applied (and answered, on the
+            // leader) while the sync runs, so that those clients' next requests arrive
+            // meanwhile; the rest once it is done.
+            let early = durable_committed_prefix(&rd);
+            if early > 0 {
+                for entry in &rd.committed_entries[..early] {
+                    self.apply(entry)?;
                 }
-                info!("installed snapshot at index {}", snapshot.metadata.index);
+                self.serve_reads();
+                self.flush_all();
             }
-            if !messages.is_empty() {
-                // A follower's acknowledgements (or a leader's messages that had to wait for
-                // its term to be durable): out before it applies anything.
-                self.send_messages(messages);
+            // Without new entries, the leader's messages (the new commit index, heartbeats)
+            // follow the answers: a client waits on its answer, a follower does not.
+            if early_messages {
+                self.send_messages(std::mem::take(&mut messages));
                 self.flush_peers();
             }
-            for entry in &rd.committed_entries[early..] {
-                self.apply(entry)?;
+            let persisting = Persisting { rd, messages, early, installed };
+            if must_sync {
+                self.persisting = Some(persisting);
+                return Ok(());
             }
-            if let Some(last) = rd.committed_entries.last() {
-                self.raw.store_mut().release_applied(last.index);
-            }
-            self.raw.advance(rd);
-            self.serve_reads();
-            self.maybe_snapshot()?;
+            self.persisted(persisting)?;
         }
         if !self.raw.has_ready() {
             // A snapshot received but not installed (the core found it stale) is not kept.
             self.restored = None;
         }
         Ok(())
+    }
+
+    /// The sync in flight ended: finishes it (an error is fatal) and the Ready it made
+    /// durable.
+    fn sync_ended(&mut self, done: crate::net::SyncDone) -> Result<()> {
+        self.raw.store_mut().finish_sync(done.job, done.result, done.took)?;
+        let persisting = self.persisting.take().expect("a sync in flight belongs to a Ready");
+        self.replied_at = self.clock.now();
+        self.persisted(persisting)
+    }
+
+    /// Waits for the sync in flight, if any, and finishes its Ready: before anything else
+    /// syncs the log (a snapshot put in force, shutdown).
+    pub(super) fn settle_sync(&mut self) -> Result<()> {
+        if self.persisting.is_none() {
+            return Ok(());
+        }
+        match self.net.wait_synced() {
+            Some(done) => self.sync_ended(done),
+            None => Err(Error::Fatal("the sync in flight was lost: its thread died".into())),
+        }
+    }
+
+    /// The rest of a Ready, once it is durable.
+    fn persisted(&mut self, p: Persisting) -> Result<()> {
+        let Persisting { rd, messages, early, installed } = p;
+        if let (Some(snapshot), Some(kv)) = (&rd.snapshot, installed) {
+            self.kv = kv;
+            self.last_snapshot_index = snapshot.metadata.index;
+            for (id, addr) in self.kv.members().clone() {
+                self.learn_peer(id, Some(addr), None);
+            }
+            info!("installed snapshot at index {}", snapshot.metadata.index);
+        }
+        if !messages.is_empty() {
+            // A follower's acknowledgements (or a leader's messages that had to wait for
+            // its term to be durable): out before it applies anything.
+            self.send_messages(messages);
+            self.flush_peers();
+        }
+        for entry in &rd.committed_entries[early..] {
+            self.apply(entry)?;
+        }
+        if let Some(last) = rd.committed_entries.last() {
+            self.raw.store_mut().release_applied(last.index);
+        }
+        self.raw.advance(rd);
+        self.serve_reads();
+        self.maybe_snapshot()?;
+        // Nothing syncs while a sync is in flight; between two, a snapshot written meanwhile
+        // is put in force (under a steady load there may be no turn without a sync).
+        self.finish_snapshot(false)
+    }
+
+    /// While a sync is in flight: applies the committed entries durable here, sends a
+    /// leader's messages, takes confirmed reads (see [`raft::LightReady`]).
+    fn handle_light_ready(&mut self) -> Result<()> {
+        let light = self.raw.light_ready();
+        self.take_read_states(light.read_states);
+        if !light.messages.is_empty() {
+            self.send_messages(light.messages);
+            self.flush_peers();
+        }
+        if let Some(last) = light.committed_entries.last().map(|e| e.index) {
+            for entry in &light.committed_entries {
+                self.apply(entry)?;
+            }
+            self.raw.advance_apply_to(last);
+            self.raw.store_mut().release_applied(last);
+            self.maybe_snapshot()?;
+        }
+        self.serve_reads();
+        Ok(())
+    }
+
+    /// Confirmed reads: served once applied reaches their index.
+    fn take_read_states(&mut self, read_states: Vec<raft::ReadState>) {
+        for rs in read_states {
+            let n = self.read_contexts.counter(&rs.request_ctx);
+            let Some(ReadsInFlight { reads: batch, .. }) =
+                n.and_then(|n| self.reads_in_flight.remove(&n))
+            else {
+                continue;
+            };
+            // Answered from the lease: still linearizable only if the lease holds now,
+            // after the core took its commit index; else ask again (a heartbeat round).
+            if rs.lease_expiry.is_some_and(|expiry| self.clock.lease_now() >= expiry) {
+                warn!("a lease read outlived the lease (a pause?); confirming it again");
+                self.read_batch.extend(batch);
+                continue;
+            }
+            self.reads_ready.push_back((rs.index, batch));
+        }
     }
 
     /// The state machine of a snapshot the core installs: the one decoded when it arrived, or
@@ -349,7 +431,14 @@ impl<N: Net> Node<N> {
     }
 
     /// Puts the snapshot being written in force once its file is (or, with `wait`, waits).
+    /// Not while a sync is in flight (it syncs the log): then, with `wait`, that sync is waited
+    /// for first; without, it is left for later.
     pub(super) fn finish_snapshot(&mut self, wait: bool) -> Result<()> {
+        if wait {
+            self.settle_sync()?;
+        } else if self.persisting.is_some() {
+            return Ok(());
+        }
         if !self.snapshot_job.as_ref().is_some_and(|(job, _)| wait || job.is_finished()) {
             return Ok(());
         }
